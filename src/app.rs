@@ -1,0 +1,164 @@
+//! The App: built from settings (connects the database, applies migrations, binds the
+//! listener), then run until a shutdown future resolves. Everything long-lived is owned here
+//! and passed down; nothing sits in a global.
+//!
+//! Shutdown, in order: health turns NOT_SERVING for every name; after `server.drain_delay`
+//! the listener closes and connections get GOAWAY, so new calls are refused; calls in flight
+//! get `server.shutdown_grace` to finish.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+
+use crate::{
+    clock::{SharedClock, SystemClock},
+    config::Settings,
+    grpc::{self, Apis, Health},
+    store::Store,
+};
+
+/// A Keystone server, built and bound, not yet serving.
+#[derive(Debug)]
+pub struct App {
+    settings: Settings,
+    clock: SharedClock,
+    store: Store,
+    listener: TcpListener,
+    local_addr: SocketAddr,
+    health: Health,
+}
+
+impl App {
+    /// Builds the server on the system clock.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        Self::build_with_clock(settings, Arc::new(SystemClock)).await
+    }
+
+    /// Builds the server on the given clock (tests move time with a manual one).
+    pub async fn build_with_clock(settings: Settings, clock: SharedClock) -> anyhow::Result<Self> {
+        let store = Store::connect(&settings.database_url, &settings.database)
+            .await
+            .context("cannot connect to the database (database_url)")?;
+        if settings.database.migrate_on_start {
+            store
+                .migrate_up(None)
+                .await
+                .context("cannot apply the database migrations")?;
+        }
+        let listener = TcpListener::bind(settings.grpc_addr)
+            .await
+            .with_context(|| format!("cannot listen on grpc_addr {}", settings.grpc_addr))?;
+        let local_addr = listener.local_addr()?;
+        let health = Health::new().await;
+        Ok(Self {
+            settings,
+            clock,
+            store,
+            listener,
+            local_addr,
+            health,
+        })
+    }
+
+    /// The address the gRPC listener is bound to (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The clock the server runs on.
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
+    /// Serves until `shutdown` resolves, then drains (see the module doc).
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+        let Self {
+            settings,
+            store,
+            listener,
+            local_addr,
+            health,
+            ..
+        } = self;
+
+        store.ping().await.context("the database does not answer")?;
+        health.set(true).await;
+        let monitor = tokio::spawn(watch_database(
+            store.clone(),
+            health.clone(),
+            settings.database.health_check_interval,
+        ));
+        tracing::info!(grpc_addr = %local_addr, "Keystone is serving gRPC on {local_addr}");
+
+        let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
+        let drain_delay = settings.server.drain_delay;
+        let signalled = {
+            let health = health.clone();
+            async move {
+                shutdown.await;
+                monitor.abort();
+                health.set(false).await;
+                tracing::info!("health is NOT_SERVING; draining");
+                tokio::time::sleep(drain_delay).await;
+                // The listener closes as this future returns.
+                let _ = draining_tx.send(());
+            }
+        };
+        let grace = settings.server.shutdown_grace;
+        let grace_expired = async move {
+            match draining_rx.await {
+                Ok(()) => tokio::time::sleep(grace).await,
+                Err(_) => std::future::pending().await,
+            }
+        };
+
+        let serve = grpc::serve(listener, &settings, Apis::default(), &health, signalled);
+        tokio::select! {
+            result = serve => result.context("the gRPC server failed")?,
+            () = grace_expired => {
+                tracing::warn!(
+                    grace = %humantime::format_duration(grace),
+                    "calls still in flight after the shutdown grace; stopping anyway"
+                );
+            }
+        }
+        store.close().await;
+        tracing::info!("Keystone stopped");
+        Ok(())
+    }
+}
+
+/// Pings the database on an interval and turns health NOT_SERVING while it does not answer.
+async fn watch_database(store: Store, health: Health, every: Duration) {
+    let mut serving = true;
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        let answers = match tokio::time::timeout(every, store.ping()).await {
+            Ok(Ok(())) => true,
+            Ok(Err(error)) => {
+                if serving {
+                    tracing::warn!(
+                        error = format!("{:#}", anyhow::Error::from(error)),
+                        "the database does not answer"
+                    );
+                }
+                false
+            }
+            Err(_) => {
+                if serving {
+                    tracing::warn!("the database did not answer in time");
+                }
+                false
+            }
+        };
+        if answers != serving {
+            serving = answers;
+            health.set(serving).await;
+            tracing::info!(serving, "health changed with the database");
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! The command line: `keystone serve` (the default), `keystone migrate up|down|status`,
+//! `keystone bootstrap-admin`. Settings come from the same places for every command.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use crate::{App, Settings, shutdown, store::Store};
+
+/// Keystone: the identity service other services trust.
+///
+/// Settings come from defaults, then the TOML file given by --config (or KEYSTONE_CONFIG), then
+/// KEYSTONE_* environment variables (sections nested with `__`, e.g.
+/// KEYSTONE_TOKENS__ACCESS_TTL=10m). With no settings at all, Keystone serves gRPC on
+/// 127.0.0.1:50051 with an SQLite file `keystone.db` in the current directory.
+#[derive(Debug, Parser)]
+#[command(name = "keystone", version, about, long_about)]
+pub struct Cli {
+    /// A TOML settings file.
+    #[arg(long, global = true, env = "KEYSTONE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// What to do; `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Keystone's commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve gRPC until SIGTERM or Ctrl-C (the default).
+    Serve,
+    /// Apply, roll back or list the database migrations.
+    #[command(subcommand)]
+    Migrate(MigrateCommand),
+}
+
+/// `keystone migrate …`.
+#[derive(Debug, Subcommand)]
+pub enum MigrateCommand {
+    /// Apply pending migrations: all of them, or the next N.
+    Up {
+        /// How many to apply.
+        #[arg(short = 'n', long)]
+        steps: Option<u32>,
+    },
+    /// Roll back the last N applied migrations. This drops data.
+    Down {
+        /// How many to roll back.
+        #[arg(short = 'n', long, default_value_t = 1)]
+        steps: u32,
+    },
+    /// List every migration and whether it is applied.
+    Status,
+}
+
+/// Runs one command to its end.
+pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
+    match command {
+        Command::Serve => {
+            let app = App::build(settings).await?;
+            app.run_until(shutdown::signal()).await
+        }
+        Command::Migrate(command) => {
+            let store = Store::connect(&settings.database_url, &settings.database)
+                .await
+                .context("cannot connect to the database (database_url)")?;
+            let result = migrate(&store, command).await;
+            store.close().await;
+            result
+        }
+    }
+}
+
+async fn migrate(store: &Store, command: MigrateCommand) -> anyhow::Result<()> {
+    match command {
+        MigrateCommand::Up { steps } => {
+            store.migrate_up(steps).await?;
+            println!("migrations applied");
+        }
+        MigrateCommand::Down { steps } => {
+            store.migrate_down(steps).await?;
+            println!("rolled back {steps} migration(s)");
+        }
+        MigrateCommand::Status => {
+            for migration in store.migration_status().await? {
+                let state = if migration.applied {
+                    "applied"
+                } else {
+                    "pending"
+                };
+                println!("{state:<8} {}", migration.name);
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,682 @@
+//! Settings: defaults, then an optional TOML file (`--config` / `KEYSTONE_CONFIG`), then
+//! `KEYSTONE_*` environment variables (sections nested with `__`, e.g.
+//! `KEYSTONE_TOKENS__ACCESS_TTL=10m`). They are validated once, at start; a bad value stops the
+//! process with a message naming the setting and the value (secrets masked).
+//!
+//! Secrets (database and Redis URLs, the bootstrap password) are held in `SecretString`, whose
+//! `Debug` prints `[REDACTED]`.
+
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use figment::{
+    Figment,
+    providers::{Env, Format, Serialized, Toml},
+};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// Top-level keys: the only `KEYSTONE_*` variables read as settings (others, such as
+/// `KEYSTONE_CONFIG` or the test variables, belong to something else).
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "database_url",
+    "redis_url",
+    "grpc_addr",
+    "http_addr",
+    "issuer",
+    "bootstrap_admin_username",
+    "bootstrap_admin_password",
+    "reflection",
+    "log",
+    "server",
+    "database",
+    "auth",
+    "tokens",
+    "keys",
+    "clients",
+    "cluster",
+    "revocation",
+];
+
+/// Top-level settings that are strings: read from the environment verbatim.
+const STRING_KEYS: &[&str] = &[
+    "database_url",
+    "redis_url",
+    "grpc_addr",
+    "http_addr",
+    "issuer",
+    "bootstrap_admin_username",
+    "bootstrap_admin_password",
+    "reflection",
+];
+
+/// Settings whose values never appear in messages.
+const SECRET_KEYS: &[&str] = &["database_url", "redis_url", "bootstrap_admin_password"];
+
+/// Every setting of Keystone. Field names are the TOML keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// `sqlite://…` (embedded) or `postgres://…` (production).
+    pub database_url: SecretString,
+    /// Redis for the shared revocation set; unset: revocations kept in process (single node).
+    pub redis_url: Option<SecretString>,
+    /// Where the gRPC server listens.
+    pub grpc_addr: SocketAddr,
+    /// Where the HTTP listener (JWKS, OAuth endpoints, metrics) listens.
+    pub http_addr: SocketAddr,
+    /// The `iss` of every token.
+    pub issuer: String,
+    /// With the password: create this admin at start if no user has the name.
+    pub bootstrap_admin_username: Option<String>,
+    /// With the username: the bootstrap admin's password.
+    pub bootstrap_admin_password: Option<SecretString>,
+    /// Server reflection: open to all, admins only, or off.
+    pub reflection: ReflectionMode,
+    /// Log output.
+    pub log: LogSettings,
+    /// gRPC transport limits.
+    pub server: ServerSettings,
+    /// Database pool.
+    pub database: DatabaseSettings,
+    /// Logins and accounts.
+    pub auth: AuthSettings,
+    /// Token lifetimes.
+    pub tokens: TokenSettings,
+    /// Signing keys.
+    pub keys: KeySettings,
+    /// Service clients.
+    pub clients: ClientSettings,
+    /// Running several replicas.
+    pub cluster: ClusterSettings,
+    /// The revocation set.
+    pub revocation: RevocationSettings,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            database_url: SecretString::from("sqlite://keystone.db?mode=rwc"),
+            redis_url: None,
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            issuer: "http://127.0.0.1:8080".to_owned(),
+            bootstrap_admin_username: None,
+            bootstrap_admin_password: None,
+            reflection: ReflectionMode::Open,
+            log: LogSettings::default(),
+            server: ServerSettings::default(),
+            database: DatabaseSettings::default(),
+            auth: AuthSettings::default(),
+            tokens: TokenSettings::default(),
+            keys: KeySettings::default(),
+            clients: ClientSettings::default(),
+            cluster: ClusterSettings::default(),
+            revocation: RevocationSettings::default(),
+        }
+    }
+}
+
+/// Who may use server reflection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReflectionMode {
+    /// Anyone (the embedded default, for grpcurl on a laptop).
+    Open,
+    /// Callers with a `keystone:admin` token.
+    Admin,
+    /// Not served.
+    Off,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A `tracing` filter such as `info` or `keystone=debug,tower=warn`; `RUST_LOG` wins if set.
+    pub filter: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            filter: "info".to_owned(),
+        }
+    }
+}
+
+/// gRPC transport limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSettings {
+    /// Largest request message accepted, in bytes.
+    pub max_message_size: usize,
+    /// Calls without a shorter deadline are cut after this long.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Calls handled at once across all connections; beyond it, calls are shed with
+    /// RESOURCE_EXHAUSTED rather than queued.
+    pub concurrency_limit: usize,
+    /// Concurrent HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+    /// After a shutdown signal: how long health reports NOT_SERVING before the listener
+    /// closes, so load balancers stop sending calls first.
+    #[serde(with = "humantime_serde")]
+    pub drain_delay: Duration,
+    /// How long calls in flight may take to finish after the listener closes.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            max_message_size: 1024 * 1024,
+            request_timeout: Duration::from_secs(30),
+            concurrency_limit: 1024,
+            max_concurrent_streams: 256,
+            drain_delay: Duration::ZERO,
+            shutdown_grace: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Database pool.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// Most connections held open.
+    pub max_connections: u32,
+    /// Connections kept open when idle.
+    pub min_connections: u32,
+    /// How long a call waits for a free connection before UNAVAILABLE.
+    #[serde(with = "humantime_serde")]
+    pub acquire_timeout: Duration,
+    /// How long to wait for a new connection.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Apply pending migrations at start (the embedded default). In a cluster, run
+    /// `keystone migrate up` from one place instead and set this to false.
+    pub migrate_on_start: bool,
+    /// How often the health check pings the database.
+    #[serde(with = "humantime_serde")]
+    pub health_check_interval: Duration,
+}
+
+impl Default for DatabaseSettings {
+    fn default() -> Self {
+        Self {
+            max_connections: 16,
+            min_connections: 1,
+            acquire_timeout: Duration::from_secs(3),
+            connect_timeout: Duration::from_secs(5),
+            migrate_on_start: true,
+            health_check_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Logins and accounts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Whether `Auth/Register` is open.
+    pub registration: bool,
+    /// Wrong passwords in a row before a name is locked.
+    pub lockout_threshold: u32,
+    /// Shortest password accepted, in code points (at least 8).
+    pub password_min_length: u32,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            registration: false,
+            lockout_threshold: 5,
+            password_min_length: 15,
+        }
+    }
+}
+
+/// Token lifetimes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokenSettings {
+    /// Lifetime of users' access tokens.
+    #[serde(with = "humantime_serde")]
+    pub access_ttl: Duration,
+    /// No access token lives longer, whatever a client asks.
+    #[serde(with = "humantime_serde")]
+    pub max_access_ttl: Duration,
+    /// Absolute lifetime of a session's refresh tokens.
+    #[serde(with = "humantime_serde")]
+    pub refresh_ttl: Duration,
+    /// A retry of a just-rotated refresh token within this window gets the same successor.
+    #[serde(with = "humantime_serde")]
+    pub refresh_retry_grace: Duration,
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+}
+
+impl Default for TokenSettings {
+    fn default() -> Self {
+        Self {
+            access_ttl: Duration::from_secs(15 * 60),
+            max_access_ttl: Duration::from_secs(24 * 3600),
+            refresh_ttl: Duration::from_secs(30 * 24 * 3600),
+            refresh_retry_grace: Duration::from_secs(10),
+            leeway: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Signature algorithms Keystone signs with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum KeyAlgorithm {
+    /// Ed25519 (the default).
+    EdDSA,
+    /// ECDSA on P-256 with SHA-256.
+    ES256,
+}
+
+/// Signing keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KeySettings {
+    /// `EdDSA` or `ES256`.
+    pub algorithm: KeyAlgorithm,
+    /// A new key is published this long before it signs (longer than JWKS caches keep).
+    #[serde(with = "humantime_serde")]
+    pub publish_ahead: Duration,
+    /// How often the signing key is replaced.
+    #[serde(with = "humantime_serde")]
+    pub rotate_every: Duration,
+}
+
+impl Default for KeySettings {
+    fn default() -> Self {
+        Self {
+            algorithm: KeyAlgorithm::EdDSA,
+            publish_ahead: Duration::from_secs(25 * 60),
+            rotate_every: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+/// Service clients.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientSettings {
+    /// Longest grace period a rotated-out secret may keep working.
+    #[serde(with = "humantime_serde")]
+    pub max_secret_grace: Duration,
+}
+
+impl Default for ClientSettings {
+    fn default() -> Self {
+        Self {
+            max_secret_grace: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// Running several replicas.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// This node is one of several; it then needs Redis.
+    pub enabled: bool,
+}
+
+/// The revocation set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RevocationSettings {
+    /// If the set has not been confirmed fresh for this long, tokens are refused (UNAVAILABLE).
+    #[serde(with = "humantime_serde")]
+    pub max_staleness: Duration,
+}
+
+impl Default for RevocationSettings {
+    fn default() -> Self {
+        Self {
+            max_staleness: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A setting that could not be read or is out of range. The message names the setting and the
+/// value, masked for secrets.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+impl ConfigError {
+    fn invalid(setting: &str, value: impl std::fmt::Display, rule: &str) -> Self {
+        let value = if SECRET_KEYS.contains(&setting) {
+            "[REDACTED]".to_owned()
+        } else {
+            value.to_string()
+        };
+        ConfigError(format!("invalid setting `{setting}` = `{value}`: {rule}"))
+    }
+}
+
+impl Settings {
+    /// Reads the settings: defaults, then the TOML file if given, then `KEYSTONE_*` variables;
+    /// then validates them.
+    pub fn load(config_file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut figment = Figment::new();
+        if let Some(path) = config_file {
+            if !path.is_file() {
+                return Err(ConfigError(format!(
+                    "config file `{}` does not exist or is not a file",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(Env::prefixed("KEYSTONE_").split("__").filter(|key| {
+            // figment may filter before it lowercases and splits the key.
+            let key = key.as_str().to_ascii_lowercase();
+            let top = key.split('.').next().unwrap_or_default();
+            let top = top.split("__").next().unwrap_or_default();
+            TOP_LEVEL_KEYS.contains(&top) && !STRING_KEYS.contains(&top)
+        }));
+        // figment parses variable values ("0123" would become the number 123): string
+        // settings, secrets among them, are taken exactly as written.
+        for key in STRING_KEYS {
+            if let Ok(value) = std::env::var(format!("KEYSTONE_{}", key.to_ascii_uppercase())) {
+                figment = figment.merge(Serialized::default(key, value));
+            }
+        }
+        Self::from_figment(figment)
+    }
+
+    /// Extracts and validates settings from any figment (tests build their own).
+    pub fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let settings: Settings = figment.extract().map_err(describe_figment_error)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks every rule that a type cannot express.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let database_url = self.database_url.expose_secret();
+        if !(database_url.starts_with("sqlite:")
+            || database_url.starts_with("postgres://")
+            || database_url.starts_with("postgresql://"))
+        {
+            return Err(ConfigError::invalid(
+                "database_url",
+                "",
+                "must start with sqlite:, postgres:// or postgresql://",
+            ));
+        }
+        if let Some(redis_url) = &self.redis_url {
+            let redis_url = redis_url.expose_secret();
+            if ![
+                "redis://",
+                "rediss://",
+                "redis-sentinel://",
+                "redis+unix://",
+            ]
+            .iter()
+            .any(|scheme| redis_url.starts_with(scheme))
+            {
+                return Err(ConfigError::invalid(
+                    "redis_url",
+                    "",
+                    "must start with redis://, rediss:// or redis-sentinel://",
+                ));
+            }
+        }
+        if self.cluster.enabled && self.redis_url.is_none() {
+            return Err(ConfigError::invalid(
+                "cluster.enabled",
+                true,
+                "a clustered node needs KEYSTONE_REDIS_URL, so that every replica sees every revocation",
+            ));
+        }
+        match url::Url::parse(&self.issuer) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
+            _ => {
+                return Err(ConfigError::invalid(
+                    "issuer",
+                    &self.issuer,
+                    "must be an absolute http(s) URL",
+                ));
+            }
+        }
+        match (
+            &self.bootstrap_admin_username,
+            &self.bootstrap_admin_password,
+        ) {
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(ConfigError(
+                    "settings `bootstrap_admin_username` and `bootstrap_admin_password` go together: set both or neither"
+                        .to_owned(),
+                ));
+            }
+            _ => {}
+        }
+        if !(8..=128).contains(&self.auth.password_min_length) {
+            return Err(ConfigError::invalid(
+                "auth.password_min_length",
+                self.auth.password_min_length,
+                "must be between 8 and 128",
+            ));
+        }
+        if self.auth.lockout_threshold == 0 {
+            return Err(ConfigError::invalid(
+                "auth.lockout_threshold",
+                0,
+                "must be at least 1",
+            ));
+        }
+        check_positive("tokens.access_ttl", self.tokens.access_ttl)?;
+        check_positive("tokens.max_access_ttl", self.tokens.max_access_ttl)?;
+        check_positive("tokens.refresh_ttl", self.tokens.refresh_ttl)?;
+        if self.tokens.access_ttl > self.tokens.max_access_ttl {
+            return Err(ConfigError::invalid(
+                "tokens.access_ttl",
+                humantime::format_duration(self.tokens.access_ttl),
+                "must not exceed tokens.max_access_ttl",
+            ));
+        }
+        if self.tokens.leeway > Duration::from_secs(300) {
+            return Err(ConfigError::invalid(
+                "tokens.leeway",
+                humantime::format_duration(self.tokens.leeway),
+                "must be at most 5m",
+            ));
+        }
+        check_positive("keys.rotate_every", self.keys.rotate_every)?;
+        if self.keys.publish_ahead >= self.keys.rotate_every {
+            return Err(ConfigError::invalid(
+                "keys.publish_ahead",
+                humantime::format_duration(self.keys.publish_ahead),
+                "must be shorter than keys.rotate_every",
+            ));
+        }
+        check_positive("revocation.max_staleness", self.revocation.max_staleness)?;
+        if !(1024..=64 * 1024 * 1024).contains(&self.server.max_message_size) {
+            return Err(ConfigError::invalid(
+                "server.max_message_size",
+                self.server.max_message_size,
+                "must be between 1024 and 67108864 bytes",
+            ));
+        }
+        check_positive("server.request_timeout", self.server.request_timeout)?;
+        if self.server.concurrency_limit == 0 {
+            return Err(ConfigError::invalid(
+                "server.concurrency_limit",
+                0,
+                "must be at least 1",
+            ));
+        }
+        if self.server.max_concurrent_streams == 0 {
+            return Err(ConfigError::invalid(
+                "server.max_concurrent_streams",
+                0,
+                "must be at least 1",
+            ));
+        }
+        if self.database.max_connections == 0
+            || self.database.min_connections > self.database.max_connections
+        {
+            return Err(ConfigError::invalid(
+                "database.max_connections",
+                self.database.max_connections,
+                "must be at least 1 and at least database.min_connections",
+            ));
+        }
+        check_positive("database.acquire_timeout", self.database.acquire_timeout)?;
+        check_positive("database.connect_timeout", self.database.connect_timeout)?;
+        check_positive(
+            "database.health_check_interval",
+            self.database.health_check_interval,
+        )?;
+        Ok(())
+    }
+
+    /// Whether the database is the embedded SQLite one.
+    pub fn is_sqlite(&self) -> bool {
+        self.database_url.expose_secret().starts_with("sqlite:")
+    }
+}
+
+fn check_positive(setting: &str, value: Duration) -> Result<(), ConfigError> {
+    if value.is_zero() {
+        return Err(ConfigError::invalid(
+            setting,
+            "0s",
+            "must be longer than zero",
+        ));
+    }
+    Ok(())
+}
+
+/// Turns figment's errors into messages that name the setting, masking secret values.
+fn describe_figment_error(error: figment::Error) -> ConfigError {
+    let messages: Vec<String> = error
+        .into_iter()
+        .map(|error| {
+            let setting = error.path.join(".");
+            let source = error
+                .metadata
+                .as_ref()
+                .map(|metadata| format!(" (from {})", metadata.name))
+                .unwrap_or_default();
+            if SECRET_KEYS.contains(&setting.as_str()) {
+                format!("invalid setting `{setting}`{source}: the value is not valid (not shown: it is secret)")
+            } else if setting.is_empty() {
+                format!("invalid settings{source}: {}", error.kind)
+            } else {
+                format!("invalid setting `{setting}`{source}: {}", error.kind)
+            }
+        })
+        .collect();
+    ConfigError(messages.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_toml(toml: &str) -> Result<Settings, ConfigError> {
+        Settings::from_figment(Figment::new().merge(Toml::string(toml)))
+    }
+
+    #[test]
+    fn defaults_are_valid_and_match_the_contract() {
+        let settings = from_toml("").unwrap();
+        assert_eq!(settings.grpc_addr.to_string(), "127.0.0.1:50051");
+        assert_eq!(settings.http_addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(settings.issuer, "http://127.0.0.1:8080");
+        assert_eq!(settings.tokens.access_ttl, Duration::from_secs(900));
+        assert_eq!(settings.tokens.refresh_ttl, Duration::from_secs(30 * 86400));
+        assert_eq!(settings.keys.publish_ahead, Duration::from_secs(25 * 60));
+        assert_eq!(settings.auth.password_min_length, 15);
+        assert_eq!(settings.reflection, ReflectionMode::Open);
+        assert!(settings.is_sqlite());
+    }
+
+    #[test]
+    fn durations_are_read_in_human_form() {
+        let settings = from_toml("[tokens]\naccess_ttl = \"10m\"\nrefresh_ttl = \"7d\"").unwrap();
+        assert_eq!(settings.tokens.access_ttl, Duration::from_secs(600));
+        assert_eq!(settings.tokens.refresh_ttl, Duration::from_secs(7 * 86400));
+    }
+
+    #[test]
+    fn a_bad_value_names_the_setting_and_the_value() {
+        let error = from_toml("[auth]\npassword_min_length = 4")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("auth.password_min_length"), "{error}");
+        assert!(error.contains('4'), "{error}");
+
+        let error = from_toml("[tokens]\naccess_ttl = \"soon\"")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("tokens.access_ttl"), "{error}");
+    }
+
+    #[test]
+    fn unknown_keys_in_a_section_are_rejected() {
+        let error = from_toml("[tokens]\nacess_ttl = \"10m\"")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("acess_ttl"), "{error}");
+    }
+
+    #[test]
+    fn secrets_are_masked_in_errors_and_debug() {
+        let error = from_toml("database_url = \"mysql://root:hunter2@db/keystone\"")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("database_url"), "{error}");
+        assert!(!error.contains("hunter2"), "{error}");
+
+        let error = Settings::from_figment(Figment::new().merge(Serialized::default(
+            "bootstrap_admin_password",
+            123_456_789_012_u64,
+        )))
+        .unwrap_err()
+        .to_string();
+        assert!(!error.contains("123456789012"), "{error}");
+
+        let settings = from_toml("database_url = \"postgres://k:hunter2@db/k\"").unwrap();
+        assert!(!format!("{settings:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn a_cluster_without_redis_refuses_to_start() {
+        let error = from_toml("[cluster]\nenabled = true")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("cluster.enabled"), "{error}");
+        assert!(
+            from_toml("redis_url = \"redis://127.0.0.1:6379\"\n[cluster]\nenabled = true").is_ok()
+        );
+    }
+
+    #[test]
+    fn bootstrap_credentials_go_together() {
+        assert!(from_toml("bootstrap_admin_username = \"root\"").is_err());
+    }
+}

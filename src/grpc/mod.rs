@@ -1,0 +1,141 @@
+//! The gRPC server: the layer stack, health, reflection and Keystone's services.
+//!
+//! Layers, outermost first, and why they sit there:
+//! 1. a tracing span per call, so everything below logs inside it;
+//! 2. load shedding: when every slot of the concurrency limit is taken, a call is refused at
+//!    once with RESOURCE_EXHAUSTED rather than queued behind the others;
+//! 3. a global concurrency limit shared by all connections (a per-connection limit would let
+//!    many connections pile up work);
+//! 4. tonic's own deadline, the shorter of the caller's `grpc-timeout` and
+//!    `server.request_timeout`.
+//!
+//! Health and reflection are registered beside the services, outside any caller check.
+
+pub mod auth;
+pub mod client_admin;
+pub mod user_admin;
+
+use std::future::Future;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{server::NamedService, transport::Server};
+use tonic_health::{
+    ServingStatus,
+    pb::health_server::HealthServer,
+    server::{HealthReporter, HealthService},
+};
+use tower::{limit::GlobalConcurrencyLimitLayer, load_shed::LoadShedLayer};
+
+use crate::{
+    config::{ReflectionMode, Settings},
+    proto::{FILE_DESCRIPTOR_SET, pb},
+};
+
+use self::{auth::AuthApi, client_admin::ClientAdminApi, user_admin::UserAdminApi};
+
+/// The names health is reported for: the whole server (`""`) and each Keystone service.
+pub const HEALTH_SERVICE_NAMES: &[&str] = &[
+    "",
+    <pb::auth_server::AuthServer<AuthApi> as NamedService>::NAME,
+    <pb::user_admin_server::UserAdminServer<UserAdminApi> as NamedService>::NAME,
+    <pb::client_admin_server::ClientAdminServer<ClientAdminApi> as NamedService>::NAME,
+];
+
+/// The health of every service name, as one switch: Keystone's services stand or fall with
+/// the database together.
+#[derive(Debug, Clone)]
+pub struct Health {
+    reporter: HealthReporter,
+}
+
+impl Health {
+    /// A health reporter with every name `NOT_SERVING` until told otherwise.
+    pub async fn new() -> Self {
+        let health = Self {
+            reporter: HealthReporter::new(),
+        };
+        health.set(false).await;
+        health
+    }
+
+    /// Reports every name as serving, or not.
+    pub async fn set(&self, serving: bool) {
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        for name in HEALTH_SERVICE_NAMES {
+            self.reporter.set_service_status(*name, status).await;
+        }
+    }
+
+    fn server(&self) -> HealthServer<HealthService> {
+        HealthServer::new(HealthService::from_health_reporter(self.reporter.clone()))
+    }
+}
+
+/// The adapters the server serves.
+#[derive(Debug, Clone, Default)]
+pub struct Apis {
+    /// `keystone.v1.Auth`.
+    pub auth: AuthApi,
+    /// `keystone.v1.UserAdmin`.
+    pub user_admin: UserAdminApi,
+    /// `keystone.v1.ClientAdmin`.
+    pub client_admin: ClientAdminApi,
+}
+
+/// Serves gRPC on `listener` until `shutdown` resolves, then lets calls in flight finish.
+pub async fn serve(
+    listener: TcpListener,
+    settings: &Settings,
+    apis: Apis,
+    health: &Health,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let max_message = settings.server.max_message_size;
+    let layers = tower::ServiceBuilder::new()
+        .layer(LoadShedLayer::new())
+        .layer(GlobalConcurrencyLimitLayer::new(
+            settings.server.concurrency_limit,
+        ))
+        .into_inner();
+
+    // Server reflection in both versions: grpcurl before 1.9 speaks only `v1alpha`. The
+    // `admin` mode needs the token verifier, which the auth core brings; until then it keeps
+    // reflection closed rather than open to anyone.
+    let open = settings.reflection == ReflectionMode::Open;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = open.then(|| reflection().build_v1()).transpose()?;
+    let reflection_v1alpha = open.then(|| reflection().build_v1alpha()).transpose()?;
+
+    Server::builder()
+        .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
+        .timeout(settings.server.request_timeout)
+        .max_concurrent_streams(settings.server.max_concurrent_streams)
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .layer(layers)
+        .add_service(health.server())
+        .add_optional_service(reflection_v1)
+        .add_optional_service(reflection_v1alpha)
+        .add_service(
+            pb::auth_server::AuthServer::new(apis.auth).max_decoding_message_size(max_message),
+        )
+        .add_service(
+            pb::user_admin_server::UserAdminServer::new(apis.user_admin)
+                .max_decoding_message_size(max_message),
+        )
+        .add_service(
+            pb::client_admin_server::ClientAdminServer::new(apis.client_admin)
+                .max_decoding_message_size(max_message),
+        )
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}

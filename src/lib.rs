@@ -1,0 +1,32 @@
+//! Keystone: the identity service other services trust. It issues and checks access tokens
+//! (signed JWTs), keeps users, roles, scopes and service clients, and answers over gRPC.
+//!
+//! # Layout
+//!
+//! - [`config`]: settings from defaults, an optional TOML file and `KEYSTONE_*` variables.
+//! - [`app`]: builds the whole server from settings and runs it until shutdown.
+//! - [`grpc`]: the tonic adapters, the layer stack, health and reflection.
+//! - [`error`]: the crate error and its single mapping onto `tonic::Status`.
+//! - [`store`]: persistence over sea-orm; entities never leave it.
+//! - [`clock`]: the only reader of wall time.
+//! - [`proto`]: the generated code of `proto/keystone/v1`.
+//! - [`cli`], [`telemetry`], [`shutdown`]: the process around the server.
+
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![warn(missing_debug_implementations)]
+
+pub mod app;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod proto;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;
+
+pub use app::App;
+pub use config::Settings;
+pub use error::Error;

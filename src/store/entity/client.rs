@@ -1,0 +1,50 @@
+//! `clients`: service clients. `client_id` is the public identifier, `id` the internal key.
+
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "clients")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: Uuid,
+    pub client_id: String,
+    pub name: String,
+    pub description: String,
+    pub access_token_ttl_seconds: Option<i64>,
+    pub enabled: bool,
+    pub tokens_not_before: Option<DateTimeUtc>,
+    pub secret_rotated_at: Option<DateTimeUtc>,
+    pub secret_last_used_at: Option<DateTimeUtc>,
+    pub created_at: DateTimeUtc,
+    pub updated_at: DateTimeUtc,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {
+    #[sea_orm(has_many = "super::client_secret::Entity")]
+    ClientSecret,
+    #[sea_orm(has_many = "super::client_scope::Entity")]
+    ClientScope,
+    #[sea_orm(has_many = "super::client_audience::Entity")]
+    ClientAudience,
+}
+
+impl Related<super::client_secret::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::ClientSecret.def()
+    }
+}
+
+impl Related<super::client_scope::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::ClientScope.def()
+    }
+}
+
+impl Related<super::client_audience::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::ClientAudience.def()
+    }
+}
+
+impl ActiveModelBehavior for ActiveModel {}

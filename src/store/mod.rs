@@ -1,0 +1,129 @@
+//! Persistence over the sea-orm connection (PostgreSQL or SQLite). Entities never leave this
+//! module: queries return domain types. `DbErr` becomes [`Error`] here, with unique violations
+//! as `AlreadyExists` and lost connections as `Unavailable`; driver text never reaches a caller.
+
+pub mod entity;
+
+use std::time::Duration;
+
+use migrations::{Migrator, MigratorTrait};
+use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr, SqlErr};
+use secrecy::ExposeSecret;
+
+use crate::{
+    config::DatabaseSettings,
+    error::{Error, Reason},
+};
+
+/// The database behind Keystone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: DatabaseConnection,
+}
+
+/// Whether a migration is applied, as `keystone migrate status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationState {
+    /// The migration's name.
+    pub name: String,
+    /// Whether it has been applied.
+    pub applied: bool,
+}
+
+impl Store {
+    /// Opens the connection pool and checks that the database answers.
+    pub async fn connect(
+        database_url: &secrecy::SecretString,
+        settings: &DatabaseSettings,
+    ) -> Result<Self, Error> {
+        let url = database_url.expose_secret();
+        let mut options = ConnectOptions::new(url.to_owned());
+        // An in-memory SQLite database exists per connection: a pool of several would see
+        // several empty databases.
+        let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        options
+            .max_connections(if in_memory {
+                1
+            } else {
+                settings.max_connections
+            })
+            .min_connections(if in_memory {
+                1
+            } else {
+                settings.min_connections
+            })
+            .connect_timeout(settings.connect_timeout)
+            .acquire_timeout(settings.acquire_timeout)
+            .idle_timeout(Duration::from_secs(600))
+            // Statements are logged by our own spans; sqlx's log adds nothing but noise.
+            .sqlx_logging(false);
+        let db = Database::connect(options).await.map_err(unavailable)?;
+        Ok(Self { db })
+    }
+
+    /// The store over an existing connection.
+    pub fn from_connection(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+
+    /// Checks that the database answers.
+    pub async fn ping(&self) -> Result<(), Error> {
+        self.db.ping().await.map_err(unavailable)
+    }
+
+    /// Applies pending migrations (all, or the next `steps`).
+    pub async fn migrate_up(&self, steps: Option<u32>) -> Result<(), Error> {
+        Migrator::up(&self.db, steps).await.map_err(db_error)
+    }
+
+    /// Rolls back the last `steps` applied migrations.
+    pub async fn migrate_down(&self, steps: u32) -> Result<(), Error> {
+        Migrator::down(&self.db, Some(steps))
+            .await
+            .map_err(db_error)
+    }
+
+    /// Every migration Keystone knows, in order, and whether it is applied.
+    pub async fn migration_status(&self) -> Result<Vec<MigrationState>, Error> {
+        let migrations = Migrator::get_migration_with_status(&self.db)
+            .await
+            .map_err(db_error)?;
+        Ok(migrations
+            .into_iter()
+            .map(|migration| MigrationState {
+                name: migration.name().to_owned(),
+                applied: migration.status().to_string() == "Applied",
+            })
+            .collect())
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        if let Err(error) = self.db.close_by_ref().await {
+            tracing::debug!(error = %error, "closing the database pool");
+        }
+    }
+}
+
+/// The database could not be reached.
+fn unavailable(source: DbErr) -> Error {
+    Error::Unavailable {
+        reason: Reason::Unavailable,
+        what: "the database",
+        source: Some(source.into()),
+    }
+}
+
+/// Turns a database error into the crate error. Unique violations become `AlreadyExists`
+/// (callers that know what collided give a better message), lost connections `Unavailable`.
+pub(crate) fn db_error(error: DbErr) -> Error {
+    if let Some(SqlErr::UniqueConstraintViolation(_)) = error.sql_err() {
+        return Error::AlreadyExists {
+            message: "it already exists".to_owned(),
+        };
+    }
+    match error {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => unavailable(error),
+        other => Error::internal(other),
+    }
+}

@@ -1,0 +1,9 @@
+//! Keystone's integration tests: one binary, so tonic, sea-orm and friends link once.
+//! Each test starts its own server on port 0 with its own database (see `helpers`).
+
+mod helpers;
+
+mod cli;
+mod health;
+mod reflection;
+mod shutdown;
