@@ -22,11 +22,38 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);
     fs::write(out_dir.join("keystone_descriptor.bin"), fds.encode_to_vec())?;
 
+    write_password_blocklist(&out_dir)?;
+
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
         // RPCs that no issue has built yet answer UNIMPLEMENTED through the generated defaults.
         .generate_default_stubs(true)
         .compile_fds(fds)?;
+    Ok(())
+}
+
+/// Compiles `data/common-passwords-100k.txt` into a sorted `&[&str]` of its entries that are at
+/// least 8 characters long (the shortest minimum the policy allows), lowercased.
+fn write_password_blocklist(out_dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    let source = "data/common-passwords-100k.txt";
+    println!("cargo:rerun-if-changed={source}");
+    let text = fs::read_to_string(source)?;
+    let mut entries: Vec<String> = text
+        .lines()
+        .map(str::trim_end)
+        .filter(|line| line.chars().count() >= 8)
+        .map(str::to_lowercase)
+        .collect();
+    entries.sort();
+    entries.dedup();
+    let mut code = String::from(
+        "/// Common and breached passwords, lowercased and sorted.\npub static BLOCKLIST: &[&str] = &[\n",
+    );
+    for entry in &entries {
+        code.push_str(&format!("    {entry:?},\n"));
+    }
+    code.push_str("];\n");
+    fs::write(out_dir.join("password_blocklist.rs"), code)?;
     Ok(())
 }

@@ -14,7 +14,10 @@ use tokio::net::TcpListener;
 use crate::{
     clock::{SharedClock, SystemClock},
     config::Settings,
+    domain::PasswordPolicy,
     grpc::{self, Apis, Health},
+    password::PasswordHasher,
+    service::UserAdminService,
     store::Store,
 };
 
@@ -37,14 +40,27 @@ impl App {
 
     /// Builds the server on the given clock (tests move time with a manual one).
     pub async fn build_with_clock(settings: Settings, clock: SharedClock) -> anyhow::Result<Self> {
-        let store = Store::connect(&settings.database_url, &settings.database)
-            .await
-            .context("cannot connect to the database (database_url)")?;
-        if settings.database.migrate_on_start {
-            store
-                .migrate_up(None)
+        let store = open_database(&settings).await?;
+        let user_admin = user_admin_service(&settings, &store, &clock).await?;
+        if let (Some(username), Some(password)) = (
+            &settings.bootstrap_admin_username,
+            &settings.bootstrap_admin_password,
+        ) {
+            match user_admin
+                .bootstrap_admin(username, None, Some(password.clone()))
                 .await
-                .context("cannot apply the database migrations")?;
+                .context("cannot create the bootstrap admin (bootstrap_admin_username/_password)")?
+            {
+                Some(outcome) => tracing::info!(
+                    user_id = %outcome.user.id,
+                    username = %outcome.user.username,
+                    "created the bootstrap admin"
+                ),
+                None => tracing::info!(
+                    username = %username,
+                    "the bootstrap admin exists already; left as it is"
+                ),
+            }
         }
         let listener = TcpListener::bind(settings.grpc_addr)
             .await
@@ -127,6 +143,36 @@ impl App {
         tracing::info!("Keystone stopped");
         Ok(())
     }
+}
+
+/// Connects to the database and, with `database.migrate_on_start`, applies pending migrations.
+pub async fn open_database(settings: &Settings) -> anyhow::Result<Store> {
+    let store = Store::connect(&settings.database_url, &settings.database)
+        .await
+        .context("cannot connect to the database (database_url)")?;
+    if settings.database.migrate_on_start {
+        store
+            .migrate_up(None)
+            .await
+            .context("cannot apply the database migrations")?;
+    }
+    Ok(store)
+}
+
+/// The user administration service; builds the password hasher (one hash, off the runtime).
+pub async fn user_admin_service(
+    settings: &Settings,
+    store: &Store,
+    clock: &SharedClock,
+) -> anyhow::Result<UserAdminService> {
+    let argon2 = settings.auth.argon2.clone();
+    let hasher = tokio::task::spawn_blocking(move || PasswordHasher::new(&argon2)).await??;
+    Ok(UserAdminService::new(
+        store.clone(),
+        hasher,
+        PasswordPolicy::new(settings.auth.password_min_length),
+        clock.clone(),
+    ))
 }
 
 /// Pings the database on an interval and turns health NOT_SERVING while it does not answer.

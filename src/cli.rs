@@ -1,12 +1,23 @@
 //! The command line: `keystone serve` (the default), `keystone migrate up|down|status`,
-//! `keystone bootstrap-admin`. Settings come from the same places for every command.
+//! `keystone bootstrap-admin`. Settings come from the same places for every command. The
+//! bootstrap password is the one secret ever printed: on purpose, once, to the operator.
 
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-use crate::{App, Settings, shutdown, store::Store};
+use std::sync::Arc;
+
+use secrecy::ExposeSecret as _;
+
+use crate::{
+    App, Settings, app,
+    clock::{SharedClock, SystemClock},
+    service::BootstrapOutcome,
+    shutdown,
+    store::Store,
+};
 
 /// Keystone: the identity service other services trust.
 ///
@@ -34,6 +45,16 @@ pub enum Command {
     /// Apply, roll back or list the database migrations.
     #[command(subcommand)]
     Migrate(MigrateCommand),
+    /// Create an admin (role `admin`) and print its generated password, once. The admin must
+    /// change it at first login. Fails if the username is taken.
+    BootstrapAdmin {
+        /// The admin's username.
+        #[arg(long)]
+        username: String,
+        /// The admin's email address (default: <username>@keystone.invalid).
+        #[arg(long)]
+        email: Option<String>,
+    },
 }
 
 /// `keystone migrate …`.
@@ -61,6 +82,35 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Serve => {
             let app = App::build(settings).await?;
             app.run_until(shutdown::signal()).await
+        }
+        Command::BootstrapAdmin { username, email } => {
+            let store = app::open_database(&settings).await?;
+            let clock: SharedClock = Arc::new(SystemClock);
+            let service = app::user_admin_service(&settings, &store, &clock).await?;
+            let outcome = service
+                .bootstrap_admin(&username, email.as_deref(), None)
+                .await;
+            store.close().await;
+            match outcome? {
+                Some(BootstrapOutcome {
+                    user,
+                    generated_password: Some(password),
+                }) => {
+                    println!("created admin `{}` (id {})", user.username, user.id);
+                    println!(
+                        "password (shown once; change it at first login): {}",
+                        password.expose_secret()
+                    );
+                    Ok(())
+                }
+                Some(BootstrapOutcome { user, .. }) => {
+                    println!("created admin `{}` (id {})", user.username, user.id);
+                    Ok(())
+                }
+                None => {
+                    anyhow::bail!("a user named `{username}` exists already; nothing was changed")
+                }
+            }
         }
         Command::Migrate(command) => {
             let store = Store::connect(&settings.database_url, &settings.database)

@@ -238,6 +238,8 @@ pub struct AuthSettings {
     pub lockout_threshold: u32,
     /// Shortest password accepted, in code points (at least 8).
     pub password_min_length: u32,
+    /// Password hashing.
+    pub argon2: PasswordHashSettings,
 }
 
 impl Default for AuthSettings {
@@ -246,6 +248,39 @@ impl Default for AuthSettings {
             registration: false,
             lockout_threshold: 5,
             password_min_length: 15,
+            argon2: PasswordHashSettings::default(),
+        }
+    }
+}
+
+/// argon2id parameters and the hashing pool. The defaults are OWASP's minimum (19 MiB, two
+/// passes, one lane); raising them rehashes each password at its next successful login.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PasswordHashSettings {
+    /// Memory per hash, in KiB.
+    pub memory_kib: u32,
+    /// Passes over the memory.
+    pub iterations: u32,
+    /// Lanes.
+    pub parallelism: u32,
+    /// Hashes at once; 0: from the cores and `memory_budget_mib`.
+    pub concurrency: usize,
+    /// Memory all concurrent hashes may take together, in MiB.
+    pub memory_budget_mib: u32,
+    /// Calls that may wait for a hash slot; beyond, RESOURCE_EXHAUSTED.
+    pub max_queue: usize,
+}
+
+impl Default for PasswordHashSettings {
+    fn default() -> Self {
+        Self {
+            memory_kib: 19 * 1024,
+            iterations: 2,
+            parallelism: 1,
+            concurrency: 0,
+            memory_budget_mib: 256,
+            max_queue: 64,
         }
     }
 }
@@ -485,6 +520,29 @@ impl Settings {
                 "auth.lockout_threshold",
                 0,
                 "must be at least 1",
+            ));
+        }
+        let argon2 = &self.auth.argon2;
+        if argon2.memory_kib < 8 * argon2.parallelism.max(1) || argon2.memory_kib > 4 * 1024 * 1024
+        {
+            return Err(ConfigError::invalid(
+                "auth.argon2.memory_kib",
+                argon2.memory_kib,
+                "must be between 8 × parallelism and 4194304 (4 GiB)",
+            ));
+        }
+        if !(1..=64).contains(&argon2.iterations) {
+            return Err(ConfigError::invalid(
+                "auth.argon2.iterations",
+                argon2.iterations,
+                "must be between 1 and 64",
+            ));
+        }
+        if !(1..=16).contains(&argon2.parallelism) {
+            return Err(ConfigError::invalid(
+                "auth.argon2.parallelism",
+                argon2.parallelism,
+                "must be between 1 and 16",
             ));
         }
         check_positive("tokens.access_ttl", self.tokens.access_ttl)?;

@@ -8,6 +8,9 @@
 //! - [`grpc`]: the tonic adapters, the layer stack, health and reflection.
 //! - [`error`]: the crate error and its single mapping onto `tonic::Status`.
 //! - [`store`]: persistence over sea-orm; entities never leave it.
+//! - [`domain`]: types that only hold valid values (usernames, emails, scopes…).
+//! - [`password`]: argon2id hashing off the async runtime, and password generation.
+//! - [`service`]: the use cases; every policy decision, no transport types.
 //! - [`clock`]: the only reader of wall time.
 //! - [`proto`]: the generated code of `proto/keystone/v1`.
 //! - [`cli`], [`telemetry`], [`shutdown`]: the process around the server.
@@ -20,9 +23,12 @@ pub mod app;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod domain;
 pub mod error;
 pub mod grpc;
+pub mod password;
 pub mod proto;
+pub mod service;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;

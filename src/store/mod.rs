@@ -2,7 +2,9 @@
 //! module: queries return domain types. `DbErr` becomes [`Error`] here, with unique violations
 //! as `AlreadyExists` and lost connections as `Unavailable`; driver text never reaches a caller.
 
+mod audit;
 pub mod entity;
+mod users;
 
 use std::time::Duration;
 
@@ -64,6 +66,11 @@ impl Store {
     /// The store over an existing connection.
     pub fn from_connection(db: DatabaseConnection) -> Self {
         Self { db }
+    }
+
+    /// The underlying connection, for the other store modules.
+    pub(crate) fn db(&self) -> &DatabaseConnection {
+        &self.db
     }
 
     /// Checks that the database answers.

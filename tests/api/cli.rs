@@ -15,7 +15,7 @@ use tonic_health::pb::{
 use crate::helpers::{TestDatabase, postgres_url, say_skipped};
 
 /// The built binary, with a clean environment: only what the test sets.
-fn keystone() -> Command {
+pub fn keystone() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_keystone"));
     // In a directory of its own, so that a default SQLite file would land nowhere that matters.
     command
@@ -26,7 +26,7 @@ fn keystone() -> Command {
 }
 
 /// Runs a command that must end by itself, killing it after 60 seconds.
-fn run(command: &mut Command) -> (i32, String, String) {
+pub fn run(command: &mut Command) -> (i32, String, String) {
     let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -156,6 +156,14 @@ pub async fn spawn_app() -> TestApp {
 /// Starts Keystone with test settings changed by `configure`.
 pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
     let database = TestDatabase::fresh().await;
+    spawn_app_on(database, configure).await
+}
+
+/// Starts Keystone on an existing test database (to restart a server on the same data).
+pub async fn spawn_app_on(
+    database: TestDatabase,
+    configure: impl FnOnce(&mut Settings),
+) -> TestApp {
     let mut settings = test_settings(database.url());
     configure(&mut settings);
     settings.validate().expect("test settings are valid");
@@ -185,6 +193,12 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
 }
 
 impl TestApp {
+    /// The URL of the server's database, for checks the API cannot make yet.
+    #[allow(dead_code)]
+    pub fn database_url(&self) -> &str {
+        self._database.url()
+    }
+
     /// Asks the server to shut down, as SIGTERM would.
     pub fn begin_shutdown(&mut self) {
         if let Some(shutdown) = self.shutdown.take() {
@@ -199,6 +213,20 @@ impl TestApp {
             Some(server) => server.await?,
             None => Ok(()),
         }
+    }
+
+    /// Stops the server and hands back its database, to start another server on it.
+    #[allow(dead_code)]
+    pub async fn stop_keeping_database(mut self) -> TestDatabase {
+        self.begin_shutdown();
+        if let Some(server) = self.server.take() {
+            server
+                .await
+                .expect("the server task ends")
+                .expect("the server stops cleanly");
+        }
+        let placeholder = TestDatabase::fresh_sqlite();
+        std::mem::replace(&mut self._database, placeholder)
     }
 
     /// Waits for the server to stop after `begin_shutdown`.

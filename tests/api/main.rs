@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod bootstrap;
 mod cli;
 mod health;
 mod reflection;

@@ -1,0 +1,31 @@
+//! Domain types that can only hold valid values. Adapters parse request strings into them at
+//! the edge (`parse` fails with an error naming the rule); services then trust them. None
+//! derefs to `String`: read them with `as_str`.
+
+mod audit;
+mod names;
+mod password_policy;
+mod scope;
+mod user;
+
+pub use audit::{AuditRecord, Outcome};
+pub use names::{Email, RoleName, Username, normalize};
+pub use password_policy::{MAX_PASSWORD_LENGTH, PasswordPolicy};
+pub use scope::{Scope, ScopeSet};
+pub use user::{NewUser, User};
+
+/// Why a value was refused: a sentence for the caller, naming the rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ParseError(pub String);
+
+impl ParseError {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+
+    /// The error as an `InvalidArgument` on `field`.
+    pub fn on(self, field: &str) -> crate::Error {
+        crate::Error::invalid_argument(field, self.0)
+    }
+}

@@ -1,0 +1,243 @@
+//! Usernames, emails and role names, normalized in one documented way: Unicode NFKC, then
+//! lowercase. The normalized form is what uniqueness and logins compare; the display form is
+//! kept as given (after NFKC).
+
+use unicode_normalization::UnicodeNormalization as _;
+
+use super::ParseError;
+
+/// NFKC, then lowercase: the form stored in `*_normalized` columns and compared on login.
+pub fn normalize(value: &str) -> String {
+    value.nfkc().collect::<String>().to_lowercase()
+}
+
+/// A username: 1 to 64 characters after NFKC; letters, digits (any script), `.`, `_` and `-`;
+/// starting with a letter or digit. No `@`, so a login name is never mistaken for an email.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Username {
+    display: String,
+    normalized: String,
+}
+
+impl Username {
+    /// Longest username, in characters.
+    pub const MAX_LEN: usize = 64;
+
+    /// Checks and normalizes a username.
+    pub fn parse(value: &str) -> Result<Self, ParseError> {
+        let display: String = value.nfkc().collect();
+        let length = display.chars().count();
+        if length == 0 {
+            return Err(ParseError::new("must not be empty"));
+        }
+        if length > Self::MAX_LEN {
+            return Err(ParseError::new(format!(
+                "must be at most {} characters",
+                Self::MAX_LEN
+            )));
+        }
+        if !display.chars().next().is_some_and(char::is_alphanumeric) {
+            return Err(ParseError::new("must start with a letter or a digit"));
+        }
+        if let Some(bad) = display
+            .chars()
+            .find(|c| !(c.is_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
+            return Err(ParseError::new(format!(
+                "may hold only letters, digits, '.', '_' and '-', not {}",
+                describe(bad)
+            )));
+        }
+        let normalized = display.to_lowercase();
+        Ok(Self {
+            display,
+            normalized,
+        })
+    }
+
+    /// The username as given (after NFKC).
+    pub fn as_str(&self) -> &str {
+        &self.display
+    }
+
+    /// The form compared for uniqueness and login.
+    pub fn normalized(&self) -> &str {
+        &self.normalized
+    }
+}
+
+/// An email address: `local@domain`, at most 254 characters, the local part at most 64, the
+/// domain made of dot-separated labels. No control characters or spaces. Deliverability is
+/// not checked.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Email {
+    display: String,
+    normalized: String,
+}
+
+impl Email {
+    /// Checks and normalizes an email address.
+    pub fn parse(value: &str) -> Result<Self, ParseError> {
+        let display: String = value.nfkc().collect();
+        if display.is_empty() {
+            return Err(ParseError::new("must not be empty"));
+        }
+        if display.chars().count() > 254 {
+            return Err(ParseError::new("must be at most 254 characters"));
+        }
+        if let Some(bad) = display
+            .chars()
+            .find(|c| c.is_control() || c.is_whitespace())
+        {
+            return Err(ParseError::new(format!(
+                "must not contain {}",
+                describe(bad)
+            )));
+        }
+        let Some((local, domain)) = display.rsplit_once('@') else {
+            return Err(ParseError::new("must be of the form name@domain"));
+        };
+        if local.is_empty() || local.chars().count() > 64 || local.contains('@') {
+            return Err(ParseError::new(
+                "the part before '@' must hold 1 to 64 characters and no '@'",
+            ));
+        }
+        let labels: Vec<&str> = domain.split('.').collect();
+        if labels.len() < 2
+            || labels.iter().any(|label| {
+                label.is_empty()
+                    || label.starts_with('-')
+                    || label.ends_with('-')
+                    || !label.chars().all(|c| c.is_alphanumeric() || c == '-')
+            })
+        {
+            return Err(ParseError::new(
+                "the part after '@' must be a domain such as example.com",
+            ));
+        }
+        let normalized = display.to_lowercase();
+        Ok(Self {
+            display,
+            normalized,
+        })
+    }
+
+    /// The address as given (after NFKC).
+    pub fn as_str(&self) -> &str {
+        &self.display
+    }
+
+    /// The form compared for uniqueness and login.
+    pub fn normalized(&self) -> &str {
+        &self.normalized
+    }
+
+    /// The part before the `@`, normalized (the password policy refuses passwords holding it).
+    pub fn local_part(&self) -> &str {
+        self.normalized
+            .rsplit_once('@')
+            .map(|(local, _)| local)
+            .unwrap_or(&self.normalized)
+    }
+}
+
+/// A role name: 1 to 64 of `a-z`, `0-9`, `-`, `_`, `.`, starting with a letter.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RoleName(String);
+
+impl RoleName {
+    /// Checks a role name.
+    pub fn parse(value: &str) -> Result<Self, ParseError> {
+        if value.is_empty() || value.len() > 64 {
+            return Err(ParseError::new("must hold 1 to 64 characters"));
+        }
+        if !value.starts_with(|c: char| c.is_ascii_lowercase()) {
+            return Err(ParseError::new("must start with a lowercase letter"));
+        }
+        if let Some(bad) = value.chars().find(|c| {
+            !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'))
+        }) {
+            return Err(ParseError::new(format!(
+                "may hold only a-z, 0-9, '-', '_' and '.', not {}",
+                describe(bad)
+            )));
+        }
+        Ok(Self(value.to_owned()))
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A character as a caller can read it in an error: printable ones quoted, others as U+XXXX.
+fn describe(c: char) -> String {
+    if c.is_control() || c.is_whitespace() {
+        format!("U+{:04X}", u32::from(c))
+    } else {
+        format!("'{c}'")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames_are_normalized_with_nfkc_and_lowercase() {
+        let fullwidth = Username::parse("Ａｌｉｃｅ").unwrap();
+        let plain = Username::parse("alice").unwrap();
+        assert_eq!(fullwidth.normalized(), plain.normalized());
+        assert_eq!(Username::parse("Alice").unwrap().as_str(), "Alice");
+        assert_eq!(
+            Username::parse("Zoë.o-k_1").unwrap().normalized(),
+            "zoë.o-k_1"
+        );
+    }
+
+    #[test]
+    fn usernames_refuse_what_could_confuse() {
+        for bad in [
+            "",
+            " alice",
+            "alice\u{0}",
+            "al ice",
+            "alice@example.com",
+            "-alice",
+            "a\u{202e}b",
+        ] {
+            assert!(Username::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert!(Username::parse(&"a".repeat(65)).is_err());
+        assert!(Username::parse(&"a".repeat(64)).is_ok());
+    }
+
+    #[test]
+    fn emails_need_a_local_part_and_a_domain() {
+        let email = Email::parse("Alice.Smith@Example.COM").unwrap();
+        assert_eq!(email.normalized(), "alice.smith@example.com");
+        assert_eq!(email.local_part(), "alice.smith");
+        for bad in [
+            "",
+            "alice",
+            "@example.com",
+            "alice@",
+            "alice@localhost",
+            "a b@example.com",
+            "alice@exa_mple.com",
+            "alice@-x.com",
+        ] {
+            assert!(Email::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn role_names_are_plain_lowercase() {
+        assert!(RoleName::parse("admin").is_ok());
+        assert!(RoleName::parse("billing.read-only_2").is_ok());
+        for bad in ["", "Admin", "1admin", "ad min", "ad:min"] {
+            assert!(RoleName::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+}
