@@ -19,7 +19,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Err(error) = telemetry::init(&settings.log, std::io::stdout) {
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    if let Err(error) = telemetry::init(&settings.log, std::io::stdout, ansi) {
         eprintln!("keystone: cannot start logging: {error:#}");
         return ExitCode::from(2);
     }

@@ -7,9 +7,9 @@ use tracing_subscriber::{
 
 use crate::config::{LogFormat, LogSettings};
 
-/// Installs the global subscriber, writing to `sink`. `RUST_LOG`, when set, overrides the
-/// configured filter. Fails if a subscriber is installed already.
-pub fn init<W>(settings: &LogSettings, sink: W) -> anyhow::Result<()>
+/// Installs the global subscriber, writing to `sink` (with colours only if `ansi`). `RUST_LOG`,
+/// when set, overrides the configured filter. Fails if a subscriber is installed already.
+pub fn init<W>(settings: &LogSettings, sink: W, ansi: bool) -> anyhow::Result<()>
 where
     W: for<'writer> MakeWriter<'writer> + Send + Sync + 'static,
 {
@@ -20,7 +20,11 @@ where
     let registry = tracing_subscriber::registry().with(filter);
     match settings.format {
         LogFormat::Text => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(sink))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(ansi)
+                    .with_writer(sink),
+            )
             .try_init()?,
         LogFormat::Json => registry
             .with(
