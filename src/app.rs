@@ -15,10 +15,14 @@ use crate::{
     clock::{SharedClock, SystemClock},
     config::Settings,
     domain::PasswordPolicy,
-    grpc::{self, Apis, Health},
+    grpc::{
+        self, Apis, Health, auth::AuthApi, client_admin::ClientAdminApi, user_admin::UserAdminApi,
+    },
     password::PasswordHasher,
-    service::UserAdminService,
+    revocation::Revocations,
+    service::{UserAdminService, auth::AuthService},
     store::Store,
+    token::keys::{KeyManager, KeyRing},
 };
 
 /// A Keystone server, built and bound, not yet serving.
@@ -27,6 +31,9 @@ pub struct App {
     settings: Settings,
     clock: SharedClock,
     store: Store,
+    keys: KeyManager,
+    revocations: Revocations,
+    apis: Apis,
     listener: TcpListener,
     local_addr: SocketAddr,
     health: Health,
@@ -41,7 +48,13 @@ impl App {
     /// Builds the server on the given clock (tests move time with a manual one).
     pub async fn build_with_clock(settings: Settings, clock: SharedClock) -> anyhow::Result<Self> {
         let store = open_database(&settings).await?;
-        let user_admin = user_admin_service(&settings, &store, &clock).await?;
+        let hasher = password_hasher(&settings).await?;
+        let user_admin = UserAdminService::new(
+            store.clone(),
+            hasher.clone(),
+            PasswordPolicy::new(settings.auth.password_min_length),
+            clock.clone(),
+        );
         if let (Some(username), Some(password)) = (
             &settings.bootstrap_admin_username,
             &settings.bootstrap_admin_password,
@@ -66,11 +79,43 @@ impl App {
             .await
             .with_context(|| format!("cannot listen on grpc_addr {}", settings.grpc_addr))?;
         let local_addr = listener.local_addr()?;
+
+        let keys = KeyManager::new(
+            store.clone(),
+            KeyRing::default(),
+            clock.clone(),
+            settings.keys.algorithm,
+            settings.keys.publish_ahead,
+            settings.keys.rotate_every,
+            settings.tokens.max_access_ttl + settings.tokens.leeway,
+        );
+        keys.refresh()
+            .await
+            .context("cannot load the signing keys")?;
+        let revocations = Revocations::load(store.clone(), clock.now())
+            .await
+            .context("cannot load the revocation set")?;
+        let auth = AuthService::new(
+            &settings,
+            store.clone(),
+            hasher,
+            clock.clone(),
+            keys.ring().clone(),
+            revocations.clone(),
+        );
+        let apis = Apis {
+            auth: AuthApi::new(auth),
+            user_admin: UserAdminApi::default(),
+            client_admin: ClientAdminApi::default(),
+        };
         let health = Health::new().await;
         Ok(Self {
             settings,
             clock,
             store,
+            keys,
+            revocations,
+            apis,
             listener,
             local_addr,
             health,
@@ -91,11 +136,14 @@ impl App {
     pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
         let Self {
             settings,
+            clock,
             store,
+            keys,
+            revocations,
+            apis,
             listener,
             local_addr,
             health,
-            ..
         } = self;
 
         store.ping().await.context("the database does not answer")?;
@@ -105,6 +153,7 @@ impl App {
             health.clone(),
             settings.database.health_check_interval,
         ));
+        let upkeep = tokio::spawn(upkeep(keys, revocations, clock));
         tracing::info!(grpc_addr = %local_addr, "Keystone is serving gRPC on {local_addr}");
 
         let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
@@ -114,6 +163,7 @@ impl App {
             async move {
                 shutdown.await;
                 monitor.abort();
+                upkeep.abort();
                 health.set(false).await;
                 tracing::info!("health is NOT_SERVING; draining");
                 tokio::time::sleep(drain_delay).await;
@@ -129,7 +179,7 @@ impl App {
             }
         };
 
-        let serve = grpc::serve(listener, &settings, Apis::default(), &health, signalled);
+        let serve = grpc::serve(listener, &settings, apis, &health, signalled);
         tokio::select! {
             result = serve => result.context("the gRPC server failed")?,
             () = grace_expired => {
@@ -159,20 +209,51 @@ pub async fn open_database(settings: &Settings) -> anyhow::Result<Store> {
     Ok(store)
 }
 
-/// The user administration service; builds the password hasher (one hash, off the runtime).
+/// The password hasher (its dummy hash is one argon2 run, made off the runtime).
+pub async fn password_hasher(settings: &Settings) -> anyhow::Result<PasswordHasher> {
+    let argon2 = settings.auth.argon2.clone();
+    tokio::task::spawn_blocking(move || PasswordHasher::new(&argon2)).await?
+}
+
+/// The user administration service.
 pub async fn user_admin_service(
     settings: &Settings,
     store: &Store,
     clock: &SharedClock,
 ) -> anyhow::Result<UserAdminService> {
-    let argon2 = settings.auth.argon2.clone();
-    let hasher = tokio::task::spawn_blocking(move || PasswordHasher::new(&argon2)).await??;
     Ok(UserAdminService::new(
         store.clone(),
-        hasher,
+        password_hasher(settings).await?,
         PasswordPolicy::new(settings.auth.password_min_length),
         clock.clone(),
     ))
+}
+
+/// Periodic upkeep: key lifecycle steps and reloads (so key changes made elsewhere arrive
+/// without a restart), and pruning revocations whose tokens have expired.
+async fn upkeep(keys: KeyManager, revocations: Revocations, clock: SharedClock) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(10));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    let mut rounds: u64 = 0;
+    loop {
+        ticker.tick().await;
+        rounds += 1;
+        if let Err(error) = keys.refresh().await {
+            tracing::warn!(
+                error = format!("{:#}", anyhow::Error::from(error)),
+                "cannot refresh the signing keys"
+            );
+        }
+        if rounds.is_multiple_of(6)
+            && let Err(error) = revocations.prune(clock.now()).await
+        {
+            tracing::warn!(
+                error = format!("{:#}", anyhow::Error::from(error)),
+                "cannot prune revocations"
+            );
+        }
+    }
 }
 
 /// Pings the database on an interval and turns health NOT_SERVING while it does not answer.

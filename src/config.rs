@@ -240,6 +240,12 @@ pub struct AuthSettings {
     pub password_min_length: u32,
     /// Password hashing.
     pub argon2: PasswordHashSettings,
+    /// The first lockout's length; each further lockout of the same name doubles it.
+    #[serde(with = "humantime_serde")]
+    pub lockout_duration: Duration,
+    /// The longest lockout.
+    #[serde(with = "humantime_serde")]
+    pub lockout_max_duration: Duration,
 }
 
 impl Default for AuthSettings {
@@ -249,6 +255,8 @@ impl Default for AuthSettings {
             lockout_threshold: 5,
             password_min_length: 15,
             argon2: PasswordHashSettings::default(),
+            lockout_duration: Duration::from_secs(60),
+            lockout_max_duration: Duration::from_secs(3600),
         }
     }
 }
@@ -304,6 +312,8 @@ pub struct TokenSettings {
     /// Clock skew tolerated on `exp`, `nbf` and `iat`.
     #[serde(with = "humantime_serde")]
     pub leeway: Duration,
+    /// The `aud` of tokens for which no audience was asked.
+    pub default_audience: String,
 }
 
 impl Default for TokenSettings {
@@ -314,6 +324,7 @@ impl Default for TokenSettings {
             refresh_ttl: Duration::from_secs(30 * 24 * 3600),
             refresh_retry_grace: Duration::from_secs(10),
             leeway: Duration::from_secs(30),
+            default_audience: "keystone".to_owned(),
         }
     }
 }
@@ -543,6 +554,21 @@ impl Settings {
                 "auth.argon2.parallelism",
                 argon2.parallelism,
                 "must be between 1 and 16",
+            ));
+        }
+        check_positive("auth.lockout_duration", self.auth.lockout_duration)?;
+        if self.auth.lockout_max_duration < self.auth.lockout_duration {
+            return Err(ConfigError::invalid(
+                "auth.lockout_max_duration",
+                humantime::format_duration(self.auth.lockout_max_duration),
+                "must not be shorter than auth.lockout_duration",
+            ));
+        }
+        if self.tokens.default_audience.is_empty() || self.tokens.default_audience.len() > 256 {
+            return Err(ConfigError::invalid(
+                "tokens.default_audience",
+                &self.tokens.default_audience,
+                "must hold 1 to 256 characters",
             ));
         }
         check_positive("tokens.access_ttl", self.tokens.access_ttl)?;

@@ -12,6 +12,8 @@
 //! - [`password`]: argon2id hashing off the async runtime, and password generation.
 //! - [`service`]: the use cases; every policy decision, no transport types.
 //! - [`clock`]: the only reader of wall time.
+//! - [`token`]: signing keys, and issuing and verifying access tokens.
+//! - [`revocation`]: what is refused although signed: tokens, sessions, subjects.
 //! - [`proto`]: the generated code of `proto/keystone/v1`.
 //! - [`cli`], [`telemetry`], [`shutdown`]: the process around the server.
 
@@ -28,10 +30,12 @@ pub mod error;
 pub mod grpc;
 pub mod password;
 pub mod proto;
+pub mod revocation;
 pub mod service;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod token;
 
 pub use app::App;
 pub use config::Settings;

@@ -11,6 +11,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261128_000001_create_identity_tables;
 mod m20261128_000002_create_token_tables;
 mod m20261128_000003_seed_scopes_and_admin_role;
+mod m20261128_000004_create_revocations;
 
 /// The ordered list of Keystone's migrations.
 pub struct Migrator;
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000001_create_identity_tables::Migration),
             Box::new(m20261128_000002_create_token_tables::Migration),
             Box::new(m20261128_000003_seed_scopes_and_admin_role::Migration),
+            Box::new(m20261128_000004_create_revocations::Migration),
         ]
     }
 }

@@ -1,13 +1,176 @@
 //! `AuthApi`: the adapter of `keystone.v1.Auth`. It decodes requests into domain types, calls
-//! the auth service, and encodes the reply; it makes no policy decision of its own.
-//!
-//! Until the auth core is built, every RPC answers UNIMPLEMENTED through the generated
-//! defaults.
+//! [`AuthService`], and encodes the reply; it makes no policy decision of its own.
 
-use crate::proto::pb;
+use secrecy::SecretString;
+use tonic::{Request, Response, Status};
+
+use super::convert::{bearer_token, call_context, principal_to_proto, timestamp};
+use crate::{
+    domain::ScopeSet,
+    error::{Error, Reason},
+    proto::pb,
+    service::auth::{AuthService, PasswordLogin, TokenRequest},
+};
 
 /// The gRPC adapter of the `Auth` service.
-#[derive(Debug, Clone, Default)]
-pub struct AuthApi {}
+#[derive(Debug, Clone)]
+pub struct AuthApi {
+    service: AuthService,
+}
 
-impl pb::auth_server::Auth for AuthApi {}
+impl AuthApi {
+    /// The adapter over the service.
+    pub fn new(service: AuthService) -> Self {
+        Self { service }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::auth_server::Auth for AuthApi {
+    #[tracing::instrument(name = "IssueToken", skip_all)]
+    async fn issue_token(
+        &self,
+        request: Request<pb::IssueTokenRequest>,
+    ) -> Result<Response<pb::TokenResponse>, Status> {
+        let context = call_context(&request);
+        let request = request.into_inner();
+        let token_request = TokenRequest {
+            scopes: request.scopes,
+            audience: request.audience,
+        };
+        let issued = match request.grant {
+            Some(pb::issue_token_request::Grant::Password(grant)) => {
+                self.service
+                    .password_grant(
+                        PasswordLogin {
+                            username: grant.username,
+                            password: SecretString::from(grant.password),
+                        },
+                        token_request,
+                        &context,
+                    )
+                    .await?
+            }
+            Some(pb::issue_token_request::Grant::ClientCredentials(_)) => {
+                return Err(Status::unimplemented(
+                    "the client credentials grant is not built yet",
+                ));
+            }
+            Some(pb::issue_token_request::Grant::RefreshToken(_)) => {
+                return Err(Status::unimplemented("the refresh grant is not built yet"));
+            }
+            None => {
+                return Err(Error::InvalidArgument {
+                    field: "grant".to_owned(),
+                    reason: Reason::MissingGrant,
+                    message: "one of password, client_credentials or refresh_token is required"
+                        .to_owned(),
+                }
+                .into());
+            }
+        };
+        Ok(Response::new(pb::TokenResponse {
+            access_token: issued.access_token,
+            token_type: "Bearer".to_owned(),
+            expires_in: issued.expires_in,
+            refresh_token: issued
+                .refresh_token
+                .map(|token| secrecy::ExposeSecret::expose_secret(&token).to_owned())
+                .unwrap_or_default(),
+            scopes: issued.scopes.to_strings(),
+            expires_at: Some(timestamp(issued.expires_at)),
+        }))
+    }
+
+    #[tracing::instrument(name = "Authenticate", skip_all)]
+    async fn authenticate(
+        &self,
+        request: Request<pb::AuthenticateRequest>,
+    ) -> Result<Response<pb::AuthenticateResponse>, Status> {
+        let from_metadata = bearer_token(request.metadata());
+        let request = request.into_inner();
+        let token = if request.token.is_empty() {
+            from_metadata?
+        } else {
+            request.token
+        };
+        let required = ScopeSet::parse(request.required_scopes.iter().map(String::as_str))
+            .map_err(|e| e.on("required_scopes"))?;
+        let audience = (!request.audience.is_empty()).then_some(request.audience.as_str());
+        let principal = self.service.authenticate(&token, &required, audience)?;
+        Ok(Response::new(pb::AuthenticateResponse {
+            principal: Some(principal_to_proto(&principal.claims)),
+        }))
+    }
+
+    #[tracing::instrument(name = "Introspect", skip_all)]
+    async fn introspect(
+        &self,
+        request: Request<pb::IntrospectRequest>,
+    ) -> Result<Response<pb::IntrospectResponse>, Status> {
+        let caller = bearer_token(request.metadata())?;
+        let required = ScopeSet::parse(["keystone:introspect"]).map_err(|e| e.on("scope"))?;
+        self.service.authenticate(&caller, &required, None)?;
+        let request = request.into_inner();
+        let Some(claims) = self.service.introspect(&request.token) else {
+            return Ok(Response::new(pb::IntrospectResponse {
+                active: false,
+                ..Default::default()
+            }));
+        };
+        Ok(Response::new(pb::IntrospectResponse {
+            active: true,
+            scope: claims.scope.clone(),
+            client_id: claims.client_id.clone(),
+            username: claims.preferred_username.clone().unwrap_or_default(),
+            token_type: "access_token".to_owned(),
+            exp: claims.exp,
+            iat: claims.iat,
+            nbf: claims.nbf,
+            sub: claims.sub.clone(),
+            aud: claims.aud.to_vec(),
+            iss: claims.iss.clone(),
+            jti: claims.jti.clone(),
+            roles: claims.roles.clone(),
+        }))
+    }
+
+    #[tracing::instrument(name = "Revoke", skip_all)]
+    async fn revoke(
+        &self,
+        request: Request<pb::RevokeRequest>,
+    ) -> Result<Response<pb::RevokeResponse>, Status> {
+        let context = call_context(&request);
+        let request = request.into_inner();
+        if request.token.is_empty() {
+            return Err(Error::invalid_argument("token", "must not be empty").into());
+        }
+        self.service.revoke(&request.token, &context).await?;
+        Ok(Response::new(pb::RevokeResponse {}))
+    }
+
+    #[tracing::instrument(name = "GetJwks", skip_all)]
+    async fn get_jwks(
+        &self,
+        _request: Request<pb::GetJwksRequest>,
+    ) -> Result<Response<pb::GetJwksResponse>, Status> {
+        let keys = self.service.jwks();
+        let jwks_json = serde_json::to_string(&serde_json::json!({ "keys": keys }))
+            .map_err(|e| Status::from(Error::internal(e)))?;
+        Ok(Response::new(pb::GetJwksResponse {
+            jwks_json,
+            keys: keys
+                .into_iter()
+                .map(|key| pb::Jwk {
+                    kty: key.kty.to_owned(),
+                    kid: key.kid,
+                    r#use: key.use_.to_owned(),
+                    alg: key.alg.to_owned(),
+                    crv: key.crv.to_owned(),
+                    x: key.x,
+                    y: key.y.unwrap_or_default(),
+                })
+                .collect(),
+        }))
+    }
+}

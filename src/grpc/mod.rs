@@ -13,6 +13,7 @@
 
 pub mod auth;
 pub mod client_admin;
+pub mod convert;
 pub mod user_admin;
 
 use std::future::Future;
@@ -77,7 +78,7 @@ impl Health {
 }
 
 /// The adapters the server serves.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Apis {
     /// `keystone.v1.Auth`.
     pub auth: AuthApi,

@@ -4,7 +4,13 @@
 
 mod audit;
 pub mod entity;
-mod users;
+mod keys;
+mod logins;
+pub(crate) mod revocations;
+pub(crate) mod users;
+
+pub use keys::{KeyTransition, StoredKey};
+pub use logins::{LockoutPolicy, LoginRecord};
 
 use std::time::Duration;
 

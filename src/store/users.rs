@@ -101,7 +101,10 @@ impl Store {
 }
 
 /// The domain user of a row, with its role names.
-async fn with_roles<C: ConnectionTrait>(db: &C, model: entity::user::Model) -> Result<User, Error> {
+pub(crate) async fn with_roles<C: ConnectionTrait>(
+    db: &C,
+    model: entity::user::Model,
+) -> Result<User, Error> {
     let roles: Vec<String> = entity::role::Entity::find()
         .inner_join(entity::user_role::Entity)
         .filter(entity::user_role::Column::UserId.eq(model.id))

@@ -119,6 +119,9 @@ fn help_lists_the_commands() {
     }
 }
 
+/// How many migrations Keystone has.
+const MIGRATIONS: usize = 4;
+
 /// `migrate up`, `down` and `status` against one database, checked in the database itself.
 async fn migrations_go_up_and_down(database: &TestDatabase) {
     let migrate = |args: &[&str]| {
@@ -136,7 +139,7 @@ async fn migrations_go_up_and_down(database: &TestDatabase) {
     );
     assert_eq!(
         status.lines().filter(|l| l.starts_with("pending")).count(),
-        3,
+        MIGRATIONS,
         "{status}"
     );
 
@@ -144,7 +147,7 @@ async fn migrations_go_up_and_down(database: &TestDatabase) {
     let status = migrate(&["status"]);
     assert_eq!(
         status.lines().filter(|l| l.starts_with("applied")).count(),
-        3,
+        MIGRATIONS,
         "{status}"
     );
 
@@ -164,11 +167,11 @@ async fn migrations_go_up_and_down(database: &TestDatabase) {
         "the admin role holds keystone:admin"
     );
 
-    migrate(&["down", "-n", "3"]);
+    migrate(&["down", "-n", &MIGRATIONS.to_string()]);
     let status = migrate(&["status"]);
     assert_eq!(
         status.lines().filter(|l| l.starts_with("pending")).count(),
-        3,
+        MIGRATIONS,
         "{status}"
     );
     let gone = db.execute_unprepared("SELECT 1 FROM users").await;
@@ -178,7 +181,7 @@ async fn migrations_go_up_and_down(database: &TestDatabase) {
     let status = migrate(&["status"]);
     assert_eq!(
         status.lines().filter(|l| l.starts_with("applied")).count(),
-        3,
+        MIGRATIONS,
         "{status}"
     );
     db.close().await.unwrap();

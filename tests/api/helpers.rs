@@ -5,7 +5,17 @@
 use std::{io::Write as _, net::SocketAddr, sync::Arc};
 
 use chrono::{TimeZone as _, Utc};
-use keystone::{App, Settings, clock::ManualClock};
+use keystone::{
+    App, Settings,
+    clock::ManualClock,
+    domain::{AuditRecord, Email, NewUser, Outcome, RoleName, Username},
+    password::PasswordHasher,
+    proto::pb::{
+        IssueTokenRequest, PasswordGrant, TokenResponse, auth_client::AuthClient,
+        issue_token_request::Grant,
+    },
+    store::Store,
+};
 use sea_orm::{ConnectionTrait as _, Database};
 use secrecy::SecretString;
 use tokio::{sync::oneshot, task::JoinHandle};
@@ -193,6 +203,91 @@ pub async fn spawn_app_on(
 }
 
 impl TestApp {
+    /// A client of `keystone.v1.Auth`.
+    #[allow(dead_code)]
+    pub fn auth(&self) -> AuthClient<Channel> {
+        AuthClient::new(self.channel.clone())
+    }
+
+    /// Creates a user straight in the database (the admin API is not built yet), returning its
+    /// id.
+    #[allow(dead_code)]
+    pub async fn create_user(&self, username: &str, password: &str, roles: &[&str]) -> uuid::Uuid {
+        self.create_user_with(username, password, roles, false)
+            .await
+    }
+
+    /// Like `create_user`, choosing whether the user must change the password first.
+    #[allow(dead_code)]
+    pub async fn create_user_with(
+        &self,
+        username: &str,
+        password: &str,
+        roles: &[&str],
+        password_change_required: bool,
+    ) -> uuid::Uuid {
+        let store = Store::connect(
+            &SecretString::from(self.database_url().to_owned()),
+            &Settings::default().database,
+        )
+        .await
+        .unwrap();
+        let hasher = PasswordHasher::new(&Settings::default().auth.argon2).unwrap();
+        let user = store
+            .insert_user(
+                NewUser {
+                    username: Username::parse(username).unwrap(),
+                    email: Email::parse(&format!("{username}@example.com")).unwrap(),
+                    password_hash: hasher
+                        .hash(&SecretString::from(password.to_owned()))
+                        .await
+                        .unwrap(),
+                    enabled: true,
+                    email_verified: true,
+                    password_change_required,
+                    roles: roles.iter().map(|r| RoleName::parse(r).unwrap()).collect(),
+                },
+                &AuditRecord::new("test", "user.create", "", Outcome::Success),
+                Utc::now(),
+            )
+            .await
+            .unwrap();
+        store.close().await;
+        user.id
+    }
+
+    /// Logs in with the password grant.
+    #[allow(dead_code)]
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<TokenResponse, tonic::Status> {
+        self.login_with(username, password, &[], "").await
+    }
+
+    /// Logs in asking for scopes and an audience.
+    #[allow(dead_code)]
+    pub async fn login_with(
+        &self,
+        username: &str,
+        password: &str,
+        scopes: &[&str],
+        audience: &str,
+    ) -> Result<TokenResponse, tonic::Status> {
+        self.auth()
+            .issue_token(IssueTokenRequest {
+                grant: Some(Grant::Password(PasswordGrant {
+                    username: username.to_owned(),
+                    password: password.to_owned(),
+                })),
+                scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+                audience: audience.to_owned(),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
     /// The URL of the server's database, for checks the API cannot make yet.
     #[allow(dead_code)]
     pub fn database_url(&self) -> &str {
@@ -245,4 +340,28 @@ impl Drop for TestApp {
             server.abort();
         }
     }
+}
+
+/// The `ErrorInfo` reason of a status.
+#[allow(dead_code)]
+pub fn reason(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt as _;
+    status
+        .get_error_details()
+        .error_info()
+        .map(|info| info.reason.clone())
+        .unwrap_or_default()
+}
+
+/// A request with `authorization: Bearer <token>`.
+#[allow(dead_code)]
+pub fn with_bearer<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}")
+            .parse()
+            .expect("a valid header value"),
+    );
+    request
 }

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod auth;
 mod bootstrap;
 mod cli;
 mod health;

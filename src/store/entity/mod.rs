@@ -7,6 +7,7 @@ pub mod client_scope;
 pub mod client_secret;
 pub mod login_failure;
 pub mod refresh_token;
+pub mod revocation;
 pub mod role;
 pub mod role_scope;
 pub mod scope;

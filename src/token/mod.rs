@@ -1,0 +1,263 @@
+//! Access tokens: JWTs after RFC 9068 (`typ: at+jwt`), signed with the ring's active key and
+//! verified against the published keys, with expiry checked against the [`Clock`].
+//!
+//! Verification trusts nothing in a token before its signature is checked with a key Keystone
+//! chose: the algorithm is pinned to the key named by `kid` (so `alg: none` and HMAC keyed
+//! with a public key cannot pass), header-supplied keys (`jwk`, `jku`, `x5u`, `x5c`) and `crit`
+//! are refused outright, oversized tokens are refused before any decoding, and every RFC 9068
+//! claim must be present with its JSON type. Revocation is the caller's next step.
+//!
+//! [`Clock`]: crate::clock::Clock
+
+pub mod keys;
+
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use chrono::{DateTime, Utc};
+use jsonwebtoken::{Header, Validation, errors::ErrorKind};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+use self::keys::KeyRing;
+
+/// Tokens longer than this are refused before decoding.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
+/// The media type of access tokens (RFC 9068 section 2.1).
+pub const ACCESS_TOKEN_TYPE: &str = "at+jwt";
+
+/// Who a token speaks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// A person.
+    User,
+    /// A service client.
+    Service,
+}
+
+/// `aud`: one audience or several (RFC 7519 section 4.1.3).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    /// A single audience.
+    One(String),
+    /// Several audiences.
+    Many(Vec<String>),
+}
+
+impl Audience {
+    /// The audiences as a list.
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            Audience::One(one) => vec![one.clone()],
+            Audience::Many(many) => many.clone(),
+        }
+    }
+
+    /// Whether `audience` is one of them.
+    pub fn contains(&self, audience: &str) -> bool {
+        match self {
+            Audience::One(one) => one == audience,
+            Audience::Many(many) => many.iter().any(|a| a == audience),
+        }
+    }
+}
+
+/// The claims of a Keystone access token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    /// Issuer.
+    pub iss: String,
+    /// Subject: the user's id or the client's id.
+    pub sub: String,
+    /// Audiences.
+    pub aud: Audience,
+    /// Expiry, seconds since the epoch.
+    pub exp: i64,
+    /// Issued at.
+    pub iat: i64,
+    /// Not before.
+    pub nbf: i64,
+    /// Token id.
+    pub jti: String,
+    /// The client the token was issued to.
+    pub client_id: String,
+    /// Space-separated scopes.
+    pub scope: String,
+    /// User or service.
+    pub kind: Kind,
+    /// The user's roles at issue.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+    /// The session (refresh family) of a user token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
+    /// The username of a user token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preferred_username: Option<String>,
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    /// Not a well-formed JWT.
+    #[error("malformed token: {0}")]
+    Malformed(&'static str),
+    /// Well-formed, but not a valid Keystone token (signature, key, type, claims).
+    #[error("invalid token: {0}")]
+    Invalid(&'static str),
+    /// Past its expiry (and the leeway).
+    #[error("expired token")]
+    Expired,
+}
+
+/// Signs access tokens with the ring's active key.
+#[derive(Debug, Clone)]
+pub struct TokenIssuer {
+    ring: KeyRing,
+}
+
+impl TokenIssuer {
+    /// An issuer over `ring`.
+    pub fn new(ring: KeyRing) -> Self {
+        Self { ring }
+    }
+
+    /// Signs `claims` into a compact JWT.
+    pub fn sign(&self, claims: &Claims) -> Result<String, Error> {
+        let keys = self.ring.snapshot();
+        let key = keys
+            .signing
+            .as_ref()
+            .ok_or_else(|| Error::internal(anyhow::anyhow!("no signing key is active")))?;
+        let mut header = Header::new(key.algorithm);
+        header.typ = Some(ACCESS_TOKEN_TYPE.to_owned());
+        header.kid = Some(key.kid.clone());
+        jsonwebtoken::encode(&header, claims, &key.encoding)
+            .map_err(|error| Error::internal(anyhow::anyhow!("signing failed: {error}")))
+    }
+}
+
+/// Verifies access tokens against the published keys.
+#[derive(Debug, Clone)]
+pub struct TokenVerifier {
+    ring: KeyRing,
+    issuer: String,
+    leeway: i64,
+}
+
+/// The header fields a token may carry; anything that brings its own key is refused.
+#[derive(Deserialize)]
+struct UntrustedHeader {
+    alg: serde_json::Value,
+    typ: Option<serde_json::Value>,
+    kid: Option<serde_json::Value>,
+    jwk: Option<serde_json::Value>,
+    jku: Option<serde_json::Value>,
+    x5u: Option<serde_json::Value>,
+    x5c: Option<serde_json::Value>,
+    crit: Option<serde_json::Value>,
+}
+
+impl TokenVerifier {
+    /// A verifier for tokens of `issuer`, tolerating `leeway` of clock skew.
+    pub fn new(ring: KeyRing, issuer: String, leeway: std::time::Duration) -> Self {
+        Self {
+            ring,
+            issuer,
+            leeway: i64::try_from(leeway.as_secs()).unwrap_or(i64::MAX),
+        }
+    }
+
+    /// Checks the signature and the claims at `now`.
+    pub fn verify(&self, token: &str, now: DateTime<Utc>) -> Result<Claims, VerifyError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(VerifyError::Malformed("too long"));
+        }
+        let mut parts = token.split('.');
+        let (Some(header), Some(payload), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(VerifyError::Malformed("a JWT has three parts"));
+        };
+        if header.is_empty() || payload.is_empty() || signature.is_empty() {
+            return Err(VerifyError::Malformed("a JWT has three non-empty parts"));
+        }
+        let header = URL_SAFE_NO_PAD
+            .decode(header)
+            .map_err(|_| VerifyError::Malformed("the header is not base64url"))?;
+        let header: UntrustedHeader = serde_json::from_slice(&header)
+            .map_err(|_| VerifyError::Malformed("the header is not a JSON object"))?;
+        if header.jwk.is_some()
+            || header.jku.is_some()
+            || header.x5u.is_some()
+            || header.x5c.is_some()
+            || header.crit.is_some()
+        {
+            return Err(VerifyError::Invalid("keys in the header are not accepted"));
+        }
+        match header.typ.as_ref().and_then(serde_json::Value::as_str) {
+            Some(typ)
+                if typ.eq_ignore_ascii_case(ACCESS_TOKEN_TYPE)
+                    || typ.eq_ignore_ascii_case("application/at+jwt") => {}
+            _ => return Err(VerifyError::Invalid("not an access token (typ)")),
+        }
+        let Some(kid) = header.kid.as_ref().and_then(serde_json::Value::as_str) else {
+            return Err(VerifyError::Invalid("no key id"));
+        };
+        let keys = self.ring.snapshot();
+        let Some(key) = keys.verifying.get(kid) else {
+            return Err(VerifyError::Invalid("unknown key id"));
+        };
+        // The key decides the algorithm, never the token.
+        let expected = match key.algorithm {
+            jsonwebtoken::Algorithm::EdDSA => "EdDSA",
+            jsonwebtoken::Algorithm::ES256 => "ES256",
+            _ => return Err(VerifyError::Invalid("unsupported key")),
+        };
+        if header.alg.as_str() != Some(expected) {
+            return Err(VerifyError::Invalid("the algorithm does not match the key"));
+        }
+
+        let mut validation = Validation::new(key.algorithm);
+        // Time, audience and issuer are checked below against the Clock and the settings.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        validation.required_spec_claims.clear();
+        let claims = jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation)
+            .map_err(|error| match error.kind() {
+                ErrorKind::InvalidSignature
+                | ErrorKind::InvalidEcdsaKey
+                | ErrorKind::InvalidEddsaKey => VerifyError::Invalid("bad signature"),
+                ErrorKind::Base64(_) | ErrorKind::Utf8(_) => {
+                    VerifyError::Malformed("a part is not base64url")
+                }
+                ErrorKind::Json(_) => VerifyError::Invalid("claims missing or of the wrong type"),
+                _ => VerifyError::Invalid("verification failed"),
+            })?
+            .claims;
+
+        if claims.iss != self.issuer {
+            return Err(VerifyError::Invalid("wrong issuer"));
+        }
+        let now = now.timestamp();
+        if claims.exp <= claims.iat {
+            return Err(VerifyError::Invalid("expires before it was issued"));
+        }
+        if claims.nbf > now.saturating_add(self.leeway) {
+            return Err(VerifyError::Invalid("not valid yet"));
+        }
+        if claims.iat > now.saturating_add(self.leeway) {
+            return Err(VerifyError::Invalid("issued in the future"));
+        }
+        if now >= claims.exp.saturating_add(self.leeway) {
+            return Err(VerifyError::Expired);
+        }
+        if claims.jti.is_empty() || claims.sub.is_empty() {
+            return Err(VerifyError::Invalid("empty jti or sub"));
+        }
+        Ok(claims)
+    }
+}

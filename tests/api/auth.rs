@@ -1,0 +1,654 @@
+//! `keystone.v1.Auth` through gRPC: the password grant, Authenticate, Introspect, Revoke,
+//! GetJwks, and the forgeries a verifier must refuse.
+
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use chrono::Duration;
+use keystone::{config::KeyAlgorithm, proto::pb};
+use sea_orm::{ConnectionTrait as _, Database, Statement};
+use tonic::Code;
+
+use crate::helpers::{TestApp, reason, spawn_app, spawn_app_on, spawn_app_with, with_bearer};
+
+const PASSWORD: &str = "correct horse battery staple";
+
+async fn authenticate(
+    app: &TestApp,
+    token: &str,
+    required_scopes: &[&str],
+    audience: &str,
+) -> Result<pb::Principal, tonic::Status> {
+    app.auth()
+        .authenticate(pb::AuthenticateRequest {
+            token: token.to_owned(),
+            required_scopes: required_scopes.iter().map(|s| (*s).to_owned()).collect(),
+            audience: audience.to_owned(),
+        })
+        .await
+        .map(|response| response.into_inner().principal.expect("a principal"))
+}
+
+fn assert_refused(result: Result<pb::Principal, tonic::Status>, code: Code, expected: &str) {
+    let status = result.expect_err("the token must be refused");
+    assert_eq!(status.code(), code, "{status:?}");
+    assert_eq!(reason(&status), expected, "{status:?}");
+}
+
+/// The header and claims of a JWT, decoded without verification.
+fn parts(token: &str) -> (serde_json::Value, serde_json::Value) {
+    let mut parts = token.split('.');
+    let decode = |part: &str| -> serde_json::Value {
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+    };
+    let header = decode(parts.next().unwrap());
+    let claims = decode(parts.next().unwrap());
+    (header, claims)
+}
+
+fn encode_json(value: &serde_json::Value) -> String {
+    URL_SAFE_NO_PAD.encode(serde_json::to_vec(value).unwrap())
+}
+
+/// The active signing key's PKCS#8 DER, read from the database, to forge tokens that carry a
+/// genuine signature (and so test the checks that come after it).
+async fn active_private_key(app: &TestApp) -> Vec<u8> {
+    let db = Database::connect(app.database_url()).await.unwrap();
+    let row = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT private_key FROM signing_keys WHERE state = 'active'",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    let key: Vec<u8> = row.try_get("", "private_key").unwrap();
+    db.close().await.unwrap();
+    key
+}
+
+#[tokio::test]
+async fn the_password_grant_issues_a_token_that_authenticate_accepts() {
+    let app = spawn_app().await;
+    let user_id = app.create_user("alice", PASSWORD, &["admin"]).await;
+
+    let token = app.login("Alice", PASSWORD).await.unwrap();
+    assert_eq!(token.token_type, "Bearer");
+    assert_eq!(token.expires_in, 15 * 60);
+    assert_eq!(token.scopes, ["keystone:admin"]);
+    let (header, claims) = parts(&token.access_token);
+    assert_eq!(header["typ"], "at+jwt");
+    assert_eq!(header["alg"], "EdDSA");
+    for claim in [
+        "iss",
+        "sub",
+        "aud",
+        "exp",
+        "iat",
+        "nbf",
+        "jti",
+        "client_id",
+        "scope",
+    ] {
+        assert!(
+            claims.get(claim).is_some(),
+            "RFC 9068 claim {claim} is missing"
+        );
+    }
+
+    let principal = authenticate(
+        &app,
+        &token.access_token,
+        &["keystone:users.read"],
+        "keystone",
+    )
+    .await
+    .unwrap();
+    assert_eq!(principal.subject, user_id.to_string());
+    assert_eq!(principal.kind(), pb::PrincipalKind::User);
+    assert_eq!(principal.username, "alice");
+    assert_eq!(principal.roles, ["admin"]);
+    assert_eq!(principal.scopes, ["keystone:admin"]);
+    assert_eq!(principal.audience, ["keystone"]);
+    assert!(!principal.session_id.is_empty());
+
+    // The token may also come in the metadata.
+    let principal = app
+        .auth()
+        .authenticate(with_bearer(
+            pb::AuthenticateRequest::default(),
+            &token.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .principal
+        .unwrap();
+    assert_eq!(principal.subject, user_id.to_string());
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn users_log_in_with_their_email_too() {
+    let app = spawn_app().await;
+    app.create_user("bob", PASSWORD, &[]).await;
+    let token = app.login("BOB@example.com", PASSWORD).await.unwrap();
+    let principal = authenticate(&app, &token.access_token, &[], "")
+        .await
+        .unwrap();
+    assert_eq!(principal.username, "bob");
+    assert!(principal.scopes.is_empty());
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unknown_user_and_a_wrong_password_get_the_same_answer() {
+    let app = spawn_app().await;
+    app.create_user("carol", PASSWORD, &[]).await;
+    let unknown = app.login("nobody", PASSWORD).await.unwrap_err();
+    let wrong = app
+        .login("carol", "not the password at all")
+        .await
+        .unwrap_err();
+    for status in [&unknown, &wrong] {
+        assert_eq!(status.code(), Code::Unauthenticated);
+        assert_eq!(reason(status), "INVALID_CREDENTIALS");
+    }
+    assert_eq!(unknown.message(), wrong.message());
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_grant_is_required() {
+    let app = spawn_app().await;
+    let status = app
+        .auth()
+        .issue_token(pb::IssueTokenRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(reason(&status), "MISSING_GRANT");
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn lockout_locks_real_and_unknown_names_alike_and_ends_in_time() {
+    let app = spawn_app_with(|settings| {
+        settings.auth.lockout_threshold = 3;
+        settings.auth.lockout_duration = std::time::Duration::from_secs(60);
+    })
+    .await;
+    app.create_user("dave", PASSWORD, &[]).await;
+    for name in ["dave", "ghost"] {
+        for attempt in 1..=3 {
+            let status = app.login(name, "a wrong password here").await.unwrap_err();
+            assert_eq!(
+                reason(&status),
+                "INVALID_CREDENTIALS",
+                "{name} attempt {attempt}"
+            );
+        }
+        // From attempt N+1 the name is locked, whether the password is right or not.
+        for password in [PASSWORD, "a wrong password here"] {
+            let status = app.login(name, password).await.unwrap_err();
+            assert_eq!(status.code(), Code::PermissionDenied, "{name}");
+            assert_eq!(reason(&status), "ACCOUNT_LOCKED", "{name}");
+        }
+    }
+    app.clock.advance(Duration::seconds(61));
+    app.login("dave", PASSWORD)
+        .await
+        .expect("the lock has ended");
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn repeated_lockouts_grow_longer() {
+    let app = spawn_app_with(|settings| {
+        settings.auth.lockout_threshold = 2;
+        settings.auth.lockout_duration = std::time::Duration::from_secs(60);
+    })
+    .await;
+    app.create_user("erin", PASSWORD, &[]).await;
+    for _ in 0..2 {
+        app.login("erin", "a wrong password here")
+            .await
+            .unwrap_err();
+    }
+    app.clock.advance(Duration::seconds(61));
+    for _ in 0..2 {
+        let status = app
+            .login("erin", "a wrong password here")
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&status), "INVALID_CREDENTIALS");
+    }
+    // The second lock lasts twice as long: still locked after one minute.
+    app.clock.advance(Duration::seconds(61));
+    assert_eq!(
+        reason(&app.login("erin", PASSWORD).await.unwrap_err()),
+        "ACCOUNT_LOCKED"
+    );
+    app.clock.advance(Duration::seconds(60));
+    app.login("erin", PASSWORD)
+        .await
+        .expect("the second lock has ended");
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn scopes_are_narrowed_to_what_the_roles_allow() {
+    let app = spawn_app().await;
+    app.create_user("frank", PASSWORD, &["admin"]).await;
+    let token = app
+        .login_with("frank", PASSWORD, &["keystone:users.read"], "orders")
+        .await
+        .unwrap();
+    assert_eq!(token.scopes, ["keystone:users.read"]);
+    let principal = authenticate(&app, &token.access_token, &[], "orders")
+        .await
+        .unwrap();
+    assert_eq!(principal.scopes, ["keystone:users.read"]);
+    assert_refused(
+        authenticate(&app, &token.access_token, &["keystone:users.write"], "").await,
+        Code::PermissionDenied,
+        "INSUFFICIENT_SCOPE",
+    );
+    assert_refused(
+        authenticate(&app, &token.access_token, &[], "billing").await,
+        Code::PermissionDenied,
+        "AUDIENCE_MISMATCH",
+    );
+
+    let status = app
+        .login_with("frank", PASSWORD, &["orders:read"], "")
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(reason(&status), "INVALID_SCOPE");
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_user_who_must_change_the_password_gets_only_the_restricted_token() {
+    let app = spawn_app().await;
+    app.create_user_with("gina", PASSWORD, &["admin"], true)
+        .await;
+    let token = app.login("gina", PASSWORD).await.unwrap();
+    assert_eq!(token.scopes, ["keystone:password.change"]);
+    assert!(token.refresh_token.is_empty());
+    assert_refused(
+        authenticate(&app, &token.access_token, &["keystone:users.read"], "").await,
+        Code::PermissionDenied,
+        "INSUFFICIENT_SCOPE",
+    );
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn tokens_expire_at_the_edge_of_the_leeway() {
+    let app = spawn_app().await;
+    app.create_user("hank", PASSWORD, &[]).await;
+    let token = app.login("hank", PASSWORD).await.unwrap().access_token;
+    // 15 minutes of life and 30 s of leeway.
+    app.clock.advance(Duration::seconds(15 * 60 + 29));
+    authenticate(&app, &token, &[], "")
+        .await
+        .expect("inside the leeway");
+    app.clock.advance(Duration::seconds(1));
+    assert_refused(
+        authenticate(&app, &token, &[], "").await,
+        Code::Unauthenticated,
+        "TOKEN_EXPIRED",
+    );
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn tokens_from_the_future_are_refused_beyond_the_leeway() {
+    let app = spawn_app().await;
+    app.create_user("ivy", PASSWORD, &[]).await;
+    let token = app.login("ivy", PASSWORD).await.unwrap().access_token;
+    app.clock.advance(Duration::seconds(-29));
+    authenticate(&app, &token, &[], "")
+        .await
+        .expect("inside the leeway");
+    app.clock.advance(Duration::seconds(-2));
+    assert_refused(
+        authenticate(&app, &token, &[], "").await,
+        Code::Unauthenticated,
+        "TOKEN_INVALID",
+    );
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn malformed_and_missing_tokens_are_refused() {
+    let app = spawn_app().await;
+    for garbage in [
+        "",
+        "abc",
+        "a.b",
+        "a.b.c.d",
+        "!!!.###.$$$",
+        &"x".repeat(9000),
+    ] {
+        let result = authenticate(&app, garbage, &[], "").await;
+        let status = result.expect_err("garbage must be refused");
+        assert_eq!(status.code(), Code::Unauthenticated, "{garbage:.20}");
+    }
+    assert_refused(
+        authenticate(&app, "a.b.c", &[], "").await,
+        Code::Unauthenticated,
+        "TOKEN_MALFORMED",
+    );
+    assert_refused(
+        authenticate(&app, "", &[], "").await,
+        Code::Unauthenticated,
+        "TOKEN_MISSING",
+    );
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn forged_tokens_are_refused() {
+    let app = spawn_app().await;
+    app.create_user("jack", PASSWORD, &["admin"]).await;
+    let token = app.login("jack", PASSWORD).await.unwrap().access_token;
+    let (header, claims) = parts(&token);
+    let signature = token.rsplit('.').next().unwrap().to_owned();
+
+    // alg: none, in any case, with and without a signature.
+    for alg in ["none", "None", "NONE", "nOnE"] {
+        let mut forged_header = header.clone();
+        forged_header["alg"] = alg.into();
+        for tail in ["", signature.as_str()] {
+            let forged = format!(
+                "{}.{}.{tail}",
+                encode_json(&forged_header),
+                encode_json(&claims)
+            );
+            let status = authenticate(&app, &forged, &[], "").await.unwrap_err();
+            assert_eq!(status.code(), Code::Unauthenticated, "alg {alg}");
+        }
+    }
+
+    // HS256 keyed with the public key from the JWKS.
+    let jwks = app
+        .auth()
+        .get_jwks(pb::GetJwksRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let public_key = URL_SAFE_NO_PAD.decode(&jwks.keys[0].x).unwrap();
+    let mut hs_header = header.clone();
+    hs_header["alg"] = "HS256".into();
+    let message = format!("{}.{}", encode_json(&hs_header), encode_json(&claims));
+    let tag = aws_lc_rs::hmac::sign(
+        &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &public_key),
+        message.as_bytes(),
+    );
+    let forged = format!("{message}.{}", URL_SAFE_NO_PAD.encode(tag.as_ref()));
+    assert_refused(
+        authenticate(&app, &forged, &[], "").await,
+        Code::Unauthenticated,
+        "TOKEN_INVALID",
+    );
+
+    // A valid signature by another key, under Keystone's kid.
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let other = aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+    let other = jsonwebtoken::EncodingKey::from_ed_der(other.as_ref());
+    let mut other_header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    other_header.typ = Some("at+jwt".into());
+    other_header.kid = header["kid"].as_str().map(str::to_owned);
+    let forged = jsonwebtoken::encode(&other_header, &claims, &other).unwrap();
+    assert_refused(
+        authenticate(&app, &forged, &[], "").await,
+        Code::Unauthenticated,
+        "TOKEN_INVALID",
+    );
+
+    // An unknown kid.
+    other_header.kid = Some("not-a-kid".into());
+    let forged = jsonwebtoken::encode(&other_header, &claims, &other).unwrap();
+    assert_refused(
+        authenticate(&app, &forged, &[], "").await,
+        Code::Unauthenticated,
+        "TOKEN_INVALID",
+    );
+
+    // Keys carried in the header are never used, and such tokens are refused outright.
+    for (member, value) in [
+        (
+            "jwk",
+            serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": jwks.keys[0].x}),
+        ),
+        (
+            "jku",
+            serde_json::json!("https://attacker.example/jwks.json"),
+        ),
+        (
+            "x5u",
+            serde_json::json!("https://attacker.example/cert.pem"),
+        ),
+        ("x5c", serde_json::json!(["MIIB"])),
+    ] {
+        let mut with_key = header.clone();
+        with_key[member] = value;
+        let forged = format!(
+            "{}.{}.{signature}",
+            encode_json(&with_key),
+            encode_json(&claims)
+        );
+        assert_refused(
+            authenticate(&app, &forged, &[], "").await,
+            Code::Unauthenticated,
+            "TOKEN_INVALID",
+        );
+    }
+
+    // Tampered claims under the genuine signature.
+    let mut tampered = claims.clone();
+    tampered["scope"] = "keystone:admin orders:admin".into();
+    let forged = format!(
+        "{}.{}.{signature}",
+        encode_json(&header),
+        encode_json(&tampered)
+    );
+    assert_refused(
+        authenticate(&app, &forged, &[], "").await,
+        Code::Unauthenticated,
+        "TOKEN_INVALID",
+    );
+
+    // Not an access token: a JWT of another type, even signed with Keystone's key.
+    let real_key = jsonwebtoken::EncodingKey::from_ed_der(&active_private_key(&app).await);
+    let mut id_header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    id_header.kid = header["kid"].as_str().map(str::to_owned);
+    id_header.typ = Some("JWT".into());
+    let forged = jsonwebtoken::encode(&id_header, &claims, &real_key).unwrap();
+    assert_refused(
+        authenticate(&app, &forged, &[], "").await,
+        Code::Unauthenticated,
+        "TOKEN_INVALID",
+    );
+
+    // A string-typed exp, a missing jti, a wrong issuer: even with Keystone's own signature.
+    id_header.typ = Some("at+jwt".into());
+    let mut string_exp = claims.clone();
+    string_exp["exp"] = claims["exp"].to_string().into();
+    let mut no_jti = claims.clone();
+    no_jti.as_object_mut().unwrap().remove("jti");
+    let mut wrong_issuer = claims.clone();
+    wrong_issuer["iss"] = "https://evil.example".into();
+    for bad in [string_exp, no_jti, wrong_issuer] {
+        let forged = jsonwebtoken::encode(&id_header, &bad, &real_key).unwrap();
+        assert_refused(
+            authenticate(&app, &forged, &[], "").await,
+            Code::Unauthenticated,
+            "TOKEN_INVALID",
+        );
+    }
+    // The same construction with good claims passes: the forgeries above fail for their flaw.
+    let genuine = jsonwebtoken::encode(&id_header, &claims, &real_key).unwrap();
+    authenticate(&app, &genuine, &[], "")
+        .await
+        .expect("a well-made token passes");
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_all_zero_ecdsa_signature_is_refused() {
+    let app = spawn_app_with(|settings| settings.keys.algorithm = KeyAlgorithm::ES256).await;
+    app.create_user("kate", PASSWORD, &[]).await;
+    let token = app.login("kate", PASSWORD).await.unwrap().access_token;
+    let (header, _) = parts(&token);
+    assert_eq!(header["alg"], "ES256");
+    authenticate(&app, &token, &[], "")
+        .await
+        .expect("the genuine ES256 token passes");
+    let unsigned = token.rsplit_once('.').unwrap().0;
+    let forged = format!("{unsigned}.{}", URL_SAFE_NO_PAD.encode([0_u8; 64]));
+    assert_refused(
+        authenticate(&app, &forged, &[], "").await,
+        Code::Unauthenticated,
+        "TOKEN_INVALID",
+    );
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_jwks_publishes_public_keys_that_verify_issued_tokens() {
+    let app = spawn_app().await;
+    app.create_user("liam", PASSWORD, &[]).await;
+    let token = app.login("liam", PASSWORD).await.unwrap().access_token;
+    let jwks = app
+        .auth()
+        .get_jwks(pb::GetJwksRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let document: serde_json::Value = serde_json::from_str(&jwks.jwks_json).unwrap();
+    let keys = document["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), jwks.keys.len());
+    for key in keys {
+        assert_eq!(key["use"], "sig");
+        assert_eq!(key["kty"], "OKP");
+        for private_member in ["d", "p", "q", "k"] {
+            assert!(
+                key.get(private_member).is_none(),
+                "{private_member} is published"
+            );
+        }
+    }
+    // A verifier that knows only the JWKS accepts the token.
+    let (header, _) = parts(&token);
+    let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(
+        keys.iter()
+            .find(|k| k["kid"] == header["kid"])
+            .unwrap()
+            .clone(),
+    )
+    .unwrap();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    validation.validate_exp = false;
+    validation.set_audience(&["keystone"]);
+    jsonwebtoken::decode::<serde_json::Value>(
+        &token,
+        &jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap(),
+        &validation,
+    )
+    .expect("the JWKS verifies the token");
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn introspection_needs_the_introspect_scope_and_answers_inactive_quietly() {
+    let app = spawn_app().await;
+    app.create_user("mia", PASSWORD, &["admin"]).await;
+    app.create_user("noah", PASSWORD, &[]).await;
+    let admin = app.login("mia", PASSWORD).await.unwrap().access_token;
+    let plain = app.login("noah", PASSWORD).await.unwrap().access_token;
+    let introspect = |caller: Option<&str>, token: &str| {
+        let message = pb::IntrospectRequest {
+            token: token.to_owned(),
+            token_type_hint: String::new(),
+        };
+        let request = match caller {
+            Some(caller) => with_bearer(message, caller),
+            None => tonic::Request::new(message),
+        };
+        let mut client = app.auth();
+        async move {
+            client
+                .introspect(request)
+                .await
+                .map(tonic::Response::into_inner)
+        }
+    };
+
+    assert_eq!(
+        introspect(None, &plain).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    let denied = introspect(Some(&plain), &plain).await.unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    assert_eq!(reason(&denied), "INSUFFICIENT_SCOPE");
+
+    let active = introspect(Some(&admin), &plain).await.unwrap();
+    assert!(active.active);
+    assert_eq!(active.username, "noah");
+    assert_eq!(active.token_type, "access_token");
+    assert_eq!(active.aud, ["keystone"]);
+    assert!(active.exp > active.iat);
+
+    for inactive in ["", "garbage", "a.b.c"] {
+        let answer = introspect(Some(&admin), inactive).await.unwrap();
+        assert_eq!(
+            answer,
+            pb::IntrospectResponse::default(),
+            "only active: false"
+        );
+    }
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_revoked_token_is_refused_even_after_a_restart() {
+    let app = spawn_app().await;
+    app.create_user("olga", PASSWORD, &[]).await;
+    let token = app.login("olga", PASSWORD).await.unwrap().access_token;
+    let other = app.login("olga", PASSWORD).await.unwrap().access_token;
+
+    // Unknown tokens are accepted and ignored (RFC 7009 section 2.2).
+    app.auth()
+        .revoke(pb::RevokeRequest {
+            token: "not-a-token".into(),
+            token_type_hint: String::new(),
+        })
+        .await
+        .expect("OK for unknown tokens");
+    app.auth()
+        .revoke(pb::RevokeRequest {
+            token: token.clone(),
+            token_type_hint: "access_token".into(),
+        })
+        .await
+        .unwrap();
+    assert_refused(
+        authenticate(&app, &token, &[], "").await,
+        Code::Unauthenticated,
+        "TOKEN_REVOKED",
+    );
+    authenticate(&app, &other, &[], "")
+        .await
+        .expect("other tokens still pass");
+
+    let database = app.stop_keeping_database().await;
+    let app = spawn_app_on(database, |_| {}).await;
+    assert_refused(
+        authenticate(&app, &token, &[], "").await,
+        Code::Unauthenticated,
+        "TOKEN_REVOKED",
+    );
+    app.stop().await.unwrap();
+}
