@@ -20,6 +20,7 @@ use crate::{
     },
     password::PasswordHasher,
     revocation::Revocations,
+    secrets::Pepper,
     service::{UserAdminService, auth::AuthService},
     store::Store,
     token::keys::{KeyManager, KeyRing},
@@ -95,6 +96,8 @@ impl App {
         let revocations = Revocations::load(store.clone(), clock.now())
             .await
             .context("cannot load the revocation set")?;
+        let pepper = Pepper::load(&settings.secrets)
+            .context("cannot load the pepper (secrets.pepper or secrets.pepper_file)")?;
         let auth = AuthService::new(
             &settings,
             store.clone(),
@@ -102,6 +105,7 @@ impl App {
             clock.clone(),
             keys.ring().clone(),
             revocations.clone(),
+            pepper,
         );
         let apis = Apis {
             auth: AuthApi::new(auth),

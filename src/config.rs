@@ -35,6 +35,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "clients",
     "cluster",
     "revocation",
+    "secrets",
 ];
 
 /// Top-level settings that are strings: read from the environment verbatim.
@@ -50,7 +51,12 @@ const STRING_KEYS: &[&str] = &[
 ];
 
 /// Settings whose values never appear in messages.
-const SECRET_KEYS: &[&str] = &["database_url", "redis_url", "bootstrap_admin_password"];
+const SECRET_KEYS: &[&str] = &[
+    "database_url",
+    "redis_url",
+    "bootstrap_admin_password",
+    "secrets.pepper",
+];
 
 /// Every setting of Keystone. Field names are the TOML keys.
 #[derive(Debug, Clone, Deserialize)]
@@ -90,6 +96,8 @@ pub struct Settings {
     pub cluster: ClusterSettings,
     /// The revocation set.
     pub revocation: RevocationSettings,
+    /// Server-side secrets.
+    pub secrets: SecretSettings,
 }
 
 impl Default for Settings {
@@ -112,6 +120,29 @@ impl Default for Settings {
             clients: ClientSettings::default(),
             cluster: ClusterSettings::default(),
             revocation: RevocationSettings::default(),
+            secrets: SecretSettings::default(),
+        }
+    }
+}
+
+/// Server-side secrets, never stored in the database.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecretSettings {
+    /// The pepper: the key of the client-secret hashes and of refresh-token derivation. At least
+    /// 32 characters. Every replica needs the same one; changing it invalidates every client
+    /// secret and refresh token.
+    pub pepper: Option<SecretString>,
+    /// Without `pepper`: a file holding it, created (mode 0600) with a random pepper if it does
+    /// not exist. Meant for the embedded single-node default; a cluster sets `pepper`.
+    pub pepper_file: std::path::PathBuf,
+}
+
+impl Default for SecretSettings {
+    fn default() -> Self {
+        Self {
+            pepper: None,
+            pepper_file: std::path::PathBuf::from("keystone.pepper"),
         }
     }
 }
@@ -309,6 +340,9 @@ pub struct TokenSettings {
     /// A retry of a just-rotated refresh token within this window gets the same successor.
     #[serde(with = "humantime_serde")]
     pub refresh_retry_grace: Duration,
+    /// A refresh token unused for this long expires (within `refresh_ttl`).
+    #[serde(with = "humantime_serde")]
+    pub refresh_idle_ttl: Duration,
     /// Clock skew tolerated on `exp`, `nbf` and `iat`.
     #[serde(with = "humantime_serde")]
     pub leeway: Duration,
@@ -323,6 +357,7 @@ impl Default for TokenSettings {
             max_access_ttl: Duration::from_secs(24 * 3600),
             refresh_ttl: Duration::from_secs(30 * 24 * 3600),
             refresh_retry_grace: Duration::from_secs(10),
+            refresh_idle_ttl: Duration::from_secs(7 * 24 * 3600),
             leeway: Duration::from_secs(30),
             default_audience: "keystone".to_owned(),
         }
@@ -490,6 +525,22 @@ impl Settings {
                 ));
             }
         }
+        if let Some(pepper) = &self.secrets.pepper
+            && pepper.expose_secret().chars().count() < 32
+        {
+            return Err(ConfigError::invalid(
+                "secrets.pepper",
+                "",
+                "must hold at least 32 characters",
+            ));
+        }
+        if self.cluster.enabled && self.secrets.pepper.is_none() {
+            return Err(ConfigError::invalid(
+                "cluster.enabled",
+                true,
+                "a clustered node needs secrets.pepper (KEYSTONE_SECRETS__PEPPER), the same on every replica",
+            ));
+        }
         if self.cluster.enabled && self.redis_url.is_none() {
             return Err(ConfigError::invalid(
                 "cluster.enabled",
@@ -574,6 +625,7 @@ impl Settings {
         check_positive("tokens.access_ttl", self.tokens.access_ttl)?;
         check_positive("tokens.max_access_ttl", self.tokens.max_access_ttl)?;
         check_positive("tokens.refresh_ttl", self.tokens.refresh_ttl)?;
+        check_positive("tokens.refresh_idle_ttl", self.tokens.refresh_idle_ttl)?;
         if self.tokens.access_ttl > self.tokens.max_access_ttl {
             return Err(ConfigError::invalid(
                 "tokens.access_ttl",
@@ -754,9 +806,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("cluster.enabled"), "{error}");
-        assert!(
-            from_toml("redis_url = \"redis://127.0.0.1:6379\"\n[cluster]\nenabled = true").is_ok()
-        );
+        let clustered = "redis_url = \"redis://127.0.0.1:6379\"\n[cluster]\nenabled = true";
+        let error = from_toml(clustered).unwrap_err().to_string();
+        assert!(error.contains("secrets.pepper"), "{error}");
+        let pepper = "\n[secrets]\npepper = \"0123456789abcdef0123456789abcdef\"";
+        assert!(from_toml(&format!("{clustered}{pepper}")).is_ok());
     }
 
     #[test]

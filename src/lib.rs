@@ -14,6 +14,7 @@
 //! - [`clock`]: the only reader of wall time.
 //! - [`token`]: signing keys, and issuing and verifying access tokens.
 //! - [`revocation`]: what is refused although signed: tokens, sessions, subjects.
+//! - [`secrets`]: the pepper and what derives from it (client-secret hashes, refresh tokens).
 //! - [`proto`]: the generated code of `proto/keystone/v1`.
 //! - [`cli`], [`telemetry`], [`shutdown`]: the process around the server.
 
@@ -31,6 +32,7 @@ pub mod grpc;
 pub mod password;
 pub mod proto;
 pub mod revocation;
+pub mod secrets;
 pub mod service;
 pub mod shutdown;
 pub mod store;

@@ -56,8 +56,14 @@ impl pb::auth_server::Auth for AuthApi {
                     "the client credentials grant is not built yet",
                 ));
             }
-            Some(pb::issue_token_request::Grant::RefreshToken(_)) => {
-                return Err(Status::unimplemented("the refresh grant is not built yet"));
+            Some(pb::issue_token_request::Grant::RefreshToken(grant)) => {
+                self.service
+                    .refresh_grant(
+                        SecretString::from(grant.refresh_token),
+                        token_request,
+                        &context,
+                    )
+                    .await?
             }
             None => {
                 return Err(Error::InvalidArgument {
@@ -147,6 +153,44 @@ impl pb::auth_server::Auth for AuthApi {
         }
         self.service.revoke(&request.token, &context).await?;
         Ok(Response::new(pb::RevokeResponse {}))
+    }
+
+    #[tracing::instrument(name = "Logout", skip_all)]
+    async fn logout(
+        &self,
+        request: Request<pb::LogoutRequest>,
+    ) -> Result<Response<pb::LogoutResponse>, Status> {
+        let context = call_context(&request);
+        let caller = self.service.verify(&bearer_token(request.metadata())?)?;
+        let request = request.into_inner();
+        let refresh_token =
+            (!request.refresh_token.is_empty()).then(|| SecretString::from(request.refresh_token));
+        self.service
+            .logout(&caller, refresh_token, &context)
+            .await?;
+        Ok(Response::new(pb::LogoutResponse {}))
+    }
+
+    #[tracing::instrument(name = "ChangePassword", skip_all)]
+    async fn change_password(
+        &self,
+        request: Request<pb::ChangePasswordRequest>,
+    ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
+        let context = call_context(&request);
+        let caller = self.service.verify(&bearer_token(request.metadata())?)?;
+        let request = request.into_inner();
+        if request.current_password.is_empty() {
+            return Err(Error::invalid_argument("current_password", "must not be empty").into());
+        }
+        self.service
+            .change_password(
+                &caller,
+                SecretString::from(request.current_password),
+                SecretString::from(request.new_password),
+                &context,
+            )
+            .await?;
+        Ok(Response::new(pb::ChangePasswordResponse {}))
     }
 
     #[tracing::instrument(name = "GetJwks", skip_all)]

@@ -9,17 +9,18 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret as _, SecretString};
 use uuid::Uuid;
 
 use crate::{
     clock::SharedClock,
     config::Settings,
-    domain::{AuditRecord, Outcome, Scope, ScopeSet, normalize},
+    domain::{AuditRecord, Outcome, PasswordPolicy, Scope, ScopeSet, normalize},
     error::{Error, Reason},
     password::{PasswordHasher, Verification},
     revocation::{Revocation, RevocationKind, Revocations, TokenFacts},
-    store::{LockoutPolicy, Store},
+    secrets::{Pepper, REFRESH_TOKEN_PREFIX, hash_refresh_token, random_token},
+    store::{LockoutPolicy, NewRefreshToken, RefreshRecord, Rotation, Store},
     token::{
         Audience, Claims, Kind, TokenIssuer, TokenVerifier, VerifyError,
         keys::{KeyRing, PublicJwk},
@@ -100,6 +101,11 @@ pub struct AuthService {
     access_ttl: Duration,
     max_access_ttl: Duration,
     default_audience: String,
+    pepper: Pepper,
+    policy: PasswordPolicy,
+    refresh_ttl: chrono::Duration,
+    refresh_idle_ttl: chrono::Duration,
+    refresh_retry_grace: chrono::Duration,
 }
 
 impl AuthService {
@@ -112,6 +118,7 @@ impl AuthService {
         clock: SharedClock,
         ring: KeyRing,
         revocations: Revocations,
+        pepper: Pepper,
     ) -> Self {
         let to_chrono =
             |d: Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
@@ -137,6 +144,11 @@ impl AuthService {
             access_ttl: settings.tokens.access_ttl,
             max_access_ttl: settings.tokens.max_access_ttl,
             default_audience: settings.tokens.default_audience.clone(),
+            pepper,
+            policy: PasswordPolicy::new(settings.auth.password_min_length),
+            refresh_ttl: to_chrono(settings.tokens.refresh_ttl),
+            refresh_idle_ttl: to_chrono(settings.tokens.refresh_idle_ttl),
+            refresh_retry_grace: to_chrono(settings.tokens.refresh_retry_grace),
         }
     }
 
@@ -153,7 +165,7 @@ impl AuthService {
                 format!("must hold 1 to {MAX_LOGIN_NAME} bytes"),
             ));
         }
-        if secrecy::ExposeSecret::expose_secret(&login.password).len() > MAX_LOGIN_PASSWORD {
+        if login.password.expose_secret().len() > MAX_LOGIN_PASSWORD {
             return Err(Error::invalid_argument(
                 "password.password",
                 format!("must be at most {MAX_LOGIN_PASSWORD} bytes"),
@@ -229,19 +241,343 @@ impl AuthService {
         let scopes = if user.password_change_required {
             ScopeSet::parse([PASSWORD_CHANGE_SCOPE]).map_err(|e| e.on("scopes"))?
         } else {
-            let held = ScopeSet::parse(
-                self.store
-                    .scopes_of_user(user.id)
-                    .await?
-                    .iter()
-                    .map(String::as_str),
-            )
-            .map_err(|e| Error::internal(anyhow::anyhow!("a stored scope is invalid: {e}")))?;
-            narrow(&held, requested)?
+            narrow(&self.scopes_of(user.id).await?, requested)?
         };
         let audience = self.audience_for_user(&request.audience)?;
-        let session_id = Uuid::now_v7().to_string();
-        let token = self.mint(
+        let session_id = Uuid::now_v7();
+        let refresh_token = if user.password_change_required {
+            None
+        } else {
+            let refresh_token = random_token(REFRESH_TOKEN_PREFIX)?;
+            let family_expires_at = now + self.refresh_ttl;
+            self.store
+                .insert_refresh_token(&NewRefreshToken {
+                    token_hash: hash_refresh_token(refresh_token.expose_secret()),
+                    family_id: session_id,
+                    user_id: user.id,
+                    scopes: scopes.to_space_separated(),
+                    audience: audience.join(" "),
+                    issued_at: now,
+                    expires_at: (now + self.refresh_idle_ttl).min(family_expires_at),
+                    family_expires_at,
+                })
+                .await?;
+            Some(refresh_token)
+        };
+        let mut token = self.mint_for_user(&user, scopes, audience, session_id, now)?;
+        token.refresh_token = refresh_token;
+        let event = audit(Outcome::Success, "password")
+            .with_detail("user_id", user.id.to_string())
+            .with_detail("session_id", session_id.to_string());
+        self.record(event, now).await;
+        Ok(token)
+    }
+
+    /// The refresh token grant (RFC 6749 section 6), with rotation: every use returns a new
+    /// refresh token. A retry of the token just rotated, within `tokens.refresh_retry_grace`,
+    /// gets the same successor (a lost response must not end the session); any other reuse
+    /// ends the whole session and answers `REFRESH_TOKEN_REUSED`.
+    pub async fn refresh_grant(
+        &self,
+        refresh_token: SecretString,
+        request: TokenRequest,
+        context: &CallContext,
+    ) -> Result<IssuedToken, Error> {
+        let presented = refresh_token.expose_secret();
+        if !is_refresh_token_shaped(presented) {
+            return Err(invalid_refresh_token());
+        }
+        let requested = ScopeSet::parse(request.scopes.iter().map(String::as_str))
+            .map_err(|e| e.on("scopes"))?;
+        let now = self.clock.now();
+        let successor = self.pepper.refresh_successor(presented);
+        let rotation = self
+            .store
+            .rotate_refresh_token(
+                &hash_refresh_token(presented),
+                hash_refresh_token(successor.expose_secret()),
+                now,
+                self.refresh_idle_ttl,
+            )
+            .await?;
+        let record = match rotation {
+            Rotation::Rotated(record) => record,
+            Rotation::NotRotated(None) => return Err(invalid_refresh_token()),
+            Rotation::NotRotated(Some(record)) => {
+                self.refresh_not_rotated(record, now, context).await?
+            }
+        };
+        let Some(user_id) = record.user_id else {
+            return Err(invalid_refresh_token());
+        };
+        let Some(login) = self.store.find_login_by_id(user_id).await? else {
+            return Err(invalid_refresh_token());
+        };
+        let user = login.user;
+        if !user.enabled || (user.locked && user.locked_until.is_none_or(|until| until > now)) {
+            return Err(invalid_refresh_token());
+        }
+        // The session keeps the scopes of its original grant, less any the user no longer
+        // holds; a refresh may ask for fewer, never more (RFC 6749 section 6).
+        let original = ScopeSet::parse_space_separated(&record.scopes)
+            .map_err(|e| Error::internal(anyhow::anyhow!("a stored scope is invalid: {e}")))?;
+        let held = self.scopes_of(user.id).await?;
+        let still_held: ScopeSet = original
+            .iter()
+            .filter(|s| held.satisfies(s))
+            .cloned()
+            .collect();
+        let scopes = narrow(&still_held, requested)?;
+        let audience: Vec<String> = record.audience.split(' ').map(str::to_owned).collect();
+        if !request.audience.is_empty() && !audience.contains(&request.audience) {
+            return Err(Error::PermissionDenied {
+                reason: Reason::InvalidAudience,
+                message: "a refresh cannot change the audience".to_owned(),
+            });
+        }
+        let mut token = self.mint_for_user(&user, scopes, audience, record.family_id, now)?;
+        token.refresh_token = Some(successor);
+        Ok(token)
+    }
+
+    /// A refresh token that this call did not rotate: a retry within the grace gets the same
+    /// successor; anything else is refused, and a reuse ends the session.
+    async fn refresh_not_rotated(
+        &self,
+        record: RefreshRecord,
+        now: DateTime<Utc>,
+        context: &CallContext,
+    ) -> Result<RefreshRecord, Error> {
+        if record.revoked_at.is_some() {
+            return Err(invalid_refresh_token());
+        }
+        let Some(used_at) = record.used_at else {
+            // Unused, so it was refused for its age.
+            return Err(invalid_refresh_token());
+        };
+        if now - used_at <= self.refresh_retry_grace
+            && let Some(successor_id) = record.successor_id
+            && let Some(successor) = self.store.find_refresh_token_by_id(successor_id).await?
+            && successor.used_at.is_none()
+            && successor.revoked_at.is_none()
+        {
+            return Ok(record);
+        }
+        let actor = record.user_id.map(|id| id.to_string()).unwrap_or_default();
+        self.end_session(
+            record.family_id,
+            record.family_expires_at,
+            AuditRecord {
+                peer: context.peer.clone(),
+                ..AuditRecord::new(
+                    actor,
+                    "refresh_token.reuse",
+                    record.family_id.to_string(),
+                    Outcome::Denied,
+                )
+            },
+        )
+        .await?;
+        tracing::warn!(session_id = %record.family_id, "a refresh token was reused; its session is ended");
+        Err(Error::PermissionDenied {
+            reason: Reason::RefreshTokenReused,
+            message: "this refresh token was already used; the session is ended".to_owned(),
+        })
+    }
+
+    /// Ends a session: its refresh tokens and every access token carrying its `sid`.
+    async fn end_session(
+        &self,
+        family_id: Uuid,
+        family_expires_at: DateTime<Utc>,
+        event: AuditRecord,
+    ) -> Result<(), Error> {
+        let now = self.clock.now();
+        let revocation = Revocation {
+            kind: RevocationKind::Session,
+            key: family_id.to_string(),
+            not_before: now,
+            // Access tokens of the session live at most `max_access_ttl` past its last refresh.
+            expires_at: family_expires_at
+                + chrono::Duration::from_std(self.max_access_ttl)
+                    .unwrap_or(chrono::Duration::MAX / 2),
+        };
+        self.store
+            .revoke_family(family_id, &revocation, &event, now)
+            .await?;
+        self.revocations.applied(&revocation);
+        Ok(())
+    }
+
+    /// Ends the caller's session (or the session of `refresh_token`, which must be the
+    /// caller's).
+    pub async fn logout(
+        &self,
+        caller: &Principal,
+        refresh_token: Option<SecretString>,
+        context: &CallContext,
+    ) -> Result<(), Error> {
+        let family = match refresh_token {
+            Some(token) => {
+                let record = self
+                    .store
+                    .find_refresh_token(&hash_refresh_token(token.expose_secret()))
+                    .await?
+                    .filter(|r| {
+                        r.user_id.map(|id| id.to_string()).as_deref()
+                            == Some(caller.claims.sub.as_str())
+                    })
+                    .ok_or_else(invalid_refresh_token)?;
+                Some((record.family_id, record.family_expires_at))
+            }
+            None => None,
+        };
+        let (family_id, family_expires_at) = match family {
+            Some(family) => family,
+            None => {
+                let sid = caller
+                    .claims
+                    .sid
+                    .as_deref()
+                    .and_then(|sid| Uuid::parse_str(sid).ok())
+                    .ok_or_else(|| Error::FailedPrecondition {
+                        reason: Reason::FailedPrecondition,
+                        message: "this token belongs to no session".to_owned(),
+                    })?;
+                (sid, self.clock.now() + self.refresh_ttl)
+            }
+        };
+        self.end_session(
+            family_id,
+            family_expires_at,
+            AuditRecord {
+                peer: context.peer.clone(),
+                ..AuditRecord::new(
+                    caller.claims.sub.clone(),
+                    "session.logout",
+                    family_id.to_string(),
+                    Outcome::Success,
+                )
+            },
+        )
+        .await
+    }
+
+    /// Changes the caller's own password and ends the user's other sessions.
+    pub async fn change_password(
+        &self,
+        caller: &Principal,
+        current: SecretString,
+        new: SecretString,
+        context: &CallContext,
+    ) -> Result<(), Error> {
+        if caller.claims.kind != Kind::User {
+            return Err(Error::PermissionDenied {
+                reason: Reason::InsufficientScope,
+                message: "only users have passwords".to_owned(),
+            });
+        }
+        let user_id = Uuid::parse_str(&caller.claims.sub).map_err(|_| Error::Unauthenticated {
+            reason: Reason::TokenInvalid,
+            message: "the token's subject is not a user".to_owned(),
+        })?;
+        let login = self
+            .store
+            .find_login_by_id(user_id)
+            .await?
+            .ok_or_else(invalid_credentials)?;
+        let now = self.clock.now();
+        let name = normalize(&login.user.username);
+        if self.store.locked_until(&name, now).await?.is_some() {
+            return Err(account_locked());
+        }
+        let verification = self
+            .hasher
+            .verify(&current, Some(&login.password_hash))
+            .await?;
+        if verification == Verification::Invalid {
+            // A wrong current password counts towards the lockout like a failed login.
+            self.store
+                .record_login_failure(&name, self.lockout, now)
+                .await?;
+            return Err(Error::InvalidArgument {
+                field: "current_password".to_owned(),
+                reason: Reason::InvalidCredentials,
+                message: "is not the current password".to_owned(),
+            });
+        }
+        let username = crate::domain::Username::parse(&login.user.username).ok();
+        let email = crate::domain::Email::parse(&login.user.email).ok();
+        self.policy
+            .check(&new, username.as_ref(), email.as_ref())
+            .map_err(|e| Error::InvalidArgument {
+                field: "new_password".to_owned(),
+                reason: Reason::WeakPassword,
+                message: e.0,
+            })?;
+        let hash = self.hasher.hash(&new).await?;
+        self.store
+            .set_own_password(
+                user_id,
+                hash,
+                &AuditRecord {
+                    peer: context.peer.clone(),
+                    ..AuditRecord::new(
+                        user_id.to_string(),
+                        "user.change_password",
+                        user_id.to_string(),
+                        Outcome::Success,
+                    )
+                },
+                now,
+            )
+            .await?;
+        let current_session = caller
+            .claims
+            .sid
+            .as_deref()
+            .and_then(|s| Uuid::parse_str(s).ok());
+        for (family_id, family_expires_at) in self.store.live_families_of_user(user_id, now).await?
+        {
+            if Some(family_id) == current_session {
+                continue;
+            }
+            self.end_session(
+                family_id,
+                family_expires_at,
+                AuditRecord::new(
+                    user_id.to_string(),
+                    "session.end",
+                    family_id.to_string(),
+                    Outcome::Success,
+                )
+                .with_detail("because", "password changed"),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn scopes_of(&self, user_id: Uuid) -> Result<ScopeSet, Error> {
+        ScopeSet::parse(
+            self.store
+                .scopes_of_user(user_id)
+                .await?
+                .iter()
+                .map(String::as_str),
+        )
+        .map_err(|e| Error::internal(anyhow::anyhow!("a stored scope is invalid: {e}")))
+    }
+
+    fn mint_for_user(
+        &self,
+        user: &crate::domain::User,
+        scopes: ScopeSet,
+        audience: Vec<String>,
+        session_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<IssuedToken, Error> {
+        self.mint(
             MintRequest {
                 subject: user.id.to_string(),
                 kind: Kind::User,
@@ -250,16 +586,11 @@ impl AuthService {
                 roles: user.roles.clone(),
                 scopes,
                 audience,
-                session_id: Some(session_id.clone()),
+                session_id: Some(session_id.to_string()),
                 ttl: self.access_ttl.min(self.max_access_ttl),
             },
             now,
-        )?;
-        let event = audit(Outcome::Success, "password")
-            .with_detail("user_id", user.id.to_string())
-            .with_detail("session_id", session_id);
-        self.record(event, now).await;
-        Ok(token)
+        )
     }
 
     /// Checks a token: signature, claims, revocation, then the scopes and audience asked for.
@@ -327,6 +658,31 @@ impl AuthService {
     /// RFC 7009: revokes the token if it is one of Keystone's live access tokens; anything
     /// else is accepted and ignored, so the answer reveals nothing.
     pub async fn revoke(&self, token: &str, context: &CallContext) -> Result<(), Error> {
+        if is_refresh_token_shaped(token) {
+            if let Some(record) = self
+                .store
+                .find_refresh_token(&hash_refresh_token(token))
+                .await?
+                && record.revoked_at.is_none()
+            {
+                let actor = record.user_id.map(|id| id.to_string()).unwrap_or_default();
+                self.end_session(
+                    record.family_id,
+                    record.family_expires_at,
+                    AuditRecord {
+                        peer: context.peer.clone(),
+                        ..AuditRecord::new(
+                            actor,
+                            "refresh_token.revoke",
+                            record.family_id.to_string(),
+                            Outcome::Success,
+                        )
+                    },
+                )
+                .await?;
+            }
+            return Ok(());
+        }
         let Ok(principal) = self.verify(token) else {
             return Ok(());
         };
@@ -450,6 +806,22 @@ fn narrow(held: &ScopeSet, requested: ScopeSet) -> Result<ScopeSet, Error> {
         });
     }
     Ok(requested)
+}
+
+/// Whether a string looks like a Keystone refresh token (prefix and 43 base64url characters).
+fn is_refresh_token_shaped(token: &str) -> bool {
+    token.len() == REFRESH_TOKEN_PREFIX.len() + 43
+        && token.starts_with(REFRESH_TOKEN_PREFIX)
+        && token[REFRESH_TOKEN_PREFIX.len()..]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn invalid_refresh_token() -> Error {
+    Error::Unauthenticated {
+        reason: Reason::InvalidCredentials,
+        message: "the refresh token is invalid, expired or revoked".to_owned(),
+    }
 }
 
 fn invalid_credentials() -> Error {

@@ -65,6 +65,54 @@ impl Store {
         }))
     }
 
+    /// The user with this id, with the password hash.
+    pub async fn find_login_by_id(&self, user_id: Uuid) -> Result<Option<LoginRecord>, Error> {
+        let Some(model) = entity::user::Entity::find_by_id(user_id)
+            .one(self.db())
+            .await
+            .map_err(db_error)?
+        else {
+            return Ok(None);
+        };
+        let password_hash = model.password_hash.clone();
+        let user = super::users::with_roles(self.db(), model).await?;
+        Ok(Some(LoginRecord {
+            user,
+            password_hash,
+        }))
+    }
+
+    /// Sets a user's password hash (the user chose it: no change required any more).
+    pub async fn set_own_password(
+        &self,
+        user_id: Uuid,
+        password_hash: String,
+        audit_record: &AuditRecord,
+        now: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        let txn = self.db().begin().await.map_err(db_error)?;
+        entity::user::Entity::update_many()
+            .col_expr(
+                entity::user::Column::PasswordHash,
+                Expr::value(password_hash),
+            )
+            .col_expr(
+                entity::user::Column::PasswordChangeRequired,
+                Expr::value(false),
+            )
+            .col_expr(
+                entity::user::Column::PasswordChangedAt,
+                Expr::value(Some(now)),
+            )
+            .col_expr(entity::user::Column::UpdatedAt, Expr::value(now))
+            .filter(entity::user::Column::Id.eq(user_id))
+            .exec(&txn)
+            .await
+            .map_err(db_error)?;
+        audit::insert(&txn, audit_record, now).await?;
+        txn.commit().await.map_err(db_error)
+    }
+
     /// Until when the name is locked, if it is locked at `now`.
     pub async fn locked_until(
         &self,

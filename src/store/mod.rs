@@ -6,11 +6,13 @@ mod audit;
 pub mod entity;
 mod keys;
 mod logins;
+mod refresh_tokens;
 pub(crate) mod revocations;
 pub(crate) mod users;
 
 pub use keys::{KeyTransition, StoredKey};
 pub use logins::{LockoutPolicy, LoginRecord};
+pub use refresh_tokens::{NewRefreshToken, RefreshRecord, Rotation};
 
 use std::time::Duration;
 

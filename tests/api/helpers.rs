@@ -8,6 +8,7 @@ use chrono::{TimeZone as _, Utc};
 use keystone::{
     App, Settings,
     clock::ManualClock,
+    config::SecretSettings,
     domain::{AuditRecord, Email, NewUser, Outcome, RoleName, Username},
     password::PasswordHasher,
     proto::pb::{
@@ -26,6 +27,9 @@ pub const TEST_DATABASE_URL: &str = "KEYSTONE_TEST_DATABASE_URL";
 /// The Redis server tests may use.
 #[allow(dead_code)]
 pub const TEST_REDIS_URL: &str = "KEYSTONE_TEST_REDIS_URL";
+
+/// The pepper of test servers.
+pub const TEST_PEPPER: &str = "test-pepper-0123456789abcdefghijklmnopqrstuvwxyz";
 
 /// Says, past the test harness's output capture, that a test did not run in full.
 pub fn say_skipped(test: &str, why: &str) {
@@ -139,6 +143,10 @@ pub fn test_settings(database_url: &str) -> Settings {
         database_url: SecretString::from(database_url.to_owned()),
         grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        secrets: SecretSettings {
+            pepper: Some(SecretString::from(TEST_PEPPER)),
+            ..SecretSettings::default()
+        },
         ..Settings::default()
     }
 }
@@ -254,6 +262,22 @@ impl TestApp {
             .unwrap();
         store.close().await;
         user.id
+    }
+
+    /// Uses a refresh token.
+    #[allow(dead_code)]
+    pub async fn refresh(&self, refresh_token: &str) -> Result<TokenResponse, tonic::Status> {
+        self.auth()
+            .issue_token(IssueTokenRequest {
+                grant: Some(Grant::RefreshToken(
+                    keystone::proto::pb::RefreshTokenGrant {
+                        refresh_token: refresh_token.to_owned(),
+                    },
+                )),
+                ..Default::default()
+            })
+            .await
+            .map(tonic::Response::into_inner)
     }
 
     /// Logs in with the password grant.

@@ -8,4 +8,5 @@ mod bootstrap;
 mod cli;
 mod health;
 mod reflection;
+mod sessions;
 mod shutdown;

@@ -1,0 +1,250 @@
+//! Refresh tokens by hash, and their families (sessions). Rotation is one transaction that
+//! writes first, so of many concurrent uses of one token exactly one rotates it and the others
+//! see it used.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ActiveModelTrait as _, ColumnTrait as _, EntityTrait as _, QueryFilter as _, QuerySelect as _,
+    Set, TransactionTrait as _, sea_query::Expr,
+};
+use uuid::Uuid;
+
+use super::{Store, audit, db_error, entity::refresh_token, revocations};
+use crate::{domain::AuditRecord, error::Error, revocation::Revocation};
+
+/// A refresh token to store.
+#[derive(Debug, Clone)]
+pub struct NewRefreshToken {
+    /// Its hash.
+    pub token_hash: Vec<u8>,
+    /// The session.
+    pub family_id: Uuid,
+    /// The user.
+    pub user_id: Uuid,
+    /// Space-separated scopes of the original grant.
+    pub scopes: String,
+    /// Space-separated audiences of the original grant.
+    pub audience: String,
+    /// Issued.
+    pub issued_at: DateTime<Utc>,
+    /// Expires (idle lifetime, within the family's).
+    pub expires_at: DateTime<Utc>,
+    /// The session's absolute end.
+    pub family_expires_at: DateTime<Utc>,
+}
+
+/// A stored refresh token (never the token itself).
+#[derive(Debug, Clone)]
+pub struct RefreshRecord {
+    /// Its id.
+    pub id: Uuid,
+    /// The session.
+    pub family_id: Uuid,
+    /// The user.
+    pub user_id: Option<Uuid>,
+    /// Scopes of the original grant.
+    pub scopes: String,
+    /// Audiences of the original grant.
+    pub audience: String,
+    /// Issued.
+    pub issued_at: DateTime<Utc>,
+    /// Expires.
+    pub expires_at: DateTime<Utc>,
+    /// The session's absolute end.
+    pub family_expires_at: DateTime<Utc>,
+    /// When it was rotated.
+    pub used_at: Option<DateTime<Utc>>,
+    /// When it was revoked.
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// The token it was rotated into.
+    pub successor_id: Option<Uuid>,
+}
+
+impl From<refresh_token::Model> for RefreshRecord {
+    fn from(model: refresh_token::Model) -> Self {
+        Self {
+            id: model.id,
+            family_id: model.family_id,
+            user_id: model.user_id,
+            scopes: model.scopes,
+            audience: model.audience,
+            issued_at: model.issued_at,
+            expires_at: model.expires_at,
+            family_expires_at: model.family_expires_at,
+            used_at: model.used_at,
+            revoked_at: model.revoked_at,
+            successor_id: model.successor_id,
+        }
+    }
+}
+
+/// The outcome of a rotation attempt.
+#[derive(Debug)]
+pub enum Rotation {
+    /// This call rotated the token; the successor is stored.
+    Rotated(RefreshRecord),
+    /// The token was not rotated by this call: unknown (`None`), or used, revoked or expired.
+    NotRotated(Option<RefreshRecord>),
+}
+
+impl Store {
+    /// Stores the first refresh token of a session.
+    pub async fn insert_refresh_token(&self, new: &NewRefreshToken) -> Result<(), Error> {
+        model(new, Uuid::now_v7(), None)
+            .insert(self.db())
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    /// Marks the token with `token_hash` used and stores its successor, if the token is live
+    /// and unused.
+    pub async fn rotate_refresh_token(
+        &self,
+        token_hash: &[u8],
+        successor_hash: Vec<u8>,
+        now: DateTime<Utc>,
+        idle_ttl: chrono::Duration,
+    ) -> Result<Rotation, Error> {
+        let successor_id = Uuid::now_v7();
+        let txn = self.db().begin().await.map_err(db_error)?;
+        // The conditional write comes first: it takes the row (PostgreSQL) or the database
+        // (SQLite) for this transaction, so concurrent rotations queue behind it.
+        let updated = refresh_token::Entity::update_many()
+            .col_expr(refresh_token::Column::UsedAt, Expr::value(Some(now)))
+            .col_expr(
+                refresh_token::Column::SuccessorId,
+                Expr::value(Some(successor_id)),
+            )
+            .filter(refresh_token::Column::TokenHash.eq(token_hash.to_vec()))
+            .filter(refresh_token::Column::UsedAt.is_null())
+            .filter(refresh_token::Column::RevokedAt.is_null())
+            .filter(refresh_token::Column::ExpiresAt.gt(now))
+            .exec(&txn)
+            .await
+            .map_err(db_error)?;
+        let row = refresh_token::Entity::find()
+            .filter(refresh_token::Column::TokenHash.eq(token_hash.to_vec()))
+            .one(&txn)
+            .await
+            .map_err(db_error)?;
+        let (1, Some(row)) = (updated.rows_affected, row) else {
+            txn.commit().await.map_err(db_error)?;
+            return Ok(Rotation::NotRotated(
+                refresh_token::Entity::find()
+                    .filter(refresh_token::Column::TokenHash.eq(token_hash.to_vec()))
+                    .one(self.db())
+                    .await
+                    .map_err(db_error)?
+                    .map(RefreshRecord::from),
+            ));
+        };
+        let Some(user_id) = row.user_id else {
+            txn.rollback().await.map_err(db_error)?;
+            return Ok(Rotation::NotRotated(None));
+        };
+        let successor = NewRefreshToken {
+            token_hash: successor_hash,
+            family_id: row.family_id,
+            user_id,
+            scopes: row.scopes.clone(),
+            audience: row.audience.clone(),
+            issued_at: now,
+            expires_at: (now + idle_ttl).min(row.family_expires_at),
+            family_expires_at: row.family_expires_at,
+        };
+        model(&successor, successor_id, Some(row.id))
+            .insert(&txn)
+            .await
+            .map_err(db_error)?;
+        txn.commit().await.map_err(db_error)?;
+        Ok(Rotation::Rotated(RefreshRecord::from(row)))
+    }
+
+    /// The stored token with this hash.
+    pub async fn find_refresh_token(
+        &self,
+        token_hash: &[u8],
+    ) -> Result<Option<RefreshRecord>, Error> {
+        Ok(refresh_token::Entity::find()
+            .filter(refresh_token::Column::TokenHash.eq(token_hash.to_vec()))
+            .one(self.db())
+            .await
+            .map_err(db_error)?
+            .map(RefreshRecord::from))
+    }
+
+    /// The stored token with this id.
+    pub async fn find_refresh_token_by_id(&self, id: Uuid) -> Result<Option<RefreshRecord>, Error> {
+        Ok(refresh_token::Entity::find_by_id(id)
+            .one(self.db())
+            .await
+            .map_err(db_error)?
+            .map(RefreshRecord::from))
+    }
+
+    /// Ends a session: revokes every refresh token of the family and records the session
+    /// revocation, with the audit event, in one transaction. Returns the tokens revoked.
+    pub async fn revoke_family(
+        &self,
+        family_id: Uuid,
+        revocation: &Revocation,
+        audit_record: &AuditRecord,
+        now: DateTime<Utc>,
+    ) -> Result<u64, Error> {
+        let txn = self.db().begin().await.map_err(db_error)?;
+        let revoked = refresh_token::Entity::update_many()
+            .col_expr(refresh_token::Column::RevokedAt, Expr::value(Some(now)))
+            .filter(refresh_token::Column::FamilyId.eq(family_id))
+            .filter(refresh_token::Column::RevokedAt.is_null())
+            .exec(&txn)
+            .await
+            .map_err(db_error)?
+            .rows_affected;
+        revocations::upsert(&txn, revocation).await?;
+        audit::insert(&txn, audit_record, now).await?;
+        txn.commit().await.map_err(db_error)?;
+        Ok(revoked)
+    }
+
+    /// The live sessions of a user: family ids with their absolute end.
+    pub async fn live_families_of_user(
+        &self,
+        user_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(Uuid, DateTime<Utc>)>, Error> {
+        let mut families: Vec<(Uuid, DateTime<Utc>)> = refresh_token::Entity::find()
+            .filter(refresh_token::Column::UserId.eq(user_id))
+            .filter(refresh_token::Column::RevokedAt.is_null())
+            .filter(refresh_token::Column::FamilyExpiresAt.gt(now))
+            .select_only()
+            .column(refresh_token::Column::FamilyId)
+            .column(refresh_token::Column::FamilyExpiresAt)
+            .into_tuple()
+            .all(self.db())
+            .await
+            .map_err(db_error)?;
+        families.sort();
+        families.dedup();
+        Ok(families)
+    }
+}
+
+fn model(new: &NewRefreshToken, id: Uuid, parent_id: Option<Uuid>) -> refresh_token::ActiveModel {
+    refresh_token::ActiveModel {
+        id: Set(id),
+        token_hash: Set(new.token_hash.clone()),
+        family_id: Set(new.family_id),
+        parent_id: Set(parent_id),
+        successor_id: Set(None),
+        user_id: Set(Some(new.user_id)),
+        client_id: Set(None),
+        scopes: Set(new.scopes.clone()),
+        audience: Set(new.audience.clone()),
+        issued_at: Set(new.issued_at),
+        expires_at: Set(new.expires_at),
+        family_expires_at: Set(new.family_expires_at),
+        used_at: Set(None),
+        revoked_at: Set(None),
+    }
+}
