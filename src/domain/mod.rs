@@ -3,12 +3,14 @@
 //! derefs to `String`: read them with `as_str`.
 
 mod audit;
+mod client;
 mod names;
 mod password_policy;
 mod scope;
 mod user;
 
 pub use audit::{AuditRecord, Outcome};
+pub use client::{Client, NewClient};
 pub use names::{Email, RoleName, Username, normalize};
 pub use password_policy::{MAX_PASSWORD_LENGTH, PasswordPolicy};
 pub use scope::{Scope, ScopeSet};

@@ -51,10 +51,15 @@ impl pb::auth_server::Auth for AuthApi {
                     )
                     .await?
             }
-            Some(pb::issue_token_request::Grant::ClientCredentials(_)) => {
-                return Err(Status::unimplemented(
-                    "the client credentials grant is not built yet",
-                ));
+            Some(pb::issue_token_request::Grant::ClientCredentials(grant)) => {
+                self.service
+                    .client_credentials_grant(
+                        &grant.client_id,
+                        SecretString::from(grant.client_secret),
+                        token_request,
+                        &context,
+                    )
+                    .await?
             }
             Some(pb::issue_token_request::Grant::RefreshToken(grant)) => {
                 self.service

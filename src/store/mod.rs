@@ -3,6 +3,7 @@
 //! as `AlreadyExists` and lost connections as `Unavailable`; driver text never reaches a caller.
 
 mod audit;
+mod clients;
 pub mod entity;
 mod keys;
 mod logins;
@@ -10,6 +11,7 @@ mod refresh_tokens;
 pub(crate) mod revocations;
 pub(crate) mod users;
 
+pub use clients::ClientSecretRecord;
 pub use keys::{KeyTransition, StoredKey};
 pub use logins::{LockoutPolicy, LoginRecord};
 pub use refresh_tokens::{NewRefreshToken, RefreshRecord, Rotation};

@@ -9,12 +9,13 @@ use keystone::{
     App, Settings,
     clock::ManualClock,
     config::SecretSettings,
-    domain::{AuditRecord, Email, NewUser, Outcome, RoleName, Username},
+    domain::{AuditRecord, Email, NewClient, NewUser, Outcome, RoleName, Username},
     password::PasswordHasher,
     proto::pb::{
         IssueTokenRequest, PasswordGrant, TokenResponse, auth_client::AuthClient,
         issue_token_request::Grant,
     },
+    secrets::Pepper,
     store::Store,
 };
 use sea_orm::{ConnectionTrait as _, Database};
@@ -262,6 +263,70 @@ impl TestApp {
             .unwrap();
         store.close().await;
         user.id
+    }
+
+    /// Creates a service client straight in the database (the admin API is not built yet) and
+    /// returns its secret.
+    #[allow(dead_code)]
+    pub async fn create_client(
+        &self,
+        client_id: &str,
+        scopes: &[&str],
+        audiences: &[&str],
+        ttl: Option<std::time::Duration>,
+        enabled: bool,
+    ) -> String {
+        let store = Store::connect(
+            &SecretString::from(self.database_url().to_owned()),
+            &Settings::default().database,
+        )
+        .await
+        .unwrap();
+        let secret = format!("kss_{}", uuid::Uuid::new_v4().simple());
+        let pepper = Pepper::from_secret(&SecretString::from(TEST_PEPPER));
+        store
+            .insert_client(
+                NewClient {
+                    client_id: client_id.to_owned(),
+                    name: client_id.to_owned(),
+                    description: String::new(),
+                    allowed_scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+                    allowed_audiences: audiences.iter().map(|s| (*s).to_owned()).collect(),
+                    access_token_ttl: ttl,
+                    enabled,
+                },
+                pepper.hash_client_secret(&secret),
+                &AuditRecord::new("test", "client.create", client_id, Outcome::Success),
+                Utc::now(),
+            )
+            .await
+            .unwrap();
+        store.close().await;
+        secret
+    }
+
+    /// The client credentials grant.
+    #[allow(dead_code)]
+    pub async fn client_token(
+        &self,
+        client_id: &str,
+        secret: &str,
+        scopes: &[&str],
+        audience: &str,
+    ) -> Result<TokenResponse, tonic::Status> {
+        self.auth()
+            .issue_token(IssueTokenRequest {
+                grant: Some(Grant::ClientCredentials(
+                    keystone::proto::pb::ClientCredentialsGrant {
+                        client_id: client_id.to_owned(),
+                        client_secret: secret.to_owned(),
+                    },
+                )),
+                scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+                audience: audience.to_owned(),
+            })
+            .await
+            .map(tonic::Response::into_inner)
     }
 
     /// Uses a refresh token.

@@ -6,6 +6,7 @@ mod helpers;
 mod auth;
 mod bootstrap;
 mod cli;
+mod clients;
 mod health;
 mod reflection;
 mod sessions;

@@ -16,11 +16,19 @@ pub struct Model {
 pub enum Relation {
     #[sea_orm(has_many = "super::role_scope::Entity")]
     RoleScope,
+    #[sea_orm(has_many = "super::client_scope::Entity")]
+    ClientScope,
 }
 
 impl Related<super::role_scope::Entity> for Entity {
     fn to() -> RelationDef {
         Relation::RoleScope.def()
+    }
+}
+
+impl Related<super::client_scope::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::ClientScope.def()
     }
 }
 
