@@ -6,6 +6,26 @@ use std::{env, fs, path::PathBuf};
 
 use prost::Message as _;
 
+/// Messages with a secret field; keep in step with `src/grpc/redact.rs`.
+const SECRET_BEARING_MESSAGES: &[&str] = &[
+    "PasswordGrant",
+    "ClientCredentialsGrant",
+    "RefreshTokenGrant",
+    "TokenResponse",
+    "AuthenticateRequest",
+    "IntrospectRequest",
+    "RevokeRequest",
+    "RegisterRequest",
+    "LogoutRequest",
+    "ChangePasswordRequest",
+    "CreateUserRequest",
+    "CreateUserResponse",
+    "SetPasswordRequest",
+    "SetPasswordResponse",
+    "CreateClientResponse",
+    "RotateClientSecretResponse",
+];
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_root = PathBuf::from("proto");
     let mut files = Vec::new();
@@ -29,6 +49,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         // RPCs that no issue has built yet answer UNIMPLEMENTED through the generated defaults.
         .generate_default_stubs(true)
+        // Messages that carry secrets get a hand-written Debug (src/grpc/redact.rs) that prints
+        // [REDACTED] in their place.
+        .skip_debug(
+            SECRET_BEARING_MESSAGES
+                .iter()
+                .map(|name| format!(".keystone.v1.{name}")),
+        )
         .compile_fds(fds)?;
     Ok(())
 }

@@ -14,6 +14,7 @@
 pub mod auth;
 pub mod client_admin;
 pub mod convert;
+mod redact;
 pub mod user_admin;
 
 use std::future::Future;
