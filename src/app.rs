@@ -81,15 +81,7 @@ impl App {
             .with_context(|| format!("cannot listen on grpc_addr {}", settings.grpc_addr))?;
         let local_addr = listener.local_addr()?;
 
-        let keys = KeyManager::new(
-            store.clone(),
-            KeyRing::default(),
-            clock.clone(),
-            settings.keys.algorithm,
-            settings.keys.publish_ahead,
-            settings.keys.rotate_every,
-            settings.tokens.max_access_ttl + settings.tokens.leeway,
-        );
+        let keys = key_manager(&settings, &store, &clock);
         keys.refresh()
             .await
             .context("cannot load the signing keys")?;
@@ -157,7 +149,12 @@ impl App {
             health.clone(),
             settings.database.health_check_interval,
         ));
-        let upkeep = tokio::spawn(upkeep(keys, revocations, clock));
+        let upkeep = tokio::spawn(upkeep(
+            keys,
+            revocations,
+            clock,
+            settings.keys.reload_interval,
+        ));
         tracing::info!(grpc_addr = %local_addr, "Keystone is serving gRPC on {local_addr}");
 
         let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
@@ -233,29 +230,44 @@ pub async fn user_admin_service(
     ))
 }
 
-/// Periodic upkeep: key lifecycle steps and reloads (so key changes made elsewhere arrive
-/// without a restart), and pruning revocations whose tokens have expired.
-async fn upkeep(keys: KeyManager, revocations: Revocations, clock: SharedClock) {
-    let mut ticker = tokio::time::interval(Duration::from_secs(10));
+/// The key manager of a store, as the server and `keystone keys` build it.
+pub fn key_manager(settings: &Settings, store: &Store, clock: &SharedClock) -> KeyManager {
+    KeyManager::new(
+        store.clone(),
+        KeyRing::default(),
+        clock.clone(),
+        settings.keys.algorithm,
+        settings.keys.publish_ahead,
+        settings.keys.rotate_every,
+        settings.tokens.max_access_ttl + settings.tokens.leeway,
+    )
+}
+
+/// Periodic upkeep: key lifecycle steps and reloads every `keys.reload_interval` (so key
+/// changes made elsewhere arrive without a restart), and, every minute, pruning revocations
+/// whose tokens have all expired.
+async fn upkeep(keys: KeyManager, revocations: Revocations, clock: SharedClock, every: Duration) {
+    const PRUNE_EVERY: Duration = Duration::from_secs(60);
+    let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
-    let mut rounds: u64 = 0;
+    let mut last_prune = tokio::time::Instant::now();
     loop {
         ticker.tick().await;
-        rounds += 1;
         if let Err(error) = keys.refresh().await {
             tracing::warn!(
                 error = format!("{:#}", anyhow::Error::from(error)),
                 "cannot refresh the signing keys"
             );
         }
-        if rounds.is_multiple_of(6)
-            && let Err(error) = revocations.prune(clock.now()).await
-        {
-            tracing::warn!(
-                error = format!("{:#}", anyhow::Error::from(error)),
-                "cannot prune revocations"
-            );
+        if last_prune.elapsed() >= PRUNE_EVERY {
+            last_prune = tokio::time::Instant::now();
+            if let Err(error) = revocations.prune(clock.now()).await {
+                tracing::warn!(
+                    error = format!("{:#}", anyhow::Error::from(error)),
+                    "cannot prune revocations"
+                );
+            }
         }
     }
 }

@@ -17,6 +17,7 @@ use crate::{
     service::BootstrapOutcome,
     shutdown,
     store::Store,
+    token::keys::KeyManager,
 };
 
 /// Keystone: the identity service other services trust.
@@ -45,6 +46,9 @@ pub enum Command {
     /// Apply, roll back or list the database migrations.
     #[command(subcommand)]
     Migrate(MigrateCommand),
+    /// Rotate, withdraw or list the token signing keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Create an admin (role `admin`) and print its generated password, once. The admin must
     /// change it at first login. Fails if the username is taken.
     BootstrapAdmin {
@@ -55,6 +59,22 @@ pub enum Command {
         #[arg(long)]
         email: Option<String>,
     },
+}
+
+/// `keystone keys …`. Running servers pick changes up within `keys.reload_interval`.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Start a rotation now: a new key is published at once and signs after
+    /// `keys.publish_ahead`; the old one stays published until its tokens have expired.
+    Rotate,
+    /// Withdraw a compromised key at once: it leaves the JWKS and every token it signed fails.
+    /// If it was signing, a new key signs immediately.
+    Revoke {
+        /// The key id (`kid`).
+        kid: String,
+    },
+    /// List the keys with their state and times.
+    List,
 }
 
 /// `keystone migrate …`.
@@ -112,6 +132,14 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                 }
             }
         }
+        Command::Keys(command) => {
+            let store = app::open_database(&settings).await?;
+            let clock: SharedClock = Arc::new(SystemClock);
+            let keys = app::key_manager(&settings, &store, &clock);
+            let result = manage_keys(&keys, &store, command).await;
+            store.close().await;
+            result
+        }
         Command::Migrate(command) => {
             let store = Store::connect(&settings.database_url, &settings.database)
                 .await
@@ -121,6 +149,38 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             result
         }
     }
+}
+
+async fn manage_keys(keys: &KeyManager, store: &Store, command: KeysCommand) -> anyhow::Result<()> {
+    match command {
+        KeysCommand::Rotate => {
+            keys.refresh().await?;
+            let kid = keys.rotate().await?;
+            println!("published key {kid}; it signs after keys.publish_ahead");
+        }
+        KeysCommand::Revoke { kid } => {
+            if !keys.revoke(&kid).await? {
+                anyhow::bail!("no live key has the id `{kid}`");
+            }
+            println!("revoked key {kid}; its tokens are refused");
+        }
+        KeysCommand::List => {
+            for key in store.all_keys().await? {
+                println!(
+                    "{:<18} {:<6} {:<8} created {} activates {}{}",
+                    key.kid,
+                    key.algorithm,
+                    key.state,
+                    key.created_at.to_rfc3339(),
+                    key.activates_at.to_rfc3339(),
+                    key.revoked_at
+                        .map(|at| format!(" revoked {}", at.to_rfc3339()))
+                        .unwrap_or_default()
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn migrate(store: &Store, command: MigrateCommand) -> anyhow::Result<()> {

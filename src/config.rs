@@ -385,6 +385,9 @@ pub struct KeySettings {
     /// How often the signing key is replaced.
     #[serde(with = "humantime_serde")]
     pub rotate_every: Duration,
+    /// How often each replica reloads the keys and takes due lifecycle steps.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
 }
 
 impl Default for KeySettings {
@@ -393,6 +396,7 @@ impl Default for KeySettings {
             algorithm: KeyAlgorithm::EdDSA,
             publish_ahead: Duration::from_secs(25 * 60),
             rotate_every: Duration::from_secs(30 * 24 * 3600),
+            reload_interval: Duration::from_secs(10),
         }
     }
 }
@@ -641,6 +645,7 @@ impl Settings {
             ));
         }
         check_positive("keys.rotate_every", self.keys.rotate_every)?;
+        check_positive("keys.reload_interval", self.keys.reload_interval)?;
         if self.keys.publish_ahead >= self.keys.rotate_every {
             return Err(ConfigError::invalid(
                 "keys.publish_ahead",

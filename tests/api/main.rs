@@ -8,6 +8,7 @@ mod bootstrap;
 mod cli;
 mod clients;
 mod health;
+mod keys;
 mod log_canary;
 mod reflection;
 mod sessions;
