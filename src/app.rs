@@ -34,6 +34,7 @@ pub struct App {
     store: Store,
     keys: KeyManager,
     revocations: Revocations,
+    auth: AuthService,
     apis: Apis,
     listener: TcpListener,
     local_addr: SocketAddr,
@@ -100,7 +101,7 @@ impl App {
             pepper,
         );
         let apis = Apis {
-            auth: AuthApi::new(auth),
+            auth: AuthApi::new(auth.clone()),
             user_admin: UserAdminApi::default(),
             client_admin: ClientAdminApi::default(),
         };
@@ -111,6 +112,7 @@ impl App {
             store,
             keys,
             revocations,
+            auth,
             apis,
             listener,
             local_addr,
@@ -136,6 +138,7 @@ impl App {
             store,
             keys,
             revocations,
+            auth,
             apis,
             listener,
             local_addr,
@@ -152,6 +155,7 @@ impl App {
         let upkeep = tokio::spawn(upkeep(
             keys,
             revocations,
+            auth,
             clock,
             settings.keys.reload_interval,
         ));
@@ -246,7 +250,13 @@ pub fn key_manager(settings: &Settings, store: &Store, clock: &SharedClock) -> K
 /// Periodic upkeep: key lifecycle steps and reloads every `keys.reload_interval` (so key
 /// changes made elsewhere arrive without a restart), and, every minute, pruning revocations
 /// whose tokens have all expired.
-async fn upkeep(keys: KeyManager, revocations: Revocations, clock: SharedClock, every: Duration) {
+async fn upkeep(
+    keys: KeyManager,
+    revocations: Revocations,
+    auth: AuthService,
+    clock: SharedClock,
+    every: Duration,
+) {
     const PRUNE_EVERY: Duration = Duration::from_secs(60);
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -262,6 +272,7 @@ async fn upkeep(keys: KeyManager, revocations: Revocations, clock: SharedClock, 
         }
         if last_prune.elapsed() >= PRUNE_EVERY {
             last_prune = tokio::time::Instant::now();
+            auth.forget_idle_limits();
             if let Err(error) = revocations.prune(clock.now()).await {
                 tracing::warn!(
                     error = format!("{:#}", anyhow::Error::from(error)),

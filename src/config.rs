@@ -265,6 +265,8 @@ impl Default for DatabaseSettings {
 pub struct AuthSettings {
     /// Whether `Auth/Register` is open.
     pub registration: bool,
+    /// Registrations allowed per client IP and minute (bursts up to the same number).
+    pub registration_per_minute: u32,
     /// Wrong passwords in a row before a name is locked.
     pub lockout_threshold: u32,
     /// Shortest password accepted, in code points (at least 8).
@@ -283,6 +285,7 @@ impl Default for AuthSettings {
     fn default() -> Self {
         Self {
             registration: false,
+            registration_per_minute: 10,
             lockout_threshold: 5,
             password_min_length: 15,
             argon2: PasswordHashSettings::default(),
@@ -579,6 +582,13 @@ impl Settings {
                 "auth.password_min_length",
                 self.auth.password_min_length,
                 "must be between 8 and 128",
+            ));
+        }
+        if self.auth.registration_per_minute == 0 {
+            return Err(ConfigError::invalid(
+                "auth.registration_per_minute",
+                0,
+                "must be at least 1 (turn registration off with auth.registration = false)",
             ));
         }
         if self.auth.lockout_threshold == 0 {

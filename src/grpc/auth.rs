@@ -4,12 +4,12 @@
 use secrecy::SecretString;
 use tonic::{Request, Response, Status};
 
-use super::convert::{bearer_token, call_context, principal_to_proto, timestamp};
+use super::convert::{bearer_token, call_context, principal_to_proto, timestamp, user_to_proto};
 use crate::{
     domain::ScopeSet,
     error::{Error, Reason},
     proto::pb,
-    service::auth::{AuthService, PasswordLogin, TokenRequest},
+    service::auth::{AuthService, PasswordLogin, Registration, TokenRequest},
 };
 
 /// The gRPC adapter of the `Auth` service.
@@ -158,6 +158,29 @@ impl pb::auth_server::Auth for AuthApi {
         }
         self.service.revoke(&request.token, &context).await?;
         Ok(Response::new(pb::RevokeResponse {}))
+    }
+
+    #[tracing::instrument(name = "Register", skip_all)]
+    async fn register(
+        &self,
+        request: Request<pb::RegisterRequest>,
+    ) -> Result<Response<pb::RegisterResponse>, Status> {
+        let context = call_context(&request);
+        let request = request.into_inner();
+        let user = self
+            .service
+            .register(
+                Registration {
+                    username: request.username,
+                    email: request.email,
+                    password: SecretString::from(request.password),
+                },
+                &context,
+            )
+            .await?;
+        Ok(Response::new(pb::RegisterResponse {
+            user: Some(user_to_proto(&user, 0)),
+        }))
     }
 
     #[tracing::instrument(name = "Logout", skip_all)]

@@ -83,3 +83,22 @@ pub fn principal_to_proto(claims: &Claims) -> pb::Principal {
         expires_at: Some(timestamp_from_seconds(claims.exp)),
     }
 }
+
+/// The `User` message of a domain user. Never a password or a hash.
+pub fn user_to_proto(user: &crate::domain::User, failed_login_attempts: i32) -> pb::User {
+    pb::User {
+        id: user.id.to_string(),
+        username: user.username.clone(),
+        email: user.email.clone(),
+        enabled: Some(user.enabled),
+        locked: user.locked,
+        locked_until: user.locked_until.map(timestamp),
+        email_verified: user.email_verified,
+        password_change_required: user.password_change_required,
+        failed_login_attempts,
+        roles: user.roles.clone(),
+        created_at: Some(timestamp(user.created_at)),
+        updated_at: Some(timestamp(user.updated_at)),
+        last_login_at: user.last_login_at.map(timestamp),
+    }
+}

@@ -6,7 +6,12 @@
 //! failures are counted per name whether or not a user has it, so a lockout reveals nothing.
 //! `ACCOUNT_DISABLED` is said only to a caller who gave the right password.
 
-use std::time::Duration;
+use std::{num::NonZeroU32, sync::Arc, time::Duration};
+
+use governor::{
+    DefaultKeyedRateLimiter, Quota, RateLimiter,
+    clock::{Clock as _, DefaultClock},
+};
 
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret as _, SecretString};
@@ -106,6 +111,18 @@ pub struct AuthService {
     refresh_ttl: chrono::Duration,
     refresh_idle_ttl: chrono::Duration,
     refresh_retry_grace: chrono::Duration,
+    registration: Option<Arc<DefaultKeyedRateLimiter<String>>>,
+}
+
+/// A self-service sign-up.
+#[derive(Debug)]
+pub struct Registration {
+    /// The username.
+    pub username: String,
+    /// The email address.
+    pub email: String,
+    /// The password.
+    pub password: SecretString,
 }
 
 impl AuthService {
@@ -149,7 +166,74 @@ impl AuthService {
             refresh_ttl: to_chrono(settings.tokens.refresh_ttl),
             refresh_idle_ttl: to_chrono(settings.tokens.refresh_idle_ttl),
             refresh_retry_grace: to_chrono(settings.tokens.refresh_retry_grace),
+            registration: settings.auth.registration.then(|| {
+                let per_minute = NonZeroU32::new(settings.auth.registration_per_minute)
+                    .unwrap_or(NonZeroU32::MIN);
+                Arc::new(RateLimiter::keyed(Quota::per_minute(per_minute)))
+            }),
         }
+    }
+
+    /// Forgets rate-limit state of addresses that have been quiet (bounded memory).
+    pub fn forget_idle_limits(&self) {
+        if let Some(limiter) = &self.registration {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    }
+
+    /// Self-service sign-up, when `auth.registration` is on: a user with no roles and an
+    /// unverified email. Rate limited per client IP.
+    pub async fn register(
+        &self,
+        registration: Registration,
+        context: &CallContext,
+    ) -> Result<crate::domain::User, Error> {
+        let Some(limiter) = &self.registration else {
+            return Err(Error::FailedPrecondition {
+                reason: Reason::RegistrationDisabled,
+                message: "self-service registration is switched off".to_owned(),
+            });
+        };
+        if let Err(not_until) = limiter.check_key(&context.peer) {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            return Err(Error::ResourceExhausted {
+                reason: Reason::RateLimited,
+                message: "too many registrations from this address; retry later".to_owned(),
+                retry_after: Some(wait.max(Duration::from_secs(1))),
+            });
+        }
+        let username =
+            crate::domain::Username::parse(&registration.username).map_err(|e| e.on("username"))?;
+        let email = crate::domain::Email::parse(&registration.email).map_err(|e| e.on("email"))?;
+        self.policy
+            .check(&registration.password, Some(&username), Some(&email))
+            .map_err(|e| Error::InvalidArgument {
+                field: "password".to_owned(),
+                reason: Reason::WeakPassword,
+                message: e.0,
+            })?;
+        let password_hash = self.hasher.hash(&registration.password).await?;
+        let now = self.clock.now();
+        let event = AuditRecord {
+            peer: context.peer.clone(),
+            ..AuditRecord::new(username.as_str(), "user.register", "", Outcome::Success)
+        };
+        self.store
+            .insert_user(
+                crate::domain::NewUser {
+                    username,
+                    email,
+                    password_hash,
+                    enabled: true,
+                    email_verified: false,
+                    password_change_required: false,
+                    roles: Vec::new(),
+                },
+                &event,
+                now,
+            )
+            .await
     }
 
     /// The resource owner password grant (RFC 6749 section 4.3).

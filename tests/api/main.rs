@@ -11,5 +11,6 @@ mod health;
 mod keys;
 mod log_canary;
 mod reflection;
+mod register;
 mod sessions;
 mod shutdown;
