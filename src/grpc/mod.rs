@@ -20,8 +20,10 @@ pub mod user_admin;
 use std::future::Future;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::{server::NamedService, transport::Server};
+use tonic::{
+    server::NamedService,
+    transport::{Server, server::TcpIncoming},
+};
 use tonic_health::{
     ServingStatus,
     pb::health_server::HealthServer,
@@ -137,7 +139,14 @@ pub async fn serve(
             pb::client_admin_server::ClientAdminServer::new(apis.client_admin)
                 .max_decoding_message_size(max_message),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            // Small frames go out at once: Nagle's algorithm against a delayed ACK would hold a
+            // response written in pieces for up to 40 ms.
+            TcpIncoming::from(listener)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(std::time::Duration::from_secs(60))),
+            shutdown,
+        )
         .await?;
     Ok(())
 }

@@ -19,7 +19,10 @@ pub use refresh_tokens::{NewRefreshToken, RefreshRecord, Rotation};
 use std::time::Duration;
 
 use migrations::{Migrator, MigratorTrait};
-use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr, SqlErr};
+use sea_orm::{
+    ConnectOptions, Database, DatabaseConnection, DbErr, SqlErr,
+    sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
+};
 use secrecy::ExposeSecret;
 
 use crate::{
@@ -68,7 +71,17 @@ impl Store {
             .acquire_timeout(settings.acquire_timeout)
             .idle_timeout(Duration::from_secs(600))
             // Statements are logged by our own spans; sqlx's log adds nothing but noise.
-            .sqlx_logging(false);
+            .sqlx_logging(false)
+            // SQLite: write-ahead logging, so readers never wait for the writer, and commits
+            // that append to the log without an fsync each (NORMAL is durable against a
+            // crashed process; a power cut may lose the last commits, never corrupt the file).
+            // Writers queue for up to five seconds rather than fail at once.
+            .map_sqlx_sqlite_opts(|options| {
+                options
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(5))
+            });
         let db = Database::connect(options).await.map_err(unavailable)?;
         Ok(Self { db })
     }

@@ -117,6 +117,28 @@ impl KeyRing {
             .clone()
     }
 
+    /// A ring holding one fresh active key and nothing else, in memory only: for benchmarks
+    /// and tests of the token code, never for serving.
+    pub fn ephemeral(algorithm: KeyAlgorithm) -> Result<Self, Error> {
+        let (private_key, public_key) = generate(algorithm)?;
+        let now = Utc::now();
+        let ring = Self::default();
+        ring.replace(build_key_set(&[StoredKey {
+            kid: kid_for(&public_key),
+            algorithm: algorithm_name(algorithm).to_owned(),
+            state: "active".to_owned(),
+            private_key,
+            public_key,
+            created_at: now,
+            activates_at: now,
+            activated_at: Some(now),
+            retired_at: None,
+            remove_after: None,
+            revoked_at: None,
+        }])?);
+        Ok(ring)
+    }
+
     fn replace(&self, keys: KeySet) {
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
     }
