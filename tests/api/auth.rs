@@ -652,3 +652,36 @@ async fn a_revoked_token_is_refused_even_after_a_restart() {
     );
     app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_disabled_user_is_told_so_only_with_the_right_password() {
+    let app = spawn_app().await;
+    let user_id = app.create_user("pia", PASSWORD, &[]).await;
+    let session = app.login("pia", PASSWORD).await.unwrap();
+    // Disabling is an admin RPC not built yet: flip the flag in the database.
+    let db = Database::connect(app.database_url()).await.unwrap();
+    db.execute_raw(Statement::from_sql_and_values(
+        db.get_database_backend(),
+        "UPDATE users SET enabled = $1 WHERE id = $2",
+        [false.into(), user_id.into()],
+    ))
+    .await
+    .unwrap();
+    db.close().await.unwrap();
+
+    let status = app.login("pia", PASSWORD).await.unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(reason(&status), "ACCOUNT_DISABLED");
+    let status = app
+        .login("pia", "not the password at all")
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&status), "INVALID_CREDENTIALS");
+    let status = app.refresh(&session.refresh_token).await.unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::Unauthenticated,
+        "a disabled user's session cannot refresh"
+    );
+    app.stop().await.unwrap();
+}
