@@ -351,6 +351,9 @@ pub struct TokenSettings {
     pub leeway: Duration,
     /// The `aud` of tokens for which no audience was asked.
     pub default_audience: String,
+    /// Further audiences users may ask for with the password grant (clients have their own
+    /// `allowed_audiences`).
+    pub user_audiences: Vec<String>,
 }
 
 impl Default for TokenSettings {
@@ -363,6 +366,7 @@ impl Default for TokenSettings {
             refresh_idle_ttl: Duration::from_secs(7 * 24 * 3600),
             leeway: Duration::from_secs(30),
             default_audience: "keystone".to_owned(),
+            user_audiences: Vec::new(),
         }
     }
 }

@@ -106,6 +106,7 @@ pub struct AuthService {
     access_ttl: Duration,
     max_access_ttl: Duration,
     default_audience: String,
+    user_audiences: Vec<String>,
     pepper: Pepper,
     policy: PasswordPolicy,
     refresh_ttl: chrono::Duration,
@@ -161,6 +162,7 @@ impl AuthService {
             access_ttl: settings.tokens.access_ttl,
             max_access_ttl: settings.tokens.max_access_ttl,
             default_audience: settings.tokens.default_audience.clone(),
+            user_audiences: settings.tokens.user_audiences.clone(),
             pepper,
             policy: PasswordPolicy::new(settings.auth.password_min_length),
             refresh_ttl: to_chrono(settings.tokens.refresh_ttl),
@@ -267,13 +269,26 @@ impl AuthService {
             .with_detail("reason", reason)
         };
 
-        // A locked name is refused without checking the password, right or wrong.
-        if self.store.locked_until(&name, now).await?.is_some() {
+        // Names that normalize beyond any stored username or email cannot log in.
+        if name.chars().count() > MAX_LOGIN_NAME {
+            return Err(invalid_credentials());
+        }
+        let record = self.store.find_login(&name).await?;
+        // A user's failures count under the username, whichever of username and email was
+        // typed; unknown names count under themselves, so a lock reveals nothing.
+        let lockout_name = record
+            .as_ref()
+            .map_or_else(|| name.clone(), |r| r.lockout_name.clone());
+        // The attempt is counted before the password is checked: a locked name (or one with
+        // more attempts in flight than the threshold) is refused without checking it.
+        if !self
+            .store
+            .begin_login_attempt(&lockout_name, self.lockout, now)
+            .await?
+        {
             self.record(audit(Outcome::Denied, "locked"), now).await;
             return Err(account_locked());
         }
-
-        let record = self.store.find_login(&name).await?;
         let verification = self
             .hasher
             .verify(
@@ -286,7 +301,7 @@ impl AuthService {
             _ => {
                 let locked = self
                     .store
-                    .record_login_failure(&name, self.lockout, now)
+                    .record_login_failure(&lockout_name, self.lockout, now)
                     .await?;
                 let mut event = audit(Outcome::Failure, "invalid credentials");
                 if let Some(until) = locked {
@@ -297,7 +312,7 @@ impl AuthService {
                 return Err(invalid_credentials());
             }
         };
-        let user = record.user;
+        let mut user = record.user;
         if user.locked && user.locked_until.is_none_or(|until| until > now) {
             self.record(audit(Outcome::Denied, "locked by an admin"), now)
                 .await;
@@ -310,7 +325,10 @@ impl AuthService {
                 message: "the account is disabled".to_owned(),
             });
         }
-        self.store.clear_login_failures(&name).await?;
+        self.store
+            .clear_login_failures(&record.lockout_name)
+            .await?;
+        user.roles = self.store.role_names_of(user.id).await?;
         let new_hash = if needs_rehash {
             Some(self.hasher.hash(&login.password).await?)
         } else {
@@ -327,7 +345,14 @@ impl AuthService {
         } else {
             narrow(&self.scopes_of(user.id).await?, requested)?
         };
-        let audience = self.audience_for_user(&request.audience)?;
+        // The restricted token carries no roles and only Keystone's own audience: it is good
+        // for ChangePassword and nothing else.
+        let audience = if user.password_change_required {
+            user.roles.clear();
+            vec![self.default_audience.clone()]
+        } else {
+            self.audience_for_user(&request.audience)?
+        };
         let session_id = Uuid::now_v7();
         let refresh_token = if user.password_change_required {
             None
@@ -808,6 +833,18 @@ impl AuthService {
         if let Some(missing) = held.first_missing(required_scopes) {
             return Err(insufficient_scope(missing));
         }
+        // A password-change token proves nothing else, even where no scope is required.
+        if held.len() == 1
+            && held.iter().all(|s| s.as_str() == PASSWORD_CHANGE_SCOPE)
+            && !required_scopes
+                .iter()
+                .any(|s| s.as_str() == PASSWORD_CHANGE_SCOPE)
+        {
+            return Err(Error::PermissionDenied {
+                reason: Reason::InsufficientScope,
+                message: "this token is only good for ChangePassword".to_owned(),
+            });
+        }
         Ok(principal)
     }
 
@@ -909,21 +946,22 @@ impl AuthService {
         &self.issuer_url
     }
 
+    /// Users may ask for the default audience or one of `tokens.user_audiences`.
     fn audience_for_user(&self, requested: &str) -> Result<Vec<String>, Error> {
-        if requested.is_empty() {
+        if requested.is_empty() || requested == self.default_audience {
             return Ok(vec![self.default_audience.clone()]);
         }
-        if requested.len() > 256
-            || requested
-                .chars()
-                .any(|c| c.is_control() || c.is_whitespace())
+        if self
+            .user_audiences
+            .iter()
+            .any(|allowed| allowed == requested)
         {
-            return Err(Error::PermissionDenied {
-                reason: Reason::InvalidAudience,
-                message: "the audience must hold 1 to 256 characters and no spaces".to_owned(),
-            });
+            return Ok(vec![requested.to_owned()]);
         }
-        Ok(vec![requested.to_owned()])
+        Err(Error::PermissionDenied {
+            reason: Reason::InvalidAudience,
+            message: "this audience is not allowed for user tokens".to_owned(),
+        })
     }
 
     fn mint(&self, request: MintRequest, now: DateTime<Utc>) -> Result<IssuedToken, Error> {

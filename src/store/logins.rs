@@ -3,8 +3,9 @@
 
 use chrono::{DateTime, Duration, Utc};
 use sea_orm::{
-    ActiveModelTrait as _, ColumnTrait as _, Condition, EntityTrait as _, QueryFilter as _,
-    QuerySelect as _, RelationTrait as _, Set, TransactionTrait as _, sea_query::Expr,
+    ColumnTrait as _, Condition, ConnectionTrait as _, EntityTrait as _, QueryFilter as _,
+    QuerySelect as _, RelationTrait as _, Statement, TransactionTrait as _,
+    sea_query::{Expr, ExprTrait as _},
 };
 use uuid::Uuid;
 
@@ -18,6 +19,9 @@ pub struct LoginRecord {
     pub user: crate::domain::User,
     /// The PHC string.
     pub password_hash: String,
+    /// The name failed logins of this user are counted under (the normalized username), so
+    /// the username and the email share one count.
+    pub lockout_name: String,
 }
 
 impl std::fmt::Debug for LoginRecord {
@@ -43,7 +47,9 @@ pub struct LockoutPolicy {
 }
 
 impl Store {
-    /// The user with this normalized username or email, with the password hash.
+    /// The user with this normalized username or email, with the password hash. One query
+    /// whether or not the user exists (roles are loaded after the password is checked), so the
+    /// time does not tell.
     pub async fn find_login(&self, normalized: &str) -> Result<Option<LoginRecord>, Error> {
         let model = entity::user::Entity::find()
             .filter(
@@ -54,15 +60,16 @@ impl Store {
             .one(self.db())
             .await
             .map_err(db_error)?;
-        let Some(model) = model else {
-            return Ok(None);
-        };
-        let password_hash = model.password_hash.clone();
-        let user = super::users::with_roles(self.db(), model).await?;
-        Ok(Some(LoginRecord {
-            user,
-            password_hash,
+        Ok(model.map(|model| LoginRecord {
+            password_hash: model.password_hash.clone(),
+            lockout_name: model.username_normalized.clone(),
+            user: super::users::without_roles(model),
         }))
+    }
+
+    /// The role names of a user, sorted.
+    pub async fn role_names_of(&self, user_id: Uuid) -> Result<Vec<String>, Error> {
+        super::users::role_names(self.db(), user_id).await
     }
 
     /// The user with this id, with the password hash.
@@ -75,10 +82,12 @@ impl Store {
             return Ok(None);
         };
         let password_hash = model.password_hash.clone();
+        let lockout_name = model.username_normalized.clone();
         let user = super::users::with_roles(self.db(), model).await?;
         Ok(Some(LoginRecord {
             user,
             password_hash,
+            lockout_name,
         }))
     }
 
@@ -128,50 +137,99 @@ impl Store {
             .filter(|until| *until > now))
     }
 
-    /// Counts a failed login for the name; when that makes `threshold` in a row, locks the name
-    /// and returns until when. The counter lives in the database so every replica sees it.
+    /// Counts a login attempt for the name before its password is checked, in one atomic
+    /// statement, so concurrent attempts cannot all slip past the threshold while argon2 runs.
+    /// Returns whether the attempt may go on: not while the name is locked, nor when more than
+    /// `threshold` attempts are already counted (in flight or failed). A success clears the
+    /// count; a failure may lock the name ([`Self::record_login_failure`]).
+    pub async fn begin_login_attempt(
+        &self,
+        name: &str,
+        policy: LockoutPolicy,
+        now: DateTime<Utc>,
+    ) -> Result<bool, Error> {
+        let forget_before = now - policy.forget_after;
+        let row = self
+            .db()
+            .query_one_raw(Statement::from_sql_and_values(
+                self.db().get_database_backend(),
+                // While locked nothing is counted; after a long quiet spell counting restarts.
+                "INSERT INTO login_failures (name, failed_attempts, lockout_count, locked_until, last_failure_at) \
+                 VALUES ($1, 1, 0, NULL, $2) \
+                 ON CONFLICT (name) DO UPDATE SET \
+                   failed_attempts = CASE \
+                     WHEN login_failures.locked_until IS NOT NULL AND login_failures.locked_until > $2 \
+                       THEN login_failures.failed_attempts \
+                     WHEN login_failures.last_failure_at < $3 THEN 1 \
+                     ELSE login_failures.failed_attempts + 1 END, \
+                   lockout_count = CASE WHEN login_failures.last_failure_at < $3 THEN 0 \
+                     ELSE login_failures.lockout_count END, \
+                   last_failure_at = $2 \
+                 RETURNING failed_attempts, locked_until",
+                [name.into(), now.into(), forget_before.into()],
+            ))
+            .await
+            .map_err(db_error)?
+            .ok_or_else(|| Error::internal(anyhow::anyhow!("the attempt upsert returned nothing")))?;
+        let attempts: i32 = row.try_get("", "failed_attempts").map_err(db_error)?;
+        let locked_until: Option<DateTime<Utc>> =
+            row.try_get("", "locked_until").map_err(db_error)?;
+        let threshold = i32::try_from(policy.threshold).unwrap_or(i32::MAX);
+        Ok(locked_until.is_none_or(|until| until <= now) && attempts <= threshold)
+    }
+
+    /// After a failed attempt counted by [`Self::begin_login_attempt`]: when the count has
+    /// reached the threshold, locks the name for a time that doubles with each lock (up to
+    /// `max`), and restarts the count. A lock in force is never shortened. Returns the lock's
+    /// end if this failure locked the name.
     pub async fn record_login_failure(
         &self,
         name: &str,
         policy: LockoutPolicy,
         now: DateTime<Utc>,
     ) -> Result<Option<DateTime<Utc>>, Error> {
-        let txn = self.db().begin().await.map_err(db_error)?;
-        let row = entity::login_failure::Entity::find_by_id(name.to_owned())
-            .lock_exclusive()
-            .one(&txn)
+        let Some(row) = entity::login_failure::Entity::find_by_id(name.to_owned())
+            .one(self.db())
+            .await
+            .map_err(db_error)?
+        else {
+            return Ok(None);
+        };
+        let threshold = i32::try_from(policy.threshold).unwrap_or(i32::MAX);
+        if row.failed_attempts < threshold || row.locked_until.is_some_and(|until| until > now) {
+            return Ok(None);
+        }
+        let doublings = u32::try_from(row.lockout_count.clamp(0, 20)).unwrap_or(20);
+        let length = policy
+            .base
+            .checked_mul(1_i32 << doublings)
+            .unwrap_or(policy.max)
+            .min(policy.max);
+        let until = now.checked_add_signed(length).unwrap_or(now + policy.base);
+        // Only the failure that finds the name unlocked sets the lock.
+        let locked = entity::login_failure::Entity::update_many()
+            .col_expr(
+                entity::login_failure::Column::LockedUntil,
+                Expr::value(Some(until)),
+            )
+            .col_expr(
+                entity::login_failure::Column::FailedAttempts,
+                Expr::value(0),
+            )
+            .col_expr(
+                entity::login_failure::Column::LockoutCount,
+                Expr::col(entity::login_failure::Column::LockoutCount).add(1),
+            )
+            .filter(entity::login_failure::Column::Name.eq(name))
+            .filter(
+                Condition::any()
+                    .add(entity::login_failure::Column::LockedUntil.is_null())
+                    .add(entity::login_failure::Column::LockedUntil.lte(now)),
+            )
+            .exec(self.db())
             .await
             .map_err(db_error)?;
-        let (mut attempts, mut lockouts) = match &row {
-            Some(row) if now - row.last_failure_at > policy.forget_after => (0, 0),
-            Some(row) => (row.failed_attempts, row.lockout_count),
-            None => (0, 0),
-        };
-        attempts += 1;
-        let mut locked_until = None;
-        if attempts >= i32::try_from(policy.threshold).unwrap_or(i32::MAX) {
-            let factor = 1_i32
-                .checked_shl(lockouts.clamp(0, 20) as u32)
-                .unwrap_or(i32::MAX);
-            let length = (policy.base * factor).min(policy.max);
-            locked_until = Some(now + length);
-            lockouts += 1;
-            attempts = 0;
-        }
-        let model = entity::login_failure::ActiveModel {
-            name: Set(name.to_owned()),
-            failed_attempts: Set(attempts),
-            lockout_count: Set(lockouts),
-            locked_until: Set(locked_until),
-            last_failure_at: Set(now),
-        };
-        if row.is_some() {
-            model.update(&txn).await.map_err(db_error)?;
-        } else {
-            model.insert(&txn).await.map_err(db_error)?;
-        }
-        txn.commit().await.map_err(db_error)?;
-        Ok(locked_until)
+        Ok((locked.rows_affected == 1).then_some(until))
     }
 
     /// Forgets failed logins of a name (after a success, or an admin unlock).

@@ -100,22 +100,37 @@ impl Store {
     }
 }
 
-/// The domain user of a row, with its role names.
-pub(crate) async fn with_roles<C: ConnectionTrait>(
+/// The role names of a user, sorted.
+pub(crate) async fn role_names<C: ConnectionTrait>(
     db: &C,
-    model: entity::user::Model,
-) -> Result<User, Error> {
-    let roles: Vec<String> = entity::role::Entity::find()
+    user_id: Uuid,
+) -> Result<Vec<String>, Error> {
+    entity::role::Entity::find()
         .inner_join(entity::user_role::Entity)
-        .filter(entity::user_role::Column::UserId.eq(model.id))
+        .filter(entity::user_role::Column::UserId.eq(user_id))
         .order_by_asc(entity::role::Column::Name)
         .select_only()
         .column(entity::role::Column::Name)
         .into_tuple()
         .all(db)
         .await
-        .map_err(db_error)?;
-    Ok(User {
+        .map_err(db_error)
+}
+
+/// The domain user of a row, with its role names.
+pub(crate) async fn with_roles<C: ConnectionTrait>(
+    db: &C,
+    model: entity::user::Model,
+) -> Result<User, Error> {
+    let roles = role_names(db, model.id).await?;
+    let mut user = without_roles(model);
+    user.roles = roles;
+    Ok(user)
+}
+
+/// The domain user of a row, its roles left empty.
+pub(crate) fn without_roles(model: entity::user::Model) -> User {
+    User {
         id: model.id,
         username: model.username,
         email: model.email,
@@ -124,9 +139,9 @@ pub(crate) async fn with_roles<C: ConnectionTrait>(
         password_change_required: model.password_change_required,
         locked: model.locked,
         locked_until: model.locked_until,
-        roles,
+        roles: Vec::new(),
         created_at: model.created_at,
         updated_at: model.updated_at,
         last_login_at: model.last_login_at,
-    })
+    }
 }

@@ -236,7 +236,8 @@ async fn repeated_lockouts_grow_longer() {
 
 #[tokio::test]
 async fn scopes_are_narrowed_to_what_the_roles_allow() {
-    let app = spawn_app().await;
+    let app =
+        spawn_app_with(|settings| settings.tokens.user_audiences = vec!["orders".into()]).await;
     app.create_user("frank", PASSWORD, &["admin"]).await;
     let token = app
         .login_with("frank", PASSWORD, &["keystone:users.read"], "orders")
@@ -264,6 +265,16 @@ async fn scopes_are_narrowed_to_what_the_roles_allow() {
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
     assert_eq!(reason(&status), "INVALID_SCOPE");
+    let status = app
+        .login_with("frank", PASSWORD, &[], "payments")
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(
+        reason(&status),
+        "INVALID_AUDIENCE",
+        "users get only the audiences configured"
+    );
     app.stop().await.unwrap();
 }
 
@@ -682,6 +693,64 @@ async fn a_disabled_user_is_told_so_only_with_the_right_password() {
         status.code(),
         Code::Unauthenticated,
         "a disabled user's session cannot refresh"
+    );
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_username_and_the_email_share_one_lockout() {
+    let app = spawn_app_with(|settings| settings.auth.lockout_threshold = 2).await;
+    app.create_user("quinn", PASSWORD, &[]).await;
+    app.login("quinn", "a wrong password here")
+        .await
+        .unwrap_err();
+    app.login("quinn@example.com", "a wrong password here")
+        .await
+        .unwrap_err();
+    for login in ["quinn", "QUINN@example.com"] {
+        let status = app.login(login, PASSWORD).await.unwrap_err();
+        assert_eq!(reason(&status), "ACCOUNT_LOCKED", "{login}");
+    }
+    app.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_guesses_cannot_outrun_the_lockout() {
+    let app = spawn_app_with(|settings| settings.auth.lockout_threshold = 3).await;
+    app.create_user("rita", PASSWORD, &[]).await;
+    let mut guesses = tokio::task::JoinSet::new();
+    for n in 0..12 {
+        let mut client = app.auth();
+        guesses.spawn(async move {
+            client
+                .issue_token(pb::IssueTokenRequest {
+                    grant: Some(pb::issue_token_request::Grant::Password(
+                        pb::PasswordGrant {
+                            username: "rita".into(),
+                            password: format!("wrong guess number {n}"),
+                        },
+                    )),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err()
+        });
+    }
+    let mut checked = 0;
+    while let Some(status) = guesses.join_next().await {
+        if reason(&status.unwrap()) == "INVALID_CREDENTIALS" {
+            checked += 1;
+        }
+    }
+    assert!(
+        checked <= 3,
+        "{checked} guesses were checked; the threshold is 3"
+    );
+    let status = app.login("rita", PASSWORD).await.unwrap_err();
+    assert_eq!(
+        reason(&status),
+        "ACCOUNT_LOCKED",
+        "the lock holds after the flood"
     );
     app.stop().await.unwrap();
 }
