@@ -626,6 +626,20 @@ impl Settings {
             ));
         }
         check_positive("auth.lockout_duration", self.auth.lockout_duration)?;
+        check_positive("auth.lockout_max_duration", self.auth.lockout_max_duration)?;
+        check_at_most(
+            "tokens.refresh_retry_grace",
+            self.tokens.refresh_retry_grace,
+            Duration::from_secs(300),
+        )?;
+        check_positive("keys.publish_ahead", self.keys.publish_ahead)?;
+        check_positive("clients.max_secret_grace", self.clients.max_secret_grace)?;
+        check_at_most("server.drain_delay", self.server.drain_delay, TEN_YEARS)?;
+        check_at_most(
+            "server.shutdown_grace",
+            self.server.shutdown_grace,
+            TEN_YEARS,
+        )?;
         if self.auth.lockout_max_duration < self.auth.lockout_duration {
             return Err(ConfigError::invalid(
                 "auth.lockout_max_duration",
@@ -720,6 +734,20 @@ fn check_positive(setting: &str, value: Duration) -> Result<(), ConfigError> {
             setting,
             "0s",
             "must be longer than zero",
+        ));
+    }
+    check_at_most(setting, value, TEN_YEARS)
+}
+
+/// The longest duration any setting takes: time arithmetic stays far from overflow.
+const TEN_YEARS: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+fn check_at_most(setting: &str, value: Duration, max: Duration) -> Result<(), ConfigError> {
+    if value > max {
+        return Err(ConfigError::invalid(
+            setting,
+            humantime::format_duration(value),
+            &format!("must be at most {}", humantime::format_duration(max)),
         ));
     }
     Ok(())
@@ -830,6 +858,18 @@ mod tests {
         assert!(error.contains("secrets.pepper"), "{error}");
         let pepper = "\n[secrets]\npepper = \"0123456789abcdef0123456789abcdef\"";
         assert!(from_toml(&format!("{clustered}{pepper}")).is_ok());
+    }
+
+    #[test]
+    fn durations_have_an_upper_bound() {
+        let error = from_toml("[tokens]\nrefresh_ttl = \"1000000y\"")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("tokens.refresh_ttl"), "{error}");
+        let error = from_toml("[auth]\nlockout_max_duration = \"100y\"")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("auth.lockout_max_duration"), "{error}");
     }
 
     #[test]

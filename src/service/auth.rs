@@ -504,11 +504,23 @@ impl AuthService {
         let requested = ScopeSet::parse(request.scopes.iter().map(String::as_str))
             .map_err(|e| e.on("scopes"))?;
         let now = self.clock.now();
+        let token_hash = hash_refresh_token(presented);
+        // Everything that can refuse a live token is decided before the token is consumed:
+        // a refused refresh must leave the token usable, or the client's next try would look
+        // like a reuse and end the session.
+        if let Some(record) = self.store.find_refresh_token(&token_hash).await?
+            && record.used_at.is_none()
+            && record.revoked_at.is_none()
+            && record.expires_at > now
+        {
+            self.refresh_grant_for(&record, &requested, &request.audience, now)
+                .await?;
+        }
         let successor = self.pepper.refresh_successor(presented);
         let rotation = self
             .store
             .rotate_refresh_token(
-                &hash_refresh_token(presented),
+                &token_hash,
                 hash_refresh_token(successor.expose_secret()),
                 now,
                 self.refresh_idle_ttl,
@@ -521,6 +533,33 @@ impl AuthService {
                 self.refresh_not_rotated(record, now, context).await?
             }
         };
+        // A session ended while this refresh was under way stays ended.
+        if self.revocations.is_revoked(TokenFacts {
+            token_id: "",
+            session_id: Some(&record.family_id.to_string()),
+            subject: "",
+            issued_at: now.timestamp(),
+        }) {
+            return Err(invalid_refresh_token());
+        }
+        let (user, scopes, audience) = self
+            .refresh_grant_for(&record, &requested, &request.audience, now)
+            .await?;
+        let mut token = self.mint_for_user(&user, scopes, audience, record.family_id, now)?;
+        token.refresh_token = Some(successor);
+        Ok(token)
+    }
+
+    /// What a refresh of `record` grants: the user (still enabled and unlocked), the scopes of
+    /// the original grant less any the user no longer holds (a refresh may ask for fewer, never
+    /// more: RFC 6749 section 6), and the original audience.
+    async fn refresh_grant_for(
+        &self,
+        record: &RefreshRecord,
+        requested: &ScopeSet,
+        requested_audience: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(crate::domain::User, ScopeSet, Vec<String>), Error> {
         let Some(user_id) = record.user_id else {
             return Err(invalid_refresh_token());
         };
@@ -531,8 +570,6 @@ impl AuthService {
         if !user.enabled || (user.locked && user.locked_until.is_none_or(|until| until > now)) {
             return Err(invalid_refresh_token());
         }
-        // The session keeps the scopes of its original grant, less any the user no longer
-        // holds; a refresh may ask for fewer, never more (RFC 6749 section 6).
         let original = ScopeSet::parse_space_separated(&record.scopes)
             .map_err(|e| Error::internal(anyhow::anyhow!("a stored scope is invalid: {e}")))?;
         let held = self.scopes_of(user.id).await?;
@@ -541,17 +578,15 @@ impl AuthService {
             .filter(|s| held.satisfies(s))
             .cloned()
             .collect();
-        let scopes = narrow(&still_held, requested)?;
+        let scopes = narrow(&still_held, requested.clone())?;
         let audience: Vec<String> = record.audience.split(' ').map(str::to_owned).collect();
-        if !request.audience.is_empty() && !audience.contains(&request.audience) {
+        if !requested_audience.is_empty() && !audience.iter().any(|a| a == requested_audience) {
             return Err(Error::PermissionDenied {
                 reason: Reason::InvalidAudience,
                 message: "a refresh cannot change the audience".to_owned(),
             });
         }
-        let mut token = self.mint_for_user(&user, scopes, audience, record.family_id, now)?;
-        token.refresh_token = Some(successor);
-        Ok(token)
+        Ok((user, scopes, audience))
     }
 
     /// A refresh token that this call did not rotate: a retry within the grace gets the same

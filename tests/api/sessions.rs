@@ -326,3 +326,30 @@ async fn a_required_change_unlocks_the_full_token() {
     assert!(!full.refresh_token.is_empty());
     app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_refused_refresh_leaves_the_token_usable() {
+    let app = spawn_app().await;
+    app.create_user("ivo", PASSWORD, &["admin"]).await;
+    let first = app.login("ivo", PASSWORD).await.unwrap();
+    let status = app
+        .auth()
+        .issue_token(pb::IssueTokenRequest {
+            grant: Some(pb::issue_token_request::Grant::RefreshToken(
+                pb::RefreshTokenGrant {
+                    refresh_token: first.refresh_token.clone(),
+                },
+            )),
+            scopes: vec!["orders:admin".into()],
+            audience: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(reason(&status), "INVALID_SCOPE");
+    // Well past the retry grace: had the refused call consumed it, this would be a reuse.
+    app.clock.advance(Duration::seconds(60));
+    app.refresh(&first.refresh_token)
+        .await
+        .expect("the token survives a refused refresh");
+    app.stop().await.unwrap();
+}
