@@ -60,6 +60,12 @@ impl AuditRecord {
         }
     }
 
+    /// Sets the caller's address.
+    pub fn from_peer(mut self, peer: &str) -> Self {
+        peer.clone_into(&mut self.peer);
+        self
+    }
+
     /// Adds a detail.
     pub fn with_detail(mut self, key: &str, value: impl Into<String>) -> Self {
         self.details.insert(key.to_owned(), value.into());

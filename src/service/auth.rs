@@ -217,10 +217,8 @@ impl AuthService {
             })?;
         let password_hash = self.hasher.hash(&registration.password).await?;
         let now = self.clock.now();
-        let event = AuditRecord {
-            peer: context.peer.clone(),
-            ..AuditRecord::new(username.as_str(), "user.register", "", Outcome::Success)
-        };
+        let event = AuditRecord::new(username.as_str(), "user.register", "", Outcome::Success)
+            .from_peer(&context.peer);
         self.store
             .insert_user(
                 crate::domain::NewUser {
@@ -262,11 +260,9 @@ impl AuthService {
         let name = normalize(&login.username);
         let now = self.clock.now();
         let audit = |outcome: Outcome, reason: &str| {
-            AuditRecord {
-                peer: context.peer.clone(),
-                ..AuditRecord::new(name.clone(), "login", name.clone(), outcome)
-            }
-            .with_detail("reason", reason)
+            AuditRecord::new(name.clone(), "login", name.clone(), outcome)
+                .from_peer(&context.peer)
+                .with_detail("reason", reason)
         };
 
         // Names that normalize beyond any stored username or email cannot log in.
@@ -405,15 +401,13 @@ impl AuthService {
             .map_err(|e| e.on("scopes"))?;
         let now = self.clock.now();
         let audit = |outcome: Outcome, reason: &str| {
-            AuditRecord {
-                peer: context.peer.clone(),
-                ..AuditRecord::new(
-                    client_id.to_owned(),
-                    "token.issue",
-                    client_id.to_owned(),
-                    outcome,
-                )
-            }
+            AuditRecord::new(
+                client_id.to_owned(),
+                "token.issue",
+                client_id.to_owned(),
+                outcome,
+            )
+            .from_peer(&context.peer)
             .with_detail("grant", "client_credentials")
             .with_detail("reason", reason)
         };
@@ -616,15 +610,13 @@ impl AuthService {
         self.end_session(
             record.family_id,
             record.family_expires_at,
-            AuditRecord {
-                peer: context.peer.clone(),
-                ..AuditRecord::new(
-                    actor,
-                    "refresh_token.reuse",
-                    record.family_id.to_string(),
-                    Outcome::Denied,
-                )
-            },
+            AuditRecord::new(
+                actor,
+                "refresh_token.reuse",
+                record.family_id.to_string(),
+                Outcome::Denied,
+            )
+            .from_peer(&context.peer),
         )
         .await?;
         tracing::warn!(session_id = %record.family_id, "a refresh token was reused; its session is ended");
@@ -699,15 +691,13 @@ impl AuthService {
         self.end_session(
             family_id,
             family_expires_at,
-            AuditRecord {
-                peer: context.peer.clone(),
-                ..AuditRecord::new(
-                    caller.claims.sub.clone(),
-                    "session.logout",
-                    family_id.to_string(),
-                    Outcome::Success,
-                )
-            },
+            AuditRecord::new(
+                caller.claims.sub.clone(),
+                "session.logout",
+                family_id.to_string(),
+                Outcome::Success,
+            )
+            .from_peer(&context.peer),
         )
         .await
     }
@@ -769,15 +759,13 @@ impl AuthService {
             .set_own_password(
                 user_id,
                 hash,
-                &AuditRecord {
-                    peer: context.peer.clone(),
-                    ..AuditRecord::new(
-                        user_id.to_string(),
-                        "user.change_password",
-                        user_id.to_string(),
-                        Outcome::Success,
-                    )
-                },
+                &AuditRecord::new(
+                    user_id.to_string(),
+                    "user.change_password",
+                    user_id.to_string(),
+                    Outcome::Success,
+                )
+                .from_peer(&context.peer),
                 now,
             )
             .await?;
@@ -930,15 +918,13 @@ impl AuthService {
                 self.end_session(
                     record.family_id,
                     record.family_expires_at,
-                    AuditRecord {
-                        peer: context.peer.clone(),
-                        ..AuditRecord::new(
-                            actor,
-                            "refresh_token.revoke",
-                            record.family_id.to_string(),
-                            Outcome::Success,
-                        )
-                    },
+                    AuditRecord::new(
+                        actor,
+                        "refresh_token.revoke",
+                        record.family_id.to_string(),
+                        Outcome::Success,
+                    )
+                    .from_peer(&context.peer),
                 )
                 .await?;
             }
@@ -958,15 +944,13 @@ impl AuthService {
                 expires_at: expires_at + chrono::Duration::minutes(5),
             })
             .await?;
-        let event = AuditRecord {
-            peer: context.peer.clone(),
-            ..AuditRecord::new(
-                claims.sub.clone(),
-                "token.revoke",
-                claims.jti.clone(),
-                Outcome::Success,
-            )
-        };
+        let event = AuditRecord::new(
+            claims.sub.clone(),
+            "token.revoke",
+            claims.jti.clone(),
+            Outcome::Success,
+        )
+        .from_peer(&context.peer);
         self.record(event, self.clock.now()).await;
         Ok(())
     }
