@@ -606,24 +606,28 @@ impl AuthService {
         {
             return Ok(record);
         }
-        let actor = record.user_id.map(|id| id.to_string()).unwrap_or_default();
-        self.end_session(
-            record.family_id,
-            record.family_expires_at,
-            AuditRecord::new(
-                actor,
-                "refresh_token.reuse",
-                record.family_id.to_string(),
-                Outcome::Denied,
-            )
-            .from_peer(&context.peer),
-        )
-        .await?;
+        self.end_session_of(&record, "refresh_token.reuse", Outcome::Denied, context)
+            .await?;
         tracing::warn!(session_id = %record.family_id, "a refresh token was reused; its session is ended");
         Err(Error::PermissionDenied {
             reason: Reason::RefreshTokenReused,
             message: "this refresh token was already used; the session is ended".to_owned(),
         })
+    }
+
+    /// Ends the session of a refresh token, recording `action` by the token's user.
+    async fn end_session_of(
+        &self,
+        record: &RefreshRecord,
+        action: &'static str,
+        outcome: Outcome,
+        context: &CallContext,
+    ) -> Result<(), Error> {
+        let actor = record.user_id.map(|id| id.to_string()).unwrap_or_default();
+        let event = AuditRecord::new(actor, action, record.family_id.to_string(), outcome)
+            .from_peer(&context.peer);
+        self.end_session(record.family_id, record.family_expires_at, event)
+            .await
     }
 
     /// Ends a session: its refresh tokens and every access token carrying its `sid`.
@@ -914,19 +918,8 @@ impl AuthService {
                 .await?
                 && record.revoked_at.is_none()
             {
-                let actor = record.user_id.map(|id| id.to_string()).unwrap_or_default();
-                self.end_session(
-                    record.family_id,
-                    record.family_expires_at,
-                    AuditRecord::new(
-                        actor,
-                        "refresh_token.revoke",
-                        record.family_id.to_string(),
-                        Outcome::Success,
-                    )
-                    .from_peer(&context.peer),
-                )
-                .await?;
+                self.end_session_of(&record, "refresh_token.revoke", Outcome::Success, context)
+                    .await?;
             }
             return Ok(());
         }

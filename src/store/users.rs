@@ -2,8 +2,8 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ActiveModelTrait as _, ColumnTrait as _, Condition, ConnectionTrait, EntityTrait as _,
-    QueryFilter as _, QueryOrder as _, QuerySelect as _, Set, TransactionTrait as _,
+    ActiveModelTrait as _, ColumnTrait as _, ConnectionTrait, EntityTrait as _, QueryFilter as _,
+    QueryOrder as _, QuerySelect as _, Set, TransactionTrait as _,
 };
 use uuid::Uuid;
 
@@ -16,19 +16,11 @@ use crate::{
 impl Store {
     /// Finds a user by normalized username or normalized email.
     pub async fn find_user_by_login(&self, normalized: &str) -> Result<Option<User>, Error> {
-        let model = entity::user::Entity::find()
-            .filter(
-                Condition::any()
-                    .add(entity::user::Column::UsernameNormalized.eq(normalized))
-                    .add(entity::user::Column::EmailNormalized.eq(normalized)),
-            )
-            .one(self.db())
-            .await
-            .map_err(db_error)?;
-        match model {
-            Some(model) => Ok(Some(with_roles(self.db(), model).await?)),
-            None => Ok(None),
-        }
+        let Some(mut user) = self.find_login(normalized).await?.map(|login| login.user) else {
+            return Ok(None);
+        };
+        user.roles = role_names(self.db(), user.id).await?;
+        Ok(Some(user))
     }
 
     /// Creates a user with roles, and records `audit`, in one transaction. Fails with
