@@ -23,6 +23,11 @@ impl AuthApi {
     pub fn new(service: AuthService) -> Self {
         Self { service }
     }
+
+    /// The service behind the adapter.
+    pub fn service(&self) -> &AuthService {
+        &self.service
+    }
 }
 
 #[tonic::async_trait]

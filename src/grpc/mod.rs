@@ -21,7 +21,9 @@ use std::future::Future;
 
 use tokio::net::TcpListener;
 use tonic::{
+    Request, Status,
     server::NamedService,
+    service::{Interceptor, interceptor::InterceptedService},
     transport::{Server, server::TcpIncoming},
 };
 use tonic_health::{
@@ -107,10 +109,12 @@ pub async fn serve(
         ))
         .into_inner();
 
-    // Server reflection in both versions: grpcurl before 1.9 speaks only `v1alpha`. The
-    // `admin` mode needs the token verifier, which the auth core brings; until then it keeps
-    // reflection closed rather than open to anyone.
-    let open = settings.reflection == ReflectionMode::Open;
+    // Server reflection in both versions: grpcurl before 1.9 speaks only `v1alpha`. In `admin`
+    // mode every reflection call needs a token with `keystone:admin`.
+    let served = settings.reflection != ReflectionMode::Off;
+    let guard = ReflectionGuard {
+        auth: (settings.reflection == ReflectionMode::Admin).then(|| apis.auth.service().clone()),
+    };
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
@@ -118,8 +122,14 @@ pub async fn serve(
             // google.rpc error details, so grpcurl can show ErrorInfo and BadRequest.
             .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
     };
-    let reflection_v1 = open.then(|| reflection().build_v1()).transpose()?;
-    let reflection_v1alpha = open.then(|| reflection().build_v1alpha()).transpose()?;
+    let reflection_v1 = served
+        .then(|| reflection().build_v1())
+        .transpose()?
+        .map(|service| InterceptedService::new(service, guard.clone()));
+    let reflection_v1alpha = served
+        .then(|| reflection().build_v1alpha())
+        .transpose()?
+        .map(|service| InterceptedService::new(service, guard.clone()));
 
     Server::builder()
         .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
@@ -151,4 +161,25 @@ pub async fn serve(
         )
         .await?;
     Ok(())
+}
+
+/// Lets reflection calls through: all of them (`reflection = open`), or only those bearing a
+/// token with `keystone:admin` (`reflection = admin`); none or a bad one is UNAUTHENTICATED,
+/// one without the scope PERMISSION_DENIED.
+#[derive(Debug, Clone)]
+struct ReflectionGuard {
+    auth: Option<crate::service::auth::AuthService>,
+}
+
+impl Interceptor for ReflectionGuard {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let Some(auth) = &self.auth else {
+            return Ok(request);
+        };
+        let token = convert::bearer_token(request.metadata())?;
+        let admin = crate::domain::ScopeSet::parse(["keystone:admin"])
+            .map_err(|e| Status::from(e.on("scope")))?;
+        auth.authenticate(&token, &admin, None)?;
+        Ok(request)
+    }
 }

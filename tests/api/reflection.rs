@@ -5,7 +5,7 @@ use prost::Message as _;
 use tokio_stream::StreamExt as _;
 use tonic_reflection::pb::{v1, v1alpha};
 
-use crate::helpers::{spawn_app, spawn_app_with};
+use crate::helpers::{reason, spawn_app, spawn_app_with, with_bearer};
 
 const EXPECTED_SERVICES: &[&str] = &[
     "keystone.v1.Auth",
@@ -15,6 +15,13 @@ const EXPECTED_SERVICES: &[&str] = &[
 ];
 
 async fn list_v1(channel: tonic::transport::Channel) -> Result<Vec<String>, tonic::Status> {
+    list_v1_as(channel, None).await
+}
+
+async fn list_v1_as(
+    channel: tonic::transport::Channel,
+    bearer: Option<&str>,
+) -> Result<Vec<String>, tonic::Status> {
     let mut client = v1::server_reflection_client::ServerReflectionClient::new(channel);
     let request = v1::ServerReflectionRequest {
         host: String::new(),
@@ -22,10 +29,12 @@ async fn list_v1(channel: tonic::transport::Channel) -> Result<Vec<String>, toni
             String::new(),
         )),
     };
-    let mut responses = client
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await?
-        .into_inner();
+    let requests = tokio_stream::iter([request]);
+    let request = match bearer {
+        Some(token) => with_bearer(requests, token),
+        None => tonic::Request::new(requests),
+    };
+    let mut responses = client.server_reflection_info(request).await?.into_inner();
     let response = responses
         .next()
         .await
@@ -142,5 +151,42 @@ async fn reflection_can_be_switched_off() {
     let app = spawn_app_with(|settings| settings.reflection = ReflectionMode::Off).await;
     let status = list_v1(app.channel.clone()).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unimplemented);
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn admin_reflection_needs_an_admin_token() {
+    let app = spawn_app_with(|settings| settings.reflection = ReflectionMode::Admin).await;
+    app.create_user("root", "correct horse battery staple", &["admin"])
+        .await;
+    app.create_user("plain", "correct horse battery staple", &[])
+        .await;
+    let admin = app
+        .login("root", "correct horse battery staple")
+        .await
+        .unwrap()
+        .access_token;
+    let plain = app
+        .login("plain", "correct horse battery staple")
+        .await
+        .unwrap()
+        .access_token;
+
+    let status = list_v1(app.channel.clone()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    let status = list_v1_as(app.channel.clone(), Some("not-a-token"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    let status = list_v1_as(app.channel.clone(), Some(&plain))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert_eq!(reason(&status), "INSUFFICIENT_SCOPE");
+    let services = list_v1_as(app.channel.clone(), Some(&admin)).await.unwrap();
+    assert!(
+        services.iter().any(|s| s == "keystone.v1.Auth"),
+        "{services:?}"
+    );
     app.stop().await.unwrap();
 }
