@@ -12,6 +12,7 @@
 //! Health and reflection are registered beside the services, outside any caller check.
 
 pub mod auth;
+pub mod caller;
 pub mod client_admin;
 pub mod convert;
 mod redact;
