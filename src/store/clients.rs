@@ -9,7 +9,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use super::{Store, audit, db_error, entity};
+use super::{Store, audit, db_error, db_error_or_exists, entity};
 use crate::{
     domain::{AuditRecord, Client, NewClient},
     error::Error,
@@ -64,12 +64,10 @@ impl Store {
         }
         .insert(&txn)
         .await
-        .map_err(|error| match db_error(error) {
-            Error::AlreadyExists { .. } => Error::AlreadyExists {
-                message: format!("a client `{}` already exists", new.client_id),
-            },
-            other => other,
-        })?;
+        .map_err(db_error_or_exists(format!(
+            "a client `{}` already exists",
+            new.client_id
+        )))?;
         for scope in &new.allowed_scopes {
             let found = entity::scope::Entity::find()
                 .filter(entity::scope::Column::Name.eq(scope.as_str()))

@@ -135,6 +135,14 @@ impl Store {
     }
 }
 
+/// Like [`db_error`], but a unique violation gets `message`, which names what collided.
+pub(crate) fn db_error_or_exists(message: String) -> impl FnOnce(DbErr) -> Error {
+    move |error| match db_error(error) {
+        Error::AlreadyExists { .. } => Error::AlreadyExists { message },
+        other => other,
+    }
+}
+
 /// The database could not be reached.
 fn unavailable(source: DbErr) -> Error {
     Error::Unavailable {

@@ -7,7 +7,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use super::{Store, audit, db_error, entity};
+use super::{Store, audit, db_error, db_error_or_exists, entity};
 use crate::{
     domain::{AuditRecord, NewUser, User},
     error::Error,
@@ -66,12 +66,9 @@ impl Store {
         }
         .insert(&txn)
         .await
-        .map_err(|error| match db_error(error) {
-            Error::AlreadyExists { .. } => Error::AlreadyExists {
-                message: "a user with this username or email already exists".to_owned(),
-            },
-            other => other,
-        })?;
+        .map_err(db_error_or_exists(
+            "a user with this username or email already exists".to_owned(),
+        ))?;
         for role_id in role_ids {
             entity::user_role::ActiveModel {
                 user_id: Set(id),

@@ -120,22 +120,9 @@ impl KeyRing {
     /// A ring holding one fresh active key and nothing else, in memory only: for benchmarks
     /// and tests of the token code, never for serving.
     pub fn ephemeral(algorithm: KeyAlgorithm) -> Result<Self, Error> {
-        let (private_key, public_key) = generate(algorithm)?;
         let now = Utc::now();
         let ring = Self::default();
-        ring.replace(build_key_set(&[StoredKey {
-            kid: kid_for(&public_key),
-            algorithm: algorithm_name(algorithm).to_owned(),
-            state: "active".to_owned(),
-            private_key,
-            public_key,
-            created_at: now,
-            activates_at: now,
-            activated_at: Some(now),
-            retired_at: None,
-            remove_after: None,
-            revoked_at: None,
-        }])?);
+        ring.replace(build_key_set(&[new_key(algorithm, "active", now, now)?])?);
         Ok(ring)
     }
 
@@ -302,21 +289,8 @@ impl KeyManager {
         now: DateTime<Utc>,
         activates_at: DateTime<Utc>,
     ) -> Result<String, Error> {
-        let (private_key, public_key) = generate(self.algorithm)?;
-        let kid = kid_for(&public_key);
-        let key = StoredKey {
-            kid: kid.clone(),
-            algorithm: algorithm_name(self.algorithm).to_owned(),
-            state: state.to_owned(),
-            private_key,
-            public_key,
-            created_at: now,
-            activates_at,
-            activated_at: (state == "active").then_some(now),
-            retired_at: None,
-            remove_after: None,
-            revoked_at: None,
-        };
+        let key = new_key(self.algorithm, state, now, activates_at)?;
+        let kid = key.kid.clone();
         self.store
             .insert_key(
                 &key,
@@ -326,6 +300,29 @@ impl KeyManager {
         tracing::info!(kid = %kid, state, "created a signing key");
         Ok(kid)
     }
+}
+
+/// A freshly generated key in `state`, its kid derived from the public key.
+fn new_key(
+    algorithm: KeyAlgorithm,
+    state: &str,
+    now: DateTime<Utc>,
+    activates_at: DateTime<Utc>,
+) -> Result<StoredKey, Error> {
+    let (private_key, public_key) = generate(algorithm)?;
+    Ok(StoredKey {
+        kid: kid_for(&public_key),
+        algorithm: algorithm_name(algorithm).to_owned(),
+        state: state.to_owned(),
+        private_key,
+        public_key,
+        created_at: now,
+        activates_at,
+        activated_at: (state == "active").then_some(now),
+        retired_at: None,
+        remove_after: None,
+        revoked_at: None,
+    })
 }
 
 fn key_event(action: &'static str, kid: &str) -> AuditRecord {
@@ -451,21 +448,8 @@ mod tests {
     #[test]
     fn generated_keys_load_and_publish_only_public_parts() {
         for algorithm in [KeyAlgorithm::EdDSA, KeyAlgorithm::ES256] {
-            let (private_key, public_key) = generate(algorithm).unwrap();
             let now = Utc::now();
-            let stored = StoredKey {
-                kid: kid_for(&public_key),
-                algorithm: algorithm_name(algorithm).to_owned(),
-                state: "active".to_owned(),
-                private_key,
-                public_key,
-                created_at: now,
-                activates_at: now,
-                activated_at: Some(now),
-                retired_at: None,
-                remove_after: None,
-                revoked_at: None,
-            };
+            let stored = new_key(algorithm, "active", now, now).unwrap();
             let set = build_key_set(&[stored]).unwrap();
             assert!(set.signing.is_some());
             assert_eq!(set.jwks.len(), 1);
