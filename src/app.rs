@@ -21,7 +21,10 @@ use crate::{
     password::PasswordHasher,
     revocation::Revocations,
     secrets::Pepper,
-    service::{UserAdminService, auth::AuthService},
+    service::{
+        ClientAdminService, UserAdminService, auth::AuthService, client_admin::ClientLimits,
+        paging::Pager,
+    },
     store::Store,
     token::keys::{KeyManager, KeyRing},
 };
@@ -51,11 +54,18 @@ impl App {
     pub async fn build_with_clock(settings: Settings, clock: SharedClock) -> anyhow::Result<Self> {
         let store = open_database(&settings).await?;
         let hasher = password_hasher(&settings).await?;
-        let user_admin = UserAdminService::new(
-            store.clone(),
+        let revocations = Revocations::load(store.clone(), clock.now())
+            .await
+            .context("cannot load the revocation set")?;
+        let pepper = Pepper::load(&settings.secrets)
+            .context("cannot load the pepper (secrets.pepper or secrets.pepper_file)")?;
+        let user_admin = user_admin_service(
+            &settings,
+            &store,
+            &clock,
             hasher.clone(),
-            PasswordPolicy::new(settings.auth.password_min_length),
-            clock.clone(),
+            &revocations,
+            &pepper,
         );
         if let (Some(username), Some(password)) = (
             &settings.bootstrap_admin_username,
@@ -86,11 +96,17 @@ impl App {
         keys.refresh()
             .await
             .context("cannot load the signing keys")?;
-        let revocations = Revocations::load(store.clone(), clock.now())
-            .await
-            .context("cannot load the revocation set")?;
-        let pepper = Pepper::load(&settings.secrets)
-            .context("cannot load the pepper (secrets.pepper or secrets.pepper_file)")?;
+        let client_admin = ClientAdminService::new(
+            store.clone(),
+            clock.clone(),
+            revocations.clone(),
+            pepper.clone(),
+            ClientLimits {
+                max_access_ttl: settings.tokens.max_access_ttl,
+                max_secret_grace: settings.clients.max_secret_grace,
+                token_lifetime: token_lifetime(&settings),
+            },
+        );
         let auth = AuthService::new(
             &settings,
             store.clone(),
@@ -102,8 +118,8 @@ impl App {
         );
         let apis = Apis {
             auth: AuthApi::new(auth.clone()),
-            user_admin: UserAdminApi::default(),
-            client_admin: ClientAdminApi::default(),
+            user_admin: UserAdminApi::new(auth.clone(), user_admin, clock.clone()),
+            client_admin: ClientAdminApi::new(auth.clone(), client_admin),
         };
         let health = Health::new().await;
         Ok(Self {
@@ -221,17 +237,29 @@ pub async fn password_hasher(settings: &Settings) -> anyhow::Result<PasswordHash
 }
 
 /// The user administration service.
-pub async fn user_admin_service(
+pub fn user_admin_service(
     settings: &Settings,
     store: &Store,
     clock: &SharedClock,
-) -> anyhow::Result<UserAdminService> {
-    Ok(UserAdminService::new(
+    hasher: PasswordHasher,
+    revocations: &Revocations,
+    pepper: &Pepper,
+) -> UserAdminService {
+    UserAdminService::new(
         store.clone(),
-        password_hasher(settings).await?,
+        hasher,
         PasswordPolicy::new(settings.auth.password_min_length),
         clock.clone(),
-    ))
+        revocations.clone(),
+        Pager::new(pepper.clone()),
+        token_lifetime(settings),
+    )
+}
+
+/// The longest a token issued now can be accepted: its maximal lifetime plus the leeway. A
+/// revocation of a user or client lasts that long.
+fn token_lifetime(settings: &Settings) -> Duration {
+    settings.tokens.max_access_ttl + settings.tokens.leeway
 }
 
 /// The key manager of a store, as the server and `keystone keys` build it.

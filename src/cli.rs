@@ -14,6 +14,8 @@ use secrecy::ExposeSecret as _;
 use crate::{
     App, Settings, app,
     clock::{SharedClock, SystemClock},
+    revocation::Revocations,
+    secrets::Pepper,
     service::BootstrapOutcome,
     shutdown,
     store::Store,
@@ -106,7 +108,16 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::BootstrapAdmin { username, email } => {
             let store = app::open_database(&settings).await?;
             let clock: SharedClock = Arc::new(SystemClock);
-            let service = app::user_admin_service(&settings, &store, &clock).await?;
+            let revocations = Revocations::load(store.clone(), clock.now()).await?;
+            let pepper = Pepper::load(&settings.secrets)?;
+            let service = app::user_admin_service(
+                &settings,
+                &store,
+                &clock,
+                app::password_hasher(&settings).await?,
+                &revocations,
+                &pepper,
+            );
             let outcome = service
                 .bootstrap_admin(&username, email.as_deref(), None)
                 .await;

@@ -21,6 +21,7 @@ pub const CLIENT_SECRET_PREFIX: &str = "kss_";
 pub struct Pepper {
     client_secrets: hmac::Key,
     refresh_successors: hmac::Key,
+    page_tokens: hmac::Key,
 }
 
 impl std::fmt::Debug for Pepper {
@@ -49,6 +50,7 @@ impl Pepper {
         Self {
             client_secrets: derive("keystone client secret v1"),
             refresh_successors: derive("keystone refresh successor v1"),
+            page_tokens: derive("keystone page token v1"),
         }
     }
 
@@ -72,6 +74,16 @@ impl Pepper {
             "{REFRESH_TOKEN_PREFIX}{}",
             URL_SAFE_NO_PAD.encode(tag.as_ref())
         ))
+    }
+
+    /// The tag that makes a page token unforgeable (HMAC-SHA256 of its payload).
+    pub fn sign_page_token(&self, payload: &[u8]) -> Vec<u8> {
+        hmac::sign(&self.page_tokens, payload).as_ref().to_vec()
+    }
+
+    /// Whether `tag` is the tag of `payload`, compared in constant time.
+    pub fn verify_page_token(&self, payload: &[u8], tag: &[u8]) -> bool {
+        hmac::verify(&self.page_tokens, payload, tag).is_ok()
     }
 }
 

@@ -12,6 +12,7 @@ mod m20261128_000001_create_identity_tables;
 mod m20261128_000002_create_token_tables;
 mod m20261128_000003_seed_scopes_and_admin_role;
 mod m20261128_000004_create_revocations;
+mod m20261128_000005_add_username_skeletons;
 
 /// The ordered list of Keystone's migrations.
 pub struct Migrator;
@@ -24,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000002_create_token_tables::Migration),
             Box::new(m20261128_000003_seed_scopes_and_admin_role::Migration),
             Box::new(m20261128_000004_create_revocations::Migration),
+            Box::new(m20261128_000005_add_username_skeletons::Migration),
         ]
     }
 }

@@ -11,10 +11,10 @@ mod user;
 
 pub use audit::{AuditRecord, Outcome};
 pub use client::{Client, NewClient};
-pub use names::{Email, RoleName, Username, normalize};
+pub use names::{ClientId, Email, RoleName, Username, check_description, normalize};
 pub use password_policy::{MAX_PASSWORD_LENGTH, PasswordPolicy};
 pub use scope::{Scope, ScopeSet};
-pub use user::{NewUser, User};
+pub use user::{AuditEvent, NewUser, Role, ScopeRecord, User, UserRecord};
 
 /// Why a value was refused: a sentence for the caller, naming the rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,8 +1,13 @@
 //! Usernames, emails and role names, normalized in one documented way: Unicode NFKC, then
 //! lowercase. The normalized form is what uniqueness and logins compare; the display form is
 //! kept as given (after NFKC).
+//!
+//! Usernames also refuse mixed scripts beyond what UTS #39 calls "highly restrictive" (Latin
+//! with Cyrillic or Greek, say), and carry a skeleton (UTS #39 confusable detection) that is
+//! unique among users, so no name can pass for another one.
 
 use unicode_normalization::UnicodeNormalization as _;
+use unicode_security::{RestrictionLevel, RestrictionLevelDetection as _};
 
 use super::ParseError;
 
@@ -48,11 +53,27 @@ impl Username {
                 describe(bad)
             )));
         }
+        if !display
+            .as_str()
+            .check_restriction_level(RestrictionLevel::HighlyRestrictive)
+        {
+            return Err(ParseError::new(
+                "must not mix scripts that look alike (such as Latin with Cyrillic or Greek)",
+            ));
+        }
         let normalized = display.to_lowercase();
         Ok(Self {
             display,
             normalized,
         })
+    }
+
+    /// The UTS #39 skeleton of the normalized name: two names with the same skeleton look
+    /// alike (`bob` and `b0b`, `paypal` and `pаypal`), and only one of them may exist.
+    pub fn skeleton(&self) -> String {
+        unicode_security::skeleton(&self.normalized)
+            .collect::<String>()
+            .to_lowercase()
     }
 
     /// The username as given (after NFKC).
@@ -141,6 +162,56 @@ impl Email {
     }
 }
 
+/// A client's public identifier: 1 to 128 of ASCII letters, digits, `.`, `_`, `-` and `:`,
+/// starting with a letter or digit. Compared exactly (case matters, as in RFC 6749).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ClientId(String);
+
+impl ClientId {
+    /// Checks a client id.
+    pub fn parse(value: &str) -> Result<Self, ParseError> {
+        if value.is_empty() || value.len() > 128 {
+            return Err(ParseError::new("must hold 1 to 128 characters"));
+        }
+        if !value.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+            return Err(ParseError::new("must start with a letter or a digit"));
+        }
+        if let Some(bad) = value
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':')))
+        {
+            return Err(ParseError::new(format!(
+                "may hold only ASCII letters, digits, '.', '_', '-' and ':', not {}",
+                describe(bad)
+            )));
+        }
+        Ok(Self(value.to_owned()))
+    }
+
+    /// The id.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Checks a free-text description: at most `max` characters, no control characters other
+/// than newlines and tabs.
+pub fn check_description(value: &str, max: usize) -> Result<(), ParseError> {
+    if value.chars().count() > max {
+        return Err(ParseError::new(format!("must be at most {max} characters")));
+    }
+    if let Some(bad) = value
+        .chars()
+        .find(|c| c.is_control() && !matches!(c, '\n' | '\t'))
+    {
+        return Err(ParseError::new(format!(
+            "must not contain {}",
+            describe(bad)
+        )));
+    }
+    Ok(())
+}
+
 /// A role name: 1 to 64 of `a-z`, `0-9`, `-`, `_`, `.`, starting with a letter.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RoleName(String);
@@ -211,6 +282,39 @@ mod tests {
         }
         assert!(Username::parse(&"a".repeat(65)).is_err());
         assert!(Username::parse(&"a".repeat(64)).is_ok());
+    }
+
+    #[test]
+    fn look_alike_usernames_share_a_skeleton_or_are_refused() {
+        let skeleton = |name: &str| Username::parse(name).unwrap().skeleton();
+        assert_eq!(skeleton("bob"), skeleton("b0b"));
+        assert_eq!(skeleton("Alice"), skeleton("alice"));
+        assert_ne!(skeleton("alice"), skeleton("alicia"));
+        // Latin with a Cyrillic `а`: mixed scripts that look alike are refused outright…
+        assert!(Username::parse("p\u{0430}ypal").is_err());
+        // …and an all-Cyrillic look-alike collides through its skeleton.
+        assert_eq!(
+            skeleton("\u{0441}\u{043e}\u{0440}\u{0435}"),
+            skeleton("cope")
+        );
+        // One script, or Latin with Han, is fine.
+        assert!(Username::parse("\u{043c}\u{0438}\u{0440}").is_ok());
+        assert!(Username::parse("li\u{674e}").is_ok());
+    }
+
+    #[test]
+    fn client_ids_are_plain_ascii() {
+        assert!(ClientId::parse("billing-api:prod_2").is_ok());
+        for bad in ["", "-x", "a b", "a/b", "ünï", &"a".repeat(129)] {
+            assert!(ClientId::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn descriptions_refuse_control_characters() {
+        assert!(check_description("line one\nline two", 100).is_ok());
+        assert!(check_description("bell\u{7}", 100).is_err());
+        assert!(check_description(&"x".repeat(101), 100).is_err());
     }
 
     #[test]

@@ -50,3 +50,71 @@ pub struct NewUser {
     /// Roles to give; each must exist.
     pub roles: Vec<super::RoleName>,
 }
+
+/// A user as admins see it: the account with its login standing (failed logins counted under
+/// the username, and any lock they caused).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    /// The account.
+    pub user: User,
+    /// Failed logins since the last success.
+    pub failed_login_attempts: i32,
+    /// Until when failed logins lock the name.
+    pub login_locked_until: Option<DateTime<Utc>>,
+}
+
+impl UserRecord {
+    /// Whether the account is locked at `now` (by an admin or by failed logins), and until
+    /// when: `None` while locked means until an admin unlocks it.
+    pub fn lock_at(&self, now: DateTime<Utc>) -> (bool, Option<DateTime<Utc>>) {
+        let admin_lock = self.user.locked && self.user.locked_until.is_none_or(|until| until > now);
+        let login_lock = self.login_locked_until.filter(|until| *until > now);
+        match (admin_lock, login_lock) {
+            (true, _) if self.user.locked_until.is_none() => (true, None),
+            (true, login) => (true, self.user.locked_until.max(login)),
+            (false, Some(until)) => (true, Some(until)),
+            (false, None) => (false, None),
+        }
+    }
+}
+
+/// A role: a named set of scopes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Role {
+    /// The name.
+    pub name: String,
+    /// What it is for.
+    pub description: String,
+    /// The scopes it grants, sorted.
+    pub scopes: Vec<String>,
+}
+
+/// A scope as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScopeRecord {
+    /// `resource:action`.
+    pub name: String,
+    /// What it allows.
+    pub description: String,
+}
+
+/// A recorded audit event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    /// The event's id.
+    pub id: Uuid,
+    /// When.
+    pub time: DateTime<Utc>,
+    /// Who.
+    pub actor: String,
+    /// What.
+    pub action: String,
+    /// On what.
+    pub target: String,
+    /// `success`, `failure` or `denied`.
+    pub outcome: String,
+    /// From where.
+    pub peer: String,
+    /// Further facts.
+    pub details: std::collections::BTreeMap<String, String>,
+}

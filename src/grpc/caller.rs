@@ -3,112 +3,192 @@
 //! the table is refused, and the scope is checked before the target of the call is looked up,
 //! so a caller without read access cannot learn whether a user exists.
 
-use tonic::metadata::MetadataMap;
+use tonic::Request;
 
-use super::convert::bearer_token;
+use super::convert::{bearer_token, call_context};
 use crate::{
-    domain::ScopeSet,
     error::{Error, Reason},
-    service::auth::AuthService,
-    token::Claims,
+    service::{Actor, auth::AuthService},
 };
 
-/// The scope each admin RPC needs (full gRPC path → scope). `keystone:admin` satisfies all;
-/// `…write` satisfies `…read`.
-pub const ADMIN_RPC_SCOPES: &[(&str, &str)] = &[
-    ("/keystone.v1.UserAdmin/CreateUser", "keystone:users.write"),
-    ("/keystone.v1.UserAdmin/GetUser", "keystone:users.read"),
-    ("/keystone.v1.UserAdmin/ListUsers", "keystone:users.read"),
-    ("/keystone.v1.UserAdmin/UpdateUser", "keystone:users.write"),
-    ("/keystone.v1.UserAdmin/DeleteUser", "keystone:users.write"),
-    ("/keystone.v1.UserAdmin/SetPassword", "keystone:users.write"),
-    ("/keystone.v1.UserAdmin/LockUser", "keystone:users.write"),
-    ("/keystone.v1.UserAdmin/UnlockUser", "keystone:users.write"),
-    ("/keystone.v1.UserAdmin/AssignRoles", "keystone:users.write"),
-    ("/keystone.v1.UserAdmin/RemoveRoles", "keystone:users.write"),
-    (
-        "/keystone.v1.UserAdmin/RevokeUserSessions",
-        "keystone:users.write",
-    ),
-    ("/keystone.v1.UserAdmin/CreateRole", "keystone:users.write"),
-    ("/keystone.v1.UserAdmin/GetRole", "keystone:users.read"),
-    ("/keystone.v1.UserAdmin/ListRoles", "keystone:users.read"),
-    ("/keystone.v1.UserAdmin/UpdateRole", "keystone:users.write"),
-    ("/keystone.v1.UserAdmin/DeleteRole", "keystone:users.write"),
-    ("/keystone.v1.UserAdmin/CreateScope", "keystone:users.write"),
-    ("/keystone.v1.UserAdmin/ListScopes", "keystone:users.read"),
-    ("/keystone.v1.UserAdmin/DeleteScope", "keystone:users.write"),
-    (
-        "/keystone.v1.UserAdmin/ListAuditEvents",
-        "keystone:users.read",
-    ),
-    (
-        "/keystone.v1.ClientAdmin/CreateClient",
-        "keystone:clients.write",
-    ),
-    (
-        "/keystone.v1.ClientAdmin/GetClient",
-        "keystone:clients.read",
-    ),
-    (
-        "/keystone.v1.ClientAdmin/ListClients",
-        "keystone:clients.read",
-    ),
-    (
-        "/keystone.v1.ClientAdmin/UpdateClient",
-        "keystone:clients.write",
-    ),
-    (
-        "/keystone.v1.ClientAdmin/DeleteClient",
-        "keystone:clients.write",
-    ),
-    (
-        "/keystone.v1.ClientAdmin/RevokeClientTokens",
-        "keystone:clients.write",
-    ),
-    (
-        "/keystone.v1.ClientAdmin/RotateClientSecret",
-        "keystone:clients.write",
-    ),
+/// One admin RPC: its full gRPC path, the scope it needs, and the audit action it records.
+#[derive(Debug, Clone, Copy)]
+pub struct AdminRpc {
+    /// `/keystone.v1.Service/Method`.
+    pub path: &'static str,
+    /// The scope a caller needs. `keystone:admin` satisfies all; `…write` satisfies `…read`.
+    pub scope: &'static str,
+    /// The audit action of the call (also of its refusals).
+    pub action: &'static str,
+}
+
+/// Every admin RPC, with its scope and audit action.
+pub const ADMIN_RPCS: &[AdminRpc] = &[
+    AdminRpc {
+        path: "/keystone.v1.UserAdmin/CreateUser",
+        scope: "keystone:users.write",
+        action: "user.create",
+    },
+    AdminRpc {
+        path: "/keystone.v1.UserAdmin/GetUser",
+        scope: "keystone:users.read",
+        action: "user.get",
+    },
+    AdminRpc {
+        path: "/keystone.v1.UserAdmin/ListUsers",
+        scope: "keystone:users.read",
+        action: "user.list",
+    },
+    AdminRpc {
+        path: "/keystone.v1.UserAdmin/UpdateUser",
+        scope: "keystone:users.write",
+        action: "user.update",
+    },
+    AdminRpc {
+        path: "/keystone.v1.UserAdmin/DeleteUser",
+        scope: "keystone:users.write",
+        action: "user.delete",
+    },
+    AdminRpc {
+        path: "/keystone.v1.UserAdmin/SetPassword",
+        scope: "keystone:users.write",
+        action: "user.set_password",
+    },
+    AdminRpc {
+        path: "/keystone.v1.UserAdmin/LockUser",
+        scope: "keystone:users.write",
+        action: "user.lock",
+    },
+    AdminRpc {
+        path: "/keystone.v1.UserAdmin/UnlockUser",
+        scope: "keystone:users.write",
+        action: "user.unlock",
+    },
+    AdminRpc {
+        path: "/keystone.v1.UserAdmin/AssignRoles",
+        scope: "keystone:users.write",
+        action: "user.assign_roles",
+    },
+    AdminRpc {
+        path: "/keystone.v1.UserAdmin/RemoveRoles",
+        scope: "keystone:users.write",
+        action: "user.remove_roles",
+    },
+    AdminRpc {
+        path: "/keystone.v1.UserAdmin/RevokeUserSessions",
+        scope: "keystone:users.write",
+        action: "user.revoke_sessions",
+    },
+    AdminRpc {
+        path: "/keystone.v1.UserAdmin/CreateRole",
+        scope: "keystone:users.write",
+        action: "role.create",
+    },
+    AdminRpc {
+        path: "/keystone.v1.UserAdmin/GetRole",
+        scope: "keystone:users.read",
+        action: "role.get",
+    },
+    AdminRpc {
+        path: "/keystone.v1.UserAdmin/ListRoles",
+        scope: "keystone:users.read",
+        action: "role.list",
+    },
+    AdminRpc {
+        path: "/keystone.v1.UserAdmin/UpdateRole",
+        scope: "keystone:users.write",
+        action: "role.update",
+    },
+    AdminRpc {
+        path: "/keystone.v1.UserAdmin/DeleteRole",
+        scope: "keystone:users.write",
+        action: "role.delete",
+    },
+    AdminRpc {
+        path: "/keystone.v1.UserAdmin/CreateScope",
+        scope: "keystone:users.write",
+        action: "scope.create",
+    },
+    AdminRpc {
+        path: "/keystone.v1.UserAdmin/ListScopes",
+        scope: "keystone:users.read",
+        action: "scope.list",
+    },
+    AdminRpc {
+        path: "/keystone.v1.UserAdmin/DeleteScope",
+        scope: "keystone:users.write",
+        action: "scope.delete",
+    },
+    AdminRpc {
+        path: "/keystone.v1.UserAdmin/ListAuditEvents",
+        scope: "keystone:users.read",
+        action: "audit.list",
+    },
+    AdminRpc {
+        path: "/keystone.v1.ClientAdmin/CreateClient",
+        scope: "keystone:clients.write",
+        action: "client.create",
+    },
+    AdminRpc {
+        path: "/keystone.v1.ClientAdmin/GetClient",
+        scope: "keystone:clients.read",
+        action: "client.get",
+    },
+    AdminRpc {
+        path: "/keystone.v1.ClientAdmin/ListClients",
+        scope: "keystone:clients.read",
+        action: "client.list",
+    },
+    AdminRpc {
+        path: "/keystone.v1.ClientAdmin/UpdateClient",
+        scope: "keystone:clients.write",
+        action: "client.update",
+    },
+    AdminRpc {
+        path: "/keystone.v1.ClientAdmin/DeleteClient",
+        scope: "keystone:clients.write",
+        action: "client.delete",
+    },
+    AdminRpc {
+        path: "/keystone.v1.ClientAdmin/RevokeClientTokens",
+        scope: "keystone:clients.write",
+        action: "client.revoke_tokens",
+    },
+    AdminRpc {
+        path: "/keystone.v1.ClientAdmin/RotateClientSecret",
+        scope: "keystone:clients.write",
+        action: "client.rotate_secret",
+    },
 ];
 
-/// The scope an admin RPC needs, if it is in the table.
-pub fn required_scope(path: &str) -> Option<&'static str> {
-    ADMIN_RPC_SCOPES
-        .iter()
-        .find(|(rpc, _)| *rpc == path)
-        .map(|(_, scope)| *scope)
+/// The entry of an admin RPC, if it is in the table.
+pub fn admin_rpc(path: &str) -> Option<&'static AdminRpc> {
+    ADMIN_RPCS.iter().find(|rpc| rpc.path == path)
 }
 
-/// A verified admin caller.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    /// The caller's token claims.
-    pub claims: Claims,
-}
-
-impl Caller {
-    /// Establishes the caller of the admin RPC at `path`: a valid, unrevoked bearer token that
-    /// holds the RPC's scope. No token or a bad one: UNAUTHENTICATED; a missing scope:
-    /// PERMISSION_DENIED (`INSUFFICIENT_SCOPE`).
-    pub fn establish(
-        auth: &AuthService,
-        metadata: &MetadataMap,
-        path: &str,
-    ) -> Result<Self, Error> {
-        let Some(scope) = required_scope(path) else {
-            return Err(Error::PermissionDenied {
-                reason: Reason::InsufficientScope,
-                message: "this call is not open to any scope".to_owned(),
-            });
-        };
-        let required = ScopeSet::parse([scope]).map_err(|e| e.on("scope"))?;
-        let token = bearer_token(metadata)?;
-        let principal = auth.authenticate(&token, &required, None)?;
-        Ok(Self {
-            claims: principal.claims,
-        })
-    }
+/// Establishes the caller of the admin RPC at `path`, before anything else is done: a valid,
+/// unrevoked bearer token that holds the RPC's scope. No token or a bad one: UNAUTHENTICATED;
+/// a missing scope: PERMISSION_DENIED (`INSUFFICIENT_SCOPE`); an RPC missing from the table:
+/// refused. Refusals are audit events.
+pub async fn establish<T>(
+    auth: &AuthService,
+    request: &Request<T>,
+    path: &str,
+) -> Result<Actor, Error> {
+    let Some(rpc) = admin_rpc(path) else {
+        return Err(Error::PermissionDenied {
+            reason: Reason::InsufficientScope,
+            message: "this call is not open to any scope".to_owned(),
+        });
+    };
+    let peer = call_context(request).peer;
+    auth.admin_actor(
+        bearer_token(request.metadata()),
+        rpc.scope,
+        rpc.action,
+        &peer,
+    )
+    .await
 }
 
 #[cfg(test)]
@@ -137,20 +217,29 @@ mod tests {
         }
         assert!(rpcs.len() >= 27, "{rpcs:?}");
         for rpc in &rpcs {
-            assert!(
-                required_scope(rpc).is_some(),
-                "{rpc} has no scope in ADMIN_RPC_SCOPES"
-            );
+            assert!(admin_rpc(rpc).is_some(), "{rpc} has no entry in ADMIN_RPCS");
         }
-        for (rpc, scope) in ADMIN_RPC_SCOPES {
-            assert!(rpcs.iter().any(|r| r == rpc), "{rpc} is not an admin RPC");
+        for entry in ADMIN_RPCS {
+            let AdminRpc {
+                path,
+                scope,
+                action,
+            } = entry;
+            assert!(rpcs.iter().any(|r| r == path), "{path} is not an admin RPC");
             assert!(crate::domain::Scope::parse(scope).is_ok(), "{scope}");
-            let is_read = rpc.contains("/Get") || rpc.contains("/List");
+            let is_read = path.contains("/Get") || path.contains("/List");
             assert_eq!(
                 scope.ends_with(".read"),
                 is_read,
-                "{rpc}: reads need .read, writes .write"
+                "{path}: reads need .read, writes .write"
             );
+            let resource = if path.contains("UserAdmin") {
+                "keystone:users."
+            } else {
+                "keystone:clients."
+            };
+            assert!(scope.starts_with(resource), "{path}: {scope}");
+            assert!(action.contains('.'), "{path}: {action}");
         }
     }
 }

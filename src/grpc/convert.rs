@@ -102,3 +102,122 @@ pub fn user_to_proto(user: &crate::domain::User, failed_login_attempts: i32) -> 
         last_login_at: user.last_login_at.map(timestamp),
     }
 }
+
+/// The `User` message of a user record, its lock as it stands at `now`.
+pub fn user_record_to_proto(record: &crate::domain::UserRecord, now: DateTime<Utc>) -> pb::User {
+    let (locked, locked_until) = record.lock_at(now);
+    pb::User {
+        locked,
+        locked_until: locked_until.map(timestamp),
+        ..user_to_proto(&record.user, record.failed_login_attempts)
+    }
+}
+
+/// The `Role` message.
+pub fn role_to_proto(role: crate::domain::Role) -> pb::Role {
+    pb::Role {
+        name: role.name,
+        description: role.description,
+        scopes: role.scopes,
+    }
+}
+
+/// The `Client` message. Never a secret.
+pub fn client_to_proto(client: crate::domain::Client) -> pb::Client {
+    pb::Client {
+        client_id: client.client_id,
+        name: client.name,
+        description: client.description,
+        allowed_scopes: client.allowed_scopes,
+        allowed_audiences: client.allowed_audiences,
+        access_token_ttl: client.access_token_ttl.map(duration),
+        enabled: Some(client.enabled),
+        created_at: Some(timestamp(client.created_at)),
+        updated_at: Some(timestamp(client.updated_at)),
+        secret_rotated_at: client.secret_rotated_at.map(timestamp),
+        secret_last_used_at: client.secret_last_used_at.map(timestamp),
+    }
+}
+
+/// The `AuditEvent` message.
+pub fn audit_event_to_proto(event: crate::domain::AuditEvent) -> pb::AuditEvent {
+    pb::AuditEvent {
+        id: event.id.to_string(),
+        time: Some(timestamp(event.time)),
+        actor: event.actor,
+        action: event.action,
+        target: event.target,
+        outcome: event.outcome,
+        peer: event.peer,
+        details: event.details.into_iter().collect(),
+    }
+}
+
+/// A protobuf duration.
+pub fn duration(value: std::time::Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(value.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(value.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+/// A protobuf duration as a std one: negative or malformed is INVALID_ARGUMENT on `field`.
+pub fn duration_from_proto(
+    value: prost_types::Duration,
+    field: &str,
+) -> Result<std::time::Duration, Error> {
+    std::time::Duration::try_from(value)
+        .map_err(|_| Error::invalid_argument(field, "must be a non-negative duration"))
+}
+
+/// A protobuf timestamp as a chrono one: out of range is INVALID_ARGUMENT on `field`.
+pub fn timestamp_from_proto(
+    value: prost_types::Timestamp,
+    field: &str,
+) -> Result<DateTime<Utc>, Error> {
+    u32::try_from(value.nanos)
+        .ok()
+        .and_then(|nanos| DateTime::from_timestamp(value.seconds, nanos))
+        .ok_or_else(|| Error::invalid_argument(field, "is not a valid timestamp"))
+}
+
+/// The fields an update mask names, checked against what the resource lets change: unknown,
+/// output-only and unchangeable paths, and an empty mask, are INVALID_ARGUMENT on
+/// `update_mask`. `not_here` pairs an unchangeable field with where it is changed instead.
+pub fn update_paths<'a>(
+    mask: Option<&'a prost_types::FieldMask>,
+    resource: &str,
+    updatable: &[&str],
+    output_only: &[&str],
+    not_here: &[(&str, &str)],
+) -> Result<Vec<&'a str>, Error> {
+    let paths = mask.map(|mask| mask.paths.as_slice()).unwrap_or_default();
+    if paths.is_empty() {
+        return Err(Error::invalid_argument(
+            "update_mask",
+            format!("name the fields to change: {}", updatable.join(", ")),
+        ));
+    }
+    let mut checked = Vec::with_capacity(paths.len());
+    for path in paths {
+        let path = path.as_str();
+        if updatable.contains(&path) {
+            if !checked.contains(&path) {
+                checked.push(path);
+            }
+            continue;
+        }
+        let message = if output_only.contains(&path) {
+            format!("`{path}` is output only")
+        } else if let Some((_, instead)) = not_here.iter().find(|(field, _)| *field == path) {
+            format!("`{path}` cannot be changed here: {instead}")
+        } else {
+            format!(
+                "`{path}` is not a field of {resource} that can be changed; use {}",
+                updatable.join(", ")
+            )
+        };
+        return Err(Error::invalid_argument("update_mask", message));
+    }
+    Ok(checked)
+}

@@ -16,7 +16,7 @@ struct Sets {
     tokens: HashMap<String, i64>,
     /// sid → expiry.
     sessions: HashMap<String, i64>,
-    /// sub → (not before, expiry).
+    /// sub → (not before in milliseconds, expiry).
     subjects: HashMap<String, (i64, i64)>,
 }
 
@@ -44,7 +44,7 @@ impl MemoryRevocations {
                 *entry = (*entry).max(expires);
             }
             RevocationKind::Subject => {
-                let not_before = revocation.not_before.timestamp();
+                let not_before = revocation.not_before.timestamp_millis();
                 let entry = sets
                     .subjects
                     .entry(revocation.key.clone())
@@ -64,7 +64,7 @@ impl MemoryRevocations {
             || sets
                 .subjects
                 .get(token.subject)
-                .is_some_and(|(not_before, _)| token.issued_at <= *not_before)
+                .is_some_and(|(not_before, _)| token.issued_at_millis() <= *not_before)
     }
 
     /// Drops entries that expired before `now`.
@@ -138,5 +138,33 @@ mod tests {
         assert!(!set.is_revoked(facts("t2", Some("s2"), "u9", 100)));
         set.prune(at(1000));
         assert!(set.is_empty());
+    }
+
+    #[test]
+    fn a_subject_cut_off_is_kept_to_the_millisecond_of_the_jti() {
+        let v7 = |millis: u64| {
+            uuid::Uuid::new_v7(uuid::Timestamp::from_unix(
+                uuid::NoContext,
+                millis / 1000,
+                u32::try_from(millis % 1000).unwrap() * 1_000_000,
+            ))
+            .to_string()
+        };
+        let set = MemoryRevocations::default();
+        set.insert(&Revocation {
+            kind: RevocationKind::Subject,
+            key: "u1".into(),
+            not_before: Utc.timestamp_millis_opt(500_700).unwrap(),
+            expires_at: at(1000),
+        });
+        let before = v7(500_200);
+        let after = v7(500_900);
+        assert!(set.is_revoked(facts(&before, None, "u1", 500)));
+        assert!(!set.is_revoked(facts(&after, None, "u1", 500)));
+        // A jti that is no v7 UUID, or whose stamp disagrees with `iat`, counts as issued at
+        // the start of its second: refused.
+        assert!(set.is_revoked(facts("not-a-uuid", None, "u1", 500)));
+        assert!(set.is_revoked(facts(&v7(100_000), None, "u1", 500)));
+        assert!(!set.is_revoked(facts("not-a-uuid", None, "u1", 501)));
     }
 }

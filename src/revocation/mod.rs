@@ -71,6 +71,31 @@ pub struct TokenFacts<'a> {
     pub issued_at: i64,
 }
 
+impl TokenFacts<'_> {
+    /// When the token was issued, to the millisecond: Keystone's `jti` is a UUIDv7 stamped
+    /// with the issuing instant (and signed with the rest), which `iat` rounds down to the
+    /// second. A subject revoked at 12:00:00.700 then rejects a token of 12:00:00.200 but
+    /// accepts the one issued right after, at 12:00:00.900. A `jti` without a usable stamp
+    /// counts as issued at the start of its `iat` second (refused rather than let through).
+    pub fn issued_at_millis(&self) -> i64 {
+        let second_start = self.issued_at.saturating_mul(1000);
+        let second_end = second_start.saturating_add(999);
+        uuid::Uuid::parse_str(self.token_id)
+            .ok()
+            .filter(|id| id.get_version_num() == 7)
+            .and_then(|id| id.get_timestamp())
+            .map(|stamp| {
+                let (seconds, nanos) = stamp.to_unix();
+                i64::try_from(seconds)
+                    .unwrap_or(i64::MAX)
+                    .saturating_mul(1000)
+                    .saturating_add(i64::from(nanos / 1_000_000))
+            })
+            .filter(|millis| (second_start..=second_end).contains(millis))
+            .unwrap_or(second_start)
+    }
+}
+
 /// Records revocations in the database and in memory, and answers from memory.
 #[derive(Debug, Clone)]
 pub struct Revocations {

@@ -5,15 +5,43 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveModelTrait as _, ColumnTrait as _, ConnectionTrait, EntityTrait as _, QueryFilter as _,
-    QueryOrder as _, QuerySelect as _, Set, TransactionTrait as _, sea_query::Expr,
+    QueryOrder as _, QuerySelect as _, Set, TransactionTrait as _,
+    sea_query::{Expr, ExprTrait as _},
 };
 use uuid::Uuid;
 
-use super::{Store, audit, db_error, db_error_or_exists, entity};
+use super::{Store, audit, db_error, db_error_or_exists, entity, revocations, roles};
 use crate::{
     domain::{AuditRecord, Client, NewClient},
     error::Error,
+    revocation::Revocation,
 };
+
+/// What a client update changes; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct ClientChanges {
+    /// A display name.
+    pub name: Option<String>,
+    /// A description.
+    pub description: Option<String>,
+    /// The scopes it may be granted (each must exist).
+    pub allowed_scopes: Option<Vec<String>>,
+    /// The audiences it may ask for.
+    pub allowed_audiences: Option<Vec<String>>,
+    /// Its tokens' lifetime (`Some(None)`: the server default).
+    pub access_token_ttl: Option<Option<Duration>>,
+    /// Enable or disable.
+    pub enabled: Option<bool>,
+}
+
+/// What a client's secret rotation did.
+#[derive(Debug, Clone)]
+pub struct SecretRotation {
+    /// The client after it.
+    pub client: Client,
+    /// Until when the previous secret works; `None`: it ended at once (or there was none).
+    pub previous_expires_at: Option<DateTime<Utc>>,
+}
 
 /// A live secret of a client: its id and keyed hash.
 #[derive(Clone)]
@@ -52,9 +80,7 @@ impl Store {
             client_id: Set(new.client_id.clone()),
             name: Set(new.name),
             description: Set(new.description),
-            access_token_ttl_seconds: Set(new
-                .access_token_ttl
-                .map(|ttl| i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX))),
+            access_token_ttl_seconds: Set(new.access_token_ttl.map(ttl_seconds)),
             enabled: Set(new.enabled),
             tokens_not_before: Set(None),
             secret_rotated_at: Set(None),
@@ -68,32 +94,8 @@ impl Store {
             "a client `{}` already exists",
             new.client_id
         )))?;
-        for scope in &new.allowed_scopes {
-            let found = entity::scope::Entity::find()
-                .filter(entity::scope::Column::Name.eq(scope.as_str()))
-                .one(&txn)
-                .await
-                .map_err(db_error)?
-                .ok_or_else(|| Error::NotFound {
-                    message: format!("scope `{scope}` does not exist"),
-                })?;
-            entity::client_scope::ActiveModel {
-                client_id: Set(id),
-                scope_id: Set(found.id),
-            }
-            .insert(&txn)
-            .await
-            .map_err(db_error)?;
-        }
-        for audience in &new.allowed_audiences {
-            entity::client_audience::ActiveModel {
-                client_id: Set(id),
-                audience: Set(audience.clone()),
-            }
-            .insert(&txn)
-            .await
-            .map_err(db_error)?;
-        }
+        set_allowed_scopes(&txn, id, &new.allowed_scopes).await?;
+        set_allowed_audiences(&txn, id, &new.allowed_audiences).await?;
         entity::client_secret::ActiveModel {
             id: Set(Uuid::now_v7()),
             client_id: Set(id),
@@ -170,6 +172,288 @@ impl Store {
             .map_err(db_error)?;
         Ok(())
     }
+}
+
+impl Store {
+    /// A client by its public id.
+    pub async fn find_client(&self, client_id: &str) -> Result<Option<Client>, Error> {
+        let Some(id) = internal_id(self.db(), client_id).await? else {
+            return Ok(None);
+        };
+        client_of(self.db(), id).await
+    }
+
+    /// Clients by public id after `after`, at most `limit`.
+    pub async fn list_clients(
+        &self,
+        after: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<Client>, Error> {
+        let mut query = entity::client::Entity::find()
+            .order_by_asc(entity::client::Column::ClientId)
+            .select_only()
+            .column(entity::client::Column::Id);
+        if let Some(after) = after {
+            query = query.filter(entity::client::Column::ClientId.gt(after));
+        }
+        let ids: Vec<Uuid> = query
+            .limit(limit)
+            .into_tuple()
+            .all(self.db())
+            .await
+            .map_err(db_error)?;
+        let mut clients = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(client) = client_of(self.db(), id).await? {
+                clients.push(client);
+            }
+        }
+        Ok(clients)
+    }
+
+    /// Changes a client, with its audit event and, when given, the revocation of its tokens.
+    pub async fn update_client(
+        &self,
+        client_id: &str,
+        changes: &ClientChanges,
+        revocation: Option<&Revocation>,
+        audit_record: &AuditRecord,
+        now: DateTime<Utc>,
+    ) -> Result<Client, Error> {
+        let txn = self.db().begin().await.map_err(db_error)?;
+        let id = internal_id(&txn, client_id)
+            .await?
+            .ok_or_else(|| client_not_found(client_id))?;
+        let mut update = entity::client::Entity::update_many()
+            .col_expr(entity::client::Column::UpdatedAt, Expr::value(now))
+            .filter(entity::client::Column::Id.eq(id));
+        if let Some(name) = &changes.name {
+            update = update.col_expr(entity::client::Column::Name, Expr::value(name.clone()));
+        }
+        if let Some(description) = &changes.description {
+            update = update.col_expr(
+                entity::client::Column::Description,
+                Expr::value(description.clone()),
+            );
+        }
+        if let Some(ttl) = changes.access_token_ttl {
+            update = update.col_expr(
+                entity::client::Column::AccessTokenTtlSeconds,
+                Expr::value(ttl.map(ttl_seconds)),
+            );
+        }
+        if let Some(enabled) = changes.enabled {
+            update = update.col_expr(entity::client::Column::Enabled, Expr::value(enabled));
+        }
+        if revocation.is_some() {
+            update = update.col_expr(
+                entity::client::Column::TokensNotBefore,
+                Expr::value(Some(now)),
+            );
+        }
+        update.exec(&txn).await.map_err(db_error)?;
+        if let Some(scopes) = &changes.allowed_scopes {
+            entity::client_scope::Entity::delete_many()
+                .filter(entity::client_scope::Column::ClientId.eq(id))
+                .exec(&txn)
+                .await
+                .map_err(db_error)?;
+            set_allowed_scopes(&txn, id, scopes).await?;
+        }
+        if let Some(audiences) = &changes.allowed_audiences {
+            entity::client_audience::Entity::delete_many()
+                .filter(entity::client_audience::Column::ClientId.eq(id))
+                .exec(&txn)
+                .await
+                .map_err(db_error)?;
+            set_allowed_audiences(&txn, id, audiences).await?;
+        }
+        if let Some(revocation) = revocation {
+            revocations::upsert(&txn, revocation).await?;
+        }
+        audit::insert(&txn, audit_record, now).await?;
+        let client = client_of(&txn, id).await?;
+        txn.commit().await.map_err(db_error)?;
+        client.ok_or_else(|| client_not_found(client_id))
+    }
+
+    /// Deletes a client with the revocation of its tokens.
+    pub async fn delete_client(
+        &self,
+        client_id: &str,
+        revocation: &Revocation,
+        audit_record: &AuditRecord,
+        now: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        let txn = self.db().begin().await.map_err(db_error)?;
+        let deleted = entity::client::Entity::delete_many()
+            .filter(entity::client::Column::ClientId.eq(client_id))
+            .exec(&txn)
+            .await
+            .map_err(db_error)?;
+        if deleted.rows_affected == 0 {
+            return Err(client_not_found(client_id));
+        }
+        revocations::upsert(&txn, revocation).await?;
+        audit::insert(&txn, audit_record, now).await?;
+        txn.commit().await.map_err(db_error)
+    }
+
+    /// Adds a new secret (its keyed hash) and lets the newest previous one live until
+    /// `previous_until` (`now`: not at all); any older one ends now, so at most two are live.
+    pub async fn rotate_client_secret(
+        &self,
+        client_id: &str,
+        secret_hash: Vec<u8>,
+        previous_until: DateTime<Utc>,
+        audit_record: &AuditRecord,
+        now: DateTime<Utc>,
+    ) -> Result<SecretRotation, Error> {
+        let txn = self.db().begin().await.map_err(db_error)?;
+        let id = internal_id(&txn, client_id)
+            .await?
+            .ok_or_else(|| client_not_found(client_id))?;
+        let live: Vec<entity::client_secret::Model> = entity::client_secret::Entity::find()
+            .filter(entity::client_secret::Column::ClientId.eq(id))
+            .order_by_desc(entity::client_secret::Column::CreatedAt)
+            .order_by_desc(entity::client_secret::Column::Id)
+            .all(&txn)
+            .await
+            .map_err(db_error)?
+            .into_iter()
+            .filter(|secret| secret.expires_at.is_none_or(|at| at > now))
+            .collect();
+        let mut previous_expires_at = None;
+        for (index, secret) in live.iter().enumerate() {
+            // The newest live secret keeps working for the grace (never longer than it
+            // already would); every older one ends now.
+            let until = if index == 0 {
+                secret
+                    .expires_at
+                    .map_or(previous_until, |at| Ord::min(at, previous_until))
+            } else {
+                now
+            };
+            if index == 0 && until > now {
+                previous_expires_at = Some(until);
+            }
+            entity::client_secret::Entity::update_many()
+                .col_expr(
+                    entity::client_secret::Column::ExpiresAt,
+                    Expr::value(Some(until)),
+                )
+                .filter(entity::client_secret::Column::Id.eq(secret.id))
+                .exec(&txn)
+                .await
+                .map_err(db_error)?;
+        }
+        entity::client_secret::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            client_id: Set(id),
+            secret_hash: Set(secret_hash),
+            created_at: Set(now),
+            expires_at: Set(None),
+            last_used_at: Set(None),
+        }
+        .insert(&txn)
+        .await
+        .map_err(db_error)?;
+        entity::client::Entity::update_many()
+            .col_expr(
+                entity::client::Column::SecretRotatedAt,
+                Expr::value(Some(now)),
+            )
+            .col_expr(entity::client::Column::UpdatedAt, Expr::value(now))
+            .filter(entity::client::Column::Id.eq(id))
+            .exec(&txn)
+            .await
+            .map_err(db_error)?;
+        audit::insert(&txn, audit_record, now).await?;
+        let client = client_of(&txn, id).await?;
+        txn.commit().await.map_err(db_error)?;
+        Ok(SecretRotation {
+            client: client.ok_or_else(|| client_not_found(client_id))?,
+            previous_expires_at,
+        })
+    }
+
+    /// Whether a client has this id, compared without case (usernames may not be one).
+    pub async fn is_client_id(&self, normalized_username: &str) -> Result<bool, Error> {
+        let found: Option<Uuid> = entity::client::Entity::find()
+            .filter(
+                Expr::expr(sea_orm::sea_query::Func::lower(Expr::col((
+                    entity::client::Entity,
+                    entity::client::Column::ClientId,
+                ))))
+                .eq(normalized_username),
+            )
+            .select_only()
+            .column(entity::client::Column::Id)
+            .into_tuple()
+            .one(self.db())
+            .await
+            .map_err(db_error)?;
+        Ok(found.is_some())
+    }
+}
+
+fn ttl_seconds(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX)
+}
+
+fn client_not_found(client_id: &str) -> Error {
+    Error::NotFound {
+        message: format!("no client has the id `{client_id}`"),
+    }
+}
+
+/// The internal id of the client with this public id.
+async fn internal_id<C: ConnectionTrait>(db: &C, client_id: &str) -> Result<Option<Uuid>, Error> {
+    entity::client::Entity::find()
+        .filter(entity::client::Column::ClientId.eq(client_id))
+        .select_only()
+        .column(entity::client::Column::Id)
+        .into_tuple()
+        .one(db)
+        .await
+        .map_err(db_error)
+}
+
+/// Allows `scopes` (each must exist) to a client.
+async fn set_allowed_scopes<C: ConnectionTrait>(
+    db: &C,
+    id: Uuid,
+    scopes: &[String],
+) -> Result<(), Error> {
+    for scope in scopes {
+        let scope_id = roles::scope_id(db, scope).await?;
+        entity::client_scope::ActiveModel {
+            client_id: Set(id),
+            scope_id: Set(scope_id),
+        }
+        .insert(db)
+        .await
+        .map_err(db_error)?;
+    }
+    Ok(())
+}
+
+/// Allows `audiences` to a client.
+async fn set_allowed_audiences<C: ConnectionTrait>(
+    db: &C,
+    id: Uuid,
+    audiences: &[String],
+) -> Result<(), Error> {
+    for audience in audiences {
+        entity::client_audience::ActiveModel {
+            client_id: Set(id),
+            audience: Set(audience.clone()),
+        }
+        .insert(db)
+        .await
+        .map_err(db_error)?;
+    }
+    Ok(())
 }
 
 /// The domain client with this internal id.

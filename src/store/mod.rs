@@ -9,12 +9,16 @@ mod keys;
 mod logins;
 mod refresh_tokens;
 pub(crate) mod revocations;
+mod roles;
 pub(crate) mod users;
 
-pub use clients::ClientSecretRecord;
+pub use audit::AuditFilter;
+pub use clients::{ClientChanges, ClientSecretRecord, SecretRotation};
 pub use keys::{KeyTransition, StoredKey};
 pub use logins::{LockoutPolicy, LoginRecord};
 pub use refresh_tokens::{NewRefreshToken, RefreshRecord, Rotation};
+pub use roles::RoleChanges;
+pub use users::{UserChange, UserFilter};
 
 use std::time::Duration;
 

@@ -1,17 +1,65 @@
-//! Users and their roles. Queries return [`domain::User`], never entities.
+//! Users and their roles, and the changes admins make to them. Queries return domain types,
+//! never entities. Every change is one transaction with its audit event (and its revocation,
+//! when it ends the user's tokens), and keeps an active admin.
+
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ActiveModelTrait as _, ColumnTrait as _, ConnectionTrait, EntityTrait as _, QueryFilter as _,
-    QueryOrder as _, QuerySelect as _, Set, TransactionTrait as _,
+    ActiveModelTrait as _, ColumnTrait as _, Condition, ConnectionTrait, DatabaseTransaction,
+    EntityTrait as _, QueryFilter as _, QueryOrder as _, QuerySelect as _, Set,
+    TransactionTrait as _,
+    sea_query::{Expr, ExprTrait as _, LikeExpr, Query},
 };
 use uuid::Uuid;
 
-use super::{Store, audit, db_error, db_error_or_exists, entity};
+use super::{Store, audit, db_error, db_error_or_exists, entity, revocations, roles};
 use crate::{
-    domain::{AuditRecord, NewUser, User},
+    domain::{AuditRecord, Email, NewUser, RoleName, User, UserRecord},
     error::Error,
+    revocation::Revocation,
 };
+
+/// A change an admin makes to a user.
+#[derive(Debug, Clone)]
+pub enum UserChange {
+    /// Profile fields; `None` leaves a field as it is.
+    Update {
+        /// A new email address.
+        email: Option<Email>,
+        /// Enable or disable.
+        enabled: Option<bool>,
+        /// Mark the email verified or not.
+        email_verified: Option<bool>,
+    },
+    /// A password set by an admin (hashed); the user must change it.
+    SetPassword {
+        /// The PHC string.
+        password_hash: String,
+    },
+    /// Lock until a time, or until unlocked.
+    Lock {
+        /// The end of the lock.
+        until: Option<DateTime<Utc>>,
+    },
+    /// Unlock, and forget failed logins.
+    Unlock,
+    /// Add roles (each must exist).
+    AssignRoles(Vec<RoleName>),
+    /// Take roles away (each must exist).
+    RemoveRoles(Vec<RoleName>),
+    /// Nothing but the revocation that comes with it.
+    EndSessions,
+}
+
+/// Which users to list.
+#[derive(Debug, Clone, Default)]
+pub struct UserFilter {
+    /// A prefix of the normalized username or email, taken literally.
+    pub prefix: Option<String>,
+    /// Only holders of this role.
+    pub role: Option<String>,
+}
 
 impl Store {
     /// Finds a user by normalized username or normalized email.
@@ -50,6 +98,7 @@ impl Store {
             id: Set(id),
             username: Set(new.username.as_str().to_owned()),
             username_normalized: Set(new.username.normalized().to_owned()),
+            username_skeleton: Set(Some(new.username.skeleton())),
             email: Set(new.email.as_str().to_owned()),
             email_normalized: Set(new.email.normalized().to_owned()),
             password_hash: Set(new.password_hash),
@@ -87,6 +136,408 @@ impl Store {
         txn.commit().await.map_err(db_error)?;
         Ok(user)
     }
+
+    /// A user by id, with their login standing.
+    pub async fn find_user(&self, id: Uuid) -> Result<Option<UserRecord>, Error> {
+        let Some(model) = entity::user::Entity::find_by_id(id)
+            .one(self.db())
+            .await
+            .map_err(db_error)?
+        else {
+            return Ok(None);
+        };
+        Ok(records(self.db(), vec![model]).await?.pop())
+    }
+
+    /// A user by normalized username, with their login standing.
+    pub async fn find_user_by_username(
+        &self,
+        normalized: &str,
+    ) -> Result<Option<UserRecord>, Error> {
+        let Some(model) = entity::user::Entity::find()
+            .filter(entity::user::Column::UsernameNormalized.eq(normalized))
+            .one(self.db())
+            .await
+            .map_err(db_error)?
+        else {
+            return Ok(None);
+        };
+        Ok(records(self.db(), vec![model]).await?.pop())
+    }
+
+    /// The username of the user whose name has this skeleton (a look-alike), if any.
+    pub async fn username_with_skeleton(&self, skeleton: &str) -> Result<Option<String>, Error> {
+        entity::user::Entity::find()
+            .filter(entity::user::Column::UsernameSkeleton.eq(skeleton))
+            .select_only()
+            .column(entity::user::Column::Username)
+            .into_tuple()
+            .one(self.db())
+            .await
+            .map_err(db_error)
+    }
+
+    /// Whether a user has this id or this normalized username (client ids may be neither).
+    pub async fn is_user_id_or_name(&self, value: &str) -> Result<bool, Error> {
+        let mut condition =
+            Condition::any().add(entity::user::Column::UsernameNormalized.eq(value.to_lowercase()));
+        if let Ok(id) = Uuid::parse_str(value) {
+            condition = condition.add(entity::user::Column::Id.eq(id));
+        }
+        let found = entity::user::Entity::find()
+            .filter(condition)
+            .select_only()
+            .column(entity::user::Column::Id)
+            .into_tuple::<Uuid>()
+            .one(self.db())
+            .await
+            .map_err(db_error)?;
+        Ok(found.is_some())
+    }
+
+    /// Users by normalized username after `after`, at most `limit`.
+    pub async fn list_users(
+        &self,
+        filter: &UserFilter,
+        after: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<UserRecord>, Error> {
+        let mut query =
+            entity::user::Entity::find().order_by_asc(entity::user::Column::UsernameNormalized);
+        if let Some(after) = after {
+            query = query.filter(entity::user::Column::UsernameNormalized.gt(after));
+        }
+        if let Some(prefix) = filter.prefix.as_deref().filter(|p| !p.is_empty()) {
+            let pattern = format!("{}%", escape_like(prefix));
+            query = query.filter(
+                Condition::any()
+                    .add(
+                        Expr::col((
+                            entity::user::Entity,
+                            entity::user::Column::UsernameNormalized,
+                        ))
+                        .like(LikeExpr::new(pattern.clone()).escape('\\')),
+                    )
+                    .add(
+                        Expr::col((entity::user::Entity, entity::user::Column::EmailNormalized))
+                            .like(LikeExpr::new(pattern).escape('\\')),
+                    ),
+            );
+        }
+        if let Some(role) = &filter.role {
+            query = query.filter(
+                entity::user::Column::Id.in_subquery(
+                    Query::select()
+                        .column((entity::user_role::Entity, entity::user_role::Column::UserId))
+                        .from(entity::user_role::Entity)
+                        .inner_join(
+                            entity::role::Entity,
+                            Expr::col((entity::role::Entity, entity::role::Column::Id)).equals((
+                                entity::user_role::Entity,
+                                entity::user_role::Column::RoleId,
+                            )),
+                        )
+                        .and_where(
+                            Expr::col((entity::role::Entity, entity::role::Column::Name))
+                                .eq(role.as_str()),
+                        )
+                        .to_owned(),
+                ),
+            );
+        }
+        let models = query.limit(limit).all(self.db()).await.map_err(db_error)?;
+        records(self.db(), models).await
+    }
+
+    /// Applies an admin's change to a user, with its audit event and, when given, a
+    /// revocation of the user's tokens (their refresh tokens end too). Returns the user after
+    /// the change and how many live sessions it ended. Refused with FAILED_PRECONDITION if it
+    /// would leave no active admin.
+    pub async fn change_user(
+        &self,
+        id: Uuid,
+        change: &UserChange,
+        revocation: Option<&Revocation>,
+        audit_record: &AuditRecord,
+        now: DateTime<Utc>,
+    ) -> Result<(UserRecord, u64), Error> {
+        let txn = self.db().begin().await.map_err(db_error)?;
+        let admins = roles::lock_admins(&txn, now).await?;
+        let model = entity::user::Entity::find_by_id(id)
+            .one(&txn)
+            .await
+            .map_err(db_error)?
+            .ok_or_else(|| user_not_found(&id.to_string()))?;
+        apply(&txn, &model, change, now).await?;
+        let ended = match revocation {
+            Some(revocation) => {
+                let ended = end_sessions(&txn, id, now).await?;
+                revocations::upsert(&txn, revocation).await?;
+                ended
+            }
+            None => 0,
+        };
+        roles::keep_an_admin(&txn, admins, now).await?;
+        audit::insert(&txn, audit_record, now).await?;
+        let model = entity::user::Entity::find_by_id(id)
+            .one(&txn)
+            .await
+            .map_err(db_error)?
+            .ok_or_else(|| user_not_found(&id.to_string()))?;
+        let record = records(&txn, vec![model]).await?.pop();
+        txn.commit().await.map_err(db_error)?;
+        let record = record.ok_or_else(|| user_not_found(&id.to_string()))?;
+        Ok((record, ended))
+    }
+
+    /// Deletes a user with the revocation of their tokens, keeping an active admin.
+    pub async fn delete_user(
+        &self,
+        id: Uuid,
+        revocation: &Revocation,
+        audit_record: &AuditRecord,
+        now: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        let txn = self.db().begin().await.map_err(db_error)?;
+        let admins = roles::lock_admins(&txn, now).await?;
+        let Some(model) = entity::user::Entity::find_by_id(id)
+            .one(&txn)
+            .await
+            .map_err(db_error)?
+        else {
+            return Err(user_not_found(&id.to_string()));
+        };
+        // Refresh tokens go with the user (foreign key cascade); access tokens are revoked.
+        entity::user::Entity::delete_by_id(id)
+            .exec(&txn)
+            .await
+            .map_err(db_error)?;
+        entity::login_failure::Entity::delete_by_id(model.username_normalized)
+            .exec(&txn)
+            .await
+            .map_err(db_error)?;
+        revocations::upsert(&txn, revocation).await?;
+        roles::keep_an_admin(&txn, admins, now).await?;
+        audit::insert(&txn, audit_record, now).await?;
+        txn.commit().await.map_err(db_error)
+    }
+}
+
+/// Applies one change to the user row (and their roles).
+async fn apply(
+    txn: &DatabaseTransaction,
+    model: &entity::user::Model,
+    change: &UserChange,
+    now: DateTime<Utc>,
+) -> Result<(), Error> {
+    let update = entity::user::Entity::update_many()
+        .col_expr(entity::user::Column::UpdatedAt, Expr::value(now))
+        .filter(entity::user::Column::Id.eq(model.id));
+    let update = match change {
+        UserChange::Update {
+            email,
+            enabled,
+            email_verified,
+        } => {
+            let mut update = update;
+            if let Some(email) = email {
+                update = update
+                    .col_expr(entity::user::Column::Email, Expr::value(email.as_str()))
+                    .col_expr(
+                        entity::user::Column::EmailNormalized,
+                        Expr::value(email.normalized()),
+                    );
+            }
+            if let Some(enabled) = enabled {
+                update = update.col_expr(entity::user::Column::Enabled, Expr::value(*enabled));
+            }
+            if let Some(verified) = email_verified {
+                update =
+                    update.col_expr(entity::user::Column::EmailVerified, Expr::value(*verified));
+            }
+            update
+        }
+        UserChange::SetPassword { password_hash } => update
+            .col_expr(
+                entity::user::Column::PasswordHash,
+                Expr::value(password_hash.clone()),
+            )
+            .col_expr(
+                entity::user::Column::PasswordChangeRequired,
+                Expr::value(true),
+            )
+            .col_expr(
+                entity::user::Column::PasswordChangedAt,
+                Expr::value(Some(now)),
+            ),
+        UserChange::Lock { until } => update
+            .col_expr(entity::user::Column::Locked, Expr::value(true))
+            .col_expr(entity::user::Column::LockedUntil, Expr::value(*until)),
+        UserChange::Unlock => {
+            entity::login_failure::Entity::delete_by_id(model.username_normalized.clone())
+                .exec(txn)
+                .await
+                .map_err(db_error)?;
+            update
+                .col_expr(entity::user::Column::Locked, Expr::value(false))
+                .col_expr(
+                    entity::user::Column::LockedUntil,
+                    Expr::value(Option::<DateTime<Utc>>::None),
+                )
+        }
+        UserChange::AssignRoles(names) => {
+            let held = role_names(txn, model.id).await?;
+            for name in names {
+                let role_id = role_id(txn, name).await?;
+                if held.iter().any(|h| h == name.as_str()) {
+                    continue;
+                }
+                entity::user_role::ActiveModel {
+                    user_id: Set(model.id),
+                    role_id: Set(role_id),
+                }
+                .insert(txn)
+                .await
+                .map_err(db_error)?;
+            }
+            update
+        }
+        UserChange::RemoveRoles(names) => {
+            for name in names {
+                let role_id = role_id(txn, name).await?;
+                entity::user_role::Entity::delete_many()
+                    .filter(entity::user_role::Column::UserId.eq(model.id))
+                    .filter(entity::user_role::Column::RoleId.eq(role_id))
+                    .exec(txn)
+                    .await
+                    .map_err(db_error)?;
+            }
+            update
+        }
+        UserChange::EndSessions => update,
+    };
+    update.exec(txn).await.map_err(db_error_or_exists(
+        "a user with this email already exists".to_owned(),
+    ))?;
+    Ok(())
+}
+
+/// Revokes every live refresh token of the user; returns how many sessions that ended.
+async fn end_sessions(
+    txn: &DatabaseTransaction,
+    user_id: Uuid,
+    now: DateTime<Utc>,
+) -> Result<u64, Error> {
+    let mut families: Vec<Uuid> = entity::refresh_token::Entity::find()
+        .filter(entity::refresh_token::Column::UserId.eq(user_id))
+        .filter(entity::refresh_token::Column::RevokedAt.is_null())
+        .filter(entity::refresh_token::Column::FamilyExpiresAt.gt(now))
+        .select_only()
+        .column(entity::refresh_token::Column::FamilyId)
+        .into_tuple()
+        .all(txn)
+        .await
+        .map_err(db_error)?;
+    families.sort();
+    families.dedup();
+    entity::refresh_token::Entity::update_many()
+        .col_expr(
+            entity::refresh_token::Column::RevokedAt,
+            Expr::value(Some(now)),
+        )
+        .filter(entity::refresh_token::Column::UserId.eq(user_id))
+        .filter(entity::refresh_token::Column::RevokedAt.is_null())
+        .exec(txn)
+        .await
+        .map_err(db_error)?;
+    Ok(u64::try_from(families.len()).unwrap_or(u64::MAX))
+}
+
+async fn role_id<C: ConnectionTrait>(db: &C, name: &RoleName) -> Result<Uuid, Error> {
+    entity::role::Entity::find()
+        .filter(entity::role::Column::Name.eq(name.as_str()))
+        .select_only()
+        .column(entity::role::Column::Id)
+        .into_tuple()
+        .one(db)
+        .await
+        .map_err(db_error)?
+        .ok_or_else(|| roles::role_not_found(name.as_str()))
+}
+
+fn user_not_found(id: &str) -> Error {
+    Error::NotFound {
+        message: format!("no user has the id `{id}`"),
+    }
+}
+
+/// `LIKE` metacharacters taken literally (the pattern uses `\` as its escape).
+fn escape_like(value: &str) -> String {
+    let mut escaped = String::with_capacity(value.len());
+    for c in value.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
+/// Users with their roles and login standing, in the order given: two queries for the whole
+/// page, not two per user.
+async fn records<C: ConnectionTrait>(
+    db: &C,
+    models: Vec<entity::user::Model>,
+) -> Result<Vec<UserRecord>, Error> {
+    if models.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Uuid> = models.iter().map(|m| m.id).collect();
+    let names: Vec<String> = models
+        .iter()
+        .map(|m| m.username_normalized.clone())
+        .collect();
+    let pairs: Vec<(Uuid, String)> = entity::user_role::Entity::find()
+        .inner_join(entity::role::Entity)
+        .filter(entity::user_role::Column::UserId.is_in(ids))
+        .select_only()
+        .column(entity::user_role::Column::UserId)
+        .column(entity::role::Column::Name)
+        .into_tuple()
+        .all(db)
+        .await
+        .map_err(db_error)?;
+    let mut roles: HashMap<Uuid, Vec<String>> = HashMap::new();
+    for (user_id, role) in pairs {
+        roles.entry(user_id).or_default().push(role);
+    }
+    let standing: HashMap<String, (i32, Option<DateTime<Utc>>)> =
+        entity::login_failure::Entity::find()
+            .filter(entity::login_failure::Column::Name.is_in(names))
+            .all(db)
+            .await
+            .map_err(db_error)?
+            .into_iter()
+            .map(|row| (row.name, (row.failed_attempts, row.locked_until)))
+            .collect();
+    Ok(models
+        .into_iter()
+        .map(|model| {
+            let (failed_login_attempts, login_locked_until) = standing
+                .get(&model.username_normalized)
+                .copied()
+                .unwrap_or((0, None));
+            let mut user_roles = roles.remove(&model.id).unwrap_or_default();
+            user_roles.sort();
+            let mut user = without_roles(model);
+            user.roles = user_roles;
+            UserRecord {
+                user,
+                failed_login_attempts,
+                login_locked_until,
+            }
+        })
+        .collect())
 }
 
 /// The role names of a user, sorted.

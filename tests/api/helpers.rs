@@ -13,7 +13,8 @@ use keystone::{
     password::PasswordHasher,
     proto::pb::{
         IssueTokenRequest, PasswordGrant, TokenResponse, auth_client::AuthClient,
-        issue_token_request::Grant,
+        client_admin_client::ClientAdminClient, issue_token_request::Grant,
+        user_admin_client::UserAdminClient,
     },
     secrets::Pepper,
     store::Store,
@@ -218,8 +219,76 @@ impl TestApp {
         AuthClient::new(self.channel.clone())
     }
 
-    /// Creates a user straight in the database (the admin API is not built yet), returning its
-    /// id.
+    /// A client of `keystone.v1.UserAdmin`.
+    #[allow(dead_code)]
+    pub fn user_admin(&self) -> UserAdminClient<Channel> {
+        UserAdminClient::new(self.channel.clone())
+    }
+
+    /// A client of `keystone.v1.ClientAdmin`.
+    #[allow(dead_code)]
+    pub fn client_admin(&self) -> ClientAdminClient<Channel> {
+        ClientAdminClient::new(self.channel.clone())
+    }
+
+    /// Seeds an admin (role `admin`) named `root` and returns an access token of theirs.
+    #[allow(dead_code)]
+    pub async fn admin_token(&self) -> String {
+        self.create_user("root", ADMIN_PASSWORD, &["admin"]).await;
+        self.login("root", ADMIN_PASSWORD)
+            .await
+            .expect("the admin logs in")
+            .access_token
+    }
+
+    /// A fresh access token of the admin seeded by `admin_token` (after the clock moved).
+    #[allow(dead_code)]
+    pub async fn admin_relogin(&self) -> String {
+        self.login("root", ADMIN_PASSWORD)
+            .await
+            .expect("the admin logs in")
+            .access_token
+    }
+
+    /// Seeds a role `<name>-role` with `scopes` and a user `name` holding it, and returns an
+    /// access token of theirs (it carries exactly `scopes`).
+    #[allow(dead_code)]
+    pub async fn token_with_scopes(&self, name: &str, scopes: &[&str]) -> String {
+        let store = self.store().await;
+        let role = format!("{name}-role");
+        store
+            .insert_role(
+                &RoleName::parse(&role).unwrap(),
+                "",
+                &scopes
+                    .iter()
+                    .map(|s| keystone::domain::Scope::parse(s).unwrap())
+                    .collect::<Vec<_>>(),
+                &AuditRecord::new("test", "role.create", &role, Outcome::Success),
+                Utc::now(),
+            )
+            .await
+            .unwrap();
+        store.close().await;
+        self.create_user(name, ADMIN_PASSWORD, &[&role]).await;
+        self.login(name, ADMIN_PASSWORD)
+            .await
+            .expect("the user logs in")
+            .access_token
+    }
+
+    /// A store on the server's database, for seeding and for checks the API cannot make.
+    #[allow(dead_code)]
+    pub async fn store(&self) -> Store {
+        Store::connect(
+            &SecretString::from(self.database_url().to_owned()),
+            &Settings::default().database,
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Creates a user straight in the database, returning its id.
     #[allow(dead_code)]
     pub async fn create_user(&self, username: &str, password: &str, roles: &[&str]) -> uuid::Uuid {
         self.create_user_with(username, password, roles, false)
@@ -429,6 +498,21 @@ impl Drop for TestApp {
             server.abort();
         }
     }
+}
+
+/// The password of seeded admins and scoped users.
+pub const ADMIN_PASSWORD: &str = "correct horse battery staple 42";
+
+/// The field a `BadRequest` detail of a status names.
+#[allow(dead_code)]
+pub fn bad_field(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt as _;
+    status
+        .get_error_details()
+        .bad_request()
+        .and_then(|bad| bad.field_violations.first())
+        .map(|violation| violation.field.clone())
+        .unwrap_or_default()
 }
 
 /// The `ErrorInfo` reason of a status.

@@ -9,6 +9,8 @@ pub struct Model {
     pub id: Uuid,
     pub username: String,
     pub username_normalized: String,
+    /// UTS #39 skeleton of the normalized username; unique, so look-alikes cannot coexist.
+    pub username_skeleton: Option<String>,
     pub email: String,
     pub email_normalized: String,
     /// A PHC string (argon2id). Never leaves the store except to the password verifier.

@@ -1,0 +1,459 @@
+//! Managing service clients and their secrets. As with users: nobody gives a client scopes
+//! they do not hold, nor changes a client holding a `keystone:` scope they lack; disabling,
+//! deleting and `RevokeClientTokens` revoke the client's tokens at once. A secret is shown
+//! once, when it is made; only its keyed hash is kept.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use secrecy::{ExposeSecret as _, SecretString};
+
+use super::{Actor, paging::Pager, user_admin::Page};
+use crate::{
+    clock::SharedClock,
+    domain::{Client, ClientId, NewClient, Outcome, Scope, check_description},
+    error::Error,
+    revocation::{Revocation, RevocationKind, Revocations},
+    secrets::{CLIENT_SECRET_PREFIX, Pepper, random_token},
+    store::{ClientChanges, Store},
+};
+
+/// Longest client name, in characters.
+const MAX_NAME: usize = 256;
+/// Longest description, in characters.
+const MAX_DESCRIPTION: usize = 1024;
+/// Most allowed scopes or audiences of a client.
+const MAX_ENTRIES: usize = 100;
+/// Longest audience, in bytes.
+const MAX_AUDIENCE: usize = 512;
+
+/// The settings client administration follows.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientLimits {
+    /// The longest access-token lifetime a client may have.
+    pub max_access_ttl: Duration,
+    /// The longest grace a rotated-out secret may keep working.
+    pub max_secret_grace: Duration,
+    /// How long a token issued now can live (max access lifetime plus leeway).
+    pub token_lifetime: Duration,
+}
+
+/// Client administration.
+#[derive(Debug, Clone)]
+pub struct ClientAdminService {
+    store: Store,
+    clock: SharedClock,
+    revocations: Revocations,
+    pepper: Pepper,
+    pager: Pager,
+    limits: ClientLimits,
+}
+
+/// A client's fields as the caller sent them (create or update).
+#[derive(Debug, Clone, Default)]
+pub struct ClientFields {
+    /// The client id; empty on create: generated.
+    pub client_id: String,
+    /// A display name.
+    pub name: Option<String>,
+    /// What it is for.
+    pub description: Option<String>,
+    /// Allowed scopes.
+    pub allowed_scopes: Option<Vec<String>>,
+    /// Allowed audiences.
+    pub allowed_audiences: Option<Vec<String>>,
+    /// Access-token lifetime: `Some(None)` the server default.
+    pub access_token_ttl: Option<Option<Duration>>,
+    /// Enabled.
+    pub enabled: Option<bool>,
+}
+
+/// A rotated secret.
+#[derive(Debug)]
+pub struct RotatedSecret {
+    /// The new secret, shown once.
+    pub secret: SecretString,
+    /// Until when the previous one works.
+    pub previous_expires_at: Option<DateTime<Utc>>,
+}
+
+impl ClientAdminService {
+    /// The service over its dependencies.
+    pub fn new(
+        store: Store,
+        clock: SharedClock,
+        revocations: Revocations,
+        pepper: Pepper,
+        limits: ClientLimits,
+    ) -> Self {
+        Self {
+            pager: Pager::new(pepper.clone()),
+            store,
+            clock,
+            revocations,
+            pepper,
+            limits,
+        }
+    }
+
+    /// `CreateClient`: generates the id when none is given (never a user's id or username)
+    /// and a secret, returned this once.
+    pub async fn create_client(
+        &self,
+        actor: &Actor,
+        fields: ClientFields,
+    ) -> Result<(Client, SecretString), Error> {
+        let client_id = if fields.client_id.is_empty() {
+            generated_client_id()?
+        } else {
+            ClientId::parse(&fields.client_id).map_err(|e| e.on("client.client_id"))?
+        };
+        let changes = self.check_fields(&fields)?;
+        let allowed_scopes = changes.allowed_scopes.clone().unwrap_or_default();
+        if let Err(error) = actor.check_may_grant(allowed_scopes.iter().map(String::as_str)) {
+            return Err(self
+                .denied(actor, "client.create", client_id.as_str(), error)
+                .await);
+        }
+        if self.store.is_user_id_or_name(client_id.as_str()).await? {
+            return Err(Error::AlreadyExists {
+                message: "a user has this id or username; a client_id must differ".to_owned(),
+            });
+        }
+        let secret = random_token(CLIENT_SECRET_PREFIX)?;
+        let audit = actor
+            .event("client.create", client_id.as_str(), Outcome::Success)
+            .with_detail("allowed_scopes", allowed_scopes.join(","));
+        let client = self
+            .store
+            .insert_client(
+                NewClient {
+                    client_id: client_id.as_str().to_owned(),
+                    name: changes.name.unwrap_or_default(),
+                    description: changes.description.unwrap_or_default(),
+                    allowed_scopes,
+                    allowed_audiences: changes.allowed_audiences.unwrap_or_default(),
+                    access_token_ttl: changes.access_token_ttl.flatten(),
+                    enabled: changes.enabled.unwrap_or(true),
+                },
+                self.pepper.hash_client_secret(secret.expose_secret()),
+                &audit,
+                self.clock.now(),
+            )
+            .await?;
+        Ok((client, secret))
+    }
+
+    /// `GetClient`.
+    pub async fn get_client(&self, client_id: &str) -> Result<Client, Error> {
+        let client_id = ClientId::parse(client_id).map_err(|e| e.on("client_id"))?;
+        self.store
+            .find_client(client_id.as_str())
+            .await?
+            .ok_or_else(|| not_found(client_id.as_str()))
+    }
+
+    /// `ListClients`, by client id.
+    pub async fn list_clients(
+        &self,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<Page<Client>, Error> {
+        let page = self.pager.request(page_size, page_token, "clients")?;
+        let clients = self
+            .store
+            .list_clients(page.after.as_deref(), page.size + 1)
+            .await?;
+        let (items, next_page_token) = self
+            .pager
+            .finish(clients, &page, "clients", |c| c.client_id.clone());
+        Ok(Page {
+            items,
+            next_page_token,
+        })
+    }
+
+    /// `UpdateClient`: the fields set in `fields`; disabling revokes the client's tokens.
+    pub async fn update_client(
+        &self,
+        actor: &Actor,
+        fields: ClientFields,
+    ) -> Result<Client, Error> {
+        let client_id = ClientId::parse(&fields.client_id).map_err(|e| e.on("client.client_id"))?;
+        let changes = self.check_fields(&fields)?;
+        self.check_target(actor, client_id.as_str(), "client.update")
+            .await?;
+        if let Some(scopes) = &changes.allowed_scopes
+            && let Err(error) = actor.check_may_grant(scopes.iter().map(String::as_str))
+        {
+            return Err(self
+                .denied(actor, "client.update", client_id.as_str(), error)
+                .await);
+        }
+        let now = self.clock.now();
+        let revocation =
+            (changes.enabled == Some(false)).then(|| self.revocation(client_id.as_str(), now));
+        let mut audit = actor.event("client.update", client_id.as_str(), Outcome::Success);
+        for (field, changed) in [
+            ("name", changes.name.is_some()),
+            ("description", changes.description.is_some()),
+            ("allowed_scopes", changes.allowed_scopes.is_some()),
+            ("allowed_audiences", changes.allowed_audiences.is_some()),
+            ("access_token_ttl", changes.access_token_ttl.is_some()),
+        ] {
+            if changed {
+                audit = audit.with_detail(field, "changed");
+            }
+        }
+        if let Some(enabled) = changes.enabled {
+            audit = audit.with_detail("enabled", enabled.to_string());
+        }
+        let client = self
+            .store
+            .update_client(
+                client_id.as_str(),
+                &changes,
+                revocation.as_ref(),
+                &audit,
+                now,
+            )
+            .await?;
+        if let Some(revocation) = &revocation {
+            self.revocations.applied(revocation);
+        }
+        Ok(client)
+    }
+
+    /// `DeleteClient`: its tokens are revoked with it.
+    pub async fn delete_client(&self, actor: &Actor, client_id: &str) -> Result<(), Error> {
+        let client_id = ClientId::parse(client_id).map_err(|e| e.on("client_id"))?;
+        self.check_target(actor, client_id.as_str(), "client.delete")
+            .await?;
+        let now = self.clock.now();
+        let revocation = self.revocation(client_id.as_str(), now);
+        self.store
+            .delete_client(
+                client_id.as_str(),
+                &revocation,
+                &actor.event("client.delete", client_id.as_str(), Outcome::Success),
+                now,
+            )
+            .await?;
+        self.revocations.applied(&revocation);
+        Ok(())
+    }
+
+    /// `RevokeClientTokens`: every token issued to the client so far is rejected.
+    pub async fn revoke_client_tokens(&self, actor: &Actor, client_id: &str) -> Result<(), Error> {
+        let client_id = ClientId::parse(client_id).map_err(|e| e.on("client_id"))?;
+        self.check_target(actor, client_id.as_str(), "client.revoke_tokens")
+            .await?;
+        let now = self.clock.now();
+        let revocation = self.revocation(client_id.as_str(), now);
+        self.store
+            .update_client(
+                client_id.as_str(),
+                &ClientChanges::default(),
+                Some(&revocation),
+                &actor.event("client.revoke_tokens", client_id.as_str(), Outcome::Success),
+                now,
+            )
+            .await?;
+        self.revocations.applied(&revocation);
+        Ok(())
+    }
+
+    /// `RotateClientSecret`: a new secret, shown once; the previous one works for `grace`
+    /// (none: it ends now), at most `clients.max_secret_grace`. At most two are live.
+    pub async fn rotate_client_secret(
+        &self,
+        actor: &Actor,
+        client_id: &str,
+        grace: Duration,
+    ) -> Result<RotatedSecret, Error> {
+        let client_id = ClientId::parse(client_id).map_err(|e| e.on("client_id"))?;
+        if grace > self.limits.max_secret_grace {
+            return Err(Error::invalid_argument(
+                "grace_period",
+                format!(
+                    "must be at most {}s (clients.max_secret_grace)",
+                    self.limits.max_secret_grace.as_secs()
+                ),
+            ));
+        }
+        self.check_target(actor, client_id.as_str(), "client.rotate_secret")
+            .await?;
+        let now = self.clock.now();
+        let previous_until = now
+            + chrono::Duration::from_std(grace)
+                .map_err(|_| Error::invalid_argument("grace_period", "is too long"))?;
+        let secret = random_token(CLIENT_SECRET_PREFIX)?;
+        let audit = actor
+            .event("client.rotate_secret", client_id.as_str(), Outcome::Success)
+            .with_detail("grace_seconds", grace.as_secs().to_string());
+        let rotation = self
+            .store
+            .rotate_client_secret(
+                client_id.as_str(),
+                self.pepper.hash_client_secret(secret.expose_secret()),
+                previous_until,
+                &audit,
+                now,
+            )
+            .await?;
+        Ok(RotatedSecret {
+            secret,
+            previous_expires_at: rotation.previous_expires_at,
+        })
+    }
+
+    /// Checks the fields that are set; scopes must exist.
+    fn check_fields(&self, fields: &ClientFields) -> Result<ClientChanges, Error> {
+        if let Some(name) = &fields.name {
+            check_description(name, MAX_NAME).map_err(|e| e.on("client.name"))?;
+        }
+        if let Some(description) = &fields.description {
+            check_description(description, MAX_DESCRIPTION)
+                .map_err(|e| e.on("client.description"))?;
+        }
+        let allowed_scopes = fields
+            .allowed_scopes
+            .as_ref()
+            .map(|scopes| {
+                if scopes.len() > MAX_ENTRIES {
+                    return Err(Error::invalid_argument(
+                        "client.allowed_scopes",
+                        format!("at most {MAX_ENTRIES} scopes"),
+                    ));
+                }
+                let mut parsed: Vec<String> = Vec::with_capacity(scopes.len());
+                for (i, scope) in scopes.iter().enumerate() {
+                    let scope = Scope::parse(scope)
+                        .map_err(|e| e.on(&format!("client.allowed_scopes[{i}]")))?;
+                    if !parsed.iter().any(|p| p == scope.as_str()) {
+                        parsed.push(scope.as_str().to_owned());
+                    }
+                }
+                parsed.sort();
+                Ok(parsed)
+            })
+            .transpose()?;
+        let allowed_audiences = fields
+            .allowed_audiences
+            .as_ref()
+            .map(|audiences| {
+                if audiences.len() > MAX_ENTRIES {
+                    return Err(Error::invalid_argument(
+                        "client.allowed_audiences",
+                        format!("at most {MAX_ENTRIES} audiences"),
+                    ));
+                }
+                let mut parsed: Vec<String> = Vec::with_capacity(audiences.len());
+                for (i, audience) in audiences.iter().enumerate() {
+                    if audience.is_empty()
+                        || audience.len() > MAX_AUDIENCE
+                        || audience
+                            .chars()
+                            .any(|c| c.is_control() || c.is_whitespace())
+                    {
+                        return Err(Error::invalid_argument(
+                            format!("client.allowed_audiences[{i}]"),
+                            format!(
+                                "must hold 1 to {MAX_AUDIENCE} bytes with no spaces or control \
+                                 characters"
+                            ),
+                        ));
+                    }
+                    if !parsed.contains(audience) {
+                        parsed.push(audience.clone());
+                    }
+                }
+                parsed.sort();
+                Ok(parsed)
+            })
+            .transpose()?;
+        if let Some(Some(ttl)) = fields.access_token_ttl
+            && (ttl.is_zero() || ttl > self.limits.max_access_ttl)
+        {
+            return Err(Error::invalid_argument(
+                "client.access_token_ttl",
+                format!(
+                    "must be above 0 and at most {}s (tokens.max_access_ttl)",
+                    self.limits.max_access_ttl.as_secs()
+                ),
+            ));
+        }
+        Ok(ClientChanges {
+            name: fields.name.clone(),
+            description: fields.description.clone(),
+            allowed_scopes,
+            allowed_audiences,
+            access_token_ttl: fields.access_token_ttl,
+            enabled: fields.enabled,
+        })
+    }
+
+    /// The client, if the caller may change it: it may hold no `keystone:` scope the caller
+    /// lacks. The caller's scope was checked before this lookup.
+    async fn check_target(
+        &self,
+        actor: &Actor,
+        client_id: &str,
+        action: &'static str,
+    ) -> Result<Client, Error> {
+        let client = self
+            .store
+            .find_client(client_id)
+            .await?
+            .ok_or_else(|| not_found(client_id))?;
+        if let Err(error) = actor.check_may_manage(client.allowed_scopes.iter().map(String::as_str))
+        {
+            return Err(self.denied(actor, action, client_id, error).await);
+        }
+        Ok(client)
+    }
+
+    /// Records a refusal and hands the error back.
+    async fn denied(
+        &self,
+        actor: &Actor,
+        action: &'static str,
+        target: &str,
+        error: Error,
+    ) -> Error {
+        super::record_denial(&self.store, self.clock.now(), actor, action, target, error).await
+    }
+
+    /// A revocation of every token of the client issued up to `now`.
+    fn revocation(&self, client_id: &str, now: DateTime<Utc>) -> Revocation {
+        Revocation {
+            kind: RevocationKind::Subject,
+            key: client_id.to_owned(),
+            not_before: now,
+            expires_at: now
+                + chrono::Duration::from_std(self.limits.token_lifetime)
+                    .unwrap_or(chrono::Duration::days(1)),
+        }
+    }
+}
+
+/// A generated client id: `kc_` and 16 lowercase letters and digits (82 bits).
+fn generated_client_id() -> Result<ClientId, Error> {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut bytes = [0_u8; 16];
+    getrandom::fill(&mut bytes)
+        .map_err(|error| Error::internal(anyhow::anyhow!("no randomness: {error}")))?;
+    // 256 is not a multiple of 36, so the first 4 letters are slightly likelier: no matter
+    // for an identifier that is public anyway.
+    let id: String = bytes
+        .iter()
+        .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
+        .collect();
+    ClientId::parse(&format!("kc_{id}")).map_err(|e| Error::internal(anyhow::anyhow!("{e}")))
+}
+
+fn not_found(client_id: &str) -> Error {
+    Error::NotFound {
+        message: format!("no client has the id `{client_id}`"),
+    }
+}

@@ -1,0 +1,250 @@
+//! The README's admin walkthrough, driven by the real `grpcurl` (1.8.6: reflection v1alpha)
+//! and `buf curl` (reflection v1), as an admin would run it. The tools come from
+//! `KEYSTONE_TEST_GRPCURL` / `KEYSTONE_TEST_BUF` (`.ci/run` installs both in a virtualenv) or
+//! from `PATH`; without them the test says loudly that it was skipped.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use serde_json::Value;
+
+use crate::helpers::{say_skipped, spawn_app_with};
+
+const ADMIN: &str = "admin";
+const ADMIN_PASSWORD: &str = "correct horse battery staple";
+
+/// The tool named by `variable`, else `name` on `PATH`.
+fn tool(variable: &str, name: &str) -> Option<PathBuf> {
+    if let Ok(path) = std::env::var(variable)
+        && Path::new(&path).is_file()
+    {
+        return Some(PathBuf::from(path));
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+    })
+}
+
+/// Runs a command off the runtime; returns whether it succeeded, and its stdout and stderr.
+async fn run(program: &Path, args: Vec<String>) -> (bool, String, String) {
+    let program = program.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let output = Command::new(&program)
+            .args(&args)
+            .output()
+            .expect("the tool runs");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    })
+    .await
+    .expect("the tool's task ends")
+}
+
+/// `grpcurl -plaintext [-H authorization] -d BODY ADDR METHOD`, parsed as JSON.
+async fn call(grpcurl: &Path, addr: &str, token: Option<&str>, method: &str, body: Value) -> Value {
+    let mut args = vec!["-plaintext".to_owned()];
+    if let Some(token) = token {
+        args.push("-H".to_owned());
+        args.push(format!("authorization: Bearer {token}"));
+    }
+    args.extend([
+        "-d".to_owned(),
+        body.to_string(),
+        addr.to_owned(),
+        method.to_owned(),
+    ]);
+    let (ok, stdout, stderr) = run(grpcurl, args).await;
+    assert!(ok, "grpcurl {method} failed: {stderr}");
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{method}: {e}: {stdout}"))
+}
+
+fn text<'a>(value: &'a Value, pointer: &str) -> &'a str {
+    value
+        .pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("no {pointer} in {value}"))
+}
+
+#[tokio::test]
+async fn the_readme_admin_walkthrough_works_with_grpcurl_and_buf_curl() {
+    let Some(grpcurl) = tool("KEYSTONE_TEST_GRPCURL", "grpcurl") else {
+        say_skipped(
+            "the_readme_admin_walkthrough_works_with_grpcurl_and_buf_curl",
+            "no grpcurl (set KEYSTONE_TEST_GRPCURL or put it on PATH; .ci/run installs it)",
+        );
+        return;
+    };
+    let app = spawn_app_with(|settings| {
+        settings.bootstrap_admin_username = Some(ADMIN.to_owned());
+        settings.bootstrap_admin_password = Some(ADMIN_PASSWORD.to_owned().into());
+    })
+    .await;
+    let addr = app.addr.to_string();
+
+    // list and describe, through reflection v1alpha.
+    let (ok, services, stderr) = run(
+        &grpcurl,
+        vec!["-plaintext".into(), addr.clone(), "list".into()],
+    )
+    .await;
+    assert!(ok, "{stderr}");
+    for service in [
+        "keystone.v1.Auth",
+        "keystone.v1.UserAdmin",
+        "keystone.v1.ClientAdmin",
+    ] {
+        assert!(
+            services.lines().any(|l| l == service),
+            "{service} in {services}"
+        );
+    }
+    let (ok, described, stderr) = run(
+        &grpcurl,
+        vec![
+            "-plaintext".into(),
+            addr.clone(),
+            "describe".into(),
+            "keystone.v1.ClientAdmin".into(),
+        ],
+    )
+    .await;
+    assert!(ok, "{stderr}");
+    assert!(described.contains("RotateClientSecret"), "{described}");
+    assert!(described.contains("shown this once") || described.contains("returned this once"));
+
+    // No token: UNAUTHENTICATED, with the ErrorInfo reason printed.
+    let (ok, _, stderr) = run(
+        &grpcurl,
+        vec![
+            "-plaintext".into(),
+            "-d".into(),
+            "{}".into(),
+            addr.clone(),
+            "keystone.v1.ClientAdmin/ListClients".into(),
+        ],
+    )
+    .await;
+    assert!(!ok);
+    assert!(stderr.contains("Unauthenticated"), "{stderr}");
+    assert!(stderr.contains("TOKEN_MISSING"), "{stderr}");
+
+    // The bootstrap admin logs in.
+    let login = call(
+        &grpcurl,
+        &addr,
+        None,
+        "keystone.v1.Auth/IssueToken",
+        serde_json::json!({"password": {"username": ADMIN, "password": ADMIN_PASSWORD}}),
+    )
+    .await;
+    let admin = text(&login, "/accessToken").to_owned();
+
+    // A client, its token, and the token checked.
+    let created = call(
+        &grpcurl,
+        &addr,
+        Some(&admin),
+        "keystone.v1.ClientAdmin/CreateClient",
+        serde_json::json!({"client": {
+            "client_id": "reporting",
+            "name": "Reporting",
+            "allowed_scopes": ["keystone:introspect"],
+            "access_token_ttl": "300s"
+        }}),
+    )
+    .await;
+    let secret = text(&created, "/clientSecret").to_owned();
+    assert_eq!(text(&created, "/client/accessTokenTtl"), "300s");
+    let issued = call(
+        &grpcurl,
+        &addr,
+        None,
+        "keystone.v1.Auth/IssueToken",
+        serde_json::json!({"client_credentials": {"client_id": "reporting", "client_secret": secret}}),
+    )
+    .await;
+    let token = text(&issued, "/accessToken").to_owned();
+    let principal = call(
+        &grpcurl,
+        &addr,
+        None,
+        "keystone.v1.Auth/Authenticate",
+        serde_json::json!({"token": token, "required_scopes": ["keystone:introspect"]}),
+    )
+    .await;
+    assert_eq!(text(&principal, "/principal/clientId"), "reporting");
+    assert_eq!(
+        text(&principal, "/principal/kind"),
+        "PRINCIPAL_KIND_SERVICE"
+    );
+
+    // Rotation: the new secret works, the old one for the grace.
+    let rotated = call(
+        &grpcurl,
+        &addr,
+        Some(&admin),
+        "keystone.v1.ClientAdmin/RotateClientSecret",
+        serde_json::json!({"client_id": "reporting", "grace_period": "3600s"}),
+    )
+    .await;
+    let new_secret = text(&rotated, "/clientSecret").to_owned();
+    assert_ne!(new_secret, secret);
+    assert!(rotated.pointer("/previousSecretExpiresAt").is_some());
+    for secret in [&new_secret, &secret] {
+        call(
+            &grpcurl,
+            &addr,
+            None,
+            "keystone.v1.Auth/IssueToken",
+            serde_json::json!({"client_credentials": {"client_id": "reporting", "client_secret": secret}}),
+        )
+        .await;
+    }
+    let listed = call(
+        &grpcurl,
+        &addr,
+        Some(&admin),
+        "keystone.v1.ClientAdmin/ListClients",
+        serde_json::json!({}),
+    )
+    .await;
+    assert!(
+        !listed.to_string().contains(&new_secret),
+        "listings hold no secret"
+    );
+
+    // buf curl speaks reflection v1.
+    match tool("KEYSTONE_TEST_BUF", "buf") {
+        Some(buf) => {
+            let (ok, stdout, stderr) = run(
+                &buf,
+                vec![
+                    "curl".into(),
+                    "--protocol".into(),
+                    "grpc".into(),
+                    "--http2-prior-knowledge".into(),
+                    "-H".into(),
+                    format!("authorization: Bearer {admin}"),
+                    "-d".into(),
+                    "{}".into(),
+                    format!("http://{addr}/keystone.v1.UserAdmin/ListRoles"),
+                ],
+            )
+            .await;
+            assert!(ok, "buf curl: {stderr}");
+            assert!(stdout.contains("\"admin\""), "{stdout}");
+        }
+        None => say_skipped(
+            "the_readme_admin_walkthrough_works_with_grpcurl_and_buf_curl (buf curl part)",
+            "no buf (set KEYSTONE_TEST_BUF or put it on PATH; .ci/run installs it)",
+        ),
+    }
+    app.stop().await.unwrap();
+}
