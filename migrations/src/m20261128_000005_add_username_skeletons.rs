@@ -35,19 +35,27 @@ impl MigrationTrait for Migration {
             .await?;
         let db = manager.get_connection();
         let backend = db.get_database_backend();
+        // Oldest first: where existing names already look alike, the oldest keeps the
+        // skeleton and the others keep none (they stay as they are; new look-alikes of any of
+        // them are still refused through the oldest).
         let rows = db
             .query_all_raw(Statement::from_string(
                 backend,
-                "SELECT id, username_normalized FROM users",
+                "SELECT id, username_normalized FROM users ORDER BY created_at, id",
             ))
             .await?;
+        let mut seen = std::collections::HashSet::new();
         for row in rows {
             let id: Uuid = row.try_get("", "id")?;
             let normalized: String = row.try_get("", "username_normalized")?;
+            let skeleton = skeleton(&normalized);
+            if !seen.insert(skeleton.clone()) {
+                continue;
+            }
             db.execute_raw(Statement::from_sql_and_values(
                 backend,
                 "UPDATE users SET username_skeleton = $1 WHERE id = $2",
-                [skeleton(&normalized).into(), id.into()],
+                [skeleton.into(), id.into()],
             ))
             .await?;
         }

@@ -170,15 +170,22 @@ pub fn duration_from_proto(
         .map_err(|_| Error::invalid_argument(field, "must be a non-negative duration"))
 }
 
-/// A protobuf timestamp as a chrono one: out of range is INVALID_ARGUMENT on `field`.
+/// A protobuf timestamp as a chrono one. The protobuf range is 0001-01-01 to 9999-12-31
+/// (which also keeps stored times comparable as text on SQLite); outside it, or with bad
+/// nanoseconds, INVALID_ARGUMENT on `field`.
 pub fn timestamp_from_proto(
     value: prost_types::Timestamp,
     field: &str,
 ) -> Result<DateTime<Utc>, Error> {
+    /// 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z.
+    const RANGE: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
     u32::try_from(value.nanos)
         .ok()
+        .filter(|nanos| *nanos < 1_000_000_000 && RANGE.contains(&value.seconds))
         .and_then(|nanos| DateTime::from_timestamp(value.seconds, nanos))
-        .ok_or_else(|| Error::invalid_argument(field, "is not a valid timestamp"))
+        .ok_or_else(|| {
+            Error::invalid_argument(field, "is not a valid timestamp (0001-01-01 to 9999-12-31)")
+        })
 }
 
 /// The fields an update mask names, checked against what the resource lets change: unknown,

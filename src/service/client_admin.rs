@@ -1,5 +1,5 @@
 //! Managing service clients and their secrets. As with users: nobody gives a client scopes
-//! they do not hold, nor changes a client holding a `keystone:` scope they lack; disabling,
+//! they do not hold, nor changes a client holding a scope they lack; disabling,
 //! deleting and `RevokeClientTokens` revoke the client's tokens at once. A secret is shown
 //! once, when it is made; only its keyed hash is kept.
 
@@ -15,7 +15,7 @@ use crate::{
     error::Error,
     revocation::{Revocation, RevocationKind, Revocations},
     secrets::{CLIENT_SECRET_PREFIX, Pepper, random_token},
-    store::{ClientChanges, Store},
+    store::{ChangeGuard, ClientChanges, Store},
 };
 
 /// Longest client name, in characters.
@@ -181,19 +181,13 @@ impl ClientAdminService {
     ) -> Result<Client, Error> {
         let client_id = ClientId::parse(&fields.client_id).map_err(|e| e.on("client.client_id"))?;
         let changes = self.check_fields(&fields)?;
-        self.check_target(actor, client_id.as_str(), "client.update")
-            .await?;
+        let action = "client.update";
         if let Some(scopes) = &changes.allowed_scopes
             && let Err(error) = actor.check_may_grant(scopes.iter().map(String::as_str))
         {
-            return Err(self
-                .denied(actor, "client.update", client_id.as_str(), error)
-                .await);
+            return Err(self.denied(actor, action, client_id.as_str(), error).await);
         }
-        let now = self.clock.now();
-        let revocation =
-            (changes.enabled == Some(false)).then(|| self.revocation(client_id.as_str(), now));
-        let mut audit = actor.event("client.update", client_id.as_str(), Outcome::Success);
+        let mut audit = actor.event(action, client_id.as_str(), Outcome::Success);
         for (field, changed) in [
             ("name", changes.name.is_some()),
             ("description", changes.description.is_some()),
@@ -208,59 +202,68 @@ impl ClientAdminService {
         if let Some(enabled) = changes.enabled {
             audit = audit.with_detail("enabled", enabled.to_string());
         }
-        let client = self
+        let (permit, revocation) = self.guard_parts(actor, client_id.as_str());
+        let guard = ChangeGuard {
+            permit: &permit,
+            revoke: (changes.enabled == Some(false)).then_some(&revocation as _),
+        };
+        let result = self
             .store
             .update_client(
                 client_id.as_str(),
                 &changes,
-                revocation.as_ref(),
+                guard,
                 &audit,
-                now,
+                self.clock.now(),
             )
-            .await?;
-        if let Some(revocation) = &revocation {
-            self.revocations.applied(revocation);
-        }
-        Ok(client)
+            .await;
+        self.settle(actor, action, client_id.as_str(), result).await
     }
 
     /// `DeleteClient`: its tokens are revoked with it.
     pub async fn delete_client(&self, actor: &Actor, client_id: &str) -> Result<(), Error> {
         let client_id = ClientId::parse(client_id).map_err(|e| e.on("client_id"))?;
-        self.check_target(actor, client_id.as_str(), "client.delete")
-            .await?;
-        let now = self.clock.now();
-        let revocation = self.revocation(client_id.as_str(), now);
-        self.store
+        let action = "client.delete";
+        let (permit, revocation) = self.guard_parts(actor, client_id.as_str());
+        let guard = ChangeGuard {
+            permit: &permit,
+            revoke: Some(&revocation),
+        };
+        let result = self
+            .store
             .delete_client(
                 client_id.as_str(),
-                &revocation,
-                &actor.event("client.delete", client_id.as_str(), Outcome::Success),
-                now,
+                guard,
+                &actor.event(action, client_id.as_str(), Outcome::Success),
+                self.clock.now(),
             )
-            .await?;
-        self.revocations.applied(&revocation);
-        Ok(())
+            .await
+            .map(|revocation| ((), revocation));
+        self.settle(actor, action, client_id.as_str(), result).await
     }
 
     /// `RevokeClientTokens`: every token issued to the client so far is rejected.
     pub async fn revoke_client_tokens(&self, actor: &Actor, client_id: &str) -> Result<(), Error> {
         let client_id = ClientId::parse(client_id).map_err(|e| e.on("client_id"))?;
-        self.check_target(actor, client_id.as_str(), "client.revoke_tokens")
-            .await?;
-        let now = self.clock.now();
-        let revocation = self.revocation(client_id.as_str(), now);
-        self.store
+        let action = "client.revoke_tokens";
+        let (permit, revocation) = self.guard_parts(actor, client_id.as_str());
+        let guard = ChangeGuard {
+            permit: &permit,
+            revoke: Some(&revocation),
+        };
+        let result = self
+            .store
             .update_client(
                 client_id.as_str(),
                 &ClientChanges::default(),
-                Some(&revocation),
-                &actor.event("client.revoke_tokens", client_id.as_str(), Outcome::Success),
-                now,
+                guard,
+                &actor.event(action, client_id.as_str(), Outcome::Success),
+                self.clock.now(),
             )
-            .await?;
-        self.revocations.applied(&revocation);
-        Ok(())
+            .await;
+        self.settle(actor, action, client_id.as_str(), result)
+            .await
+            .map(|_| ())
     }
 
     /// `RotateClientSecret`: a new secret, shown once; the previous one works for `grace`
@@ -281,30 +284,76 @@ impl ClientAdminService {
                 ),
             ));
         }
-        self.check_target(actor, client_id.as_str(), "client.rotate_secret")
-            .await?;
+        let action = "client.rotate_secret";
         let now = self.clock.now();
         let previous_until = now
             + chrono::Duration::from_std(grace)
                 .map_err(|_| Error::invalid_argument("grace_period", "is too long"))?;
         let secret = random_token(CLIENT_SECRET_PREFIX)?;
         let audit = actor
-            .event("client.rotate_secret", client_id.as_str(), Outcome::Success)
+            .event(action, client_id.as_str(), Outcome::Success)
             .with_detail("grace_seconds", grace.as_secs().to_string());
-        let rotation = self
+        let (permit, _) = self.guard_parts(actor, client_id.as_str());
+        let guard = ChangeGuard {
+            permit: &permit,
+            revoke: None,
+        };
+        let result = self
             .store
             .rotate_client_secret(
                 client_id.as_str(),
                 self.pepper.hash_client_secret(secret.expose_secret()),
                 previous_until,
+                guard,
                 &audit,
                 now,
             )
+            .await
+            .map(|rotation| (rotation, None));
+        let rotation = self
+            .settle(actor, action, client_id.as_str(), result)
             .await?;
         Ok(RotatedSecret {
             secret,
             previous_expires_at: rotation.previous_expires_at,
         })
+    }
+
+    /// What a change to a client checks inside its transaction: that the caller may manage
+    /// the client (see [`Actor::check_may_manage`]), and the revocation of its tokens,
+    /// stamped when made.
+    fn guard_parts<'a>(
+        &'a self,
+        actor: &'a Actor,
+        client_id: &'a str,
+    ) -> (
+        impl Fn(&[String]) -> Result<(), Error> + Sync + 'a,
+        impl Fn() -> Revocation + Sync + 'a,
+    ) {
+        (
+            move |scopes: &[String]| actor.check_may_manage(scopes.iter().map(String::as_str)),
+            move || self.revocation(client_id, self.clock.now()),
+        )
+    }
+
+    /// Applies the revocation a change wrote, or records its refusal.
+    async fn settle<T>(
+        &self,
+        actor: &Actor,
+        action: &'static str,
+        target: &str,
+        result: Result<(T, Option<Revocation>), Error>,
+    ) -> Result<T, Error> {
+        super::settle(
+            &self.store,
+            &self.revocations,
+            self.clock.now(),
+            actor,
+            action,
+            target,
+            result,
+        )
+        .await
     }
 
     /// Checks the fields that are set; scopes must exist.
@@ -391,26 +440,6 @@ impl ClientAdminService {
             access_token_ttl: fields.access_token_ttl,
             enabled: fields.enabled,
         })
-    }
-
-    /// The client, if the caller may change it: it may hold no `keystone:` scope the caller
-    /// lacks. The caller's scope was checked before this lookup.
-    async fn check_target(
-        &self,
-        actor: &Actor,
-        client_id: &str,
-        action: &'static str,
-    ) -> Result<Client, Error> {
-        let client = self
-            .store
-            .find_client(client_id)
-            .await?
-            .ok_or_else(|| not_found(client_id))?;
-        if let Err(error) = actor.check_may_manage(client.allowed_scopes.iter().map(String::as_str))
-        {
-            return Err(self.denied(actor, action, client_id, error).await);
-        }
-        Ok(client)
     }
 
     /// Records a refusal and hands the error back.

@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use crate::{
     domain::{AuditRecord, Outcome, Scope, ScopeSet},
     error::{Error, Reason},
+    revocation::{Revocation, Revocations},
     store::Store,
 };
 
@@ -59,8 +60,9 @@ impl Actor {
         Ok(())
     }
 
-    /// Nobody takes over a holder of more Keystone power than they have: changing a user or a
-    /// client that holds a `keystone:` scope the caller lacks (an admin, say) is refused.
+    /// Nobody takes over more power than they hold: changing a user or a client (resetting a
+    /// password, rotating a secret, locking, disabling, deleting…) that holds a scope the
+    /// caller lacks is refused, since whoever controls the account would hold that scope.
     pub fn check_may_manage<'a>(
         &self,
         target_scopes: impl IntoIterator<Item = &'a str>,
@@ -68,10 +70,7 @@ impl Actor {
         if self.is_admin() {
             return Ok(());
         }
-        for scope in target_scopes
-            .into_iter()
-            .filter(|s| s.starts_with("keystone:"))
-        {
+        for scope in target_scopes {
             if scope == crate::service::auth::PASSWORD_CHANGE_SCOPE {
                 continue;
             }
@@ -121,4 +120,29 @@ async fn record_denial(
         );
     }
     error
+}
+
+/// The end of a guarded change (see [`crate::store::ChangeGuard`]): the revocation it wrote
+/// goes into memory; a refusal decided inside it is recorded as a denial.
+async fn settle<T>(
+    store: &Store,
+    revocations: &Revocations,
+    now: DateTime<Utc>,
+    actor: &Actor,
+    action: &'static str,
+    target: &str,
+    result: Result<(T, Option<Revocation>), Error>,
+) -> Result<T, Error> {
+    match result {
+        Ok((value, revocation)) => {
+            if let Some(revocation) = &revocation {
+                revocations.applied(revocation);
+            }
+            Ok(value)
+        }
+        Err(error @ Error::PermissionDenied { .. }) => {
+            Err(record_denial(store, now, actor, action, target, error).await)
+        }
+        Err(error) => Err(error),
+    }
 }

@@ -1,7 +1,7 @@
 //! Managing users, roles and scopes, and reading the audit trail. Every method takes the
 //! [`Actor`] the adapter established first, and decides here:
 //! - nobody grants what they do not hold (roles given, roles edited);
-//! - nobody changes a user holding a `keystone:` scope they lack (an admin, say);
+//! - nobody changes a user holding a scope they lack (an admin, say);
 //! - no change leaves no active admin (the store checks it inside the change's transaction);
 //! - disabling, deleting, locking a user, taking roles from them, resetting their password and
 //!   ending their sessions revoke their tokens at once (a subject revocation, written with the
@@ -26,7 +26,7 @@ use crate::{
     error::{Error, Reason},
     password::{PasswordHasher, generate_password},
     revocation::{Revocation, RevocationKind, Revocations},
-    store::{AuditFilter, RoleChanges, Store, UserChange, UserFilter},
+    store::{AuditFilter, ChangeGuard, RoleChanges, Store, UserChange, UserFilter},
 };
 
 /// The role the bootstrap admin gets (seeded by the migrations, holding `keystone:admin`).
@@ -238,11 +238,6 @@ impl UserAdminService {
                 ),
             });
         }
-        if self.store.is_client_id(username.normalized()).await? {
-            return Err(Error::AlreadyExists {
-                message: "a client has this name as its client_id; choose another".to_owned(),
-            });
-        }
         let (password, generated) = match password {
             Some(password) => {
                 self.policy
@@ -379,24 +374,21 @@ impl UserAdminService {
                 |event| event.with_detail("fields", fields.join(",")),
             )
             .await?;
-        Ok(record)
+        still_there(record)
     }
 
     /// `DeleteUser`: the user's tokens are revoked with them.
     pub async fn delete_user(&self, actor: &Actor, id: &str) -> Result<(), Error> {
-        let uuid = parse_user_id(id, "id")?;
-        self.check_target(actor, uuid, "user.delete").await?;
-        let now = self.clock.now();
-        let revocation = self.subject_revocation(id, now);
-        self.store
-            .delete_user(
-                uuid,
-                &revocation,
-                &actor.event("user.delete", id, Outcome::Success),
-                now,
-            )
-            .await?;
-        self.revocations.applied(&revocation);
+        self.change(
+            actor,
+            id,
+            "id",
+            "user.delete",
+            UserChange::Delete,
+            true,
+            |e| e,
+        )
+        .await?;
         Ok(())
     }
 
@@ -459,7 +451,7 @@ impl UserAdminService {
                 |event| event.with_detail("until", until_detail),
             )
             .await?;
-        Ok(record)
+        still_there(record)
     }
 
     /// `UnlockUser`: lifts an admin lock and forgets failed logins.
@@ -475,7 +467,7 @@ impl UserAdminService {
                 |e| e,
             )
             .await?;
-        Ok(record)
+        still_there(record)
     }
 
     /// `AssignRoles`: the roles must exist and carry only scopes the caller holds.
@@ -537,7 +529,7 @@ impl UserAdminService {
                 |event| event.with_detail("roles", detail),
             )
             .await?;
-        Ok(record)
+        still_there(record)
     }
 
     /// `RevokeUserSessions`: ends every session and rejects every token of the user issued so
@@ -783,7 +775,8 @@ impl UserAdminService {
         Ok(self.page(events, &page, &listing, |e| e.id.to_string()))
     }
 
-    /// Loads the target, checks the caller may change them, and applies the change.
+    /// Loads the target, checks the caller may change them (before any work, and again inside
+    /// the change), and applies the change.
     #[allow(clippy::too_many_arguments)]
     async fn change(
         &self,
@@ -794,14 +787,16 @@ impl UserAdminService {
         change: UserChange,
         revoke: bool,
         details: impl FnOnce(AuditRecord) -> AuditRecord,
-    ) -> Result<(UserRecord, u64), Error> {
+    ) -> Result<(Option<UserRecord>, u64), Error> {
         let uuid = parse_user_id(id, field)?;
         self.check_target(actor, uuid, action).await?;
         self.apply(actor, uuid, action, change, revoke, details)
             .await
     }
 
-    /// Applies a change to a user already checked, with its revocation when `revoke`.
+    /// Applies a change to a user, with its revocation when `revoke`. Whether the caller may
+    /// change the target is decided again inside the change's transaction, on the target's
+    /// scopes as they stand then. Returns the user after the change (`None` once deleted).
     async fn apply(
         &self,
         actor: &Actor,
@@ -810,19 +805,31 @@ impl UserAdminService {
         change: UserChange,
         revoke: bool,
         details: impl FnOnce(AuditRecord) -> AuditRecord,
-    ) -> Result<(UserRecord, u64), Error> {
+    ) -> Result<(Option<UserRecord>, u64), Error> {
         let now = self.clock.now();
         let target = id.to_string();
-        let revocation = revoke.then(|| self.subject_revocation(&target, now));
-        let event = details(actor.event(action, target, Outcome::Success));
+        let event = details(actor.event(action, target.clone(), Outcome::Success));
+        let permit = |scopes: &[String]| actor.check_may_manage(scopes.iter().map(String::as_str));
+        let revocation = || self.subject_revocation(&target, self.clock.now());
+        let guard = ChangeGuard {
+            permit: &permit,
+            revoke: if revoke { Some(&revocation) } else { None },
+        };
         let result = self
             .store
-            .change_user(id, &change, revocation.as_ref(), &event, now)
-            .await?;
-        if let Some(revocation) = &revocation {
-            self.revocations.applied(revocation);
-        }
-        Ok(result)
+            .change_user(id, &change, guard, &event, now)
+            .await
+            .map(|(record, ended, revocation)| ((record, ended), revocation));
+        super::settle(
+            &self.store,
+            &self.revocations,
+            now,
+            actor,
+            action,
+            &target,
+            result,
+        )
+        .await
     }
 
     /// The target user, if the caller may change them (see [`Actor::check_may_manage`]). The
@@ -946,6 +953,13 @@ fn weak_password(field: &str, message: String) -> Error {
         reason: Reason::WeakPassword,
         message,
     }
+}
+
+/// The user after a change, which only a concurrent delete can have taken.
+fn still_there(record: Option<UserRecord>) -> Result<UserRecord, Error> {
+    record.ok_or_else(|| Error::NotFound {
+        message: "the user was deleted meanwhile".to_owned(),
+    })
 }
 
 fn not_found_id(id: &str) -> Error {

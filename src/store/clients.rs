@@ -4,13 +4,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ActiveModelTrait as _, ColumnTrait as _, ConnectionTrait, EntityTrait as _, QueryFilter as _,
-    QueryOrder as _, QuerySelect as _, Set, TransactionTrait as _,
+    ActiveModelTrait as _, ColumnTrait as _, ConnectionTrait, DatabaseTransaction,
+    EntityTrait as _, QueryFilter as _, QueryOrder as _, QuerySelect as _, Set,
+    TransactionTrait as _,
     sea_query::{Expr, ExprTrait as _},
 };
 use uuid::Uuid;
 
-use super::{Store, audit, db_error, db_error_or_exists, entity, revocations, roles};
+use super::{ChangeGuard, Store, audit, db_error, db_error_or_exists, entity, roles};
 use crate::{
     domain::{AuditRecord, Client, NewClient},
     error::Error,
@@ -211,19 +212,19 @@ impl Store {
         Ok(clients)
     }
 
-    /// Changes a client, with its audit event and, when given, the revocation of its tokens.
+    /// Changes a client in one transaction: `guard.permit` sees its allowed scopes once the
+    /// row is locked, then the change, the audit event and, with `guard.revoke`, the
+    /// revocation of its tokens (stamped right before the commit, and returned).
     pub async fn update_client(
         &self,
         client_id: &str,
         changes: &ClientChanges,
-        revocation: Option<&Revocation>,
+        guard: ChangeGuard<'_>,
         audit_record: &AuditRecord,
         now: DateTime<Utc>,
-    ) -> Result<Client, Error> {
+    ) -> Result<(Client, Option<Revocation>), Error> {
         let txn = self.db().begin().await.map_err(db_error)?;
-        let id = internal_id(&txn, client_id)
-            .await?
-            .ok_or_else(|| client_not_found(client_id))?;
+        let id = locked_client(&txn, client_id, &guard).await?;
         let mut update = entity::client::Entity::update_many()
             .col_expr(entity::client::Column::UpdatedAt, Expr::value(now))
             .filter(entity::client::Column::Id.eq(id));
@@ -245,7 +246,7 @@ impl Store {
         if let Some(enabled) = changes.enabled {
             update = update.col_expr(entity::client::Column::Enabled, Expr::value(enabled));
         }
-        if revocation.is_some() {
+        if guard.revoke.is_some() {
             update = update.col_expr(
                 entity::client::Column::TokensNotBefore,
                 Expr::value(Some(now)),
@@ -268,51 +269,51 @@ impl Store {
                 .map_err(db_error)?;
             set_allowed_audiences(&txn, id, audiences).await?;
         }
-        if let Some(revocation) = revocation {
-            revocations::upsert(&txn, revocation).await?;
-        }
         audit::insert(&txn, audit_record, now).await?;
+        let revocation = guard.write_revocation(&txn).await?;
         let client = client_of(&txn, id).await?;
         txn.commit().await.map_err(db_error)?;
-        client.ok_or_else(|| client_not_found(client_id))
+        Ok((
+            client.ok_or_else(|| client_not_found(client_id))?,
+            revocation,
+        ))
     }
 
-    /// Deletes a client with the revocation of its tokens.
+    /// Deletes a client (`guard.permit` seeing its allowed scopes first) with the revocation
+    /// of its tokens (`guard.revoke`, returned).
     pub async fn delete_client(
         &self,
         client_id: &str,
-        revocation: &Revocation,
+        guard: ChangeGuard<'_>,
         audit_record: &AuditRecord,
         now: DateTime<Utc>,
-    ) -> Result<(), Error> {
+    ) -> Result<Option<Revocation>, Error> {
         let txn = self.db().begin().await.map_err(db_error)?;
-        let deleted = entity::client::Entity::delete_many()
-            .filter(entity::client::Column::ClientId.eq(client_id))
+        let id = locked_client(&txn, client_id, &guard).await?;
+        entity::client::Entity::delete_by_id(id)
             .exec(&txn)
             .await
             .map_err(db_error)?;
-        if deleted.rows_affected == 0 {
-            return Err(client_not_found(client_id));
-        }
-        revocations::upsert(&txn, revocation).await?;
         audit::insert(&txn, audit_record, now).await?;
-        txn.commit().await.map_err(db_error)
+        let revocation = guard.write_revocation(&txn).await?;
+        txn.commit().await.map_err(db_error)?;
+        Ok(revocation)
     }
 
     /// Adds a new secret (its keyed hash) and lets the newest previous one live until
     /// `previous_until` (`now`: not at all); any older one ends now, so at most two are live.
+    /// The client's row is locked first, so concurrent rotations take turns.
     pub async fn rotate_client_secret(
         &self,
         client_id: &str,
         secret_hash: Vec<u8>,
         previous_until: DateTime<Utc>,
+        guard: ChangeGuard<'_>,
         audit_record: &AuditRecord,
         now: DateTime<Utc>,
     ) -> Result<SecretRotation, Error> {
         let txn = self.db().begin().await.map_err(db_error)?;
-        let id = internal_id(&txn, client_id)
-            .await?
-            .ok_or_else(|| client_not_found(client_id))?;
+        let id = locked_client(&txn, client_id, &guard).await?;
         let live: Vec<entity::client_secret::Model> = entity::client_secret::Entity::find()
             .filter(entity::client_secret::Column::ClientId.eq(id))
             .order_by_desc(entity::client_secret::Column::CreatedAt)
@@ -376,25 +377,28 @@ impl Store {
             previous_expires_at,
         })
     }
+}
 
-    /// Whether a client has this id, compared without case (usernames may not be one).
-    pub async fn is_client_id(&self, normalized_username: &str) -> Result<bool, Error> {
-        let found: Option<Uuid> = entity::client::Entity::find()
-            .filter(
-                Expr::expr(sea_orm::sea_query::Func::lower(Expr::col((
-                    entity::client::Entity,
-                    entity::client::Column::ClientId,
-                ))))
-                .eq(normalized_username),
-            )
-            .select_only()
-            .column(entity::client::Column::Id)
-            .into_tuple()
-            .one(self.db())
-            .await
-            .map_err(db_error)?;
-        Ok(found.is_some())
-    }
+/// Whether a client has this id, compared without case (usernames may not be one).
+pub(crate) async fn is_client_id<C: ConnectionTrait>(
+    db: &C,
+    normalized_username: &str,
+) -> Result<bool, Error> {
+    let found: Option<Uuid> = entity::client::Entity::find()
+        .filter(
+            Expr::expr(sea_orm::sea_query::Func::lower(Expr::col((
+                entity::client::Entity,
+                entity::client::Column::ClientId,
+            ))))
+            .eq(normalized_username),
+        )
+        .select_only()
+        .column(entity::client::Column::Id)
+        .into_tuple()
+        .one(db)
+        .await
+        .map_err(db_error)?;
+    Ok(found.is_some())
 }
 
 fn ttl_seconds(ttl: Duration) -> i64 {
@@ -405,6 +409,30 @@ fn client_not_found(client_id: &str) -> Error {
     Error::NotFound {
         message: format!("no client has the id `{client_id}`"),
     }
+}
+
+/// Locks the client's row (PostgreSQL: `FOR UPDATE`; SQLite has a single writer), lets
+/// `guard.permit` judge its allowed scopes, and returns its internal id.
+async fn locked_client(
+    txn: &DatabaseTransaction,
+    client_id: &str,
+    guard: &ChangeGuard<'_>,
+) -> Result<Uuid, Error> {
+    let id: Uuid = entity::client::Entity::find()
+        .filter(entity::client::Column::ClientId.eq(client_id))
+        .select_only()
+        .column(entity::client::Column::Id)
+        .lock_exclusive()
+        .into_tuple()
+        .one(txn)
+        .await
+        .map_err(db_error)?
+        .ok_or_else(|| client_not_found(client_id))?;
+    let client = client_of(txn, id)
+        .await?
+        .ok_or_else(|| client_not_found(client_id))?;
+    (guard.permit)(&client.allowed_scopes)?;
+    Ok(id)
 }
 
 /// The internal id of the client with this public id.

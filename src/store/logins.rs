@@ -4,7 +4,7 @@
 use chrono::{DateTime, Duration, Utc};
 use sea_orm::{
     ColumnTrait as _, Condition, ConnectionTrait as _, EntityTrait as _, QueryFilter as _,
-    QuerySelect as _, RelationTrait as _, Statement, TransactionTrait as _,
+    Statement, TransactionTrait as _,
     sea_query::{Expr, ExprTrait as _},
 };
 use uuid::Uuid;
@@ -260,26 +260,7 @@ impl Store {
 
     /// The scopes granted by a user's roles, sorted and without duplicates.
     pub async fn scopes_of_user(&self, user_id: Uuid) -> Result<Vec<String>, Error> {
-        let mut scopes: Vec<String> = entity::scope::Entity::find()
-            .inner_join(entity::role_scope::Entity)
-            .join(
-                sea_orm::JoinType::InnerJoin,
-                entity::role_scope::Relation::Role.def(),
-            )
-            .join(
-                sea_orm::JoinType::InnerJoin,
-                entity::role::Relation::UserRole.def(),
-            )
-            .filter(entity::user_role::Column::UserId.eq(user_id))
-            .select_only()
-            .column(entity::scope::Column::Name)
-            .into_tuple()
-            .all(self.db())
-            .await
-            .map_err(db_error)?;
-        scopes.sort();
-        scopes.dedup();
-        Ok(scopes)
+        super::users::scopes_of_user(self.db(), user_id).await
     }
 
     /// Records an audit event on its own.

@@ -34,6 +34,42 @@ use crate::{
     error::{Error, Reason},
 };
 
+/// What the service decides about a change the store applies in one transaction: whether
+/// the target may be changed (`permit`, given the target's scopes as they stand once the
+/// change holds its locks, so no concurrent grant slips between check and change), and the
+/// revocation of the target's tokens (`revoke`, called right before the commit so that it
+/// covers every token issued from state read before the change).
+pub struct ChangeGuard<'a> {
+    /// Refuses the change, given the target's scopes.
+    pub permit: &'a (dyn Fn(&[String]) -> Result<(), Error> + Sync),
+    /// Makes the revocation of the target's tokens, stamped when called.
+    pub revoke: Option<&'a (dyn Fn() -> crate::revocation::Revocation + Sync)>,
+}
+
+impl std::fmt::Debug for ChangeGuard<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChangeGuard")
+            .field("revoke", &self.revoke.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ChangeGuard<'_> {
+    /// Writes the revocation `revoke` makes, if any, in the change's transaction, and returns
+    /// it.
+    pub(crate) async fn write_revocation(
+        &self,
+        txn: &sea_orm::DatabaseTransaction,
+    ) -> Result<Option<crate::revocation::Revocation>, Error> {
+        let Some(make) = self.revoke else {
+            return Ok(None);
+        };
+        let revocation = make();
+        revocations::upsert(txn, &revocation).await?;
+        Ok(Some(revocation))
+    }
+}
+
 /// The database behind Keystone.
 #[derive(Debug, Clone)]
 pub struct Store {

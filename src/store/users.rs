@@ -7,13 +7,13 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveModelTrait as _, ColumnTrait as _, Condition, ConnectionTrait, DatabaseTransaction,
-    EntityTrait as _, QueryFilter as _, QueryOrder as _, QuerySelect as _, Set,
+    EntityTrait as _, QueryFilter as _, QueryOrder as _, QuerySelect as _, RelationTrait as _, Set,
     TransactionTrait as _,
     sea_query::{Expr, ExprTrait as _, LikeExpr, Query},
 };
 use uuid::Uuid;
 
-use super::{Store, audit, db_error, db_error_or_exists, entity, revocations, roles};
+use super::{ChangeGuard, Store, audit, db_error, db_error_or_exists, entity, roles};
 use crate::{
     domain::{AuditRecord, Email, NewUser, RoleName, User, UserRecord},
     error::Error,
@@ -50,6 +50,8 @@ pub enum UserChange {
     RemoveRoles(Vec<RoleName>),
     /// Nothing but the revocation that comes with it.
     EndSessions,
+    /// Delete the user.
+    Delete,
 }
 
 /// Which users to list.
@@ -73,7 +75,7 @@ impl Store {
 
     /// Creates a user with roles, and records `audit`, in one transaction. Fails with
     /// `NotFound` naming a role that does not exist, `AlreadyExists` if the username or email
-    /// is taken.
+    /// is taken, looks like a username taken (same skeleton), or is a client's id.
     pub async fn insert_user(
         &self,
         new: NewUser,
@@ -81,6 +83,11 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<User, Error> {
         let txn = self.db().begin().await.map_err(db_error)?;
+        if super::clients::is_client_id(&txn, new.username.normalized()).await? {
+            return Err(Error::AlreadyExists {
+                message: "a client has this name as its client_id; choose another".to_owned(),
+            });
+        }
         let mut role_ids = Vec::with_capacity(new.roles.len());
         for role in &new.roles {
             let found = entity::role::Entity::find()
@@ -249,18 +256,19 @@ impl Store {
         records(self.db(), models).await
     }
 
-    /// Applies an admin's change to a user, with its audit event and, when given, a
-    /// revocation of the user's tokens (their refresh tokens end too). Returns the user after
-    /// the change and how many live sessions it ended. Refused with FAILED_PRECONDITION if it
-    /// would leave no active admin.
+    /// Applies an admin's change to a user in one transaction: `guard.permit` sees the
+    /// target's scopes once the change holds its locks, then the change, the end of the user's
+    /// sessions and the revocation of their tokens when `guard.revoke` is given (stamped right
+    /// before the commit), the admin check and the audit event. Returns the user after the
+    /// change (`None` once deleted), how many live sessions ended, and the revocation written.
     pub async fn change_user(
         &self,
         id: Uuid,
         change: &UserChange,
-        revocation: Option<&Revocation>,
+        guard: ChangeGuard<'_>,
         audit_record: &AuditRecord,
         now: DateTime<Utc>,
-    ) -> Result<(UserRecord, u64), Error> {
+    ) -> Result<(Option<UserRecord>, u64, Option<Revocation>), Error> {
         let txn = self.db().begin().await.map_err(db_error)?;
         let admins = roles::lock_admins(&txn, now).await?;
         let model = entity::user::Entity::find_by_id(id)
@@ -268,58 +276,26 @@ impl Store {
             .await
             .map_err(db_error)?
             .ok_or_else(|| user_not_found(&id.to_string()))?;
+        (guard.permit)(&scopes_of_user(&txn, id).await?)?;
+        let ended = if guard.revoke.is_some() {
+            end_sessions(&txn, id, now).await?
+        } else {
+            0
+        };
         apply(&txn, &model, change, now).await?;
-        let ended = match revocation {
-            Some(revocation) => {
-                let ended = end_sessions(&txn, id, now).await?;
-                revocations::upsert(&txn, revocation).await?;
-                ended
-            }
-            None => 0,
-        };
         roles::keep_an_admin(&txn, admins, now).await?;
         audit::insert(&txn, audit_record, now).await?;
-        let model = entity::user::Entity::find_by_id(id)
+        let revocation = guard.write_revocation(&txn).await?;
+        let record = match entity::user::Entity::find_by_id(id)
             .one(&txn)
             .await
             .map_err(db_error)?
-            .ok_or_else(|| user_not_found(&id.to_string()))?;
-        let record = records(&txn, vec![model]).await?.pop();
+        {
+            Some(model) => records(&txn, vec![model]).await?.pop(),
+            None => None,
+        };
         txn.commit().await.map_err(db_error)?;
-        let record = record.ok_or_else(|| user_not_found(&id.to_string()))?;
-        Ok((record, ended))
-    }
-
-    /// Deletes a user with the revocation of their tokens, keeping an active admin.
-    pub async fn delete_user(
-        &self,
-        id: Uuid,
-        revocation: &Revocation,
-        audit_record: &AuditRecord,
-        now: DateTime<Utc>,
-    ) -> Result<(), Error> {
-        let txn = self.db().begin().await.map_err(db_error)?;
-        let admins = roles::lock_admins(&txn, now).await?;
-        let Some(model) = entity::user::Entity::find_by_id(id)
-            .one(&txn)
-            .await
-            .map_err(db_error)?
-        else {
-            return Err(user_not_found(&id.to_string()));
-        };
-        // Refresh tokens go with the user (foreign key cascade); access tokens are revoked.
-        entity::user::Entity::delete_by_id(id)
-            .exec(&txn)
-            .await
-            .map_err(db_error)?;
-        entity::login_failure::Entity::delete_by_id(model.username_normalized)
-            .exec(&txn)
-            .await
-            .map_err(db_error)?;
-        revocations::upsert(&txn, revocation).await?;
-        roles::keep_an_admin(&txn, admins, now).await?;
-        audit::insert(&txn, audit_record, now).await?;
-        txn.commit().await.map_err(db_error)
+        Ok((record, ended, revocation))
     }
 }
 
@@ -415,11 +391,50 @@ async fn apply(
             update
         }
         UserChange::EndSessions => update,
+        UserChange::Delete => {
+            // Refresh tokens go with the user (foreign key cascade); access tokens are revoked.
+            entity::user::Entity::delete_by_id(model.id)
+                .exec(txn)
+                .await
+                .map_err(db_error)?;
+            entity::login_failure::Entity::delete_by_id(model.username_normalized.clone())
+                .exec(txn)
+                .await
+                .map_err(db_error)?;
+            return Ok(());
+        }
     };
     update.exec(txn).await.map_err(db_error_or_exists(
         "a user with this email already exists".to_owned(),
     ))?;
     Ok(())
+}
+
+/// The scopes a user's roles grant, sorted and without duplicates.
+pub(crate) async fn scopes_of_user<C: ConnectionTrait>(
+    db: &C,
+    user_id: Uuid,
+) -> Result<Vec<String>, Error> {
+    let mut scopes: Vec<String> = entity::scope::Entity::find()
+        .inner_join(entity::role_scope::Entity)
+        .join(
+            sea_orm::JoinType::InnerJoin,
+            entity::role_scope::Relation::Role.def(),
+        )
+        .join(
+            sea_orm::JoinType::InnerJoin,
+            entity::role::Relation::UserRole.def(),
+        )
+        .filter(entity::user_role::Column::UserId.eq(user_id))
+        .select_only()
+        .column(entity::scope::Column::Name)
+        .into_tuple()
+        .all(db)
+        .await
+        .map_err(db_error)?;
+    scopes.sort();
+    scopes.dedup();
+    Ok(scopes)
 }
 
 /// Revokes every live refresh token of the user; returns how many sessions that ended.

@@ -226,7 +226,7 @@ async fn bad_client_fields_are_refused_and_nothing_is_written() {
         .await
         .unwrap()
         .into_inner();
-    assert!(listed.clients.is_empty());
+    assert!(listed.clients.is_empty(), "nothing was written");
 
     // A client id may not be a user's id or username.
     let user = app
@@ -244,6 +244,21 @@ async fn bad_client_fields_are_refused_and_nothing_is_written() {
         .into_inner()
         .user
         .unwrap();
+    // Nor may a new username be a client's id.
+    create_client(&app, &admin, reporting()).await;
+    let status = app
+        .user_admin()
+        .create_user(with_bearer(
+            CreateUserRequest {
+                username: "Reporting".into(),
+                email: "reporting@example.com".into(),
+                ..Default::default()
+            },
+            &admin,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::AlreadyExists);
     for client_id in ["payments", "Payments", user.id.as_str()] {
         let status = app
             .client_admin()

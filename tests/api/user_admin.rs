@@ -557,13 +557,13 @@ async fn disabling_locking_removing_roles_and_ending_sessions_revoke_tokens_at_o
         assert!(app.refresh(&token.refresh_token).await.is_err());
     }
 
-    // Deleting.
+    // Deleting, naming the user in another spelling of the same UUID.
     app.clock.advance(chrono::Duration::milliseconds(5));
     let token = app.login("frank", PASSWORD).await.unwrap();
     admin_api()
         .delete_user(with_bearer(
             DeleteUserRequest {
-                id: user.id.clone(),
+                id: user.id.to_uppercase(),
             },
             &admin,
         ))
@@ -650,6 +650,22 @@ async fn a_timed_lock_ends_by_itself_and_unlock_clears_failed_logins() {
             LockUserRequest {
                 id: user.id.clone(),
                 until: Some(past),
+            },
+            &admin,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(bad_field(&status), "until");
+    let beyond_9999 = prost_types::Timestamp {
+        seconds: 253_402_300_800,
+        nanos: 0,
+    };
+    let status = app
+        .user_admin()
+        .lock_user(with_bearer(
+            LockUserRequest {
+                id: user.id.clone(),
+                until: Some(beyond_9999),
             },
             &admin,
         ))
@@ -922,6 +938,47 @@ async fn a_users_write_caller_cannot_take_over_an_admin() {
     authenticate(&app, &admin)
         .await
         .expect("the admin is untouched");
+    // Nor a user holding any other scope the helpdesk lacks: whoever resets the password
+    // holds what the account holds.
+    app.user_admin()
+        .create_scope(with_bearer(
+            CreateScopeRequest {
+                scope: Some(Scope {
+                    name: "payroll:write".into(),
+                    description: String::new(),
+                }),
+            },
+            &admin,
+        ))
+        .await
+        .unwrap();
+    app.user_admin()
+        .create_role(with_bearer(
+            CreateRoleRequest {
+                role: Some(Role {
+                    name: "payroll".into(),
+                    description: String::new(),
+                    scopes: vec!["payroll:write".into()],
+                }),
+            },
+            &admin,
+        ))
+        .await
+        .unwrap();
+    let clerk = create_user(&app, &admin, "paula", &["payroll"]).await;
+    denied(
+        api.clone()
+            .set_password(with_bearer(
+                SetPasswordRequest {
+                    id: clerk.id,
+                    password: String::new(),
+                },
+                &helpdesk,
+            ))
+            .await
+            .map(|_| ()),
+        "reset a payroll clerk",
+    );
     // A plain user is the helpdesk's to manage.
     let plain = create_user(&app, &admin, "judy", &[]).await;
     api.clone()
@@ -1347,5 +1404,43 @@ async fn admin_writes_are_audited_with_actor_target_and_peer() {
         .into_inner();
     assert_eq!(by_actor.events.len(), 1);
     assert!(by_actor.next_page_token.is_empty());
+    app.stop().await.unwrap();
+}
+
+/// Calls an admin RPC by its path with an empty request (every field default).
+async fn call_admin_rpc(app: &TestApp, path: &'static str, token: Option<&str>) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(app.channel.clone());
+    grpc.ready().await.expect("the channel is ready");
+    let mut request = tonic::Request::new(());
+    if let Some(token) = token {
+        request.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("a header value"),
+        );
+    }
+    grpc.unary::<_, (), _>(
+        request,
+        tonic::codegen::http::uri::PathAndQuery::from_static(path),
+        tonic_prost::ProstCodec::default(),
+    )
+    .await
+    .expect_err(path)
+}
+
+#[tokio::test]
+async fn every_admin_rpc_refuses_callers_without_a_token_or_without_its_scope() {
+    let app = spawn_app().await;
+    let mesh = app
+        .token_with_scopes("mesh", &["keystone:introspect"])
+        .await;
+    for rpc in keystone::grpc::caller::ADMIN_RPCS {
+        let status = call_admin_rpc(&app, rpc.path, None).await;
+        assert_eq!(status.code(), Code::Unauthenticated, "{}", rpc.path);
+        let status = call_admin_rpc(&app, rpc.path, Some("not.a.token")).await;
+        assert_eq!(status.code(), Code::Unauthenticated, "{}", rpc.path);
+        let status = call_admin_rpc(&app, rpc.path, Some(&mesh)).await;
+        assert_eq!(status.code(), Code::PermissionDenied, "{}", rpc.path);
+        assert_eq!(reason(&status), "INSUFFICIENT_SCOPE", "{}", rpc.path);
+    }
     app.stop().await.unwrap();
 }
