@@ -220,6 +220,27 @@ async fn the_readme_admin_walkthrough_works_with_grpcurl_and_buf_curl() {
         "listings hold no secret"
     );
 
+    // A user, changed through an update mask as the README writes it.
+    let user = call(
+        &grpcurl,
+        &addr,
+        Some(&admin),
+        "keystone.v1.UserAdmin/CreateUser",
+        serde_json::json!({"username": "alice", "email": "alice@example.com"}),
+    )
+    .await;
+    assert!(!text(&user, "/generatedPassword").is_empty());
+    let id = text(&user, "/user/id").to_owned();
+    let updated = call(
+        &grpcurl,
+        &addr,
+        Some(&admin),
+        "keystone.v1.UserAdmin/UpdateUser",
+        serde_json::json!({"user": {"id": id, "enabled": false}, "update_mask": {"paths": ["enabled"]}}),
+    )
+    .await;
+    assert_eq!(updated.pointer("/enabled"), Some(&Value::Bool(false)));
+
     // buf curl speaks reflection v1.
     match tool("KEYSTONE_TEST_BUF", "buf") {
         Some(buf) => {
