@@ -19,7 +19,7 @@ use crate::{
         self, Apis, Health, auth::AuthApi, client_admin::ClientAdminApi, user_admin::UserAdminApi,
     },
     password::PasswordHasher,
-    revocation::Revocations,
+    revocation::{Revocations, SyncSettings, redis::Redis},
     secrets::Pepper,
     service::{
         ClientAdminService, UserAdminService, auth::AuthService, client_admin::ClientLimits,
@@ -42,6 +42,8 @@ pub struct App {
     listener: TcpListener,
     local_addr: SocketAddr,
     health: Health,
+    /// Told when shutdown begins, so that streams end.
+    draining: tokio::sync::watch::Sender<bool>,
 }
 
 impl App {
@@ -54,9 +56,7 @@ impl App {
     pub async fn build_with_clock(settings: Settings, clock: SharedClock) -> anyhow::Result<Self> {
         let store = open_database(&settings).await?;
         let hasher = password_hasher(&settings).await?;
-        let revocations = Revocations::load(store.clone(), clock.now())
-            .await
-            .context("cannot load the revocation set")?;
+        let revocations = load_revocations(&settings, &store, &clock).await?;
         let pepper = Pepper::load(&settings.secrets)
             .context("cannot load the pepper (secrets.pepper or secrets.pepper_file)")?;
         let user_admin = user_admin_service(
@@ -116,8 +116,9 @@ impl App {
             revocations.clone(),
             pepper,
         );
+        let (draining, draining_rx) = tokio::sync::watch::channel(false);
         let apis = Apis {
-            auth: AuthApi::new(auth.clone()),
+            auth: AuthApi::new(auth.clone(), draining_rx),
             user_admin: UserAdminApi::new(auth.clone(), user_admin, clock.clone()),
             client_admin: ClientAdminApi::new(auth.clone(), client_admin),
         };
@@ -133,6 +134,7 @@ impl App {
             listener,
             local_addr,
             health,
+            draining,
         })
     }
 
@@ -159,6 +161,7 @@ impl App {
             listener,
             local_addr,
             health,
+            draining,
         } = self;
 
         store.ping().await.context("the database does not answer")?;
@@ -168,6 +171,16 @@ impl App {
             health.clone(),
             settings.database.health_check_interval,
         ));
+        // A single node writes every revocation itself; a cluster follows the others.
+        let follower = settings.cluster.enabled.then(|| {
+            tokio::spawn(crate::revocation::sync::follow(
+                revocations.clone(),
+                keys.clone(),
+                clock.clone(),
+                settings.revocation.poll_interval,
+            ))
+        });
+        let redis = revocations.redis().cloned();
         let upkeep = tokio::spawn(upkeep(
             keys,
             revocations,
@@ -185,7 +198,11 @@ impl App {
                 shutdown.await;
                 monitor.abort();
                 upkeep.abort();
+                if let Some(follower) = &follower {
+                    follower.abort();
+                }
                 health.set(false).await;
+                let _ = draining.send(true);
                 tracing::info!("health is NOT_SERVING; draining");
                 tokio::time::sleep(drain_delay).await;
                 // The listener closes as this future returns.
@@ -209,6 +226,9 @@ impl App {
                     "calls still in flight after the shutdown grace; stopping anyway"
                 );
             }
+        }
+        if let Some(redis) = redis {
+            redis.quit().await;
         }
         store.close().await;
         tracing::info!("Keystone stopped");
@@ -234,6 +254,32 @@ pub async fn open_database(settings: &Settings) -> anyhow::Result<Store> {
 pub async fn password_hasher(settings: &Settings) -> anyhow::Result<PasswordHasher> {
     let argon2 = settings.auth.argon2.clone();
     tokio::task::spawn_blocking(move || PasswordHasher::new(&argon2)).await?
+}
+
+/// The revocation set, loaded from the database, with Redis when `redis_url` is set.
+pub async fn load_revocations(
+    settings: &Settings,
+    store: &Store,
+    clock: &SharedClock,
+) -> anyhow::Result<Revocations> {
+    let revocations = Revocations::load(
+        store.clone(),
+        clock.now(),
+        SyncSettings {
+            clustered: settings.cluster.enabled,
+            max_staleness: settings.revocation.max_staleness,
+        },
+    )
+    .await
+    .context("cannot load the revocation set")?;
+    Ok(match &settings.redis_url {
+        Some(url) => revocations.with_redis(
+            Redis::connect(url, settings.revocation.redis_timeout, Duration::from_secs(2))
+                .await
+                .context("cannot use redis_url")?,
+        ),
+        None => revocations,
+    })
 }
 
 /// The user administration service.

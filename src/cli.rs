@@ -7,18 +7,18 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use secrecy::ExposeSecret as _;
 
 use crate::{
     App, Settings, app,
     clock::{SharedClock, SystemClock},
-    revocation::Revocations,
     secrets::Pepper,
     service::BootstrapOutcome,
     shutdown,
     store::Store,
+    revocation::{redis::Redis, sync::Event},
     token::keys::KeyManager,
 };
 
@@ -108,7 +108,7 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::BootstrapAdmin { username, email } => {
             let store = app::open_database(&settings).await?;
             let clock: SharedClock = Arc::new(SystemClock);
-            let revocations = Revocations::load(store.clone(), clock.now()).await?;
+            let revocations = app::load_revocations(&settings, &store, &clock).await?;
             let pepper = Pepper::load(&settings.secrets)?;
             let service = app::user_admin_service(
                 &settings,
@@ -147,8 +147,12 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             let store = app::open_database(&settings).await?;
             let clock: SharedClock = Arc::new(SystemClock);
             let keys = app::key_manager(&settings, &store, &clock);
+            let changes = !matches!(command, KeysCommand::List);
             let result = manage_keys(&keys, &store, command).await;
             store.close().await;
+            if changes && result.is_ok() {
+                announce_key_change(&settings).await;
+            }
             result
         }
         Command::Migrate(command) => {
@@ -192,6 +196,24 @@ async fn manage_keys(keys: &KeyManager, store: &Store, command: KeysCommand) -> 
         }
     }
     Ok(())
+}
+
+/// Tells running replicas on Redis that the keys changed, so they reload them at once
+/// (without Redis, or if this fails, they do within `keys.reload_interval`).
+async fn announce_key_change(settings: &Settings) {
+    let Some(url) = &settings.redis_url else {
+        return;
+    };
+    let budget = settings.revocation.redis_timeout.max(Duration::from_millis(500));
+    match Redis::connect(url, budget, Duration::from_secs(2)).await {
+        Ok(redis) => {
+            if let Err(error) = redis.publish(Event::Keys.to_payload()).await {
+                eprintln!("could not tell running replicas on Redis ({error}); they reload the keys within keys.reload_interval");
+            }
+            redis.quit().await;
+        }
+        Err(error) => eprintln!("could not reach Redis ({error}); running replicas reload the keys within keys.reload_interval"),
+    }
 }
 
 async fn migrate(store: &Store, command: MigrateCommand) -> anyhow::Result<()> {

@@ -437,15 +437,25 @@ pub struct ClusterSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RevocationSettings {
-    /// If the set has not been confirmed fresh for this long, tokens are refused (UNAVAILABLE).
+    /// In a cluster: if neither Redis nor the database has confirmed the set for this long,
+    /// tokens are refused (UNAVAILABLE) rather than trusted.
     #[serde(with = "humantime_serde")]
     pub max_staleness: Duration,
+    /// In a cluster: how often the database is polled for revocations made elsewhere (the
+    /// backstop of Redis pub/sub).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// The budget of one Redis call; past it the call counts as failed.
+    #[serde(with = "humantime_serde")]
+    pub redis_timeout: Duration,
 }
 
 impl Default for RevocationSettings {
     fn default() -> Self {
         Self {
             max_staleness: Duration::from_secs(5),
+            poll_interval: Duration::from_secs(1),
+            redis_timeout: Duration::from_millis(50),
         }
     }
 }
@@ -524,6 +534,9 @@ impl Settings {
                 "redis://",
                 "rediss://",
                 "redis-sentinel://",
+                "rediss-sentinel://",
+                "redis-cluster://",
+                "rediss-cluster://",
                 "redis+unix://",
             ]
             .iter()
@@ -532,7 +545,7 @@ impl Settings {
                 return Err(ConfigError::invalid(
                     "redis_url",
                     "",
-                    "must start with redis://, rediss:// or redis-sentinel://",
+                    "must start with redis://, rediss://, redis-cluster://, redis-sentinel:// or redis+unix://",
                 ));
             }
         }
@@ -682,6 +695,15 @@ impl Settings {
             ));
         }
         check_positive("revocation.max_staleness", self.revocation.max_staleness)?;
+        check_positive("revocation.poll_interval", self.revocation.poll_interval)?;
+        check_positive("revocation.redis_timeout", self.revocation.redis_timeout)?;
+        if self.revocation.poll_interval >= self.revocation.max_staleness {
+            return Err(ConfigError::invalid(
+                "revocation.poll_interval",
+                humantime::format_duration(self.revocation.poll_interval),
+                "must be shorter than revocation.max_staleness",
+            ));
+        }
         if !(1024..=64 * 1024 * 1024).contains(&self.server.max_message_size) {
             return Err(ConfigError::invalid(
                 "server.max_message_size",

@@ -1,12 +1,17 @@
 //! `AuthApi`: the adapter of `keystone.v1.Auth`. It decodes requests into domain types, calls
 //! [`AuthService`], and encodes the reply; it makes no policy decision of its own.
 
+use std::pin::Pin;
+
 use secrecy::SecretString;
+use tokio::sync::{broadcast::error::RecvError, mpsc, watch};
+use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
 use super::convert::{bearer_token, call_context, principal_to_proto, timestamp, user_to_proto};
 use crate::{
     domain::ScopeSet,
+    revocation::{Revocation, RevocationKind},
     error::{Error, Reason},
     proto::pb,
     service::auth::{AuthService, PasswordLogin, Registration, TokenRequest},
@@ -16,12 +21,18 @@ use crate::{
 #[derive(Debug, Clone)]
 pub struct AuthApi {
     service: AuthService,
+    /// Turns true when the server starts shutting down: open streams end then.
+    draining: watch::Receiver<bool>,
 }
 
+/// The stream of `WatchRevocations`.
+pub type RevocationStream =
+    Pin<Box<dyn Stream<Item = Result<pb::WatchRevocationsResponse, Status>> + Send + 'static>>;
+
 impl AuthApi {
-    /// The adapter over the service.
-    pub fn new(service: AuthService) -> Self {
-        Self { service }
+    /// The adapter over the service; streams end when `draining` turns true.
+    pub fn new(service: AuthService, draining: watch::Receiver<bool>) -> Self {
+        Self { service, draining }
     }
 
     /// The service behind the adapter.
@@ -249,5 +260,70 @@ impl pb::auth_server::Auth for AuthApi {
                 })
                 .collect(),
         }))
+    }
+
+    #[tracing::instrument(name = "WatchRevocations", skip_all)]
+    async fn watch_revocations(
+        &self,
+        request: Request<pb::WatchRevocationsRequest>,
+    ) -> Result<Response<RevocationStream>, Status> {
+        let caller = bearer_token(request.metadata())?;
+        let required = ScopeSet::parse(["keystone:introspect"]).map_err(|e| e.on("scope"))?;
+        self.service.authenticate(&caller, &required, None)?;
+        let (snapshot, mut changes) = self.service.watch_revocations();
+        let (tx, rx) = mpsc::channel(256);
+        let mut draining = self.draining.clone();
+        tokio::spawn(async move {
+            for revocation in snapshot {
+                if tx.send(Ok(revocation_message(&revocation))).await.is_err() {
+                    return;
+                }
+            }
+            let complete = pb::WatchRevocationsResponse {
+                revocation: None,
+                snapshot_complete: true,
+            };
+            if tx.send(Ok(complete)).await.is_err() {
+                return;
+            }
+            loop {
+                let ending = tokio::select! {
+                    change = changes.recv() => match change {
+                        Ok(revocation) => {
+                            if tx.send(Ok(revocation_message(&revocation))).await.is_err() {
+                                return;
+                            }
+                            continue;
+                        }
+                        Err(RecvError::Lagged(_)) => "the watcher fell behind; watch again",
+                        Err(RecvError::Closed) => "the revocation set is gone; watch again",
+                    },
+                    _ = async { draining.wait_for(|draining| *draining).await.is_ok() } => {
+                        "the server is shutting down; watch again"
+                    }
+                };
+                let _ = tx.send(Err(Status::unavailable(ending))).await;
+                return;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// One entry of `WatchRevocations`.
+fn revocation_message(revocation: &Revocation) -> pb::WatchRevocationsResponse {
+    let kind = match revocation.kind {
+        RevocationKind::Token => pb::RevocationKind::Token,
+        RevocationKind::Session => pb::RevocationKind::Session,
+        RevocationKind::Subject => pb::RevocationKind::Subject,
+    };
+    pb::WatchRevocationsResponse {
+        revocation: Some(pb::RevocationEntry {
+            kind: kind.into(),
+            key: revocation.key.clone(),
+            not_before: Some(timestamp(revocation.not_before)),
+            expires_at: Some(timestamp(revocation.expires_at)),
+        }),
+        snapshot_complete: false,
     }
 }

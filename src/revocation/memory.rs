@@ -27,31 +27,74 @@ pub struct MemoryRevocations {
 }
 
 impl MemoryRevocations {
-    /// Adds (or widens) an entry.
-    pub fn insert(&self, revocation: &Revocation) {
+    /// Adds (or widens) an entry. Returns whether the set changed.
+    pub fn insert(&self, revocation: &Revocation) -> bool {
         let mut sets = self.sets.write().unwrap_or_else(PoisonError::into_inner);
         let expires = revocation.expires_at.timestamp();
+        let widen = |entry: &mut i64, value: i64| {
+            let changed = value > *entry;
+            *entry = (*entry).max(value);
+            changed
+        };
         match revocation.kind {
-            RevocationKind::Token => {
-                let entry = sets.tokens.entry(revocation.key.clone()).or_insert(expires);
-                *entry = (*entry).max(expires);
-            }
-            RevocationKind::Session => {
-                let entry = sets
-                    .sessions
-                    .entry(revocation.key.clone())
-                    .or_insert(expires);
-                *entry = (*entry).max(expires);
-            }
+            RevocationKind::Token => match sets.tokens.get_mut(&revocation.key) {
+                Some(entry) => widen(entry, expires),
+                None => {
+                    sets.tokens.insert(revocation.key.clone(), expires);
+                    true
+                }
+            },
+            RevocationKind::Session => match sets.sessions.get_mut(&revocation.key) {
+                Some(entry) => widen(entry, expires),
+                None => {
+                    sets.sessions.insert(revocation.key.clone(), expires);
+                    true
+                }
+            },
             RevocationKind::Subject => {
                 let not_before = revocation.not_before.timestamp_millis();
-                let entry = sets
-                    .subjects
-                    .entry(revocation.key.clone())
-                    .or_insert((not_before, expires));
-                *entry = (entry.0.max(not_before), entry.1.max(expires));
+                match sets.subjects.get_mut(&revocation.key) {
+                    Some((entry_not_before, entry_expires)) => {
+                        let moved = widen(entry_not_before, not_before);
+                        widen(entry_expires, expires) || moved
+                    }
+                    None => {
+                        sets.subjects
+                            .insert(revocation.key.clone(), (not_before, expires));
+                        true
+                    }
+                }
             }
         }
+    }
+
+    /// Every entry, as revocations (tokens and sessions carry no `not_before`: the epoch).
+    pub fn snapshot(&self) -> Vec<Revocation> {
+        let sets = self.sets.read().unwrap_or_else(PoisonError::into_inner);
+        let at = |seconds: i64| DateTime::from_timestamp(seconds, 0).unwrap_or_default();
+        let plain = |kind: RevocationKind, map: &HashMap<String, i64>| {
+            map.iter()
+                .map(|(key, expires)| Revocation {
+                    kind,
+                    key: key.clone(),
+                    not_before: DateTime::UNIX_EPOCH,
+                    expires_at: at(*expires),
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut all = plain(RevocationKind::Token, &sets.tokens);
+        all.extend(plain(RevocationKind::Session, &sets.sessions));
+        all.extend(
+            sets.subjects
+                .iter()
+                .map(|(key, (not_before, expires))| Revocation {
+                    kind: RevocationKind::Subject,
+                    key: key.clone(),
+                    not_before: DateTime::from_timestamp_millis(*not_before).unwrap_or_default(),
+                    expires_at: at(*expires),
+                }),
+        );
+        all
     }
 
     /// Whether the token is covered by an entry.
@@ -136,8 +179,25 @@ mod tests {
             "issued after the cut-off"
         );
         assert!(!set.is_revoked(facts("t2", Some("s2"), "u9", 100)));
+        assert_eq!(set.snapshot().len(), 3);
         set.prune(at(1000));
         assert!(set.is_empty());
+    }
+
+    #[test]
+    fn inserting_says_whether_the_set_changed() {
+        let set = MemoryRevocations::default();
+        let entry = |not_before: i64, expires: i64| Revocation {
+            kind: RevocationKind::Subject,
+            key: "u1".into(),
+            not_before: at(not_before),
+            expires_at: at(expires),
+        };
+        assert!(set.insert(&entry(10, 100)));
+        assert!(!set.insert(&entry(10, 100)), "the same again");
+        assert!(!set.insert(&entry(5, 50)), "narrower");
+        assert!(set.insert(&entry(20, 100)), "a later cut-off");
+        assert!(set.insert(&entry(20, 200)), "a later expiry");
     }
 
     #[test]

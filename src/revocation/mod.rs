@@ -3,15 +3,36 @@
 //! is never acknowledged and then lost); every entry is also held in memory, so
 //! `Authenticate` asks only memory. Entries expire with the tokens they cover.
 //!
-//! Single node for now: this process's memory is the only copy in use. Sharing the set
-//! between replicas (Redis) plugs in here.
+//! Several replicas keep their sets in step (see [`sync`]): each change is published on Redis
+//! and every replica also follows the database by `seq`. In a cluster, a set that neither
+//! Redis nor the database has confirmed for `revocation.max_staleness` is not trusted:
+//! [`Revocations::check_fresh`] fails, and `Authenticate` answers UNAVAILABLE rather than OK.
 
 mod memory;
+pub mod redis;
+pub mod sync;
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicI64, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use chrono::{DateTime, Utc};
+use tokio::sync::broadcast;
 
 pub use self::memory::MemoryRevocations;
-use crate::{error::Error, store::Store};
+use self::{redis::Redis, sync::Event};
+use crate::{
+    error::{Error, Reason},
+    store::Store,
+};
+
+/// How far back each poll of the database looks again, by write time, for rows whose `seq`
+/// was taken before one already seen but committed after it.
+const LOOKBACK: chrono::Duration = chrono::Duration::seconds(10);
 
 /// What a revocation covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -96,38 +117,139 @@ impl TokenFacts<'_> {
     }
 }
 
-/// Records revocations in the database and in memory, and answers from memory.
+/// How a replica keeps its set in step with the others.
+#[derive(Debug, Clone)]
+pub struct SyncSettings {
+    /// Whether other replicas share the database: then the set must be confirmed fresh.
+    pub clustered: bool,
+    /// How long the set may go unconfirmed before it is not trusted.
+    pub max_staleness: Duration,
+}
+
+/// Records revocations in the database and in memory, answers from memory, and keeps memory
+/// in step with the other replicas.
 #[derive(Debug, Clone)]
 pub struct Revocations {
     store: Store,
     memory: MemoryRevocations,
+    changes: broadcast::Sender<Revocation>,
+    freshness: Arc<Freshness>,
+    /// The newest database `seq` applied.
+    watermark: Arc<AtomicI64>,
+    redis: Option<Redis>,
 }
 
 impl Revocations {
     /// Loads the live set from the database.
-    pub async fn load(store: Store, now: DateTime<Utc>) -> Result<Self, Error> {
+    pub async fn load(
+        store: Store,
+        now: DateTime<Utc>,
+        settings: SyncSettings,
+    ) -> Result<Self, Error> {
         let memory = MemoryRevocations::default();
-        for revocation in store.live_revocations(now).await? {
-            memory.insert(&revocation);
+        let (live, newest) = store.live_revocations(now).await?;
+        for revocation in &live {
+            memory.insert(revocation);
         }
-        Ok(Self { store, memory })
+        let (changes, _) = broadcast::channel(4096);
+        let revocations = Self {
+            store,
+            memory,
+            changes,
+            freshness: Arc::new(Freshness::new(settings)),
+            watermark: Arc::new(AtomicI64::new(newest)),
+            redis: None,
+        };
+        revocations.freshness.confirm();
+        Ok(revocations)
     }
 
-    /// Records a revocation: the database first, then memory.
+    /// Publishes every change this replica makes on Redis, for the others.
+    pub fn with_redis(mut self, redis: Redis) -> Self {
+        self.redis = Some(redis);
+        self
+    }
+
+    /// Records a revocation: the database first, then memory and the other replicas.
     pub async fn revoke(&self, revocation: Revocation) -> Result<(), Error> {
         self.store.upsert_revocation(&revocation).await?;
-        self.memory.insert(&revocation);
+        self.applied(&revocation);
         Ok(())
     }
 
-    /// Records a revocation written by the caller inside its own transaction (memory only).
+    /// Records a revocation the caller wrote inside its own transaction: memory, watchers and
+    /// the other replicas.
     pub fn applied(&self, revocation: &Revocation) {
-        self.memory.insert(revocation);
+        self.learn(revocation);
+        if let Some(redis) = &self.redis {
+            let redis = redis.clone();
+            let payload = Event::Revocation(revocation.into()).to_payload();
+            tokio::spawn(async move {
+                if let Err(error) = redis.publish(payload).await {
+                    // The others still learn it from the database within a poll.
+                    tracing::debug!(error = %error, "cannot publish a revocation on Redis");
+                }
+            });
+        }
+    }
+
+    /// Takes in a revocation learnt from elsewhere (another replica, the database): memory,
+    /// and the watchers when it is news.
+    pub fn learn(&self, revocation: &Revocation) {
+        if self.memory.insert(revocation) {
+            // No watcher is no error.
+            let _ = self.changes.send(revocation.clone());
+        }
     }
 
     /// Whether a token is revoked. Memory only: no I/O.
     pub fn is_revoked(&self, token: TokenFacts<'_>) -> bool {
         self.memory.is_revoked(token)
+    }
+
+    /// Fails with UNAVAILABLE (`REVOCATION_UNAVAILABLE`) when, in a cluster, neither Redis nor
+    /// the database has confirmed the set for longer than `revocation.max_staleness`.
+    pub fn check_fresh(&self) -> Result<(), Error> {
+        if self.freshness.is_fresh() {
+            return Ok(());
+        }
+        Err(Error::Unavailable {
+            reason: Reason::RevocationUnavailable,
+            what: "the revocation set (neither Redis nor the database confirms it)",
+            source: None,
+        })
+    }
+
+    /// Notes that the set is confirmed complete now.
+    pub fn confirm(&self) {
+        self.freshness.confirm();
+    }
+
+    /// Applies what changed in the database since the last poll, and confirms the set.
+    /// Returns how many entries were news.
+    pub async fn poll_database(&self, now: DateTime<Utc>) -> Result<usize, Error> {
+        let seen = self.watermark.load(Ordering::Acquire);
+        let (rows, newest) = self
+            .store
+            .revocations_since(seen, Utc::now() - LOOKBACK, now)
+            .await?;
+        let mut news = 0;
+        for revocation in &rows {
+            if self.memory.insert(revocation) {
+                news += 1;
+                let _ = self.changes.send(revocation.clone());
+            }
+        }
+        self.watermark.fetch_max(newest, Ordering::AcqRel);
+        self.freshness.confirm();
+        Ok(news)
+    }
+
+    /// The set as it stands and every change after it, for a watcher. Subscribes before
+    /// taking the snapshot, so nothing falls between the two (an entry may come twice).
+    pub fn watch(&self) -> (Vec<Revocation>, broadcast::Receiver<Revocation>) {
+        let changes = self.changes.subscribe();
+        (self.memory.snapshot(), changes)
     }
 
     /// Drops entries whose tokens have all expired, in memory and in the database.
@@ -144,5 +266,47 @@ impl Revocations {
     /// Whether the set is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The Redis connection, when there is one.
+    pub fn redis(&self) -> Option<&Redis> {
+        self.redis.as_ref()
+    }
+}
+
+/// When the set was last confirmed complete. Only a cluster can fall behind: a single node
+/// writes every revocation itself.
+#[derive(Debug)]
+struct Freshness {
+    clustered: bool,
+    max_staleness_ms: u64,
+    started: Instant,
+    confirmed_ms: AtomicU64,
+}
+
+impl Freshness {
+    fn new(settings: SyncSettings) -> Self {
+        Self {
+            clustered: settings.clustered,
+            max_staleness_ms: u64::try_from(settings.max_staleness.as_millis()).unwrap_or(u64::MAX),
+            started: Instant::now(),
+            confirmed_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn confirm(&self) {
+        self.confirmed_ms.fetch_max(self.now_ms(), Ordering::Relaxed);
+    }
+
+    fn is_fresh(&self) -> bool {
+        !self.clustered
+            || self
+                .now_ms()
+                .saturating_sub(self.confirmed_ms.load(Ordering::Relaxed))
+                <= self.max_staleness_ms
     }
 }

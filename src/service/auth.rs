@@ -939,6 +939,8 @@ impl AuthService {
                 message: message.to_owned(),
             }
         })?;
+        // A set nobody has confirmed lately may miss revocations: refuse rather than guess.
+        self.revocations.check_fresh()?;
         if self.revocations.is_revoked(TokenFacts {
             token_id: &claims.jti,
             session_id: claims.sid.as_deref(),
@@ -996,6 +998,16 @@ impl AuthService {
         .from_peer(&context.peer);
         self.record(event, self.clock.now()).await;
         Ok(())
+    }
+
+    /// The revocation set and every change after it (see `Revocations::watch`).
+    pub fn watch_revocations(
+        &self,
+    ) -> (
+        Vec<Revocation>,
+        tokio::sync::broadcast::Receiver<Revocation>,
+    ) {
+        self.revocations.watch()
     }
 
     /// The published keys.

@@ -1,0 +1,315 @@
+//! Redis through fred: the event bus that keeps every replica's in-memory revocation set (and
+//! key ring) in step, and the shared counters of rate limits. Nothing else in Keystone sees
+//! fred.
+//!
+//! Redis is never the system of record (PostgreSQL is), so losing it loses nothing: every call
+//! has a short budget (`redis.command_timeout`, 50 ms by default), counts as failed past it,
+//! and a circuit breaker stops calls for a moment after repeated failures, so no task piles up
+//! behind a slow Redis. Meanwhile replicas follow PostgreSQL.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU32, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use fred::{
+    clients::SubscriberClient,
+    prelude::{
+        Builder, Client, ClientLike as _, Config, EventInterface as _, LuaInterface as _,
+        PubsubInterface as _, ReconnectPolicy,
+    },
+};
+use secrecy::{ExposeSecret as _, SecretString};
+use tokio::sync::mpsc;
+
+/// The channel every replica publishes its events on and listens to.
+pub const EVENTS_CHANNEL: &str = "keystone:events";
+
+/// Failures in a row that open the breaker.
+const BREAKER_THRESHOLD: u32 = 3;
+/// How long an open breaker refuses calls before letting one through.
+const BREAKER_COOLDOWN: Duration = Duration::from_secs(1);
+
+/// Why a Redis call did not happen or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisError {
+    /// The breaker is open: Redis failed repeatedly just now.
+    #[error("Redis is being avoided after repeated failures")]
+    BreakerOpen,
+    /// The call took longer than its budget.
+    #[error("Redis did not answer within {0:?}")]
+    Timeout(Duration),
+    /// Redis answered with an error, or the connection failed.
+    #[error("Redis failed: {0}")]
+    Failed(#[from] fred::error::Error),
+}
+
+/// A connection to Redis: a client for commands and a subscriber for the events channel.
+#[derive(Clone)]
+pub struct Redis {
+    client: Client,
+    subscriber: SubscriberClient,
+    budget: Duration,
+    breaker: Arc<Breaker>,
+}
+
+impl std::fmt::Debug for Redis {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redis")
+            .field("budget", &self.budget)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Redis {
+    /// Connects to `url` (`redis://`, `rediss://`, `redis-cluster://`, `redis-sentinel://`…).
+    /// The connection is made in the background and remade after any loss; this returns
+    /// once it is up or after `connect_wait`, whichever comes first, so a replica can start
+    /// (following PostgreSQL) while Redis is down.
+    pub async fn connect(
+        url: &SecretString,
+        budget: Duration,
+        connect_wait: Duration,
+    ) -> Result<Self, fred::error::Error> {
+        let mut config = Config::from_url(url.expose_secret())?;
+        // Keep retrying the first connection too, rather than failing the start.
+        config.fail_fast = false;
+        let mut builder = Builder::from_config(config);
+        builder
+            .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
+            .with_connection_config(|connection| {
+                connection.connection_timeout = Duration::from_secs(2);
+                connection.internal_command_timeout = Duration::from_secs(2);
+                connection.max_command_attempts = 1;
+            })
+            .with_performance_config(|performance| {
+                performance.default_command_timeout = budget;
+            });
+        let client = builder.build()?;
+        let subscriber = builder.build_subscriber_client()?;
+        client.connect();
+        subscriber.connect();
+        // Re-subscribes after every reconnection.
+        subscriber.manage_subscriptions();
+        let connected = tokio::time::timeout(connect_wait, async {
+            let _ = client.wait_for_connect().await;
+            let _ = subscriber.wait_for_connect().await;
+        })
+        .await;
+        if connected.is_err() {
+            tracing::warn!("Redis does not answer yet; following PostgreSQL until it does");
+        }
+        Ok(Self {
+            client,
+            subscriber,
+            budget,
+            breaker: Arc::new(Breaker::default()),
+        })
+    }
+
+    /// Publishes `payload` on the events channel.
+    pub async fn publish(&self, payload: String) -> Result<(), RedisError> {
+        self.call(async { self.client.publish::<(), _, _>(EVENTS_CHANNEL, payload).await })
+            .await
+    }
+
+    /// Subscribes to the events channel; every message's payload is sent to `sink`, and every
+    /// reconnection as `None` (the follower resyncs then). Runs until `sink` closes.
+    pub async fn follow(&self, sink: mpsc::Sender<Option<String>>) {
+        let mut messages = self.subscriber.message_rx();
+        let mut reconnections = self.subscriber.reconnect_rx();
+        loop {
+            if let Err(error) = self.subscriber.subscribe(EVENTS_CHANNEL).await {
+                tracing::warn!(error = %error, "cannot subscribe to Redis events; retrying");
+                if sink.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+            break;
+        }
+        loop {
+            tokio::select! {
+                message = messages.recv() => match message {
+                    Ok(message) => {
+                        let Ok(payload) = message.value.convert::<String>() else {
+                            continue;
+                        };
+                        if sink.send(Some(payload)).await.is_err() {
+                            return;
+                        }
+                    }
+                    // Messages were dropped: resync.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        if sink.send(None).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                },
+                reconnected = reconnections.recv() => {
+                    if reconnected.is_err() || sink.send(None).await.is_err() {
+                        return;
+                    }
+                }
+                () = sink.closed() => return,
+            }
+        }
+    }
+
+    /// GCRA (the generic cell rate algorithm) on a Redis key, with Redis's own clock so that
+    /// every replica counts alike: `Ok(None)` when the call is allowed, `Ok(Some(wait))` when
+    /// it must wait. `interval` is the time one call uses up; `burst` calls may come at once.
+    pub async fn gcra(
+        &self,
+        key: &str,
+        interval: Duration,
+        burst: u32,
+    ) -> Result<Option<Duration>, RedisError> {
+        const SCRIPT: &str = r"
+            local t = redis.call('TIME')
+            local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+            local interval = tonumber(ARGV[1])
+            local tolerance = tonumber(ARGV[2])
+            local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+            if tat < now then tat = now end
+            if tat - now > tolerance then return tat - now - tolerance end
+            local next = tat + interval
+            redis.call('SET', KEYS[1], next, 'PX', math.max(1, next - now))
+            return -1";
+        let interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX).max(1);
+        let tolerance_ms = interval_ms.saturating_mul(u64::from(burst.saturating_sub(1)));
+        let wait: i64 = self
+            .call(async {
+                self.client
+                    .eval(
+                        SCRIPT,
+                        vec![key.to_owned()],
+                        vec![interval_ms.to_string(), tolerance_ms.to_string()],
+                    )
+                    .await
+            })
+            .await?;
+        Ok(u64::try_from(wait).ok().map(Duration::from_millis))
+    }
+
+    /// Closes both connections.
+    pub async fn quit(&self) {
+        let _ = self.subscriber.quit().await;
+        let _ = self.client.quit().await;
+    }
+
+    /// Runs one call within the budget, through the breaker.
+    async fn call<T>(
+        &self,
+        call: impl Future<Output = Result<T, fred::error::Error>>,
+    ) -> Result<T, RedisError> {
+        if self.breaker.is_open() {
+            return Err(RedisError::BreakerOpen);
+        }
+        let result = match tokio::time::timeout(self.budget, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => Err(RedisError::Failed(error)),
+            Err(_) => Err(RedisError::Timeout(self.budget)),
+        };
+        match &result {
+            Ok(_) => self.breaker.succeeded(),
+            Err(_) => self.breaker.failed(),
+        }
+        result
+    }
+}
+
+/// A circuit breaker: open after `BREAKER_THRESHOLD` failures in a row, for
+/// `BREAKER_COOLDOWN`; then one call at a time tries again (half open).
+#[derive(Debug)]
+struct Breaker {
+    started: Instant,
+    failures: AtomicU32,
+    /// Milliseconds since `started` until which the breaker is open.
+    open_until: AtomicU64,
+}
+
+impl Default for Breaker {
+    fn default() -> Self {
+        Self {
+            started: Instant::now(),
+            failures: AtomicU32::new(0),
+            open_until: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Breaker {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn is_open(&self) -> bool {
+        let until = self.open_until.load(Ordering::Relaxed);
+        if until == 0 {
+            return false;
+        }
+        let now = self.now_ms();
+        if now < until {
+            return true;
+        }
+        // Half open: the first caller after the cooldown tries; others wait one more round.
+        self.open_until
+            .compare_exchange(
+                until,
+                now + u64::try_from(BREAKER_COOLDOWN.as_millis()).unwrap_or(1_000),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            )
+            .is_err()
+    }
+
+    fn succeeded(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+        self.open_until.store(0, Ordering::Relaxed);
+    }
+
+    fn failed(&self) {
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures >= BREAKER_THRESHOLD {
+            let until = self.now_ms() + u64::try_from(BREAKER_COOLDOWN.as_millis()).unwrap_or(1_000);
+            self.open_until.store(until, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_breaker_opens_after_repeated_failures_and_closes_on_success() {
+        let breaker = Breaker::default();
+        assert!(!breaker.is_open());
+        breaker.failed();
+        breaker.failed();
+        assert!(!breaker.is_open(), "two failures are not enough");
+        breaker.failed();
+        assert!(breaker.is_open());
+        breaker.succeeded();
+        assert!(!breaker.is_open());
+    }
+
+    #[test]
+    fn an_open_breaker_lets_one_call_through_after_the_cooldown() {
+        let breaker = Breaker {
+            started: Instant::now() - Duration::from_secs(10),
+            ..Breaker::default()
+        };
+        breaker.failures.store(BREAKER_THRESHOLD, Ordering::Relaxed);
+        // Opened "long ago": the cooldown is over.
+        breaker.open_until.store(1, Ordering::Relaxed);
+        assert!(!breaker.is_open(), "the first caller tries");
+        assert!(breaker.is_open(), "the next waits for that try");
+    }
+}
