@@ -274,9 +274,14 @@ pub async fn load_revocations(
     .context("cannot load the revocation set")?;
     Ok(match &settings.redis_url {
         Some(url) => revocations.with_redis(
-            Redis::connect(url, settings.revocation.redis_timeout, Duration::from_secs(2))
-                .await
-                .context("cannot use redis_url")?,
+            Redis::connect(
+                url,
+                &settings.cluster.name,
+                settings.revocation.redis_timeout,
+                Duration::from_secs(2),
+            )
+            .await
+            .context("cannot use redis_url")?,
         ),
         None => revocations,
     })

@@ -14,11 +14,11 @@ use secrecy::ExposeSecret as _;
 use crate::{
     App, Settings, app,
     clock::{SharedClock, SystemClock},
+    revocation::{redis::Redis, sync::Event},
     secrets::Pepper,
     service::BootstrapOutcome,
     shutdown,
     store::Store,
-    revocation::{redis::Redis, sync::Event},
     token::keys::KeyManager,
 };
 
@@ -204,15 +204,22 @@ async fn announce_key_change(settings: &Settings) {
     let Some(url) = &settings.redis_url else {
         return;
     };
-    let budget = settings.revocation.redis_timeout.max(Duration::from_millis(500));
-    match Redis::connect(url, budget, Duration::from_secs(2)).await {
+    let budget = settings
+        .revocation
+        .redis_timeout
+        .max(Duration::from_millis(500));
+    match Redis::connect(url, &settings.cluster.name, budget, Duration::from_secs(2)).await {
         Ok(redis) => {
             if let Err(error) = redis.publish(Event::Keys.to_payload()).await {
-                eprintln!("could not tell running replicas on Redis ({error}); they reload the keys within keys.reload_interval");
+                eprintln!(
+                    "could not tell running replicas on Redis ({error}); they reload the keys within keys.reload_interval"
+                );
             }
             redis.quit().await;
         }
-        Err(error) => eprintln!("could not reach Redis ({error}); running replicas reload the keys within keys.reload_interval"),
+        Err(error) => eprintln!(
+            "could not reach Redis ({error}); running replicas reload the keys within keys.reload_interval"
+        ),
     }
 }
 

@@ -426,11 +426,23 @@ impl Default for ClientSettings {
 }
 
 /// Running several replicas.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterSettings {
     /// This node is one of several; it then needs Redis.
     pub enabled: bool,
+    /// The prefix of everything this deployment keeps on Redis (its events channel is
+    /// `<name>:events`), so that several deployments can share one Redis.
+    pub name: String,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            name: "keystone".to_owned(),
+        }
+    }
 }
 
 /// The revocation set.
@@ -556,6 +568,20 @@ impl Settings {
                 "secrets.pepper",
                 "",
                 "must hold at least 32 characters",
+            ));
+        }
+        if self.cluster.name.is_empty()
+            || self.cluster.name.len() > 64
+            || !self
+                .cluster
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            return Err(ConfigError::invalid(
+                "cluster.name",
+                &self.cluster.name,
+                "must hold 1 to 64 of ASCII letters, digits, '-', '_' and '.'",
             ));
         }
         if self.cluster.enabled && self.secrets.pepper.is_none() {

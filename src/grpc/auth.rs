@@ -11,9 +11,9 @@ use tonic::{Request, Response, Status};
 use super::convert::{bearer_token, call_context, principal_to_proto, timestamp, user_to_proto};
 use crate::{
     domain::ScopeSet,
-    revocation::{Revocation, RevocationKind},
     error::{Error, Reason},
     proto::pb,
+    revocation::{Revocation, RevocationKind},
     service::auth::{AuthService, PasswordLogin, Registration, TokenRequest},
 };
 

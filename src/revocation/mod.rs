@@ -299,7 +299,8 @@ impl Freshness {
     }
 
     fn confirm(&self) {
-        self.confirmed_ms.fetch_max(self.now_ms(), Ordering::Relaxed);
+        self.confirmed_ms
+            .fetch_max(self.now_ms(), Ordering::Relaxed);
     }
 
     fn is_fresh(&self) -> bool {

@@ -3,7 +3,7 @@
 //! fred.
 //!
 //! Redis is never the system of record (PostgreSQL is), so losing it loses nothing: every call
-//! has a short budget (`redis.command_timeout`, 50 ms by default), counts as failed past it,
+//! has a short budget (`revocation.redis_timeout`, 50 ms by default), counts as failed past it,
 //! and a circuit breaker stops calls for a moment after repeated failures, so no task piles up
 //! behind a slow Redis. Meanwhile replicas follow PostgreSQL.
 
@@ -24,9 +24,6 @@ use fred::{
 };
 use secrecy::{ExposeSecret as _, SecretString};
 use tokio::sync::mpsc;
-
-/// The channel every replica publishes its events on and listens to.
-pub const EVENTS_CHANNEL: &str = "keystone:events";
 
 /// Failures in a row that open the breaker.
 const BREAKER_THRESHOLD: u32 = 3;
@@ -50,6 +47,10 @@ pub enum RedisError {
 /// A connection to Redis: a client for commands and a subscriber for the events channel.
 #[derive(Clone)]
 pub struct Redis {
+    /// `cluster.name`: the prefix of the channel and keys.
+    namespace: Arc<str>,
+    /// `<namespace>:events`, which every replica publishes on and listens to.
+    channel: Arc<str>,
     client: Client,
     subscriber: SubscriberClient,
     budget: Duration,
@@ -59,6 +60,7 @@ pub struct Redis {
 impl std::fmt::Debug for Redis {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Redis")
+            .field("channel", &self.channel)
             .field("budget", &self.budget)
             .finish_non_exhaustive()
     }
@@ -71,6 +73,7 @@ impl Redis {
     /// (following PostgreSQL) while Redis is down.
     pub async fn connect(
         url: &SecretString,
+        namespace: &str,
         budget: Duration,
         connect_wait: Duration,
     ) -> Result<Self, fred::error::Error> {
@@ -103,6 +106,8 @@ impl Redis {
             tracing::warn!("Redis does not answer yet; following PostgreSQL until it does");
         }
         Ok(Self {
+            namespace: namespace.into(),
+            channel: format!("{namespace}:events").into(),
             client,
             subscriber,
             budget,
@@ -112,8 +117,12 @@ impl Redis {
 
     /// Publishes `payload` on the events channel.
     pub async fn publish(&self, payload: String) -> Result<(), RedisError> {
-        self.call(async { self.client.publish::<(), _, _>(EVENTS_CHANNEL, payload).await })
-            .await
+        self.call(async {
+            self.client
+                .publish::<(), _, _>(&*self.channel, payload)
+                .await
+        })
+        .await
     }
 
     /// Subscribes to the events channel; every message's payload is sent to `sink`, and every
@@ -122,7 +131,7 @@ impl Redis {
         let mut messages = self.subscriber.message_rx();
         let mut reconnections = self.subscriber.reconnect_rx();
         loop {
-            if let Err(error) = self.subscriber.subscribe(EVENTS_CHANNEL).await {
+            if let Err(error) = self.subscriber.subscribe(&*self.channel).await {
                 tracing::warn!(error = %error, "cannot subscribe to Redis events; retrying");
                 if sink.is_closed() {
                     return;
@@ -161,9 +170,10 @@ impl Redis {
         }
     }
 
-    /// GCRA (the generic cell rate algorithm) on a Redis key, with Redis's own clock so that
-    /// every replica counts alike: `Ok(None)` when the call is allowed, `Ok(Some(wait))` when
-    /// it must wait. `interval` is the time one call uses up; `burst` calls may come at once.
+    /// GCRA (the generic cell rate algorithm) on the key `<namespace>:limit:<key>`, with
+    /// Redis's own clock so that every replica counts alike: `Ok(None)` when the call is
+    /// allowed, `Ok(Some(wait))` when it must wait. `interval` is the time one call uses up;
+    /// `burst` calls may come at once.
     pub async fn gcra(
         &self,
         key: &str,
@@ -181,14 +191,16 @@ impl Redis {
             local next = tat + interval
             redis.call('SET', KEYS[1], next, 'PX', math.max(1, next - now))
             return -1";
-        let interval_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX).max(1);
+        let interval_ms = u64::try_from(interval.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
         let tolerance_ms = interval_ms.saturating_mul(u64::from(burst.saturating_sub(1)));
         let wait: i64 = self
             .call(async {
                 self.client
                     .eval(
                         SCRIPT,
-                        vec![key.to_owned()],
+                        vec![format!("{}:limit:{key}", self.namespace)],
                         vec![interval_ms.to_string(), tolerance_ms.to_string()],
                     )
                     .await
@@ -277,7 +289,8 @@ impl Breaker {
     fn failed(&self) {
         let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
         if failures >= BREAKER_THRESHOLD {
-            let until = self.now_ms() + u64::try_from(BREAKER_COOLDOWN.as_millis()).unwrap_or(1_000);
+            let until =
+                self.now_ms() + u64::try_from(BREAKER_COOLDOWN.as_millis()).unwrap_or(1_000);
             self.open_until.store(until, Ordering::Relaxed);
         }
     }

@@ -186,11 +186,13 @@ mod tests {
         assert_eq!(Event::parse(&Event::Keys.to_payload()), Some(Event::Keys));
         assert_eq!(Event::parse("not json"), None);
         assert_eq!(
-            Event::parse(r#"{"type":"revocation","kind":"nope","key":"k","not_before_ms":0,"expires_at":0}"#)
-                .and_then(|e| match e {
-                    Event::Revocation(r) => r.to_revocation(),
-                    _ => None,
-                }),
+            Event::parse(
+                r#"{"type":"revocation","kind":"nope","key":"k","not_before_ms":0,"expires_at":0}"#
+            )
+            .and_then(|e| match e {
+                Event::Revocation(r) => r.to_revocation(),
+                _ => None,
+            }),
             None
         );
     }

@@ -113,6 +113,7 @@ pub struct AuthService {
     refresh_idle_ttl: chrono::Duration,
     refresh_retry_grace: chrono::Duration,
     registration: Option<Arc<DefaultKeyedRateLimiter<String>>>,
+    registration_per_minute: u32,
 }
 
 /// A self-service sign-up.
@@ -168,6 +169,7 @@ impl AuthService {
             refresh_ttl: to_chrono(settings.tokens.refresh_ttl),
             refresh_idle_ttl: to_chrono(settings.tokens.refresh_idle_ttl),
             refresh_retry_grace: to_chrono(settings.tokens.refresh_retry_grace),
+            registration_per_minute: settings.auth.registration_per_minute,
             registration: settings.auth.registration.then(|| {
                 let per_minute = NonZeroU32::new(settings.auth.registration_per_minute)
                     .unwrap_or(NonZeroU32::MIN);
@@ -184,6 +186,33 @@ impl AuthService {
         }
     }
 
+    /// How long a registration from `peer` must wait, if it must. With Redis the limit is
+    /// counted there, so it holds across replicas (GCRA with Redis's clock); without Redis, or
+    /// while Redis fails, in this process.
+    async fn registration_wait(
+        &self,
+        limiter: &DefaultKeyedRateLimiter<String>,
+        peer: &str,
+    ) -> Option<Duration> {
+        if let Some(redis) = self.revocations.redis() {
+            let per_minute = self.registration_per_minute.max(1);
+            let interval = Duration::from_secs(60) / per_minute;
+            match redis
+                .gcra(&format!("register:{peer}"), interval, per_minute)
+                .await
+            {
+                Ok(wait) => return wait,
+                Err(error) => {
+                    tracing::debug!(error = %error, "registration limit counted locally");
+                }
+            }
+        }
+        limiter
+            .check_key(&peer.to_owned())
+            .err()
+            .map(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+    }
+
     /// Self-service sign-up, when `auth.registration` is on: a user with no roles and an
     /// unverified email. Rate limited per client IP.
     pub async fn register(
@@ -197,8 +226,7 @@ impl AuthService {
                 message: "self-service registration is switched off".to_owned(),
             });
         };
-        if let Err(not_until) = limiter.check_key(&context.peer) {
-            let wait = not_until.wait_time_from(DefaultClock::default().now());
+        if let Some(wait) = self.registration_wait(limiter, &context.peer).await {
             return Err(Error::ResourceExhausted {
                 reason: Reason::RateLimited,
                 message: "too many registrations from this address; retry later".to_owned(),

@@ -24,7 +24,8 @@ use std::time::Duration;
 
 use migrations::{Migrator, MigratorTrait};
 use sea_orm::{
-    ConnectOptions, Database, DatabaseConnection, DbErr, SqlErr,
+    ConnectOptions, ConnectionTrait as _, Database, DatabaseConnection, DbErr, SqlErr,
+    TransactionTrait as _,
     sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous},
 };
 use secrecy::ExposeSecret;
@@ -74,6 +75,32 @@ impl ChangeGuard<'_> {
 #[derive(Debug, Clone)]
 pub struct Store {
     db: DatabaseConnection,
+}
+
+/// What replicas take turns at.
+#[derive(Debug, Clone, Copy)]
+pub enum ReplicaLock {
+    /// Applying migrations at start.
+    Migrations,
+    /// Creating, promoting and retiring signing keys.
+    Keys,
+}
+
+/// A lock held across replicas until released (a PostgreSQL advisory lock held by an open
+/// transaction). On SQLite, which has one writer and serves one node, there is nothing to
+/// hold.
+#[derive(Debug)]
+pub struct HeldLock(Option<sea_orm::DatabaseTransaction>);
+
+impl HeldLock {
+    /// Lets the next replica in.
+    pub async fn release(self) {
+        if let Some(txn) = self.0
+            && let Err(error) = txn.commit().await
+        {
+            tracing::debug!(error = %error, "releasing a replica lock");
+        }
+    }
 }
 
 /// Whether a migration is applied, as `keystone migrate status` shows it.
@@ -141,9 +168,33 @@ impl Store {
         self.db.ping().await.map_err(unavailable)
     }
 
-    /// Applies pending migrations (all, or the next `steps`).
+    /// Applies pending migrations (all, or the next `steps`), one replica at a time.
     pub async fn migrate_up(&self, steps: Option<u32>) -> Result<(), Error> {
-        Migrator::up(&self.db, steps).await.map_err(db_error)
+        let lock = self.lock_replicas(ReplicaLock::Migrations).await?;
+        let result = Migrator::up(&self.db, steps).await.map_err(db_error);
+        lock.release().await;
+        result
+    }
+
+    /// Waits for `what`'s lock across replicas, and holds it until released.
+    pub async fn lock_replicas(&self, what: ReplicaLock) -> Result<HeldLock, Error> {
+        if self.db.get_database_backend() != sea_orm::DatabaseBackend::Postgres {
+            return Ok(HeldLock(None));
+        }
+        // Arbitrary, fixed keys of Keystone's advisory locks ("KS" and a number).
+        let key: i64 = match what {
+            ReplicaLock::Migrations => 0x4B53_0001,
+            ReplicaLock::Keys => 0x4B53_0002,
+        };
+        let txn = self.db.begin().await.map_err(db_error)?;
+        txn.execute_raw(sea_orm::Statement::from_sql_and_values(
+            sea_orm::DatabaseBackend::Postgres,
+            "SELECT pg_advisory_xact_lock($1)",
+            [key.into()],
+        ))
+        .await
+        .map_err(db_error)?;
+        Ok(HeldLock(Some(txn)))
     }
 
     /// Rolls back the last `steps` applied migrations.

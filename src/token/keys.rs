@@ -31,7 +31,7 @@ use crate::{
     config::KeyAlgorithm,
     domain::{AuditRecord, Outcome},
     error::Error,
-    store::{KeyTransition, Store, StoredKey},
+    store::{KeyTransition, ReplicaLock, Store, StoredKey},
 };
 
 /// A public key as published in the JWKS (RFC 7517; RFC 8037 for Ed25519).
@@ -175,6 +175,15 @@ impl KeyManager {
 
     /// Takes the lifecycle steps that are due, then reloads the ring from the database.
     pub async fn refresh(&self) -> Result<(), Error> {
+        // Replicas take turns, so that two starting on an empty database (or rotating at the
+        // same moment) do not both create a key.
+        let lock = self.store.lock_replicas(ReplicaLock::Keys).await?;
+        let result = self.refresh_locked().await;
+        lock.release().await;
+        result
+    }
+
+    async fn refresh_locked(&self) -> Result<(), Error> {
         let now = self.clock.now();
         let keys = self.store.live_keys().await?;
         let active = keys.iter().find(|k| k.state == "active");

@@ -1,0 +1,583 @@
+//! Several replicas: real `keystone` processes on loopback ports sharing one PostgreSQL
+//! database and one Redis (from `KEYSTONE_TEST_DATABASE_URL` and `KEYSTONE_TEST_REDIS_URL`;
+//! skipped loudly without them). Outages are made with TCP proxies the test owns between a
+//! replica and PostgreSQL or Redis, so the shared servers are never stopped.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    net::SocketAddr,
+    process::{Child, Stdio},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use keystone::proto::pb::{
+    AuthenticateRequest, Client as ClientMessage, CreateClientRequest, RegisterRequest,
+    RevokeRequest, WatchRevocationsRequest, auth_client::AuthClient,
+    client_admin_client::ClientAdminClient,
+};
+use tokio::{net::TcpListener, task::JoinHandle};
+use tonic::{Code, transport::Channel};
+
+use crate::{
+    cli::keystone,
+    helpers::{
+        TEST_PEPPER, TEST_REDIS_URL, TestDatabase, postgres_url, reason, say_skipped, with_bearer,
+    },
+};
+
+const ADMIN: &str = "admin";
+const ADMIN_PASSWORD: &str = "correct horse battery staple";
+
+/// The PostgreSQL server and Redis the test may use, or why it is skipped.
+fn backends(test: &str) -> Option<(String, String)> {
+    let redis = std::env::var(TEST_REDIS_URL)
+        .ok()
+        .filter(|url| !url.is_empty());
+    match (postgres_url(), redis) {
+        (Some(postgres), Some(redis)) => Some((postgres, redis)),
+        _ => {
+            say_skipped(
+                test,
+                "KEYSTONE_TEST_DATABASE_URL and KEYSTONE_TEST_REDIS_URL are both needed",
+            );
+            None
+        }
+    }
+}
+
+/// A TCP proxy the test can cut and restore: an outage of whatever is behind it, as the
+/// replica sees it.
+struct Proxy {
+    addr: SocketAddr,
+    cut: Arc<AtomicBool>,
+    connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    accept: JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn to(upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = Arc::new(AtomicBool::new(false));
+        let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let accept = tokio::spawn({
+            let cut = cut.clone();
+            let connections = connections.clone();
+            async move {
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    if cut.load(Ordering::SeqCst) {
+                        continue; // dropped: the connection is refused at once
+                    }
+                    let connection = tokio::spawn(async move {
+                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                    connections.lock().unwrap().push(connection);
+                }
+            }
+        });
+        Self {
+            addr,
+            cut,
+            connections,
+            accept,
+        }
+    }
+
+    /// Every connection through the proxy dies, and new ones are dropped.
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        for connection in self.connections.lock().unwrap().drain(..) {
+            connection.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}
+
+/// The address in a `scheme://[user@]host:port/...` URL.
+fn addr_of(url: &str) -> SocketAddr {
+    let parsed = url::Url::parse(url).unwrap();
+    let host = parsed.host_str().unwrap().replace("localhost", "127.0.0.1");
+    format!("{host}:{}", parsed.port().unwrap_or(6379))
+        .parse()
+        .unwrap()
+}
+
+/// The same URL pointing at `addr`.
+fn via(url: &str, addr: SocketAddr) -> String {
+    let mut parsed = url::Url::parse(url).unwrap();
+    parsed.set_host(Some(&addr.ip().to_string())).unwrap();
+    parsed.set_port(Some(addr.port())).unwrap();
+    parsed.to_string()
+}
+
+/// One `keystone serve` process.
+struct Replica {
+    child: Child,
+    channel: Channel,
+}
+
+impl Replica {
+    /// A replica of the deployment `cluster` (its own channel and keys on the shared Redis).
+    async fn start(
+        cluster: &str,
+        database_url: &str,
+        redis_url: &str,
+        extra: &[(&str, &str)],
+    ) -> Self {
+        let mut command = keystone();
+        command
+            .arg("serve")
+            .env("KEYSTONE_DATABASE_URL", database_url)
+            .env("KEYSTONE_REDIS_URL", redis_url)
+            .env("KEYSTONE_CLUSTER__ENABLED", "true")
+            .env("KEYSTONE_CLUSTER__NAME", cluster)
+            .env("KEYSTONE_SECRETS__PEPPER", TEST_PEPPER)
+            .env("KEYSTONE_GRPC_ADDR", "127.0.0.1:0")
+            .env("KEYSTONE_BOOTSTRAP_ADMIN_USERNAME", ADMIN)
+            .env("KEYSTONE_BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .env("KEYSTONE_SERVER__SHUTDOWN_GRACE", "1s")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        for (name, value) in extra {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().expect("keystone starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let addr = tokio::time::timeout(Duration::from_secs(60), async {
+            let mut log = Vec::new();
+            while let Some(line) = rx.recv().await {
+                if let Some(rest) = line.split("serving gRPC on ").nth(1) {
+                    return rest.split_whitespace().next().unwrap().to_owned();
+                }
+                log.push(line);
+            }
+            panic!("keystone exited before serving: {log:#?}");
+        })
+        .await
+        .expect("the replica serves");
+        // Keep draining its output so that it never blocks on a full pipe.
+        tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        Self { child, channel }
+    }
+
+    fn auth(&self) -> AuthClient<Channel> {
+        AuthClient::new(self.channel.clone())
+    }
+
+    async fn authenticate(&self, token: &str) -> Result<(), tonic::Status> {
+        self.auth()
+            .authenticate(AuthenticateRequest {
+                token: token.to_owned(),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+    }
+
+    async fn login(&self, username: &str, password: &str) -> Result<String, tonic::Status> {
+        self.auth()
+            .issue_token(keystone::proto::pb::IssueTokenRequest {
+                grant: Some(keystone::proto::pb::issue_token_request::Grant::Password(
+                    keystone::proto::pb::PasswordGrant {
+                        username: username.to_owned(),
+                        password: password.to_owned(),
+                    },
+                )),
+                ..Default::default()
+            })
+            .await
+            .map(|r| r.into_inner().access_token)
+    }
+
+    /// A service client with `keystone:introspect`, and a function minting its tokens.
+    async fn create_client(&self, admin: &str, client_id: &str) -> String {
+        ClientAdminClient::new(self.channel.clone())
+            .create_client(with_bearer(
+                CreateClientRequest {
+                    client: Some(ClientMessage {
+                        client_id: client_id.to_owned(),
+                        allowed_scopes: vec!["keystone:introspect".into()],
+                        ..Default::default()
+                    }),
+                },
+                admin,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .client_secret
+    }
+
+    async fn client_token(&self, client_id: &str, secret: &str) -> String {
+        self.auth()
+            .issue_token(keystone::proto::pb::IssueTokenRequest {
+                grant: Some(
+                    keystone::proto::pb::issue_token_request::Grant::ClientCredentials(
+                        keystone::proto::pb::ClientCredentialsGrant {
+                            client_id: client_id.to_owned(),
+                            client_secret: secret.to_owned(),
+                        },
+                    ),
+                ),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .access_token
+    }
+
+    async fn revoke(&self, token: &str) {
+        self.auth()
+            .revoke(RevokeRequest {
+                token: token.to_owned(),
+                token_type_hint: String::new(),
+            })
+            .await
+            .unwrap();
+    }
+
+    /// Waits until `token` is refused as revoked here; returns how long that took.
+    async fn until_revoked(&self, token: &str, within: Duration) -> Duration {
+        let started = Instant::now();
+        loop {
+            match self.authenticate(token).await {
+                Err(status) if reason(&status) == "TOKEN_REVOKED" => return started.elapsed(),
+                Err(status) => panic!("unexpected refusal: {status:?}"),
+                Ok(()) => {}
+            }
+            assert!(
+                started.elapsed() < within,
+                "the revocation did not arrive within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts replicas one after another (the first one migrates the fresh database).
+async fn replicas(
+    database: &TestDatabase,
+    redis_url: &str,
+    count: usize,
+    extra: &[(&str, &str)],
+) -> Vec<Replica> {
+    let cluster = cluster_name();
+    let mut started = Vec::with_capacity(count);
+    for _ in 0..count {
+        started.push(Replica::start(&cluster, database.url(), redis_url, extra).await);
+    }
+    started
+}
+
+/// A deployment name of its own for each test, so that tests sharing Redis do not hear each
+/// other.
+fn cluster_name() -> String {
+    format!("test-{}", uuid::Uuid::new_v4().simple())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+#[tokio::test]
+async fn a_token_revoked_on_one_replica_is_refused_by_the_others() {
+    let test = "a_token_revoked_on_one_replica_is_refused_by_the_others";
+    let Some((postgres, redis)) = backends(test) else {
+        return;
+    };
+    let database = TestDatabase::fresh_postgres(&postgres).await;
+    let nodes = replicas(&database, &redis, 3, &[]).await;
+    let admin = nodes[0].login(ADMIN, ADMIN_PASSWORD).await.unwrap();
+    let secret = nodes[0].create_client(&admin, "reporting").await;
+
+    // A watcher on C sees what A revokes.
+    let mut watch = nodes[2]
+        .auth()
+        .watch_revocations(with_bearer(
+            WatchRevocationsRequest {},
+            &nodes[2].client_token("reporting", &secret).await,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    loop {
+        let message = watch.message().await.unwrap().unwrap();
+        if message.snapshot_complete {
+            break;
+        }
+    }
+
+    let mut delays = Vec::new();
+    for round in 0..30 {
+        let token = nodes[round % 3].client_token("reporting", &secret).await;
+        for node in &nodes {
+            node.authenticate(&token).await.expect("valid everywhere");
+        }
+        let revoker = &nodes[round % 3];
+        let started = Instant::now();
+        revoker.revoke(&token).await;
+        for (i, node) in nodes.iter().enumerate() {
+            if i != round % 3 {
+                let waited = node.until_revoked(&token, Duration::from_secs(5)).await;
+                delays.push(started.elapsed().max(waited));
+            }
+        }
+        let seen = watch.message().await.unwrap().unwrap();
+        assert!(!seen.snapshot_complete);
+        assert!(seen.revocation.is_some());
+    }
+    delays.sort();
+    eprintln!(
+        "revocation propagation over {} observations: p50 {:?}, p99 {:?}, max {:?}",
+        delays.len(),
+        percentile(&delays, 0.5),
+        percentile(&delays, 0.99),
+        delays[delays.len() - 1]
+    );
+}
+
+#[tokio::test]
+async fn without_redis_revocations_travel_through_postgres_and_with_neither_tokens_are_refused() {
+    let test =
+        "without_redis_revocations_travel_through_postgres_and_with_neither_tokens_are_refused";
+    let Some((postgres, redis)) = backends(test) else {
+        return;
+    };
+    let database = TestDatabase::fresh_postgres(&postgres).await;
+    let redis_proxy = Proxy::to(addr_of(&redis)).await;
+    let database_proxy = Proxy::to(addr_of(database.url())).await;
+    let settings = [
+        ("KEYSTONE_REVOCATION__MAX_STALENESS", "2s"),
+        ("KEYSTONE_REVOCATION__POLL_INTERVAL", "200ms"),
+        ("KEYSTONE_DATABASE__ACQUIRE_TIMEOUT", "1s"),
+        ("KEYSTONE_DATABASE__CONNECT_TIMEOUT", "1s"),
+    ];
+    let cluster = cluster_name();
+    let a = Replica::start(
+        &cluster,
+        database.url(),
+        &via(&redis, redis_proxy.addr),
+        &settings,
+    )
+    .await;
+    let b = Replica::start(
+        &cluster,
+        &via(database.url(), database_proxy.addr),
+        &via(&redis, redis_proxy.addr),
+        &settings,
+    )
+    .await;
+    let admin = a.login(ADMIN, ADMIN_PASSWORD).await.unwrap();
+    let secret = a.create_client(&admin, "reporting").await;
+    let revoked = a.client_token("reporting", &secret).await;
+    let valid = a.client_token("reporting", &secret).await;
+
+    // Redis down: the revocation still reaches B, through its polls of PostgreSQL.
+    redis_proxy.cut();
+    a.revoke(&revoked).await;
+    let waited = b.until_revoked(&revoked, Duration::from_secs(5)).await;
+    eprintln!("revocation through PostgreSQL alone reached the other replica in {waited:?}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    b.authenticate(&valid)
+        .await
+        .expect("PostgreSQL keeps the set confirmed while Redis is down");
+
+    // PostgreSQL down too (for B): past the staleness bound, B refuses rather than trusts.
+    database_proxy.cut();
+    let started = Instant::now();
+    let status = loop {
+        match b.authenticate(&valid).await {
+            Ok(()) => {
+                assert!(started.elapsed() < Duration::from_secs(10), "never refused");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(reason(&status), "REVOCATION_UNAVAILABLE");
+    let status = b.authenticate(&revoked).await.unwrap_err();
+    assert_ne!(status.code(), Code::Ok);
+
+    // Both back: B recovers without a restart, and what was revoked stays revoked.
+    redis_proxy.restore();
+    database_proxy.restore();
+    let started = Instant::now();
+    while b.authenticate(&valid).await.is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "B did not recover"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        reason(&b.authenticate(&revoked).await.unwrap_err()),
+        "TOKEN_REVOKED"
+    );
+}
+
+#[tokio::test]
+async fn failed_logins_spread_over_replicas_lock_the_name() {
+    let test = "failed_logins_spread_over_replicas_lock_the_name";
+    let Some((postgres, redis)) = backends(test) else {
+        return;
+    };
+    let database = TestDatabase::fresh_postgres(&postgres).await;
+    let nodes = replicas(
+        &database,
+        &redis,
+        2,
+        &[("KEYSTONE_AUTH__LOCKOUT_THRESHOLD", "3")],
+    )
+    .await;
+    for attempt in 0..3 {
+        let status = nodes[attempt % 2]
+            .login(ADMIN, "wrong wrong wrong wrong")
+            .await
+            .unwrap_err();
+        assert_eq!(reason(&status), "INVALID_CREDENTIALS", "attempt {attempt}");
+    }
+    for node in &nodes {
+        let status = node.login(ADMIN, ADMIN_PASSWORD).await.unwrap_err();
+        assert_eq!(reason(&status), "ACCOUNT_LOCKED");
+    }
+}
+
+#[tokio::test]
+async fn registration_limits_hold_across_replicas() {
+    let test = "registration_limits_hold_across_replicas";
+    let Some((postgres, redis)) = backends(test) else {
+        return;
+    };
+    let database = TestDatabase::fresh_postgres(&postgres).await;
+    let nodes = replicas(
+        &database,
+        &redis,
+        2,
+        &[
+            ("KEYSTONE_AUTH__REGISTRATION", "true"),
+            ("KEYSTONE_AUTH__REGISTRATION_PER_MINUTE", "2"),
+        ],
+    )
+    .await;
+    let mut refused = None;
+    for attempt in 0..6 {
+        let result = nodes[attempt % 2]
+            .auth()
+            .register(RegisterRequest {
+                username: format!("user{attempt}x{}", uuid::Uuid::new_v4().simple()),
+                email: format!("u{attempt}{}@example.com", uuid::Uuid::new_v4().simple()),
+                password: "violet tractor sunrise 7".into(),
+            })
+            .await;
+        if let Err(status) = result {
+            assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+            assert_eq!(reason(&status), "RATE_LIMITED");
+            refused = Some(attempt);
+            break;
+        }
+    }
+    assert_eq!(
+        refused,
+        Some(2),
+        "two replicas share one limit of 2 registrations a minute"
+    );
+}
+
+#[tokio::test]
+async fn replicas_starting_together_on_an_empty_database_agree_on_one_key_and_hear_key_changes() {
+    let test =
+        "replicas_starting_together_on_an_empty_database_agree_on_one_key_and_hear_key_changes";
+    let Some((postgres, redis)) = backends(test) else {
+        return;
+    };
+    let database = TestDatabase::fresh_postgres(&postgres).await;
+    let cluster = cluster_name();
+    let (a, b) = tokio::join!(
+        Replica::start(&cluster, database.url(), &redis, &[]),
+        Replica::start(&cluster, database.url(), &redis, &[]),
+    );
+    let jwks = |node: &Replica| {
+        let mut auth = node.auth();
+        async move {
+            auth.get_jwks(keystone::proto::pb::GetJwksRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .keys
+                .into_iter()
+                .map(|key| key.kid)
+                .collect::<Vec<_>>()
+        }
+    };
+    let keys = jwks(&a).await;
+    assert_eq!(keys.len(), 1, "one key, not one per replica: {keys:?}");
+    assert_eq!(jwks(&b).await, keys);
+
+    // `keystone keys revoke` on the command line reaches both replicas through Redis at once
+    // (not after keys.reload_interval, 10 s).
+    let admin = a.login(ADMIN, ADMIN_PASSWORD).await.unwrap();
+    b.authenticate(&admin).await.unwrap();
+    let (code, _, stderr) = crate::cli::run(
+        keystone()
+            .args(["keys", "revoke", &keys[0]])
+            .env("KEYSTONE_DATABASE_URL", database.url())
+            .env("KEYSTONE_REDIS_URL", &redis)
+            .env("KEYSTONE_CLUSTER__NAME", &cluster)
+            .env("KEYSTONE_SECRETS__PEPPER", TEST_PEPPER),
+    );
+    assert_eq!(code, 0, "{stderr}");
+    let started = Instant::now();
+    for node in [&a, &b] {
+        while node.authenticate(&admin).await.is_ok() {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the key revocation did not reach the replica through Redis"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    eprintln!(
+        "a key revocation reached both replicas in {:?}",
+        started.elapsed()
+    );
+}
