@@ -13,6 +13,7 @@ mod m20261128_000002_create_token_tables;
 mod m20261128_000003_seed_scopes_and_admin_role;
 mod m20261128_000004_create_revocations;
 mod m20261128_000005_add_username_skeletons;
+mod m20261128_000006_index_revocations_by_write_time;
 
 /// The ordered list of Keystone's migrations.
 pub struct Migrator;
@@ -26,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000003_seed_scopes_and_admin_role::Migration),
             Box::new(m20261128_000004_create_revocations::Migration),
             Box::new(m20261128_000005_add_username_skeletons::Migration),
+            Box::new(m20261128_000006_index_revocations_by_write_time::Migration),
         ]
     }
 }
