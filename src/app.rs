@@ -178,6 +178,7 @@ impl App {
                 keys.clone(),
                 clock.clone(),
                 settings.revocation.poll_interval,
+                settings.revocation.max_staleness,
             ))
         });
         let redis = revocations.redis().cloned();
@@ -198,9 +199,6 @@ impl App {
                 shutdown.await;
                 monitor.abort();
                 upkeep.abort();
-                if let Some(follower) = &follower {
-                    follower.abort();
-                }
                 health.set(false).await;
                 let _ = draining.send(true);
                 tracing::info!("health is NOT_SERVING; draining");
@@ -226,6 +224,10 @@ impl App {
                     "calls still in flight after the shutdown grace; stopping anyway"
                 );
             }
+        }
+        // Followed to the end: tokens are checked against a fresh set while draining.
+        if let Some(follower) = follower {
+            follower.abort();
         }
         if let Some(redis) = redis {
             redis.quit().await;

@@ -752,13 +752,15 @@ impl Settings {
                 "must be at least 1",
             ));
         }
-        if self.database.max_connections == 0
+        if self.database.max_connections < 2
             || self.database.min_connections > self.database.max_connections
         {
+            // Two at least: replicas take turns at migrations and keys through a lock held on
+            // one connection while the work runs on another.
             return Err(ConfigError::invalid(
                 "database.max_connections",
                 self.database.max_connections,
-                "must be at least 1 and at least database.min_connections",
+                "must be at least 2 and at least database.min_connections",
             ));
         }
         check_positive("database.acquire_timeout", self.database.acquire_timeout)?;

@@ -1,7 +1,7 @@
 //! `AuthApi`: the adapter of `keystone.v1.Auth`. It decodes requests into domain types, calls
 //! [`AuthService`], and encodes the reply; it makes no policy decision of its own.
 
-use std::pin::Pin;
+use std::{pin::Pin, time::Duration};
 
 use secrecy::SecretString;
 use tokio::sync::{broadcast::error::RecvError, mpsc, watch};
@@ -273,38 +273,52 @@ impl pb::auth_server::Auth for AuthApi {
         let (snapshot, mut changes) = self.service.watch_revocations();
         let (tx, rx) = mpsc::channel(256);
         let mut draining = self.draining.clone();
+        let service = self.service.clone();
         tokio::spawn(async move {
-            for revocation in snapshot {
-                if tx.send(Ok(revocation_message(&revocation))).await.is_err() {
-                    return;
-                }
-            }
-            let complete = pb::WatchRevocationsResponse {
-                revocation: None,
-                snapshot_complete: true,
-            };
-            if tx.send(Ok(complete)).await.is_err() {
-                return;
-            }
-            loop {
-                let ending = tokio::select! {
-                    change = changes.recv() => match change {
-                        Ok(revocation) => {
-                            if tx.send(Ok(revocation_message(&revocation))).await.is_err() {
-                                return;
+            let mut snapshot = snapshot.into_iter();
+            let mut snapshot_done = false;
+            // The next message to send, taken from the snapshot only once the last one went.
+            let mut pending: Option<pb::WatchRevocationsResponse> = None;
+            // A stale set is no set to enforce: the stream ends rather than go quiet.
+            let mut freshness = tokio::time::interval(Duration::from_secs(1));
+            let ending = loop {
+                if pending.is_none() && !snapshot_done {
+                    pending = Some(match snapshot.next() {
+                        Some(revocation) => revocation_message(&revocation),
+                        None => {
+                            snapshot_done = true;
+                            pb::WatchRevocationsResponse {
+                                revocation: None,
+                                snapshot_complete: true,
                             }
-                            continue;
                         }
-                        Err(RecvError::Lagged(_)) => "the watcher fell behind; watch again",
-                        Err(RecvError::Closed) => "the revocation set is gone; watch again",
+                    });
+                }
+                tokio::select! {
+                    permit = tx.reserve(), if pending.is_some() => match permit {
+                        Ok(permit) => {
+                            if let Some(message) = pending.take() {
+                                permit.send(Ok(message));
+                            }
+                        }
+                        Err(_) => return,
                     },
-                    _ = async { draining.wait_for(|draining| *draining).await.is_ok() } => {
-                        "the server is shutting down; watch again"
+                    change = changes.recv(), if snapshot_done && pending.is_none() => match change {
+                        Ok(revocation) => pending = Some(revocation_message(&revocation)),
+                        Err(RecvError::Lagged(_)) => break "the watcher fell behind; watch again",
+                        Err(RecvError::Closed) => break "the revocation set is gone; watch again",
+                    },
+                    _ = freshness.tick() => {
+                        if service.revocations_fresh().is_err() {
+                            break "the revocation set is not confirmed fresh; watch again later";
+                        }
                     }
-                };
-                let _ = tx.send(Err(Status::unavailable(ending))).await;
-                return;
-            }
+                    _ = async { draining.wait_for(|draining| *draining).await.is_ok() } => {
+                        break "the server is shutting down; watch again";
+                    }
+                }
+            };
+            let _ = tx.send(Err(Status::unavailable(ending))).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

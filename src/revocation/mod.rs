@@ -34,6 +34,16 @@ use crate::{
 /// was taken before one already seen but committed after it.
 const LOOKBACK: chrono::Duration = chrono::Duration::seconds(10);
 
+/// The most revocations kept for publishing later (older ones still reach the others from the
+/// database).
+const MAX_UNPUBLISHED: usize = 10_000;
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// What a revocation covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RevocationKind {
@@ -136,7 +146,13 @@ pub struct Revocations {
     freshness: Arc<Freshness>,
     /// The newest database `seq` applied.
     watermark: Arc<AtomicI64>,
+    /// When the last successful poll started (milliseconds since the epoch): the next one
+    /// looks back from there, however long the database was away.
+    polled_from_ms: Arc<AtomicI64>,
     redis: Option<Redis>,
+    /// Revocations this replica could not publish yet; retried before each heartbeat, and
+    /// while any wait, heartbeats say this replica is behind.
+    unpublished: Arc<std::sync::Mutex<std::collections::VecDeque<Revocation>>>,
 }
 
 impl Revocations {
@@ -147,6 +163,7 @@ impl Revocations {
         settings: SyncSettings,
     ) -> Result<Self, Error> {
         let memory = MemoryRevocations::default();
+        let loaded_from = Utc::now();
         let (live, newest) = store.live_revocations(now).await?;
         for revocation in &live {
             memory.insert(revocation);
@@ -158,9 +175,11 @@ impl Revocations {
             changes,
             freshness: Arc::new(Freshness::new(settings)),
             watermark: Arc::new(AtomicI64::new(newest)),
+            polled_from_ms: Arc::new(AtomicI64::new(loaded_from.timestamp_millis())),
             redis: None,
+            unpublished: Arc::default(),
         };
-        revocations.freshness.confirm();
+        revocations.freshness.confirm_database();
         Ok(revocations)
     }
 
@@ -183,13 +202,44 @@ impl Revocations {
         self.learn(revocation);
         if let Some(redis) = &self.redis {
             let redis = redis.clone();
-            let payload = Event::Revocation(revocation.into()).to_payload();
+            let unpublished = self.unpublished.clone();
+            let revocation = revocation.clone();
             tokio::spawn(async move {
+                let payload = Event::Revocation((&revocation).into()).to_payload();
                 if let Err(error) = redis.publish(payload).await {
-                    // The others still learn it from the database within a poll.
-                    tracing::debug!(error = %error, "cannot publish a revocation on Redis");
+                    // The others learn it from the database within a poll; until it is
+                    // published, this replica's heartbeats say it is behind.
+                    tracing::debug!(error = %error, "cannot publish a revocation on Redis yet");
+                    let mut unpublished = lock(&unpublished);
+                    if unpublished.len() >= MAX_UNPUBLISHED {
+                        unpublished.pop_front();
+                    }
+                    unpublished.push_back(revocation);
                 }
             });
+        }
+    }
+
+    /// Publishes what could not be published before; returns whether none is left.
+    pub async fn publish_pending(&self) -> bool {
+        let Some(redis) = &self.redis else {
+            return true;
+        };
+        loop {
+            let Some(next) = lock(&self.unpublished).front().cloned() else {
+                return true;
+            };
+            if redis
+                .publish(Event::Revocation((&next).into()).to_payload())
+                .await
+                .is_err()
+            {
+                return false;
+            }
+            let mut unpublished = lock(&self.unpublished);
+            if unpublished.front() == Some(&next) {
+                unpublished.pop_front();
+            }
         }
     }
 
@@ -220,18 +270,29 @@ impl Revocations {
         })
     }
 
-    /// Notes that the set is confirmed complete now.
-    pub fn confirm(&self) {
-        self.freshness.confirm();
+    /// A message on Redis: it confirms the set, unless Redis may have dropped something since
+    /// the database last confirmed it.
+    pub fn confirm_by_redis(&self) {
+        self.freshness.confirm_redis();
+    }
+
+    /// Redis may have dropped messages (a reconnection, a lag, a replica behind): until a poll
+    /// of the database succeeds, Redis confirms nothing.
+    pub fn redis_gap(&self) {
+        self.freshness.redis_gap();
     }
 
     /// Applies what changed in the database since the last poll, and confirms the set.
     /// Returns how many entries were news.
     pub async fn poll_database(&self, now: DateTime<Utc>) -> Result<usize, Error> {
+        let started = Utc::now();
         let seen = self.watermark.load(Ordering::Acquire);
+        let from =
+            DateTime::<Utc>::from_timestamp_millis(self.polled_from_ms.load(Ordering::Acquire))
+                .unwrap_or(started);
         let (rows, newest) = self
             .store
-            .revocations_since(seen, Utc::now() - LOOKBACK, now)
+            .revocations_since(seen, from - LOOKBACK, now)
             .await?;
         let mut news = 0;
         for revocation in &rows {
@@ -241,7 +302,9 @@ impl Revocations {
             }
         }
         self.watermark.fetch_max(newest, Ordering::AcqRel);
-        self.freshness.confirm();
+        self.polled_from_ms
+            .fetch_max(started.timestamp_millis(), Ordering::AcqRel);
+        self.freshness.confirm_database();
         Ok(news)
     }
 
@@ -282,6 +345,8 @@ struct Freshness {
     max_staleness_ms: u64,
     started: Instant,
     confirmed_ms: AtomicU64,
+    /// Whether Redis has delivered everything since the database last confirmed the set.
+    redis_in_step: std::sync::atomic::AtomicBool,
 }
 
 impl Freshness {
@@ -291,6 +356,7 @@ impl Freshness {
             max_staleness_ms: u64::try_from(settings.max_staleness.as_millis()).unwrap_or(u64::MAX),
             started: Instant::now(),
             confirmed_ms: AtomicU64::new(0),
+            redis_in_step: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -298,9 +364,21 @@ impl Freshness {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
-    fn confirm(&self) {
+    fn confirm_database(&self) {
+        self.redis_in_step.store(true, Ordering::Release);
         self.confirmed_ms
             .fetch_max(self.now_ms(), Ordering::Relaxed);
+    }
+
+    fn confirm_redis(&self) {
+        if self.redis_in_step.load(Ordering::Acquire) {
+            self.confirmed_ms
+                .fetch_max(self.now_ms(), Ordering::Relaxed);
+        }
+    }
+
+    fn redis_gap(&self) {
+        self.redis_in_step.store(false, Ordering::Release);
     }
 
     fn is_fresh(&self) -> bool {

@@ -92,11 +92,13 @@ impl Redis {
                 performance.default_command_timeout = budget;
             });
         let client = builder.build()?;
+        // Subscribing may take longer than a publish's budget (after a reconnection, say).
+        builder.with_performance_config(|performance| {
+            performance.default_command_timeout = Duration::from_secs(2);
+        });
         let subscriber = builder.build_subscriber_client()?;
         client.connect();
         subscriber.connect();
-        // Re-subscribes after every reconnection.
-        subscriber.manage_subscriptions();
         let connected = tokio::time::timeout(connect_wait, async {
             let _ = client.wait_for_connect().await;
             let _ = subscriber.wait_for_connect().await;
@@ -125,23 +127,33 @@ impl Redis {
         .await
     }
 
-    /// Subscribes to the events channel; every message's payload is sent to `sink`, and every
-    /// reconnection as `None` (the follower resyncs then). Runs until `sink` closes.
+    /// Subscribes to the events channel (again after every reconnection) and sends every
+    /// message's payload to `sink`. After each (re)subscription, and whenever messages may have
+    /// been lost, it sends `None`: the follower must catch up from the database then. Runs
+    /// until `sink` closes.
     pub async fn follow(&self, sink: mpsc::Sender<Option<String>>) {
+        use tokio::sync::broadcast::error::RecvError;
         let mut messages = self.subscriber.message_rx();
         let mut reconnections = self.subscriber.reconnect_rx();
+        let mut subscribed = false;
         loop {
-            if let Err(error) = self.subscriber.subscribe(&*self.channel).await {
-                tracing::warn!(error = %error, "cannot subscribe to Redis events; retrying");
-                if sink.is_closed() {
-                    return;
+            if !subscribed {
+                match self.subscriber.subscribe(&*self.channel).await {
+                    Ok(()) => {
+                        subscribed = true;
+                        if sink.send(None).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(error) => {
+                        tracing::debug!(error = %error, "cannot subscribe to Redis events yet");
+                        tokio::select! {
+                            () = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                            () = sink.closed() => return,
+                        }
+                    }
                 }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
             }
-            break;
-        }
-        loop {
             tokio::select! {
                 message = messages.recv() => match message {
                     Ok(message) => {
@@ -152,19 +164,19 @@ impl Redis {
                             return;
                         }
                     }
-                    // Messages were dropped: resync.
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    Err(RecvError::Lagged(_)) => {
                         if sink.send(None).await.is_err() {
                             return;
                         }
                     }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    // The client is gone: nothing more will come; the database still will.
+                    Err(RecvError::Closed) => return,
                 },
-                reconnected = reconnections.recv() => {
-                    if reconnected.is_err() || sink.send(None).await.is_err() {
-                        return;
-                    }
-                }
+                reconnected = reconnections.recv() => match reconnected {
+                    // A new connection has no subscription yet.
+                    Ok(_) | Err(RecvError::Lagged(_)) => subscribed = false,
+                    Err(RecvError::Closed) => return,
+                },
                 () = sink.closed() => return,
             }
         }

@@ -5,16 +5,22 @@
 //! - polls the database every `revocation.poll_interval` for revocations by `seq`, which
 //!   catches whatever Redis dropped (a reconnection, a lag, a flush, an outage) and resyncs at
 //!   once after a reconnection;
-//! - publishes a heartbeat every second: receiving any message proves the bus works, and
-//!   together with a successful poll confirms the set fresh.
+//! - publishes a heartbeat every second. Receiving messages confirms the set fresh while Redis
+//!   is in step: since the last successful poll, no reconnection, no lag, and no replica
+//!   saying it is behind (it could not publish a revocation). Otherwise only a poll does.
+//!   A replica cut off from Redis entirely cannot say it is behind: the others learn its
+//!   revocations from the database.
 //!
 //! Messages are small JSON objects, so that other tools can read the channel too.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tokio::sync::mpsc;
+use tokio::{
+    sync::{Notify, mpsc},
+    task::JoinSet,
+};
 
 use super::{Revocation, RevocationKind, Revocations};
 use crate::{clock::SharedClock, token::keys::KeyManager};
@@ -30,8 +36,13 @@ pub enum Event {
     Revocation(RevocationEvent),
     /// The signing keys changed: reload them.
     Keys,
-    /// A replica is alive (and the bus works).
-    Heartbeat,
+    /// A replica is alive (and the bus works). `behind`: it has revocations it could not
+    /// publish yet, so Redis alone cannot vouch for anyone's set.
+    Heartbeat {
+        /// Whether the sender has unpublished revocations.
+        #[serde(default)]
+        behind: bool,
+    },
 }
 
 /// A revocation as published.
@@ -83,83 +94,155 @@ impl Event {
     }
 }
 
-/// Follows the database and Redis until dropped (the task is aborted at shutdown).
+/// Follows the database and Redis until aborted (at shutdown). Three loops, so that a slow
+/// database never holds up what Redis delivers, nor the other way round:
+/// - the database poll, every `poll_every` and at once when asked (after a gap on Redis);
+/// - Redis events: revocations applied, heartbeats and everything else confirming the set
+///   while Redis is in step, key changes handed to the key loop;
+/// - the heartbeat (with what could not be published before), every second.
 pub async fn follow(
     revocations: Revocations,
     keys: KeyManager,
     clock: SharedClock,
     poll_every: Duration,
+    max_staleness: Duration,
 ) {
-    let (events_tx, mut events) = mpsc::channel::<Option<String>>(1024);
-    let redis = revocations.redis().cloned();
-    if let Some(redis) = redis.clone() {
-        tokio::spawn(async move { redis.follow(events_tx).await });
-    } else {
-        drop(events_tx);
+    let poll_now = Arc::new(Notify::new());
+    let reload_keys = Arc::new(Notify::new());
+    let mut tasks = JoinSet::new();
+    tasks.spawn(poll_loop(
+        revocations.clone(),
+        clock,
+        poll_every,
+        max_staleness,
+        poll_now.clone(),
+    ));
+    tasks.spawn(keys_loop(keys, reload_keys.clone()));
+    if let Some(redis) = revocations.redis().cloned() {
+        let (events_tx, events) = mpsc::channel::<Option<String>>(1024);
+        tasks.spawn({
+            let redis = redis.clone();
+            async move { redis.follow(events_tx).await }
+        });
+        tasks.spawn(events_loop(
+            revocations.clone(),
+            events,
+            poll_now,
+            reload_keys,
+        ));
+        tasks.spawn(heartbeat_loop(revocations));
     }
-    let mut poll = tokio::time::interval(poll_every);
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut heartbeat = tokio::time::interval(HEARTBEAT_EVERY);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The loops run until aborted; dropping the set (when this task is aborted) aborts them.
+    while tasks.join_next().await.is_some() {}
+    std::future::pending::<()>().await;
+}
+
+async fn poll_loop(
+    revocations: Revocations,
+    clock: SharedClock,
+    every: Duration,
+    budget: Duration,
+    poll_now: Arc<Notify>,
+) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut database_down = false;
     loop {
         tokio::select! {
-            _ = poll.tick() => poll_once(&revocations, &clock, &mut database_down).await,
-            _ = heartbeat.tick(), if redis.is_some() => {
-                if let Some(redis) = &redis
-                    && let Err(error) = redis.publish(Event::Heartbeat.to_payload()).await
-                {
-                    tracing::debug!(error = %error, "cannot publish a heartbeat on Redis");
+            _ = ticker.tick() => {}
+            () = poll_now.notified() => {}
+        }
+        let polled = tokio::time::timeout(budget, revocations.poll_database(clock.now())).await;
+        match polled {
+            Ok(Ok(news)) => {
+                if database_down {
+                    tracing::info!("the database answers again; revocations followed from it");
+                    database_down = false;
+                }
+                if news > 0 {
+                    tracing::debug!(news, "revocations learnt from the database");
                 }
             }
-            event = events.recv(), if redis.is_some() => match event {
-                Some(Some(payload)) => {
-                    revocations.confirm();
-                    match Event::parse(&payload) {
-                        Some(Event::Revocation(event)) => {
-                            if let Some(revocation) = event.to_revocation() {
-                                revocations.learn(&revocation);
-                            }
-                        }
-                        Some(Event::Keys) => {
-                            if let Err(error) = keys.refresh().await {
-                                tracing::warn!(
-                                    error = format!("{:#}", anyhow::Error::from(error)),
-                                    "cannot reload the signing keys"
-                                );
-                            }
-                        }
-                        Some(Event::Heartbeat) | None => {}
-                    }
+            Ok(Err(error)) => {
+                if !database_down {
+                    tracing::warn!(
+                        error = format!("{:#}", anyhow::Error::from(error)),
+                        "cannot poll the database for revocations"
+                    );
+                    database_down = true;
                 }
-                // Reconnected, or messages were lost: catch up from the database now.
-                Some(None) => poll_once(&revocations, &clock, &mut database_down).await,
-                None => return,
-            },
+            }
+            Err(_) => {
+                if !database_down {
+                    tracing::warn!("the database did not answer a revocation poll in time");
+                    database_down = true;
+                }
+            }
         }
     }
 }
 
-/// One poll of the database; says once when it stops and starts answering.
-async fn poll_once(revocations: &Revocations, clock: &SharedClock, database_down: &mut bool) {
-    match revocations.poll_database(clock.now()).await {
-        Ok(news) => {
-            if *database_down {
-                tracing::info!("the database answers again; revocations followed from it");
-                *database_down = false;
+async fn events_loop(
+    revocations: Revocations,
+    mut events: mpsc::Receiver<Option<String>>,
+    poll_now: Arc<Notify>,
+    reload_keys: Arc<Notify>,
+) {
+    while let Some(event) = events.recv().await {
+        let Some(payload) = event else {
+            // Subscribed anew, or messages were lost: catch up from the database, keys too.
+            revocations.redis_gap();
+            poll_now.notify_one();
+            reload_keys.notify_one();
+            continue;
+        };
+        match Event::parse(&payload) {
+            Some(Event::Revocation(event)) => {
+                if let Some(revocation) = event.to_revocation() {
+                    revocations.learn(&revocation);
+                }
+                revocations.confirm_by_redis();
             }
-            if news > 0 {
-                tracing::debug!(news, "revocations learnt from the database");
+            Some(Event::Keys) => {
+                reload_keys.notify_one();
+                revocations.confirm_by_redis();
             }
+            Some(Event::Heartbeat { behind: true }) => {
+                revocations.redis_gap();
+                poll_now.notify_one();
+            }
+            Some(Event::Heartbeat { behind: false }) => revocations.confirm_by_redis(),
+            None => {}
         }
-        Err(error) => {
-            if !*database_down {
-                tracing::warn!(
-                    error = format!("{:#}", anyhow::Error::from(error)),
-                    "cannot poll the database for revocations"
-                );
-                *database_down = true;
-            }
+    }
+}
+
+async fn heartbeat_loop(revocations: Revocations) {
+    let Some(redis) = revocations.redis().cloned() else {
+        return;
+    };
+    let mut ticker = tokio::time::interval(HEARTBEAT_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let behind = !revocations.publish_pending().await;
+        if let Err(error) = redis
+            .publish(Event::Heartbeat { behind }.to_payload())
+            .await
+        {
+            tracing::debug!(error = %error, "cannot publish a heartbeat on Redis");
+        }
+    }
+}
+
+async fn keys_loop(keys: KeyManager, reload: Arc<Notify>) {
+    loop {
+        reload.notified().await;
+        if let Err(error) = keys.refresh().await {
+            tracing::warn!(
+                error = format!("{:#}", anyhow::Error::from(error)),
+                "cannot reload the signing keys"
+            );
         }
     }
 }
@@ -184,6 +267,10 @@ mod tests {
         };
         assert_eq!(read.to_revocation(), Some(revocation));
         assert_eq!(Event::parse(&Event::Keys.to_payload()), Some(Event::Keys));
+        assert_eq!(
+            Event::parse(r#"{"type":"heartbeat"}"#),
+            Some(Event::Heartbeat { behind: false })
+        );
         assert_eq!(Event::parse("not json"), None);
         assert_eq!(
             Event::parse(

@@ -1038,6 +1038,11 @@ impl AuthService {
         self.revocations.watch()
     }
 
+    /// Fails with UNAVAILABLE when, in a cluster, the revocation set is not confirmed fresh.
+    pub fn revocations_fresh(&self) -> Result<(), Error> {
+        self.revocations.check_fresh()
+    }
+
     /// The published keys.
     pub fn jwks(&self) -> Vec<PublicJwk> {
         self.ring.snapshot().jwks.clone()

@@ -87,8 +87,9 @@ pub enum ReplicaLock {
 }
 
 /// A lock held across replicas until released (a PostgreSQL advisory lock held by an open
-/// transaction). On SQLite, which has one writer and serves one node, there is nothing to
-/// hold.
+/// transaction, on a connection of its own: the work it guards runs on the others, so a pool
+/// on PostgreSQL needs at least two connections). On SQLite, which has one writer and serves
+/// one node, there is nothing to hold.
 #[derive(Debug)]
 pub struct HeldLock(Option<sea_orm::DatabaseTransaction>);
 
@@ -187,6 +188,10 @@ impl Store {
             ReplicaLock::Keys => 0x4B53_0002,
         };
         let txn = self.db.begin().await.map_err(db_error)?;
+        // A replica stuck holding the lock must not stall the others for ever.
+        txn.execute_unprepared("SET LOCAL lock_timeout = '30s'")
+            .await
+            .map_err(db_error)?;
         txn.execute_raw(sea_orm::Statement::from_sql_and_values(
             sea_orm::DatabaseBackend::Postgres,
             "SELECT pg_advisory_xact_lock($1)",

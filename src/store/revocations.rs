@@ -20,12 +20,14 @@ impl Store {
         &self,
         now: DateTime<Utc>,
     ) -> Result<(Vec<Revocation>, i64), Error> {
+        // The newest seq first: a row committed between the two reads comes again at the next
+        // poll rather than being skipped.
+        let newest = self.newest_revocation_seq().await?;
         let rows = revocation::Entity::find()
             .filter(revocation::Column::ExpiresAt.gt(now))
             .all(self.db())
             .await
             .map_err(db_error)?;
-        let newest = self.newest_revocation_seq().await?;
         Ok((rows.into_iter().filter_map(from_row).collect(), newest))
     }
 

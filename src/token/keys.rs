@@ -245,24 +245,31 @@ impl KeyManager {
     /// Starts a rotation now: a new key is published at once and signs after
     /// `keys.publish_ahead`. Returns its kid.
     pub async fn rotate(&self) -> Result<String, Error> {
+        let lock = self.store.lock_replicas(ReplicaLock::Keys).await?;
         let now = self.clock.now();
-        let kid = self
-            .create_key("next", now, now + self.publish_ahead)
-            .await?;
-        self.refresh().await?;
-        Ok(kid)
+        let result = match self.create_key("next", now, now + self.publish_ahead).await {
+            Ok(kid) => self.refresh_locked().await.map(|()| kid),
+            Err(error) => Err(error),
+        };
+        lock.release().await;
+        result
     }
 
     /// Withdraws a key at once. Returns whether it was live. If it was the signing key, a new
     /// one signs immediately.
     pub async fn revoke(&self, kid: &str) -> Result<bool, Error> {
+        let lock = self.store.lock_replicas(ReplicaLock::Keys).await?;
         let now = self.clock.now();
-        let revoked = self
+        let result = match self
             .store
             .revoke_key(kid, now, &key_event("key.revoke", kid))
-            .await?;
-        self.refresh().await?;
-        Ok(revoked)
+            .await
+        {
+            Ok(revoked) => self.refresh_locked().await.map(|()| revoked),
+            Err(error) => Err(error),
+        };
+        lock.release().await;
+        result
     }
 
     async fn promote(
