@@ -18,6 +18,7 @@ use crate::{
     grpc::{
         self, Apis, Health, auth::AuthApi, client_admin::ClientAdminApi, user_admin::UserAdminApi,
     },
+    http::HttpState,
     password::PasswordHasher,
     revocation::{Revocations, SyncSettings, redis::Redis},
     secrets::Pepper,
@@ -42,6 +43,8 @@ pub struct App {
     listener: TcpListener,
     local_addr: SocketAddr,
     health: Health,
+    http_listener: TcpListener,
+    http_addr: SocketAddr,
     /// Told when shutdown begins, so that streams end.
     draining: tokio::sync::watch::Sender<bool>,
 }
@@ -91,6 +94,10 @@ impl App {
             .await
             .with_context(|| format!("cannot listen on grpc_addr {}", settings.grpc_addr))?;
         let local_addr = listener.local_addr()?;
+        let http_listener = TcpListener::bind(settings.http_addr)
+            .await
+            .with_context(|| format!("cannot listen on http_addr {}", settings.http_addr))?;
+        let http_addr = http_listener.local_addr()?;
 
         let keys = key_manager(&settings, &store, &clock);
         keys.refresh()
@@ -134,6 +141,8 @@ impl App {
             listener,
             local_addr,
             health,
+            http_listener,
+            http_addr,
             draining,
         })
     }
@@ -141,6 +150,11 @@ impl App {
     /// The address the gRPC listener is bound to (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address the HTTP listener is bound to.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
     }
 
     /// The clock the server runs on.
@@ -161,6 +175,8 @@ impl App {
             listener,
             local_addr,
             health,
+            http_listener,
+            http_addr,
             draining,
         } = self;
 
@@ -182,6 +198,8 @@ impl App {
             ))
         });
         let redis = revocations.redis().cloned();
+        let auth_for_http = auth.clone();
+        let ring_for_http = keys.ring().clone();
         let upkeep = tokio::spawn(upkeep(
             keys,
             revocations,
@@ -189,6 +207,22 @@ impl App {
             clock,
             settings.keys.reload_interval,
         ));
+        let http = tokio::spawn(crate::http::serve(
+            http_listener,
+            HttpState {
+                auth: auth_for_http,
+                store: store.clone(),
+                ring: ring_for_http,
+                jwks_max_age: settings.keys.publish_ahead.min(Duration::from_secs(300)),
+            },
+            {
+                let mut draining = draining.subscribe();
+                async move {
+                    let _ = draining.wait_for(|draining| *draining).await;
+                }
+            },
+        ));
+        tracing::info!(http_addr = %http_addr, "Keystone is serving HTTP on {http_addr}");
         tracing::info!(grpc_addr = %local_addr, "Keystone is serving gRPC on {local_addr}");
 
         let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
@@ -224,6 +258,12 @@ impl App {
                     "calls still in flight after the shutdown grace; stopping anyway"
                 );
             }
+        }
+        // HTTP stopped taking requests when draining began; let those in flight finish.
+        match tokio::time::timeout(grace, http).await {
+            Ok(Ok(Err(error))) => tracing::warn!(error = %error, "the HTTP server failed"),
+            Ok(_) => {}
+            Err(_) => tracing::warn!("HTTP requests still in flight after the shutdown grace"),
         }
         // Followed to the end: tokens are checked against a fresh set while draining.
         if let Some(follower) = follower {

@@ -406,39 +406,38 @@ impl AuthService {
         Ok(token)
     }
 
-    /// The client credentials grant (RFC 6749 section 4.4). No refresh token. An unknown client
-    /// and a wrong secret give the same answer; a secret is checked against each live secret
-    /// of the client (at most two during a rotation) with constant-time comparison.
-    pub async fn client_credentials_grant(
+    /// Checks a client's id and secret (HTTP Basic or form credentials, or the client
+    /// credentials grant): the client must exist, be enabled and hold a live secret equal to
+    /// `secret` (each live secret is compared, in constant time). Every failure but "disabled"
+    /// answers `INVALID_CREDENTIALS`; each is an audit event (`purpose` names the use).
+    pub async fn verify_client(
         &self,
         client_id: &str,
-        secret: SecretString,
-        request: TokenRequest,
+        secret: &SecretString,
+        purpose: &'static str,
         context: &CallContext,
-    ) -> Result<IssuedToken, Error> {
+    ) -> Result<crate::domain::Client, Error> {
         if client_id.is_empty() || client_id.len() > 128 {
             return Err(Error::invalid_argument(
                 "client_credentials.client_id",
                 "must hold 1 to 128 bytes",
             ));
         }
-        if secret.expose_secret().is_empty() || secret.expose_secret().len() > 256 {
-            return Err(invalid_credentials());
-        }
-        let requested = ScopeSet::parse(request.scopes.iter().map(String::as_str))
-            .map_err(|e| e.on("scopes"))?;
         let now = self.clock.now();
         let audit = |outcome: Outcome, reason: &str| {
             AuditRecord::new(
                 client_id.to_owned(),
-                "token.issue",
+                "client.authenticate",
                 client_id.to_owned(),
                 outcome,
             )
             .from_peer(&context.peer)
-            .with_detail("grant", "client_credentials")
+            .with_detail("purpose", purpose)
             .with_detail("reason", reason)
         };
+        if secret.expose_secret().is_empty() || secret.expose_secret().len() > 256 {
+            return Err(invalid_credentials());
+        }
         let found = self.store.find_client_with_secrets(client_id, now).await?;
         let matched = found.as_ref().and_then(|(_, secrets)| {
             // Check every live secret, so the time does not tell which one matched.
@@ -464,6 +463,38 @@ impl AuthService {
         self.store
             .touch_client_secret(client.id, secret_id, now)
             .await?;
+        Ok(client)
+    }
+
+    /// The client credentials grant (RFC 6749 section 4.4). No refresh token. An unknown client
+    /// and a wrong secret give the same answer; a secret is checked against each live secret
+    /// of the client (at most two during a rotation) with constant-time comparison.
+    pub async fn client_credentials_grant(
+        &self,
+        client_id: &str,
+        secret: SecretString,
+        request: TokenRequest,
+        context: &CallContext,
+    ) -> Result<IssuedToken, Error> {
+        let requested = ScopeSet::parse(request.scopes.iter().map(String::as_str))
+            .map_err(|e| e.on("scopes"))?;
+        // Taken before the client is read: a token stamped before a revocation of its client
+        // is refused, whatever it read.
+        let now = self.clock.now();
+        let client = self
+            .verify_client(client_id, &secret, "client_credentials", context)
+            .await?;
+        let audit = |outcome: Outcome, reason: &str| {
+            AuditRecord::new(
+                client_id.to_owned(),
+                "token.issue",
+                client_id.to_owned(),
+                outcome,
+            )
+            .from_peer(&context.peer)
+            .with_detail("grant", "client_credentials")
+            .with_detail("reason", reason)
+        };
         let allowed = ScopeSet::parse(client.allowed_scopes.iter().map(String::as_str))
             .map_err(|e| Error::internal(anyhow::anyhow!("a stored scope is invalid: {e}")))?;
         let scopes = narrow(&allowed, requested)?;

@@ -211,6 +211,7 @@ async fn keystone_serve_says_where_it_listens_and_stops_on_sigterm() {
         .arg("serve")
         .env("KEYSTONE_DATABASE_URL", database.url())
         .env("KEYSTONE_GRPC_ADDR", "127.0.0.1:0")
+        .env("KEYSTONE_HTTP_ADDR", "127.0.0.1:0")
         .env("KEYSTONE_SECRETS__PEPPER", crate::helpers::TEST_PEPPER)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

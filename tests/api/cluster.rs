@@ -150,6 +150,7 @@ impl Replica {
             .env("KEYSTONE_CLUSTER__NAME", cluster)
             .env("KEYSTONE_SECRETS__PEPPER", TEST_PEPPER)
             .env("KEYSTONE_GRPC_ADDR", "127.0.0.1:0")
+            .env("KEYSTONE_HTTP_ADDR", "127.0.0.1:0")
             .env("KEYSTONE_BOOTSTRAP_ADMIN_USERNAME", ADMIN)
             .env("KEYSTONE_BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD)
             .env("KEYSTONE_SERVER__SHUTDOWN_GRACE", "1s")

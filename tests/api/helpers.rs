@@ -159,6 +159,9 @@ pub struct TestApp {
     pub addr: SocketAddr,
     /// A channel to it.
     pub channel: Channel,
+    /// Where it serves HTTP.
+    #[allow(dead_code)]
+    pub http_addr: SocketAddr,
     /// The clock it runs on.
     #[allow(dead_code)]
     pub clock: ManualClock,
@@ -193,6 +196,7 @@ pub async fn spawn_app_on(
         .await
         .expect("Keystone builds");
     let addr = app.local_addr();
+    let http_addr = app.http_addr();
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until(async {
         let _ = shutdown_rx.await;
@@ -204,6 +208,7 @@ pub async fn spawn_app_on(
         .expect("Keystone accepts connections");
     TestApp {
         addr,
+        http_addr,
         channel,
         clock,
         shutdown: Some(shutdown_tx),
@@ -537,4 +542,73 @@ pub fn with_bearer<T>(message: T, token: &str) -> tonic::Request<T> {
             .expect("a valid header value"),
     );
     request
+}
+
+/// An HTTP/1.1 response: status, headers (names lowercased) and body.
+#[allow(dead_code)]
+pub struct HttpResponse {
+    /// The status code.
+    pub status: u16,
+    /// The headers.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: String,
+}
+
+#[allow(dead_code)]
+impl HttpResponse {
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+}
+
+/// One HTTP/1.1 request over a fresh connection (enough for tests; no client library).
+#[allow(dead_code)]
+pub async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> HttpResponse {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|line| line.split(' ').nth(1))
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(n, v)| (n.trim().to_lowercase(), v.trim().to_owned()))
+        .collect();
+    HttpResponse {
+        status,
+        headers,
+        body: body.to_owned(),
+    }
 }

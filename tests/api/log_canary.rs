@@ -32,6 +32,7 @@ async fn a_run_at_trace_level_logs_no_secret() {
         .env("RUST_LOG", "trace")
         .env("KEYSTONE_DATABASE_URL", database.url())
         .env("KEYSTONE_GRPC_ADDR", "127.0.0.1:0")
+        .env("KEYSTONE_HTTP_ADDR", "127.0.0.1:0")
         .env("KEYSTONE_SECRETS__PEPPER", TEST_PEPPER)
         .env("KEYSTONE_BOOTSTRAP_ADMIN_USERNAME", "opsadmin")
         .env("KEYSTONE_BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD)

@@ -11,6 +11,7 @@ mod clients;
 mod cluster;
 mod grpcurl;
 mod health;
+mod http;
 mod keys;
 mod log_canary;
 mod reflection;

@@ -1,0 +1,123 @@
+//! The HTTP listener (`http_addr`): what meshes, gateways and OAuth libraries expect beside
+//! gRPC. Discovery (`/.well-known/jwks.json`, `/.well-known/openid-configuration`), the OAuth
+//! endpoints (`/oauth2/token`, `/oauth2/introspect`, `/oauth2/revoke`) and the probes
+//! (`/healthz`, `/readyz`). Every verdict comes from the same [`AuthService`] as gRPC's.
+
+mod oauth;
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::{service::auth::AuthService, store::Store, token::keys::KeyRing};
+
+/// What the HTTP handlers share.
+#[derive(Debug, Clone)]
+pub struct HttpState {
+    /// The auth use cases.
+    pub auth: AuthService,
+    /// For `/readyz`.
+    pub store: Store,
+    /// For `/readyz`: a signing key must be loaded.
+    pub ring: KeyRing,
+    /// How long the JWKS may be cached: never longer than new keys are published ahead.
+    pub jwks_max_age: Duration,
+}
+
+/// The HTTP routes.
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/.well-known/jwks.json", get(jwks))
+        .route("/.well-known/openid-configuration", get(discovery))
+        .route("/oauth2/token", post(oauth::token))
+        .route("/oauth2/introspect", post(oauth::introspect))
+        .route("/oauth2/revoke", post(oauth::revoke))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(Arc::new(state))
+}
+
+/// Serves HTTP on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    state: HttpState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+/// RFC 7517: the public keys. Cacheable for less than the pre-publication lead, so that a
+/// cache always holds a key before it signs.
+async fn jwks(State(state): State<Arc<HttpState>>) -> Response {
+    let keys = state.auth.jwks();
+    let mut response = Json(json!({ "keys": keys })).into_response();
+    let max_age = state.jwks_max_age.as_secs();
+    if let Ok(value) = HeaderValue::from_str(&format!("public, max-age={max_age}")) {
+        response.headers_mut().insert(header::CACHE_CONTROL, value);
+    }
+    response
+}
+
+/// RFC 8414 authorization server metadata (also served under the OpenID Connect name, where
+/// libraries look for it).
+async fn discovery(State(state): State<Arc<HttpState>>) -> Response {
+    let issuer = state.auth.issuer().trim_end_matches('/').to_owned();
+    let algorithms: Vec<&str> = state
+        .auth
+        .jwks()
+        .iter()
+        .map(|key| key.alg)
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    Json(json!({
+        "issuer": state.auth.issuer(),
+        "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
+        "token_endpoint": format!("{issuer}/oauth2/token"),
+        "introspection_endpoint": format!("{issuer}/oauth2/introspect"),
+        "revocation_endpoint": format!("{issuer}/oauth2/revoke"),
+        "grant_types_supported": ["client_credentials", "password", "refresh_token"],
+        "response_types_supported": [],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "bearer"],
+        "revocation_endpoint_auth_methods_supported": ["none"],
+        "access_token_signing_alg_values_supported": algorithms,
+    }))
+    .into_response()
+}
+
+/// Liveness: the process answers.
+async fn healthz() -> Response {
+    Json(json!({ "status": "ok" })).into_response()
+}
+
+/// Readiness: the database answers, a signing key is loaded, and the revocation set is
+/// confirmed fresh. 503 naming what is not.
+async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
+    let database = state.store.ping().await.is_ok();
+    let keys = state.ring.snapshot().signing.is_some();
+    let revocations = state.auth.revocations_fresh().is_ok();
+    let body = json!({
+        "status": if database && keys && revocations { "ready" } else { "not ready" },
+        "checks": { "database": database, "signing_key": keys, "revocations": revocations },
+    });
+    let status = if database && keys && revocations {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}

@@ -1,0 +1,475 @@
+//! The OAuth 2.0 endpoints over HTTP: token (RFC 6749), introspection (RFC 7662) and
+//! revocation (RFC 7009). Requests are form encoded; credentials are never taken from the
+//! query string; answers are JSON with `Cache-Control: no-store`, and errors carry the OAuth
+//! error codes (RFC 6749 section 5.2) mapped from the same errors gRPC callers get.
+
+use std::{collections::HashMap, sync::Arc};
+
+use axum::{
+    Json,
+    body::Bytes,
+    extract::{ConnectInfo, State},
+    http::{HeaderMap, HeaderValue, StatusCode, Uri, header},
+    response::{IntoResponse, Response},
+};
+use base64::{Engine as _, engine::general_purpose::STANDARD};
+use secrecy::{ExposeSecret as _, SecretString};
+use serde_json::json;
+
+use super::HttpState;
+use crate::{
+    domain::ScopeSet,
+    error::{Error, Reason},
+    service::auth::{CallContext, PasswordLogin, TokenRequest},
+};
+
+/// An answer that ends a request early (boxed: a response is large).
+type Refusal = Box<Response>;
+
+/// The largest form accepted, in bytes.
+const MAX_FORM: usize = 16 * 1024;
+
+/// `POST /oauth2/token`: the client credentials, password and refresh token grants.
+pub async fn token(
+    State(state): State<Arc<HttpState>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let context = context(peer);
+    let form = match read_form(&uri, &headers, &body) {
+        Ok(form) => form,
+        Err(error) => return *error,
+    };
+    let basic = match basic_credentials(&headers) {
+        Ok(basic) => basic,
+        Err(error) => return *error,
+    };
+    let request = TokenRequest {
+        scopes: form
+            .get("scope")
+            .map(|scope| {
+                scope
+                    .split(' ')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default(),
+        audience: form
+            .get("audience")
+            .or_else(|| form.get("resource"))
+            .cloned()
+            .unwrap_or_default(),
+    };
+    let used_basic = basic.is_some();
+    let client_grant = form.get("grant_type").map(String::as_str) == Some("client_credentials");
+    let issued = match form.get("grant_type").map(String::as_str) {
+        Some("client_credentials") => {
+            let (client_id, secret) = match basic {
+                Some(credentials) => credentials,
+                None => match (form.get("client_id"), form.get("client_secret")) {
+                    (Some(id), Some(secret)) => (id.clone(), SecretString::from(secret.clone())),
+                    _ => {
+                        return oauth_error(
+                            StatusCode::UNAUTHORIZED,
+                            "invalid_client",
+                            "authenticate the client with HTTP Basic or client_id and client_secret",
+                            true,
+                        );
+                    }
+                },
+            };
+            state
+                .auth
+                .client_credentials_grant(&client_id, secret, request, &context)
+                .await
+        }
+        Some("password") => {
+            let (Some(username), Some(password)) = (form.get("username"), form.get("password"))
+            else {
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "the password grant needs username and password",
+                    false,
+                );
+            };
+            state
+                .auth
+                .password_grant(
+                    PasswordLogin {
+                        username: username.clone(),
+                        password: SecretString::from(password.clone()),
+                    },
+                    request,
+                    &context,
+                )
+                .await
+        }
+        Some("refresh_token") => {
+            let Some(refresh_token) = form.get("refresh_token") else {
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "the refresh_token grant needs refresh_token",
+                    false,
+                );
+            };
+            state
+                .auth
+                .refresh_grant(SecretString::from(refresh_token.clone()), request, &context)
+                .await
+        }
+        Some(_) => {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "grant_type must be client_credentials, password or refresh_token",
+                false,
+            );
+        }
+        None => {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "grant_type is missing",
+                false,
+            );
+        }
+    };
+    match issued {
+        Ok(issued) => {
+            let mut body = json!({
+                "access_token": issued.access_token,
+                "token_type": "Bearer",
+                "expires_in": issued.expires_in,
+                "scope": issued.scopes.to_space_separated(),
+            });
+            if let Some(refresh_token) = &issued.refresh_token {
+                body["refresh_token"] = json!(refresh_token.expose_secret());
+            }
+            no_store(Json(body).into_response())
+        }
+        Err(error) => token_error(&error, client_grant, used_basic),
+    }
+}
+
+/// `POST /oauth2/introspect` (RFC 7662). The caller is a bearer token holding
+/// `keystone:introspect`, or a client (HTTP Basic) allowed that scope.
+pub async fn introspect(
+    State(state): State<Arc<HttpState>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let context = context(peer);
+    let form = match read_form(&uri, &headers, &body) {
+        Ok(form) => form,
+        Err(error) => return *error,
+    };
+    if let Err(response) = introspection_caller(&state, &headers, &context).await {
+        return *response;
+    }
+    let Some(token) = form.get("token") else {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "token is missing",
+            false,
+        );
+    };
+    let body = match state.auth.introspect(token) {
+        Some(claims) => json!({
+            "active": true,
+            "scope": claims.scope,
+            "client_id": claims.client_id,
+            "username": claims.preferred_username,
+            "token_type": "Bearer",
+            "exp": claims.exp,
+            "iat": claims.iat,
+            "nbf": claims.nbf,
+            "sub": claims.sub,
+            "aud": claims.aud.to_vec(),
+            "iss": claims.iss,
+            "jti": claims.jti,
+            "roles": claims.roles,
+        }),
+        None => json!({ "active": false }),
+    };
+    no_store(Json(body).into_response())
+}
+
+/// `POST /oauth2/revoke` (RFC 7009): whoever holds a token may end it; the answer is 200
+/// whether or not the token was known.
+pub async fn revoke(
+    State(state): State<Arc<HttpState>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let context = context(peer);
+    let form = match read_form(&uri, &headers, &body) {
+        Ok(form) => form,
+        Err(error) => return *error,
+    };
+    let Some(token) = form.get("token") else {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "token is missing",
+            false,
+        );
+    };
+    match state.auth.revoke(token, &context).await {
+        Ok(()) => no_store(StatusCode::OK.into_response()),
+        Err(error) => token_error(&error, false, false),
+    }
+}
+
+/// Checks the caller of `/oauth2/introspect`.
+async fn introspection_caller(
+    state: &HttpState,
+    headers: &HeaderMap,
+    context: &CallContext,
+) -> Result<(), Refusal> {
+    let denied = |status: StatusCode, error: &str, description: &str| {
+        let mut response = oauth_error(status, error, description, false);
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"keystone\", Basic realm=\"keystone\""),
+        );
+        Box::new(response)
+    };
+    let required = ScopeSet::parse(["keystone:introspect"]).map_err(|_| {
+        Box::new(oauth_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            "",
+            false,
+        ))
+    })?;
+    if let Some(token) = bearer(headers) {
+        return match state.auth.authenticate(&token, &required, None) {
+            Ok(_) => Ok(()),
+            Err(Error::PermissionDenied { .. }) => Err(denied(
+                StatusCode::FORBIDDEN,
+                "insufficient_scope",
+                "the token lacks keystone:introspect",
+            )),
+            Err(error @ Error::Unavailable { .. }) => {
+                Err(Box::new(token_error(&error, false, false)))
+            }
+            Err(_) => Err(denied(
+                StatusCode::UNAUTHORIZED,
+                "invalid_token",
+                "the bearer token is invalid",
+            )),
+        };
+    }
+    match basic_credentials(headers)? {
+        Some((client_id, secret)) => {
+            let client = state
+                .auth
+                .verify_client(&client_id, &secret, "introspect", context)
+                .await
+                .map_err(|_| {
+                    denied(
+                        StatusCode::UNAUTHORIZED,
+                        "invalid_client",
+                        "invalid client credentials",
+                    )
+                })?;
+            let allowed = ScopeSet::parse(client.allowed_scopes.iter().map(String::as_str))
+                .unwrap_or_default();
+            if required.iter().all(|scope| allowed.satisfies(scope)) {
+                Ok(())
+            } else {
+                Err(denied(
+                    StatusCode::FORBIDDEN,
+                    "insufficient_scope",
+                    "the client is not allowed keystone:introspect",
+                ))
+            }
+        }
+        None => Err(denied(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "send a bearer token with keystone:introspect, or client credentials",
+        )),
+    }
+}
+
+/// The form of a POST, refusing credentials in the query string, other content types,
+/// oversized bodies and repeated parameters (RFC 6749 section 3.2).
+fn read_form(
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<HashMap<String, String>, Refusal> {
+    let bad = |description: &str| -> Refusal {
+        Box::new(oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            description,
+            false,
+        ))
+    };
+    if uri.query().is_some_and(|query| !query.is_empty()) {
+        return Err(bad(
+            "parameters are taken from the form body only, never from the query string",
+        ));
+    }
+    let form_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|value| {
+            value
+                .trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    if !form_type {
+        return Err(bad("send application/x-www-form-urlencoded"));
+    }
+    if body.len() > MAX_FORM {
+        return Err(bad("the form is too large"));
+    }
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_bytes(body).map_err(|_| bad("the form is malformed"))?;
+    let mut form = HashMap::with_capacity(pairs.len());
+    for (name, value) in pairs {
+        if form.insert(name.clone(), value).is_some() {
+            return Err(bad(&format!("`{name}` is given more than once")));
+        }
+    }
+    Ok(form)
+}
+
+/// HTTP Basic client credentials (RFC 6749 section 2.3.1: each part form-urlencoded).
+fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, SecretString)>, Refusal> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let malformed = || {
+        Box::new(oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "malformed Basic credentials",
+            true,
+        ))
+    };
+    let Some(encoded) = value.to_str().ok().and_then(|value| {
+        value
+            .strip_prefix("Basic ")
+            .or(value.strip_prefix("basic "))
+    }) else {
+        return Ok(None);
+    };
+    let decoded = STANDARD
+        .decode(encoded.trim())
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or_else(malformed)?;
+    let (id, secret) = decoded.split_once(':').ok_or_else(malformed)?;
+    let decode = |part: &str| form_urlencoded_decode(part).ok_or_else(malformed);
+    Ok(Some((decode(id)?, SecretString::from(decode(secret)?))))
+}
+
+fn form_urlencoded_decode(part: &str) -> Option<String> {
+    serde_urlencoded::from_str::<Vec<(String, String)>>(&format!("v={part}"))
+        .ok()
+        .and_then(|mut pairs| pairs.pop())
+        .map(|(_, value)| value)
+}
+
+/// The bearer token of the `Authorization` header, if it is one.
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+        .filter(|token| !token.is_empty())
+}
+
+fn context(peer: std::net::SocketAddr) -> CallContext {
+    CallContext {
+        peer: peer.ip().to_string(),
+    }
+}
+
+/// The OAuth error of a failed call (RFC 6749 section 5.2), from the error gRPC callers get.
+/// `client_grant`: bad credentials are the client's (`invalid_client`), not a user's or a
+/// refresh token's (`invalid_grant`).
+fn token_error(error: &Error, client_grant: bool, used_basic: bool) -> Response {
+    let description = match error {
+        Error::Internal(_) | Error::Unavailable { .. } => String::new(),
+        other => other.to_string(),
+    };
+    let (status, code) = match error.reason() {
+        Reason::InvalidCredentials if client_grant => (StatusCode::UNAUTHORIZED, "invalid_client"),
+        Reason::InvalidCredentials
+        | Reason::AccountLocked
+        | Reason::AccountDisabled
+        | Reason::RefreshTokenReused => (StatusCode::BAD_REQUEST, "invalid_grant"),
+        Reason::InvalidScope | Reason::InsufficientScope => {
+            (StatusCode::BAD_REQUEST, "invalid_scope")
+        }
+        Reason::InvalidAudience => (StatusCode::BAD_REQUEST, "invalid_target"),
+        Reason::RateLimited | Reason::Overloaded => {
+            (StatusCode::TOO_MANY_REQUESTS, "temporarily_unavailable")
+        }
+        Reason::Unavailable | Reason::RevocationUnavailable => {
+            (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable")
+        }
+        Reason::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
+        _ => (StatusCode::BAD_REQUEST, "invalid_request"),
+    };
+    if matches!(error, Error::Internal(_) | Error::Unavailable { .. }) {
+        // Logged here with its cause, as gRPC's mapping does; the caller gets no detail.
+        tracing::error!(error = ?error, "an OAuth request failed");
+    }
+    let mut response = oauth_error(
+        status,
+        code,
+        &description,
+        used_basic && code == "invalid_client",
+    );
+    if let Error::ResourceExhausted {
+        retry_after: Some(wait),
+        ..
+    } = error
+        && let Ok(value) = HeaderValue::from_str(&wait.as_secs().max(1).to_string())
+    {
+        response.headers_mut().insert(header::RETRY_AFTER, value);
+    }
+    response
+}
+
+/// An OAuth error response: `{"error": code, "error_description": …}`, `no-store`, and with
+/// `basic`, the `WWW-Authenticate` challenge RFC 6749 requires after failed Basic auth.
+fn oauth_error(status: StatusCode, code: &str, description: &str, basic: bool) -> Response {
+    let mut body = json!({ "error": code });
+    if !description.is_empty() {
+        body["error_description"] = json!(description);
+    }
+    let mut response = (status, Json(body)).into_response();
+    if basic {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"keystone\""),
+        );
+    }
+    no_store(response)
+}
+
+fn no_store(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    response
+}
