@@ -16,7 +16,8 @@ use crate::{
     config::Settings,
     domain::PasswordPolicy,
     grpc::{
-        self, Apis, Health, auth::AuthApi, client_admin::ClientAdminApi, user_admin::UserAdminApi,
+        self, Apis, Health, auth::AuthApi, client_admin::ClientAdminApi, ext_authz::ExtAuthzApi,
+        user_admin::UserAdminApi,
     },
     http::HttpState,
     password::PasswordHasher,
@@ -128,6 +129,7 @@ impl App {
             auth: AuthApi::new(auth.clone(), draining_rx),
             user_admin: UserAdminApi::new(auth.clone(), user_admin, clock.clone()),
             client_admin: ClientAdminApi::new(auth.clone(), client_admin),
+            ext_authz: ExtAuthzApi::new(auth.clone(), settings.ext_authz.clone()),
         };
         let health = Health::new().await;
         Ok(Self {

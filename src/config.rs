@@ -35,6 +35,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "clients",
     "cluster",
     "revocation",
+    "ext_authz",
     "secrets",
 ];
 
@@ -96,6 +97,8 @@ pub struct Settings {
     pub cluster: ClusterSettings,
     /// The revocation set.
     pub revocation: RevocationSettings,
+    /// Envoy external authorization.
+    pub ext_authz: ExtAuthzSettings,
     /// Server-side secrets.
     pub secrets: SecretSettings,
 }
@@ -120,6 +123,7 @@ impl Default for Settings {
             clients: ClientSettings::default(),
             cluster: ClusterSettings::default(),
             revocation: RevocationSettings::default(),
+            ext_authz: ExtAuthzSettings::default(),
             secrets: SecretSettings::default(),
         }
     }
@@ -445,6 +449,44 @@ impl Default for ClusterSettings {
     }
 }
 
+/// Envoy external authorization (`envoy.service.auth.v3.Authorization/Check`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExtAuthzSettings {
+    /// The prefix of the headers added for the upstream (`<prefix>subject`, …). Headers with
+    /// this prefix sent by the client are always removed first.
+    pub header_prefix: String,
+    /// Whether the `authorization` header is removed before the request goes upstream.
+    pub remove_authorization: bool,
+    /// What requests need, by host and path prefix (the longest matching prefix wins; a
+    /// route's `context_extensions` in Envoy add to it).
+    pub routes: Vec<ExtAuthzRoute>,
+}
+
+impl Default for ExtAuthzSettings {
+    fn default() -> Self {
+        Self {
+            header_prefix: "x-keystone-".to_owned(),
+            remove_authorization: false,
+            routes: Vec::new(),
+        }
+    }
+}
+
+/// What requests to a host and path prefix need.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExtAuthzRoute {
+    /// The `:authority` (without port); empty: any host.
+    pub host: String,
+    /// The path prefix; empty: every path.
+    pub path_prefix: String,
+    /// The audience the token must carry; empty: any.
+    pub audience: String,
+    /// The scopes the token must hold.
+    pub scopes: Vec<String>,
+}
+
 /// The revocation set.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -569,6 +611,31 @@ impl Settings {
                 "",
                 "must hold at least 32 characters",
             ));
+        }
+        let prefix = &self.ext_authz.header_prefix;
+        if prefix.is_empty()
+            || !prefix
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        {
+            return Err(ConfigError::invalid(
+                "ext_authz.header_prefix",
+                prefix,
+                "must be lowercase letters, digits and '-'",
+            ));
+        }
+        for route in &self.ext_authz.routes {
+            if let Some(bad) = route
+                .scopes
+                .iter()
+                .find(|scope| crate::domain::Scope::parse(scope).is_err())
+            {
+                return Err(ConfigError::invalid(
+                    "ext_authz.routes.scopes",
+                    bad,
+                    "must be scopes of the form resource:action",
+                ));
+            }
         }
         if self.cluster.name.is_empty()
             || self.cluster.name.len() > 64

@@ -15,6 +15,7 @@ pub mod auth;
 pub mod caller;
 pub mod client_admin;
 pub mod convert;
+pub mod ext_authz;
 mod redact;
 pub mod user_admin;
 
@@ -39,7 +40,11 @@ use crate::{
     proto::{FILE_DESCRIPTOR_SET, pb},
 };
 
-use self::{auth::AuthApi, client_admin::ClientAdminApi, user_admin::UserAdminApi};
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
+
+use self::{
+    auth::AuthApi, client_admin::ClientAdminApi, ext_authz::ExtAuthzApi, user_admin::UserAdminApi,
+};
 
 /// The names health is reported for: the whole server (`""`) and each Keystone service.
 pub const HEALTH_SERVICE_NAMES: &[&str] = &[
@@ -47,6 +52,7 @@ pub const HEALTH_SERVICE_NAMES: &[&str] = &[
     <pb::auth_server::AuthServer<AuthApi> as NamedService>::NAME,
     <pb::user_admin_server::UserAdminServer<UserAdminApi> as NamedService>::NAME,
     <pb::client_admin_server::ClientAdminServer<ClientAdminApi> as NamedService>::NAME,
+    <AuthorizationServer<ExtAuthzApi> as NamedService>::NAME,
 ];
 
 /// The health of every service name, as one switch: Keystone's services stand or fall with
@@ -92,6 +98,8 @@ pub struct Apis {
     pub user_admin: UserAdminApi,
     /// `keystone.v1.ClientAdmin`.
     pub client_admin: ClientAdminApi,
+    /// `envoy.service.auth.v3.Authorization`.
+    pub ext_authz: ExtAuthzApi,
 }
 
 /// Serves gRPC on `listener` until `shutdown` resolves, then lets calls in flight finish.
@@ -143,6 +151,9 @@ pub async fn serve(
         .add_optional_service(reflection_v1alpha)
         .add_service(
             pb::auth_server::AuthServer::new(apis.auth).max_decoding_message_size(max_message),
+        )
+        .add_service(
+            AuthorizationServer::new(apis.ext_authz).max_decoding_message_size(max_message),
         )
         .add_service(
             pb::user_admin_server::UserAdminServer::new(apis.user_admin)

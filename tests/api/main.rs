@@ -9,6 +9,7 @@ mod cli;
 mod client_admin;
 mod clients;
 mod cluster;
+mod ext_authz;
 mod grpcurl;
 mod health;
 mod http;

@@ -1,0 +1,226 @@
+//! Envoy external authorization: `envoy.service.auth.v3.Authorization/Check` on the gRPC port.
+//! The verdict is `Authenticate`'s, on the request's `authorization: Bearer` header: allowed
+//! requests go upstream with `x-keystone-*` headers naming the caller (any such header the
+//! client sent is replaced or removed, so none can be forged); denied ones get 401 with
+//! `WWW-Authenticate: Bearer error="invalid_token"`, or 403 with
+//! `error="insufficient_scope"`. What a request needs comes from `ext_authz.routes` (host and
+//! path prefix) and the route's `context_extensions` in Envoy (`keystone_audience`,
+//! `keystone_required_scopes`).
+
+use std::collections::HashMap;
+
+use envoy_types::ext_authz::v3::{
+    CheckRequestExt as _, CheckResponseExt as _, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
+    pb::{Authorization, CheckRequest, CheckResponse, HeaderAppendAction, HttpStatusCode},
+};
+use tonic::{Request, Response, Status};
+
+use crate::{
+    config::ExtAuthzSettings,
+    domain::ScopeSet,
+    error::{Error, Reason},
+    service::auth::AuthService,
+    token::Kind,
+};
+
+/// The gRPC adapter of Envoy's `Authorization` service.
+#[derive(Debug, Clone)]
+pub struct ExtAuthzApi {
+    auth: AuthService,
+    settings: ExtAuthzSettings,
+}
+
+impl ExtAuthzApi {
+    /// The adapter over the auth service.
+    pub fn new(auth: AuthService, settings: ExtAuthzSettings) -> Self {
+        Self { auth, settings }
+    }
+
+    /// The audience and scopes a request needs: the longest matching route, plus the route's
+    /// context extensions.
+    fn requirements(
+        &self,
+        host: &str,
+        path: &str,
+        extensions: &HashMap<String, String>,
+    ) -> Result<(Option<String>, ScopeSet), Error> {
+        let host = host.split(':').next().unwrap_or(host);
+        let route = self
+            .settings
+            .routes
+            .iter()
+            .filter(|route| route.host.is_empty() || route.host.eq_ignore_ascii_case(host))
+            .filter(|route| path.starts_with(&route.path_prefix))
+            .max_by_key(|route| (route.path_prefix.len(), !route.host.is_empty()));
+        let mut scopes: Vec<&str> = route
+            .map(|route| route.scopes.iter().map(String::as_str).collect())
+            .unwrap_or_default();
+        if let Some(extra) = extensions.get("keystone_required_scopes") {
+            scopes.extend(extra.split(' ').filter(|s| !s.is_empty()));
+        }
+        let scopes = ScopeSet::parse(scopes)
+            .map_err(|e| e.on("context_extensions.keystone_required_scopes"))?;
+        let audience = extensions
+            .get("keystone_audience")
+            .filter(|a| !a.is_empty())
+            .cloned()
+            .or_else(|| {
+                route
+                    .map(|route| route.audience.clone())
+                    .filter(|a| !a.is_empty())
+            });
+        Ok((audience, scopes))
+    }
+}
+
+#[tonic::async_trait]
+impl Authorization for ExtAuthzApi {
+    #[tracing::instrument(name = "Check", skip_all)]
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
+        let request = request.into_inner();
+        let empty = HashMap::new();
+        let headers = request.get_client_headers().unwrap_or(&empty);
+        let http = request
+            .attributes
+            .as_ref()
+            .and_then(|attributes| attributes.request.as_ref())
+            .and_then(|request| request.http.as_ref());
+        let host = http.map(|http| http.host.as_str()).unwrap_or_default();
+        let path = http.map(|http| http.path.as_str()).unwrap_or_default();
+        let extensions = request
+            .attributes
+            .as_ref()
+            .map(|attributes| &attributes.context_extensions)
+            .unwrap_or(&empty);
+
+        let Some(token) = headers.get("authorization").and_then(|value| bearer(value)) else {
+            return Ok(Response::new(denied(
+                HttpStatusCode::Unauthorized,
+                Status::unauthenticated("no bearer token"),
+                "Bearer realm=\"keystone\"",
+                "invalid_request",
+                "send `authorization: Bearer <access token>`",
+            )));
+        };
+        let verdict = self
+            .requirements(host, path.split('?').next().unwrap_or(path), extensions)
+            .and_then(|(audience, scopes)| {
+                self.auth.authenticate(token, &scopes, audience.as_deref())
+            });
+        let principal = match verdict {
+            Ok(principal) => principal,
+            Err(error) => return Ok(Response::new(refusal(&error))),
+        };
+        let claims = principal.claims;
+        let prefix = &self.settings.header_prefix;
+        let mut ok = OkHttpResponseBuilder::new();
+        let kind = match claims.kind {
+            Kind::User => "user",
+            Kind::Service => "service",
+        };
+        let ours = [
+            ("subject", claims.sub.clone()),
+            ("kind", kind.to_owned()),
+            ("client-id", claims.client_id.clone()),
+            (
+                "username",
+                claims.preferred_username.clone().unwrap_or_default(),
+            ),
+            ("scopes", claims.scope.clone()),
+            ("roles", claims.roles.join(" ")),
+        ];
+        let names: Vec<String> = ours
+            .iter()
+            .map(|(name, _)| format!("{prefix}{name}"))
+            .collect();
+        for ((_, value), name) in ours.into_iter().zip(&names) {
+            // Overwrite, and keep empty values: a forged header must not survive.
+            ok.add_header(
+                name.clone(),
+                value,
+                Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
+                true,
+            );
+        }
+        for incoming in headers.keys() {
+            let lower = incoming.to_ascii_lowercase();
+            if lower.starts_with(prefix.as_str()) && !names.contains(&lower) {
+                ok.remove_header(lower);
+            }
+        }
+        if self.settings.remove_authorization {
+            ok.remove_header("authorization");
+        }
+        let mut response = CheckResponse::with_status(Status::ok("allowed"));
+        response.set_http_response(ok);
+        Ok(Response::new(response))
+    }
+}
+
+/// The token of a `Bearer` authorization header.
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|token| !token.is_empty())
+}
+
+/// The denial for an error of `Authenticate`.
+fn refusal(error: &Error) -> CheckResponse {
+    let description = match error {
+        Error::Internal(_) | Error::Unavailable { .. } => "try again later".to_owned(),
+        other => other.to_string(),
+    };
+    match error.reason() {
+        Reason::InsufficientScope | Reason::AudienceMismatch => denied(
+            HttpStatusCode::Forbidden,
+            Status::permission_denied(description.clone()),
+            "Bearer error=\"insufficient_scope\"",
+            "insufficient_scope",
+            &description,
+        ),
+        Reason::Unavailable | Reason::RevocationUnavailable | Reason::Internal => {
+            tracing::warn!(error = ?error, "an ext_authz check could not be decided");
+            denied(
+                HttpStatusCode::ServiceUnavailable,
+                Status::unavailable(description.clone()),
+                "Bearer realm=\"keystone\"",
+                "temporarily_unavailable",
+                &description,
+            )
+        }
+        _ => denied(
+            HttpStatusCode::Unauthorized,
+            Status::unauthenticated(description.clone()),
+            "Bearer error=\"invalid_token\"",
+            "invalid_token",
+            &description,
+        ),
+    }
+}
+
+/// A denied check: the status for Envoy and the HTTP answer for the client.
+fn denied(
+    http: HttpStatusCode,
+    status: Status,
+    challenge: &str,
+    error: &str,
+    description: &str,
+) -> CheckResponse {
+    let mut answer = DeniedHttpResponseBuilder::new();
+    answer
+        .set_http_status(http)
+        .add_header("www-authenticate", challenge, None, false)
+        .add_header("content-type", "application/json", None, false)
+        .add_header("cache-control", "no-store", None, false)
+        .set_body(
+            serde_json::json!({ "error": error, "error_description": description }).to_string(),
+        );
+    let mut response = CheckResponse::with_status(status);
+    response.set_http_response(answer);
+    response
+}
