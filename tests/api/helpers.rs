@@ -187,11 +187,25 @@ pub async fn spawn_app_on(
     database: TestDatabase,
     configure: impl FnOnce(&mut Settings),
 ) -> TestApp {
+    spawn_app_at(
+        database,
+        Utc.with_ymd_and_hms(2026, 1, 1, 12, 0, 0).unwrap(),
+        configure,
+    )
+    .await
+}
+
+/// Starts Keystone with its clock at `now` (tests that meet real-time verifiers).
+pub async fn spawn_app_at(
+    database: TestDatabase,
+    now: chrono::DateTime<Utc>,
+    configure: impl FnOnce(&mut Settings),
+) -> TestApp {
     let mut settings = test_settings(database.url());
     configure(&mut settings);
     settings.validate().expect("test settings are valid");
 
-    let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 1, 1, 12, 0, 0).unwrap());
+    let clock = ManualClock::new(now);
     let app = App::build_with_clock(settings, Arc::new(clock.clone()))
         .await
         .expect("Keystone builds");

