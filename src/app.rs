@@ -216,6 +216,7 @@ impl App {
                 store: store.clone(),
                 ring: ring_for_http,
                 jwks_max_age: settings.keys.publish_ahead.min(Duration::from_secs(300)),
+                metrics: crate::metrics::install(),
             },
             {
                 let mut draining = draining.subscribe();
@@ -393,6 +394,7 @@ async fn upkeep(
                 "cannot refresh the signing keys"
             );
         }
+        record_gauges(&keys, &revocations, &clock);
         if last_prune.elapsed() >= PRUNE_EVERY {
             last_prune = tokio::time::Instant::now();
             auth.forget_idle_limits();
@@ -403,6 +405,21 @@ async fn upkeep(
                 );
             }
         }
+    }
+}
+
+/// The gauges nothing else moves: revocation set size and staleness, Redis, key age.
+#[allow(clippy::cast_precision_loss)]
+fn record_gauges(keys: &KeyManager, revocations: &Revocations, clock: &SharedClock) {
+    ::metrics::gauge!("keystone_revocations").set(revocations.len() as f64);
+    ::metrics::gauge!("keystone_revocation_staleness_seconds")
+        .set(revocations.staleness().as_secs_f64());
+    if let Some(redis) = revocations.redis() {
+        ::metrics::gauge!("keystone_redis_up").set(if redis.is_up() { 1.0 } else { 0.0 });
+    }
+    if let Some(since) = keys.ring().snapshot().signing_since() {
+        ::metrics::gauge!("keystone_signing_key_age_seconds")
+            .set((clock.now() - since).num_seconds().max(0) as f64);
     }
 }
 
@@ -432,6 +449,7 @@ async fn watch_database(store: Store, health: Health, every: Duration) {
                 false
             }
         };
+        ::metrics::gauge!("keystone_database_up").set(if answers { 1.0 } else { 0.0 });
         if answers != serving {
             serving = answers;
             health.set(serving).await;

@@ -6,7 +6,8 @@
 //! - [`config`]: settings from defaults, an optional TOML file and `KEYSTONE_*` variables.
 //! - [`app`]: builds the whole server from settings and runs it until shutdown.
 //! - [`grpc`]: the tonic adapters, the layer stack, health and reflection.
-//! - [`http`]: the HTTP listener: JWKS and discovery, the OAuth endpoints, probes.
+//! - [`http`]: the HTTP listener: JWKS and discovery, the OAuth endpoints, probes, metrics.
+//! - [`metrics`]: Prometheus metrics and the gRPC layer that counts calls.
 //! - [`error`]: the crate error and its single mapping onto `tonic::Status`.
 //! - [`store`]: persistence over sea-orm; entities never leave it.
 //! - [`domain`]: types that only hold valid values (usernames, emails, scopes…).
@@ -31,6 +32,7 @@ pub mod domain;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod metrics;
 pub mod password;
 pub mod proto;
 pub mod revocation;

@@ -142,19 +142,24 @@ impl PasswordHasher {
     ) -> Result<T, Error> {
         let waiting = self.inner.waiting.fetch_add(1, Ordering::AcqRel);
         let waiting_guard = WaitingGuard(&self.inner.waiting);
+        ::metrics::gauge!("keystone_password_hash_queue").set(waiting as f64 + 1.0);
         if waiting >= self.inner.max_waiting && self.inner.permits.available_permits() == 0 {
+            ::metrics::counter!("keystone_password_hash_refused_total").increment(1);
             return Err(Error::ResourceExhausted {
                 reason: Reason::Overloaded,
                 message: "too many logins at once; retry shortly".to_owned(),
                 retry_after: Some(std::time::Duration::from_secs(1)),
             });
         }
+        let queued = std::time::Instant::now();
         let _permit = self
             .inner
             .permits
             .acquire()
             .await
             .map_err(|error| Error::internal(anyhow::anyhow!("hash pool closed: {error}")))?;
+        ::metrics::histogram!("keystone_password_hash_wait_seconds")
+            .record(queued.elapsed().as_secs_f64());
         drop(waiting_guard);
         let span = tracing::Span::current();
         tokio::task::spawn_blocking(move || span.in_scope(work))

@@ -112,6 +112,8 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let max_message = settings.server.max_message_size;
     let layers = tower::ServiceBuilder::new()
+        // Outermost, so that shed and refused calls are counted too.
+        .layer(crate::metrics::GrpcMetricsLayer)
         .layer(LoadShedLayer::new())
         .layer(GlobalConcurrencyLimitLayer::new(
             settings.server.concurrency_limit,

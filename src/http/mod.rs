@@ -1,7 +1,7 @@
 //! The HTTP listener (`http_addr`): what meshes, gateways and OAuth libraries expect beside
 //! gRPC. Discovery (`/.well-known/jwks.json`, `/.well-known/openid-configuration`), the OAuth
 //! endpoints (`/oauth2/token`, `/oauth2/introspect`, `/oauth2/revoke`) and the probes
-//! (`/healthz`, `/readyz`). Every verdict comes from the same [`AuthService`] as gRPC's.
+//! (`/healthz`, `/readyz`), and Prometheus metrics (`/metrics`). Every verdict comes from the same [`AuthService`] as gRPC's.
 
 mod oauth;
 
@@ -30,6 +30,8 @@ pub struct HttpState {
     pub ring: KeyRing,
     /// How long the JWKS may be cached: never longer than new keys are published ahead.
     pub jwks_max_age: Duration,
+    /// The Prometheus recorder, if this process has it.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 /// The HTTP routes.
@@ -42,6 +44,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/oauth2/revoke", post(oauth::revoke))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .with_state(Arc::new(state))
 }
 
@@ -97,6 +100,25 @@ async fn discovery(State(state): State<Arc<HttpState>>) -> Response {
         "access_token_signing_alg_values_supported": algorithms,
     }))
     .into_response()
+}
+
+/// Prometheus text exposition.
+async fn metrics(State(state): State<Arc<HttpState>>) -> Response {
+    match &state.metrics {
+        Some(handle) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            )],
+            handle.render(),
+        )
+            .into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            "metrics are not recorded by this process",
+        )
+            .into_response(),
+    }
 }
 
 /// Liveness: the process answers.

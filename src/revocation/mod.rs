@@ -321,6 +321,15 @@ impl Revocations {
         self.store.delete_expired_revocations(now).await
     }
 
+    /// How long since the set was last confirmed complete.
+    pub fn staleness(&self) -> Duration {
+        Duration::from_millis(
+            self.freshness
+                .now_ms()
+                .saturating_sub(self.freshness.confirmed_ms.load(Ordering::Relaxed)),
+        )
+    }
+
     /// How many entries are held in memory.
     pub fn len(&self) -> usize {
         self.memory.len()

@@ -221,6 +221,11 @@ impl Redis {
         Ok(u64::try_from(wait).ok().map(Duration::from_millis))
     }
 
+    /// Whether both connections are up.
+    pub fn is_up(&self) -> bool {
+        self.client.is_connected() && self.subscriber.is_connected()
+    }
+
     /// Closes both connections.
     pub async fn quit(&self) {
         let _ = self.subscriber.quit().await;

@@ -403,6 +403,7 @@ impl AuthService {
             .with_detail("user_id", user.id.to_string())
             .with_detail("session_id", session_id.to_string());
         self.record(event, now).await;
+        count_issued("password");
         Ok(token)
     }
 
@@ -537,6 +538,7 @@ impl AuthService {
         )?;
         self.record(audit(Outcome::Success, "client credentials"), now)
             .await;
+        count_issued("client_credentials");
         Ok(token)
     }
 
@@ -600,6 +602,7 @@ impl AuthService {
             .await?;
         let mut token = self.mint_for_user(&user, scopes, audience, record.family_id, now)?;
         token.refresh_token = Some(successor);
+        count_issued("refresh_token");
         Ok(token)
     }
 
@@ -901,14 +904,16 @@ impl AuthService {
         required_scopes: &ScopeSet,
         audience: Option<&str>,
     ) -> Result<Principal, Error> {
-        let principal = self.verify(token)?;
+        let principal = self.verify(token).inspect_err(count_failure)?;
         if let Some(audience) = audience
             && !principal.claims.aud.contains(audience)
         {
-            return Err(Error::PermissionDenied {
+            let error = Error::PermissionDenied {
                 reason: Reason::AudienceMismatch,
                 message: format!("the token is not meant for `{audience}`"),
-            });
+            };
+            count_failure(&error);
+            return Err(error);
         }
         let held = ScopeSet::parse_space_separated(&principal.claims.scope).map_err(|_| {
             Error::Unauthenticated {
@@ -917,7 +922,9 @@ impl AuthService {
             }
         })?;
         if let Some(missing) = held.first_missing(required_scopes) {
-            return Err(insufficient_scope(missing));
+            let error = insufficient_scope(missing);
+            count_failure(&error);
+            return Err(error);
         }
         // A password-change token proves nothing else, even where no scope is required.
         if held.len() == 1
@@ -1187,6 +1194,17 @@ fn is_refresh_token_shaped(token: &str) -> bool {
         && token[REFRESH_TOKEN_PREFIX.len()..]
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Counts a refused `Authenticate` by reason.
+fn count_failure(error: &Error) {
+    ::metrics::counter!("keystone_authentication_failures_total", "reason" => error.reason().as_str())
+        .increment(1);
+}
+
+/// Counts an issued token by grant.
+fn count_issued(grant: &'static str) {
+    ::metrics::counter!("keystone_tokens_issued_total", "grant" => grant).increment(1);
 }
 
 fn invalid_refresh_token() -> Error {

@@ -62,6 +62,8 @@ pub struct SigningKey {
     pub kid: String,
     /// Its algorithm.
     pub algorithm: Algorithm,
+    /// Since when it signs.
+    pub since: Option<DateTime<Utc>>,
     pub(crate) encoding: EncodingKey,
 }
 
@@ -106,6 +108,13 @@ pub struct KeySet {
 #[derive(Debug, Clone, Default)]
 pub struct KeyRing {
     current: Arc<RwLock<Arc<KeySet>>>,
+}
+
+impl KeySet {
+    /// Since when the signing key signs.
+    pub fn signing_since(&self) -> Option<DateTime<Utc>> {
+        self.signing.as_ref().and_then(|key| key.since)
+    }
 }
 
 impl KeyRing {
@@ -400,6 +409,7 @@ fn build_key_set(keys: &[StoredKey]) -> Result<KeySet, Error> {
             set.signing = Some(SigningKey {
                 kid: key.kid.clone(),
                 algorithm,
+                since: key.activated_at.or(Some(key.created_at)),
                 encoding,
             });
         }

@@ -319,3 +319,69 @@ async fn introspection_needs_a_caller_and_revocation_works_over_http() {
     assert_eq!(inactive.json(), serde_json::json!({ "active": false }));
     app.stop().await.unwrap();
 }
+
+/// The value of the sample `name{labels}` (labels as rendered), if present.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_parse_as_prometheus_text_and_move_with_calls() {
+    let app = spawn_app().await;
+    let secret = app
+        .create_client("reporting", &["keystone:introspect"], &[], None, true)
+        .await;
+    let token = app
+        .client_token("reporting", &secret, &[], "")
+        .await
+        .unwrap()
+        .access_token;
+    authenticate(&app, &token).await.unwrap();
+    let ok = r#"keystone_grpc_requests_total{method="Auth/Authenticate",code="OK"}"#;
+    let refused = r#"keystone_authentication_failures_total{reason="TOKEN_MALFORMED"}"#;
+    let before = http(app.http_addr, "GET", "/metrics", &[], "").await;
+    assert_eq!(before.status, 200);
+    assert!(
+        before
+            .header("content-type")
+            .is_some_and(|v| v.starts_with("text/plain"))
+    );
+    // Every sample line is `name{labels} value`.
+    for line in before
+        .body
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("{line}"));
+        assert!(
+            value.parse::<f64>().is_ok() || ["NaN", "+Inf", "-Inf"].contains(&value),
+            "{line}"
+        );
+        let name = series.split('{').next().unwrap();
+        assert!(
+            !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+            "{line}"
+        );
+    }
+    let calls_before = sample(&before.body, ok).expect("Authenticate was counted");
+    authenticate(&app, &token).await.unwrap();
+    authenticate(&app, &token).await.unwrap();
+    let _ = authenticate(&app, "garbage").await;
+    let after = http(app.http_addr, "GET", "/metrics", &[], "").await.body;
+    assert!(sample(&after, ok).unwrap() >= calls_before + 2.0, "{after}");
+    assert!(sample(&after, refused).is_some_and(|v| v >= 1.0), "{after}");
+    assert!(
+        sample(
+            &after,
+            r#"keystone_tokens_issued_total{grant="client_credentials"}"#
+        )
+        .is_some_and(|v| v >= 1.0)
+    );
+    app.stop().await.unwrap();
+}
