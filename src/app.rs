@@ -46,6 +46,10 @@ pub struct App {
     health: Health,
     http_listener: TcpListener,
     http_addr: SocketAddr,
+    /// `admin_grpc_addr`: the admin services' own listener, when set.
+    admin_grpc: Option<TcpListener>,
+    /// `admin_http_addr`: `/metrics`' own listener, when set.
+    admin_http: Option<TcpListener>,
     /// Told when shutdown begins, so that streams end.
     draining: tokio::sync::watch::Sender<bool>,
 }
@@ -99,6 +103,8 @@ impl App {
             .await
             .with_context(|| format!("cannot listen on http_addr {}", settings.http_addr))?;
         let http_addr = http_listener.local_addr()?;
+        let admin_grpc = bind_optional(settings.admin_grpc_addr, "admin_grpc_addr").await?;
+        let admin_http = bind_optional(settings.admin_http_addr, "admin_http_addr").await?;
 
         let keys = key_manager(&settings, &store, &clock);
         keys.refresh()
@@ -145,6 +151,8 @@ impl App {
             health,
             http_listener,
             http_addr,
+            admin_grpc,
+            admin_http,
             draining,
         })
     }
@@ -157,6 +165,16 @@ impl App {
     /// The address the HTTP listener is bound to.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// The address of the admin gRPC listener, when there is one.
+    pub fn admin_grpc_addr(&self) -> Option<SocketAddr> {
+        self.admin_grpc.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// The address of the admin HTTP listener, when there is one.
+    pub fn admin_http_addr(&self) -> Option<SocketAddr> {
+        self.admin_http.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The clock the server runs on.
@@ -179,6 +197,8 @@ impl App {
             health,
             http_listener,
             http_addr,
+            admin_grpc,
+            admin_http,
             draining,
         } = self;
 
@@ -209,22 +229,59 @@ impl App {
             clock,
             settings.keys.reload_interval,
         ));
+        let http_state = HttpState {
+            auth: auth_for_http,
+            store: store.clone(),
+            ring: ring_for_http,
+            jwks_max_age: settings.keys.publish_ahead.min(Duration::from_secs(300)),
+            metrics: crate::metrics::install(),
+        };
+        // Every listener but the main gRPC one stops when draining begins, after the delay.
+        let drained = || {
+            let mut draining = draining.subscribe();
+            let delay = settings.server.drain_delay;
+            async move {
+                let _ = draining.wait_for(|draining| *draining).await;
+                tokio::time::sleep(delay).await;
+            }
+        };
+        let http_routes = if admin_http.is_some() {
+            crate::http::Routes::Public
+        } else {
+            crate::http::Routes::All
+        };
         let http = tokio::spawn(crate::http::serve(
             http_listener,
-            HttpState {
-                auth: auth_for_http,
-                store: store.clone(),
-                ring: ring_for_http,
-                jwks_max_age: settings.keys.publish_ahead.min(Duration::from_secs(300)),
-                metrics: crate::metrics::install(),
-            },
-            {
-                let mut draining = draining.subscribe();
-                async move {
-                    let _ = draining.wait_for(|draining| *draining).await;
-                }
-            },
+            http_routes,
+            http_state.clone(),
+            drained(),
         ));
+        let admin_http = admin_http.map(|listener| {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(admin_http_addr = %addr, "Keystone is serving /metrics on {addr}");
+            }
+            tokio::spawn(crate::http::serve(
+                listener,
+                crate::http::Routes::Admin,
+                http_state,
+                drained(),
+            ))
+        });
+        let grpc_role = if admin_grpc.is_some() {
+            grpc::Listener::Public
+        } else {
+            grpc::Listener::All
+        };
+        let admin_grpc = admin_grpc.map(|listener| {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(admin_grpc_addr = %addr, "Keystone is serving the admin APIs on {addr}");
+            }
+            let (settings, apis, health, stop) =
+                (settings.clone(), apis.clone(), health.clone(), drained());
+            tokio::spawn(async move {
+                grpc::serve(listener, grpc::Listener::Admin, &settings, apis, &health, stop).await
+            })
+        });
         tracing::info!(http_addr = %http_addr, "Keystone is serving HTTP on {http_addr}");
         tracing::info!(grpc_addr = %local_addr, "Keystone is serving gRPC on {local_addr}");
 
@@ -252,7 +309,7 @@ impl App {
             }
         };
 
-        let serve = grpc::serve(listener, &settings, apis, &health, signalled);
+        let serve = grpc::serve(listener, grpc_role, &settings, apis, &health, signalled);
         tokio::select! {
             result = serve => result.context("the gRPC server failed")?,
             () = grace_expired => {
@@ -262,11 +319,24 @@ impl App {
                 );
             }
         }
-        // HTTP stopped taking requests when draining began; let those in flight finish.
+        // The other listeners stopped taking requests when draining began; let those in
+        // flight finish.
         match tokio::time::timeout(grace, http).await {
             Ok(Ok(Err(error))) => tracing::warn!(error = %error, "the HTTP server failed"),
             Ok(_) => {}
             Err(_) => tracing::warn!("HTTP requests still in flight after the shutdown grace"),
+        }
+        if let Some(admin_http) = admin_http {
+            let _ = tokio::time::timeout(grace, admin_http).await;
+        }
+        if let Some(admin_grpc) = admin_grpc {
+            match tokio::time::timeout(grace, admin_grpc).await {
+                Ok(Ok(Err(error))) => {
+                    tracing::warn!(error = %error, "the admin gRPC server failed")
+                }
+                Ok(_) => {}
+                Err(_) => tracing::warn!("admin calls still in flight after the shutdown grace"),
+            }
         }
         // Followed to the end: tokens are checked against a fresh set while draining.
         if let Some(follower) = follower {
@@ -278,6 +348,21 @@ impl App {
         store.close().await;
         tracing::info!("Keystone stopped");
         Ok(())
+    }
+}
+
+/// Binds an optional listener.
+async fn bind_optional(
+    addr: Option<SocketAddr>,
+    setting: &str,
+) -> anyhow::Result<Option<TcpListener>> {
+    match addr {
+        Some(addr) => {
+            Ok(Some(TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen on {setting} {addr}")
+            })?))
+        }
+        None => Ok(None),
     }
 }
 

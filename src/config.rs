@@ -22,6 +22,8 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "redis_url",
     "grpc_addr",
     "http_addr",
+    "admin_grpc_addr",
+    "admin_http_addr",
     "issuer",
     "bootstrap_admin_username",
     "bootstrap_admin_password",
@@ -45,6 +47,8 @@ const STRING_KEYS: &[&str] = &[
     "redis_url",
     "grpc_addr",
     "http_addr",
+    "admin_grpc_addr",
+    "admin_http_addr",
     "issuer",
     "bootstrap_admin_username",
     "bootstrap_admin_password",
@@ -71,6 +75,10 @@ pub struct Settings {
     pub grpc_addr: SocketAddr,
     /// Where the HTTP listener (JWKS, OAuth endpoints, metrics) listens.
     pub http_addr: SocketAddr,
+    /// If set, `UserAdmin` and `ClientAdmin` are served here only, not on `grpc_addr`.
+    pub admin_grpc_addr: Option<SocketAddr>,
+    /// If set, `/metrics` is served here only, not on `http_addr`.
+    pub admin_http_addr: Option<SocketAddr>,
     /// The `iss` of every token.
     pub issuer: String,
     /// With the password: create this admin at start if no user has the name.
@@ -110,6 +118,8 @@ impl Default for Settings {
             redis_url: None,
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_grpc_addr: None,
+            admin_http_addr: None,
             issuer: "http://127.0.0.1:8080".to_owned(),
             bootstrap_admin_username: None,
             bootstrap_admin_password: None,

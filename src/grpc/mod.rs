@@ -102,14 +102,29 @@ pub struct Apis {
     pub ext_authz: ExtAuthzApi,
 }
 
+/// Which services a gRPC listener carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// Everything (no separate admin listener).
+    All,
+    /// What callers need: `Auth` and Envoy's `Authorization`.
+    Public,
+    /// `UserAdmin` and `ClientAdmin` (`admin_grpc_addr`).
+    Admin,
+}
+
 /// Serves gRPC on `listener` until `shutdown` resolves, then lets calls in flight finish.
+/// Health and reflection are on every listener.
 pub async fn serve(
     listener: TcpListener,
+    role: Listener,
     settings: &Settings,
     apis: Apis,
     health: &Health,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let public = role != Listener::Admin;
+    let admin = role != Listener::Public;
     let max_message = settings.server.max_message_size;
     let layers = tower::ServiceBuilder::new()
         // Outermost, so that shed and refused calls are counted too.
@@ -151,20 +166,20 @@ pub async fn serve(
         .add_service(health.server())
         .add_optional_service(reflection_v1)
         .add_optional_service(reflection_v1alpha)
-        .add_service(
-            pb::auth_server::AuthServer::new(apis.auth).max_decoding_message_size(max_message),
-        )
-        .add_service(
-            AuthorizationServer::new(apis.ext_authz).max_decoding_message_size(max_message),
-        )
-        .add_service(
+        .add_optional_service(public.then(|| {
+            pb::auth_server::AuthServer::new(apis.auth).max_decoding_message_size(max_message)
+        }))
+        .add_optional_service(public.then(|| {
+            AuthorizationServer::new(apis.ext_authz).max_decoding_message_size(max_message)
+        }))
+        .add_optional_service(admin.then(|| {
             pb::user_admin_server::UserAdminServer::new(apis.user_admin)
-                .max_decoding_message_size(max_message),
-        )
-        .add_service(
+                .max_decoding_message_size(max_message)
+        }))
+        .add_optional_service(admin.then(|| {
             pb::client_admin_server::ClientAdminServer::new(apis.client_admin)
-                .max_decoding_message_size(max_message),
-        )
+                .max_decoding_message_size(max_message)
+        }))
         .serve_with_incoming_shutdown(
             // Small frames go out at once: Nagle's algorithm against a delayed ACK would hold a
             // response written in pieces for up to 40 ms.

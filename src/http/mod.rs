@@ -34,29 +34,46 @@ pub struct HttpState {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
+/// Which routes an HTTP listener carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routes {
+    /// Everything (no separate admin listener).
+    All,
+    /// All but `/metrics`.
+    Public,
+    /// `/metrics` and the probes (`admin_http_addr`).
+    Admin,
+}
+
 /// The HTTP routes.
-pub fn router(state: HttpState) -> Router {
-    Router::new()
-        .route("/.well-known/jwks.json", get(jwks))
-        .route("/.well-known/openid-configuration", get(discovery))
-        .route("/oauth2/token", post(oauth::token))
-        .route("/oauth2/introspect", post(oauth::introspect))
-        .route("/oauth2/revoke", post(oauth::revoke))
+pub fn router(state: HttpState, routes: Routes) -> Router {
+    let mut router = Router::new()
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(Arc::new(state))
+        .route("/readyz", get(readyz));
+    if routes != Routes::Admin {
+        router = router
+            .route("/.well-known/jwks.json", get(jwks))
+            .route("/.well-known/openid-configuration", get(discovery))
+            .route("/oauth2/token", post(oauth::token))
+            .route("/oauth2/introspect", post(oauth::introspect))
+            .route("/oauth2/revoke", post(oauth::revoke));
+    }
+    if routes != Routes::Public {
+        router = router.route("/metrics", get(metrics));
+    }
+    router.with_state(Arc::new(state))
 }
 
 /// Serves HTTP on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
+    routes: Routes,
     state: HttpState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     axum::serve(
         listener,
-        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        router(state, routes).into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
     .with_graceful_shutdown(shutdown)
     .await

@@ -162,6 +162,12 @@ pub struct TestApp {
     /// Where it serves HTTP.
     #[allow(dead_code)]
     pub http_addr: SocketAddr,
+    /// Where it serves the admin APIs, when on their own listener.
+    #[allow(dead_code)]
+    pub admin_grpc_addr: Option<SocketAddr>,
+    /// Where it serves `/metrics`, when on its own listener.
+    #[allow(dead_code)]
+    pub admin_http_addr: Option<SocketAddr>,
     /// The clock it runs on.
     #[allow(dead_code)]
     pub clock: ManualClock,
@@ -211,6 +217,7 @@ pub async fn spawn_app_at(
         .expect("Keystone builds");
     let addr = app.local_addr();
     let http_addr = app.http_addr();
+    let (admin_grpc_addr, admin_http_addr) = (app.admin_grpc_addr(), app.admin_http_addr());
     let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until(async {
         let _ = shutdown_rx.await;
@@ -223,6 +230,8 @@ pub async fn spawn_app_at(
     TestApp {
         addr,
         http_addr,
+        admin_grpc_addr,
+        admin_http_addr,
         channel,
         clock,
         shutdown: Some(shutdown_tx),

@@ -385,3 +385,62 @@ async fn metrics_parse_as_prometheus_text_and_move_with_calls() {
     );
     app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn admin_apis_and_metrics_can_have_listeners_of_their_own() {
+    let app = crate::helpers::spawn_app_with(|settings| {
+        settings.admin_grpc_addr = Some(([127, 0, 0, 1], 0).into());
+        settings.admin_http_addr = Some(([127, 0, 0, 1], 0).into());
+    })
+    .await;
+    let admin = app.admin_token().await;
+    let list = keystone::proto::pb::ListUsersRequest::default();
+
+    // Not on the public port…
+    let status = app
+        .user_admin()
+        .list_users(crate::helpers::with_bearer(list.clone(), &admin))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unimplemented);
+    assert_eq!(
+        http(app.http_addr, "GET", "/metrics", &[], "").await.status,
+        404
+    );
+    // …but on their own.
+    let channel =
+        tonic::transport::Channel::from_shared(format!("http://{}", app.admin_grpc_addr.unwrap()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+    let users = keystone::proto::pb::user_admin_client::UserAdminClient::new(channel)
+        .list_users(crate::helpers::with_bearer(list, &admin))
+        .await
+        .unwrap()
+        .into_inner()
+        .users;
+    assert_eq!(users.len(), 1);
+    let metrics = http(app.admin_http_addr.unwrap(), "GET", "/metrics", &[], "").await;
+    assert_eq!(metrics.status, 200);
+    assert_eq!(
+        http(
+            app.admin_http_addr.unwrap(),
+            "GET",
+            "/.well-known/jwks.json",
+            &[],
+            ""
+        )
+        .await
+        .status,
+        404
+    );
+    // The public side still serves what callers need.
+    assert_eq!(
+        http(app.http_addr, "GET", "/.well-known/jwks.json", &[], "")
+            .await
+            .status,
+        200
+    );
+    app.stop().await.unwrap();
+}
