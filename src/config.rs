@@ -191,6 +191,11 @@ pub struct LogSettings {
     pub format: LogFormat,
     /// A `tracing` filter such as `info` or `keystone=debug,tower=warn`; `RUST_LOG` wins if set.
     pub filter: String,
+    /// An OpenTelemetry collector (OTLP over gRPC, e.g. `http://otel-collector:4317`) that
+    /// receives the spans (one per RPC); unset: no trace export.
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` of exported spans.
+    pub service_name: String,
 }
 
 impl Default for LogSettings {
@@ -198,6 +203,8 @@ impl Default for LogSettings {
         Self {
             format: LogFormat::Text,
             filter: "info".to_owned(),
+            otlp_endpoint: None,
+            service_name: "keystone".to_owned(),
         }
     }
 }

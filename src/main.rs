@@ -19,11 +19,6 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    if let Err(error) = telemetry::init(&settings.log, std::io::stdout, ansi) {
-        eprintln!("keystone: cannot start logging: {error:#}");
-        return ExitCode::from(2);
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -32,6 +27,19 @@ fn main() -> ExitCode {
         Err(error) => {
             eprintln!("keystone: cannot start the async runtime: {error}");
             return ExitCode::FAILURE;
+        }
+    };
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    // Inside the runtime: the trace exporter, when there is one, runs on it.
+    let telemetry = {
+        let _runtime = runtime.enter();
+        telemetry::init(&settings.log, std::io::stdout, ansi)
+    };
+    let _telemetry = match telemetry {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("keystone: cannot start logging: {error:#}");
+            return ExitCode::from(2);
         }
     };
     match runtime.block_on(cli::run(cli.command.unwrap_or(Command::Serve), settings)) {

@@ -16,6 +16,7 @@ mod health;
 mod http;
 mod keys;
 mod log_canary;
+mod otlp;
 mod parity;
 mod reflection;
 mod register;
