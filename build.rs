@@ -43,6 +43,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     fs::write(out_dir.join("keystone_descriptor.bin"), fds.encode_to_vec())?;
 
     write_password_blocklist(&out_dir)?;
+    write_envoy_descriptor(&out_dir)?;
 
     tonic_prost_build::configure()
         .build_server(true)
@@ -58,6 +59,56 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )
         .compile_fds(fds)?;
     Ok(())
+}
+
+/// Compiles Envoy's `envoy.service.auth.v3` (ext_authz) from the `.proto` files the
+/// `envoy-types` crate ships, so that server reflection can describe `Authorization/Check`
+/// too. The crate's sources are found in Cargo's registry; where they are not (a vendored
+/// build), the descriptor is left empty and reflection simply does not list the service.
+fn write_envoy_descriptor(out_dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    let target = out_dir.join("envoy_descriptor.bin");
+    let Some(root) = envoy_types_protos() else {
+        println!(
+            "cargo:warning=envoy-types sources not found: reflection will not list Envoy's Authorization service"
+        );
+        fs::write(&target, [])?;
+        return Ok(());
+    };
+    let includes: Vec<PathBuf> = [
+        "data-plane-api",
+        "googleapis",
+        "xds",
+        "protoc-gen-validate",
+        "cel-spec",
+    ]
+    .iter()
+    .map(|dir| root.join(dir))
+    .filter(|dir| dir.is_dir())
+    .collect();
+    let fds = protox::compile(["envoy/service/auth/v3/external_auth.proto"], &includes)?;
+    fs::write(&target, fds.encode_to_vec())?;
+    Ok(())
+}
+
+/// `<cargo home>/registry/src/<index>/envoy-types-<locked version>/proto`.
+fn envoy_types_protos() -> Option<PathBuf> {
+    println!("cargo:rerun-if-changed=Cargo.lock");
+    let lock = fs::read_to_string("Cargo.lock").ok()?;
+    let version = lock
+        .split("[[package]]")
+        .find(|package| package.contains("name = \"envoy-types\""))?
+        .lines()
+        .find_map(|line| line.strip_prefix("version = \""))?
+        .trim_end_matches('"')
+        .to_owned();
+    let cargo_home = env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))?;
+    fs::read_dir(cargo_home.join("registry/src"))
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|index| index.path().join(format!("envoy-types-{version}/proto")))
+        .find(|path| path.is_dir())
 }
 
 /// Compiles `data/common-passwords-100k.txt` into a sorted `&[&str]` of its entries that are at

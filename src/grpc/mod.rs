@@ -142,11 +142,16 @@ pub async fn serve(
         auth: (settings.reflection == ReflectionMode::Admin).then(|| apis.auth.service().clone()),
     };
     let reflection = || {
-        tonic_reflection::server::Builder::configure()
+        let builder = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             // google.rpc error details, so grpcurl can show ErrorInfo and BadRequest.
-            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET);
+        if crate::proto::ENVOY_FILE_DESCRIPTOR_SET.is_empty() {
+            builder
+        } else {
+            builder.register_encoded_file_descriptor_set(crate::proto::ENVOY_FILE_DESCRIPTOR_SET)
+        }
     };
     let reflection_v1 = served
         .then(|| reflection().build_v1())

@@ -12,6 +12,7 @@ const EXPECTED_SERVICES: &[&str] = &[
     "keystone.v1.UserAdmin",
     "keystone.v1.ClientAdmin",
     "grpc.health.v1.Health",
+    "envoy.service.auth.v3.Authorization",
 ];
 
 async fn list_v1(channel: tonic::transport::Channel) -> Result<Vec<String>, tonic::Status> {
