@@ -233,7 +233,16 @@ impl App {
             auth: auth_for_http,
             store: store.clone(),
             ring: ring_for_http,
-            jwks_max_age: settings.keys.publish_ahead.min(Duration::from_secs(300)),
+            // A cache must not hold the key set past the moment a new key signs, counting the
+            // time a replica may take to load it.
+            jwks_max_age: settings
+                .keys
+                .publish_ahead
+                .saturating_sub(settings.keys.reload_interval)
+                .min(Duration::from_secs(300)),
+            draining: draining.subscribe(),
+            concurrency_limit: settings.server.concurrency_limit,
+            request_timeout: settings.server.request_timeout,
             metrics: crate::metrics::install(),
         };
         // Every listener but the main gRPC one stops when draining begins, after the delay.
@@ -250,38 +259,67 @@ impl App {
         } else {
             crate::http::Routes::All
         };
-        let http = tokio::spawn(crate::http::serve(
-            http_listener,
-            http_routes,
-            http_state.clone(),
-            drained(),
+        let mut listeners: Vec<(&str, tokio::task::JoinHandle<()>)> = Vec::new();
+        let serve_http = |listener, routes, state, stop| async move {
+            if let Err(error) = crate::http::serve(listener, routes, state, stop).await {
+                tracing::warn!(error = %error, "an HTTP server failed");
+            }
+        };
+        listeners.push((
+            "HTTP",
+            tokio::spawn(serve_http(
+                http_listener,
+                http_routes,
+                http_state.clone(),
+                drained(),
+            )),
         ));
-        let admin_http = admin_http.map(|listener| {
+        if let Some(listener) = admin_http {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(admin_http_addr = %addr, "Keystone is serving /metrics on {addr}");
             }
-            tokio::spawn(crate::http::serve(
-                listener,
-                crate::http::Routes::Admin,
-                http_state,
-                drained(),
-            ))
-        });
+            listeners.push((
+                "admin HTTP",
+                tokio::spawn(serve_http(
+                    listener,
+                    crate::http::Routes::Admin,
+                    http_state,
+                    drained(),
+                )),
+            ));
+        }
         let grpc_role = if admin_grpc.is_some() {
             grpc::Listener::Public
         } else {
             grpc::Listener::All
         };
-        let admin_grpc = admin_grpc.map(|listener| {
+        if let Some(listener) = admin_grpc {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(admin_grpc_addr = %addr, "Keystone is serving the admin APIs on {addr}");
             }
             let (settings, apis, health, stop) =
                 (settings.clone(), apis.clone(), health.clone(), drained());
-            tokio::spawn(async move {
-                grpc::serve(listener, grpc::Listener::Admin, &settings, apis, &health, stop).await
-            })
-        });
+            listeners.push((
+                "admin gRPC",
+                tokio::spawn(async move {
+                    let served = grpc::serve(
+                        listener,
+                        grpc::Listener::Admin,
+                        &settings,
+                        apis,
+                        &health,
+                        stop,
+                    )
+                    .await;
+                    if let Err(error) = served {
+                        tracing::warn!(
+                            error = format!("{error:#}"),
+                            "the admin gRPC server failed"
+                        );
+                    }
+                }),
+            ));
+        }
         tracing::info!(http_addr = %http_addr, "Keystone is serving HTTP on {http_addr}");
         tracing::info!(grpc_addr = %local_addr, "Keystone is serving gRPC on {local_addr}");
 
@@ -310,32 +348,30 @@ impl App {
         };
 
         let serve = grpc::serve(listener, grpc_role, &settings, apis, &health, signalled);
-        tokio::select! {
-            result = serve => result.context("the gRPC server failed")?,
+        let served = tokio::select! {
+            result = serve => result.context("the gRPC server failed"),
             () = grace_expired => {
                 tracing::warn!(
                     grace = %humantime::format_duration(grace),
                     "calls still in flight after the shutdown grace; stopping anyway"
                 );
+                Ok(())
             }
-        }
-        // The other listeners stopped taking requests when draining began; let those in
-        // flight finish.
-        match tokio::time::timeout(grace, http).await {
-            Ok(Ok(Err(error))) => tracing::warn!(error = %error, "the HTTP server failed"),
-            Ok(_) => {}
-            Err(_) => tracing::warn!("HTTP requests still in flight after the shutdown grace"),
-        }
-        if let Some(admin_http) = admin_http {
-            let _ = tokio::time::timeout(grace, admin_http).await;
-        }
-        if let Some(admin_grpc) = admin_grpc {
-            match tokio::time::timeout(grace, admin_grpc).await {
-                Ok(Ok(Err(error))) => {
-                    tracing::warn!(error = %error, "the admin gRPC server failed")
-                }
-                Ok(_) => {}
-                Err(_) => tracing::warn!("admin calls still in flight after the shutdown grace"),
+        };
+        // The other listeners stopped taking requests when draining began; those in flight
+        // get what is left of one grace, then everything still running is stopped, so that
+        // nothing outlives the database pool closed below.
+        let deadline = tokio::time::Instant::now() + grace;
+        for (name, mut handle) in listeners {
+            if tokio::time::timeout_at(deadline, &mut handle)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    listener = name,
+                    "requests still in flight after the shutdown grace"
+                );
+                handle.abort();
             }
         }
         // Followed to the end: tokens are checked against a fresh set while draining.
@@ -347,7 +383,7 @@ impl App {
         }
         store.close().await;
         tracing::info!("Keystone stopped");
-        Ok(())
+        served
     }
 }
 
@@ -480,6 +516,7 @@ async fn upkeep(
             );
         }
         record_gauges(&keys, &revocations, &clock);
+        crate::metrics::run_upkeep();
         if last_prune.elapsed() >= PRUNE_EVERY {
             last_prune = tokio::time::Instant::now();
             auth.forget_idle_limits();

@@ -172,7 +172,8 @@ struct WaitingGuard<'a>(&'a AtomicUsize);
 
 impl Drop for WaitingGuard<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        let left = self.0.fetch_sub(1, Ordering::AcqRel).saturating_sub(1);
+        ::metrics::gauge!("keystone_password_hash_queue").set(left as f64);
     }
 }
 

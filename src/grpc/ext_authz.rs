@@ -44,7 +44,13 @@ impl ExtAuthzApi {
         path: &str,
         extensions: &HashMap<String, String>,
     ) -> Result<(Option<String>, ScopeSet), Error> {
-        let host = host.split(':').next().unwrap_or(host);
+        // `host:port`, `[v6]:port` or a bare host.
+        let host = match host.strip_prefix('[') {
+            Some(rest) => rest.split(']').next().unwrap_or(rest),
+            None => host.split(':').next().unwrap_or(host),
+        };
+        let path = normalize_path(path);
+        let path = path.as_str();
         let route = self
             .settings
             .routes
@@ -105,11 +111,21 @@ impl Authorization for ExtAuthzApi {
                 "send `authorization: Bearer <access token>`",
             )));
         };
-        let verdict = self
-            .requirements(host, path.split('?').next().unwrap_or(path), extensions)
-            .and_then(|(audience, scopes)| {
-                self.auth.authenticate(token, &scopes, audience.as_deref())
-            });
+        let (audience, scopes) = match self.requirements(host, path, extensions) {
+            Ok(requirements) => requirements,
+            Err(error) => {
+                // The route's configuration is wrong, not the caller's token.
+                tracing::error!(error = %error, "ext_authz context_extensions are malformed");
+                return Ok(Response::new(denied(
+                    HttpStatusCode::InternalServerError,
+                    Status::internal("the route's authorization settings are malformed"),
+                    "Bearer realm=\"keystone\"",
+                    "server_error",
+                    "the route's authorization settings are malformed",
+                )));
+            }
+        };
+        let verdict = self.auth.authenticate(token, &scopes, audience.as_deref());
         let principal = match verdict {
             Ok(principal) => principal,
             Err(error) => return Ok(Response::new(refusal(&error))),
@@ -158,6 +174,30 @@ impl Authorization for ExtAuthzApi {
         response.set_http_response(ok);
         Ok(Response::new(response))
     }
+}
+
+/// The path as a route is matched against: without query or fragment, percent-decoded, with
+/// `//` merged and `.`/`..` segments resolved, so that `/a/../admin`, `//admin` and
+/// `/%61dmin` all meet the `/admin` route. (Envoy's `normalize_path` and `merge_slashes` do
+/// the same for what the upstream sees; turn them on.)
+fn normalize_path(raw: &str) -> String {
+    let raw = raw.split(['?', '#']).next().unwrap_or(raw);
+    let decoded = percent_encoding::percent_decode_str(raw).decode_utf8_lossy();
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            other => segments.push(other),
+        }
+    }
+    let mut path = format!("/{}", segments.join("/"));
+    if decoded.ends_with('/') && path.len() > 1 {
+        path.push('/');
+    }
+    path
 }
 
 /// The token of a `Bearer` authorization header.
@@ -223,4 +263,24 @@ fn denied(
     let mut response = CheckResponse::with_status(status);
     response.set_http_response(answer);
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_path;
+
+    #[test]
+    fn paths_are_normalized_before_routes_are_matched() {
+        for (raw, normal) in [
+            ("/admin/users", "/admin/users"),
+            ("/a/../admin", "/admin"),
+            ("//admin", "/admin"),
+            ("/%61dmin/x?y=1", "/admin/x"),
+            ("/./admin/", "/admin/"),
+            ("/../../etc", "/etc"),
+            ("", "/"),
+        ] {
+            assert_eq!(normalize_path(raw), normal, "{raw}");
+        }
+    }
 }

@@ -9,6 +9,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use axum::{
     Json, Router,
+    error_handling::HandleErrorLayer,
     extract::State,
     http::{HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
@@ -32,6 +33,12 @@ pub struct HttpState {
     pub jwks_max_age: Duration,
     /// The Prometheus recorder, if this process has it.
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// True once shutdown has begun: `/readyz` says not ready then.
+    pub draining: tokio::sync::watch::Receiver<bool>,
+    /// Requests handled at once (`server.concurrency_limit`); more are refused with 503.
+    pub concurrency_limit: usize,
+    /// Requests are cut after this long (`server.request_timeout`).
+    pub request_timeout: Duration,
 }
 
 /// Which routes an HTTP listener carries.
@@ -54,6 +61,7 @@ pub fn router(state: HttpState, routes: Routes) -> Router {
         router = router
             .route("/.well-known/jwks.json", get(jwks))
             .route("/.well-known/openid-configuration", get(discovery))
+            .route("/.well-known/oauth-authorization-server", get(discovery))
             .route("/oauth2/token", post(oauth::token))
             .route("/oauth2/introspect", post(oauth::introspect))
             .route("/oauth2/revoke", post(oauth::revoke));
@@ -61,7 +69,31 @@ pub fn router(state: HttpState, routes: Routes) -> Router {
     if routes != Routes::Public {
         router = router.route("/metrics", get(metrics));
     }
-    router.with_state(Arc::new(state))
+    // The gRPC side's protections: a deadline, a bound on requests at once, and shedding
+    // (503) rather than queueing when the bound is reached.
+    let limits = tower::ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(refused))
+        .load_shed()
+        .concurrency_limit(state.concurrency_limit.max(1))
+        .timeout(state.request_timeout);
+    router.layer(limits).with_state(Arc::new(state))
+}
+
+/// The answer to a request the limits refused.
+async fn refused(error: tower::BoxError) -> Response {
+    let (status, description) = if error.is::<tower::timeout::error::Elapsed>() {
+        (StatusCode::GATEWAY_TIMEOUT, "the request took too long")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server is saturated; retry shortly",
+        )
+    };
+    (
+        status,
+        Json(json!({ "error": "temporarily_unavailable", "error_description": description })),
+    )
+        .into_response()
 }
 
 /// Serves HTTP on `listener` until `shutdown` resolves.
@@ -146,14 +178,21 @@ async fn healthz() -> Response {
 /// Readiness: the database answers, a signing key is loaded, and the revocation set is
 /// confirmed fresh. 503 naming what is not.
 async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
+    let draining = *state.draining.borrow();
     let database = state.store.ping().await.is_ok();
     let keys = state.ring.snapshot().signing.is_some();
     let revocations = state.auth.revocations_fresh().is_ok();
+    let ready = !draining && database && keys && revocations;
     let body = json!({
-        "status": if database && keys && revocations { "ready" } else { "not ready" },
-        "checks": { "database": database, "signing_key": keys, "revocations": revocations },
+        "status": if ready { "ready" } else { "not ready" },
+        "checks": {
+            "draining": draining,
+            "database": database,
+            "signing_key": keys,
+            "revocations": revocations,
+        },
     });
-    let status = if database && keys && revocations {
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE

@@ -64,7 +64,26 @@ pub async fn token(
             .unwrap_or_default(),
     };
     let used_basic = basic.is_some();
+    if used_basic && (form.contains_key("client_id") || form.contains_key("client_secret")) {
+        // RFC 6749 section 2.3: one way of authenticating per request.
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "send client credentials either with HTTP Basic or in the form, not both",
+            false,
+        );
+    }
     let client_grant = form.get("grant_type").map(String::as_str) == Some("client_credentials");
+    // User grants need no client; a client that authenticates anyway must do so correctly.
+    if !client_grant
+        && let Some((client_id, secret)) = &basic
+        && let Err(error) = state
+            .auth
+            .verify_client(client_id, secret, "token", &context)
+            .await
+    {
+        return token_error(&error, true, true);
+    }
     let issued = match form.get("grant_type").map(String::as_str) {
         Some("client_credentials") => {
             let (client_id, secret) = match basic {
@@ -181,6 +200,11 @@ pub async fn introspect(
             false,
         );
     };
+    // A set nobody confirms is no ground for "inactive": say it is unavailable, as
+    // Authenticate and Check do.
+    if let Err(error) = state.auth.revocations_fresh() {
+        return token_error(&error, false, false);
+    }
     let body = match state.auth.introspect(token) {
         Some(claims) => json!({
             "active": true,
@@ -276,12 +300,15 @@ async fn introspection_caller(
                 .auth
                 .verify_client(&client_id, &secret, "introspect", context)
                 .await
-                .map_err(|_| {
-                    denied(
+                .map_err(|error| match error {
+                    Error::Unavailable { .. } | Error::Internal(_) => {
+                        Box::new(token_error(&error, false, false))
+                    }
+                    _ => denied(
                         StatusCode::UNAUTHORIZED,
                         "invalid_client",
                         "invalid client credentials",
-                    )
+                    ),
                 })?;
             let allowed = ScopeSet::parse(client.allowed_scopes.iter().map(String::as_str))
                 .unwrap_or_default();
@@ -379,11 +406,12 @@ fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, SecretString
     Ok(Some((decode(id)?, SecretString::from(decode(secret)?))))
 }
 
+/// One form-urlencoded component (RFC 6749 section 2.3.1): `+` is a space, `%XX` a byte.
 fn form_urlencoded_decode(part: &str) -> Option<String> {
-    serde_urlencoded::from_str::<Vec<(String, String)>>(&format!("v={part}"))
+    percent_encoding::percent_decode_str(&part.replace('+', " "))
+        .decode_utf8()
         .ok()
-        .and_then(|mut pairs| pairs.pop())
-        .map(|(_, value)| value)
+        .map(|decoded| decoded.into_owned())
 }
 
 /// The bearer token of the `Authorization` header, if it is one.

@@ -228,6 +228,26 @@ async fn the_token_endpoint_issues_what_grpc_issues_and_maps_errors_to_oauth_cod
         assert_eq!(response.status, 400, "{path} {body}: {}", response.body);
         assert_eq!(response.json()["error"], error, "{path} {body}");
     }
+    // One way of client authentication per request; a client that authenticates a user
+    // grant must do so correctly.
+    let both = post(
+        &app,
+        "/oauth2/token",
+        &[("authorization", &basic("reporting", &secret))],
+        &format!("grant_type=client_credentials&client_id=reporting&client_secret={secret}"),
+    )
+    .await;
+    assert_eq!(both.status, 400);
+    assert_eq!(both.json()["error"], "invalid_request");
+    let bad_client = post(
+        &app,
+        "/oauth2/token",
+        &[("authorization", &basic("reporting", "kss_wrong"))],
+        "grant_type=password&username=alice&password=violet+tractor+sunrise+7",
+    )
+    .await;
+    assert_eq!(bad_client.status, 401);
+    assert_eq!(bad_client.json()["error"], "invalid_client");
     let scope = post(
         &app,
         "/oauth2/token",
