@@ -45,7 +45,7 @@ fn tokens(c: &mut Criterion) {
         let ring = KeyRing::ephemeral(algorithm).expect("a key");
         let issuer = TokenIssuer::new(ring.clone());
         let verifier = TokenVerifier::new(
-            ring,
+            ring.clone(),
             "http://127.0.0.1:8080".into(),
             std::time::Duration::from_secs(30),
         );
@@ -54,8 +54,22 @@ fn tokens(c: &mut Criterion) {
         c.bench_function(&format!("sign {name}"), |b| {
             b.iter(|| issuer.sign(black_box(&claims)))
         });
-        c.bench_function(&format!("verify {name}"), |b| {
+        c.bench_function(&format!("verify {name} (remembered)"), |b| {
             b.iter(|| verifier.verify(black_box(&token), Utc::now()))
+        });
+        // A new verifier per round: every verification is a first one.
+        c.bench_function(&format!("verify {name} (first time)"), |b| {
+            b.iter_batched(
+                || {
+                    TokenVerifier::new(
+                        ring.clone(),
+                        "http://127.0.0.1:8080".into(),
+                        std::time::Duration::from_secs(30),
+                    )
+                },
+                |fresh| fresh.verify(black_box(&token), Utc::now()),
+                criterion::BatchSize::SmallInput,
+            )
         });
     }
 }

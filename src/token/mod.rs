@@ -139,12 +139,37 @@ impl TokenIssuer {
     }
 }
 
-/// Verifies access tokens against the published keys.
-#[derive(Debug, Clone)]
+/// How many verified tokens are remembered (about half a kilobyte each).
+const VERIFIED_CACHE_SIZE: usize = 32_768;
+
+/// Verifies access tokens against the published keys. Tokens that verified are remembered, by
+/// SHA-256 of the whole token (never by signature alone: another payload under a known
+/// signature must not hit), so that a token presented again skips the signature check; the
+/// times and the key still being published are checked on every hit, and revocation by the
+/// caller after.
+#[derive(Clone)]
 pub struct TokenVerifier {
     ring: KeyRing,
     issuer: String,
     leeway: i64,
+    verified: std::sync::Arc<quick_cache::sync::Cache<[u8; 32], std::sync::Arc<Verified>>>,
+}
+
+impl std::fmt::Debug for TokenVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenVerifier")
+            .field("issuer", &self.issuer)
+            .field("leeway", &self.leeway)
+            .field("verified", &self.verified.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A token that verified: its claims and the key that signed it.
+#[derive(Debug)]
+struct Verified {
+    claims: Claims,
+    kid: String,
 }
 
 /// The header fields a token may carry; anything that brings its own key is refused.
@@ -167,6 +192,7 @@ impl TokenVerifier {
             ring,
             issuer,
             leeway: i64::try_from(leeway.as_secs()).unwrap_or(i64::MAX),
+            verified: std::sync::Arc::new(quick_cache::sync::Cache::new(VERIFIED_CACHE_SIZE)),
         }
     }
 
@@ -175,6 +201,35 @@ impl TokenVerifier {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(VerifyError::Malformed("too long"));
         }
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+        let mut key = [0_u8; 32];
+        key.copy_from_slice(digest.as_ref());
+        if let Some(hit) = self.verified.get(&key) {
+            // A key withdrawn since (`keystone keys revoke`) takes its tokens with it.
+            if !self.ring.snapshot().verifying.contains_key(&hit.kid) {
+                self.verified.remove(&key);
+                return Err(VerifyError::Invalid("unknown key id"));
+            }
+            self.check_times(&hit.claims, now)?;
+            return Ok(hit.claims.clone());
+        }
+        let (claims, kid) = self.verify_signed(token, now)?;
+        self.verified.insert(
+            key,
+            std::sync::Arc::new(Verified {
+                claims: claims.clone(),
+                kid,
+            }),
+        );
+        Ok(claims)
+    }
+
+    /// The full check: header, key, signature, claims, times. Returns the claims and the kid.
+    fn verify_signed(
+        &self,
+        token: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(Claims, String), VerifyError> {
         let mut parts = token.split('.');
         let (Some(header), Some(payload), Some(signature), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -242,10 +297,19 @@ impl TokenVerifier {
         if claims.iss != self.issuer {
             return Err(VerifyError::Invalid("wrong issuer"));
         }
-        let now = now.timestamp();
         if claims.exp <= claims.iat {
             return Err(VerifyError::Invalid("expires before it was issued"));
         }
+        if claims.jti.is_empty() || claims.sub.is_empty() {
+            return Err(VerifyError::Invalid("empty jti or sub"));
+        }
+        self.check_times(&claims, now)?;
+        Ok((claims, kid.to_owned()))
+    }
+
+    /// `nbf`, `iat` and `exp` against `now`, with the leeway.
+    fn check_times(&self, claims: &Claims, now: DateTime<Utc>) -> Result<(), VerifyError> {
+        let now = now.timestamp();
         if claims.nbf > now.saturating_add(self.leeway) {
             return Err(VerifyError::Invalid("not valid yet"));
         }
@@ -255,9 +319,6 @@ impl TokenVerifier {
         if now >= claims.exp.saturating_add(self.leeway) {
             return Err(VerifyError::Expired);
         }
-        if claims.jti.is_empty() || claims.sub.is_empty() {
-            return Err(VerifyError::Invalid("empty jti or sub"));
-        }
-        Ok(claims)
+        Ok(())
     }
 }

@@ -754,3 +754,37 @@ async fn concurrent_guesses_cannot_outrun_the_lockout() {
     );
     app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_token_that_verified_lends_nothing_to_other_claims_and_still_expires() {
+    let app = spawn_app().await;
+    app.create_user("kim", PASSWORD, &[]).await;
+    let token = app.login("kim", PASSWORD).await.unwrap().access_token;
+    // Verified once, so remembered.
+    authenticate(&app, &token, &[], "").await.unwrap();
+    authenticate(&app, &token, &[], "").await.unwrap();
+
+    // Its signature under other claims is no token.
+    let (header, mut claims) = parts(&token);
+    claims["scope"] = "keystone:admin".into();
+    let signature = token.rsplit('.').next().unwrap();
+    let forged = format!(
+        "{}.{}.{signature}",
+        encode_json(&header),
+        encode_json(&claims)
+    );
+    assert_refused(
+        authenticate(&app, &forged, &["keystone:admin"], "").await,
+        Code::Unauthenticated,
+        "TOKEN_INVALID",
+    );
+
+    // Remembered or not, it expires on time.
+    app.clock.advance(chrono::Duration::hours(2));
+    assert_refused(
+        authenticate(&app, &token, &[], "").await,
+        Code::Unauthenticated,
+        "TOKEN_EXPIRED",
+    );
+    app.stop().await.unwrap();
+}
