@@ -426,7 +426,9 @@ async fn without_redis_revocations_travel_through_postgres_and_with_neither_toke
     // for B: Redis, in step since that poll, keeps the set confirmed past the staleness bound
     // (every revocation is written to PostgreSQL first, so none can be made meanwhile).
     redis_proxy.restore();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Long enough for fred's reconnection (its back-off reaches 2 s), the resubscription and
+    // the poll after it.
+    tokio::time::sleep(Duration::from_secs(5)).await;
     database_proxy.cut();
     tokio::time::sleep(Duration::from_secs(3)).await;
     b.authenticate(&valid)
