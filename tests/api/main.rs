@@ -4,6 +4,7 @@
 mod helpers;
 
 mod auth;
+mod bench;
 mod bootstrap;
 mod cli;
 mod client_admin;
