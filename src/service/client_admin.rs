@@ -369,22 +369,18 @@ impl ClientAdminService {
             .allowed_scopes
             .as_ref()
             .map(|scopes| {
-                if scopes.len() > MAX_ENTRIES {
-                    return Err(Error::invalid_argument(
-                        "client.allowed_scopes",
-                        format!("at most {MAX_ENTRIES} scopes"),
-                    ));
-                }
-                let mut parsed: Vec<String> = Vec::with_capacity(scopes.len());
-                for (i, scope) in scopes.iter().enumerate() {
-                    let scope = Scope::parse(scope)
-                        .map_err(|e| e.on(&format!("client.allowed_scopes[{i}]")))?;
-                    if !parsed.iter().any(|p| p == scope.as_str()) {
-                        parsed.push(scope.as_str().to_owned());
-                    }
-                }
+                let mut parsed: Vec<String> = super::parse_names(
+                    scopes,
+                    "client.allowed_scopes",
+                    "scopes",
+                    MAX_ENTRIES,
+                    Scope::parse,
+                )?
+                .iter()
+                .map(|scope| scope.as_str().to_owned())
+                .collect();
                 parsed.sort();
-                Ok(parsed)
+                Ok::<_, Error>(parsed)
             })
             .transpose()?;
         let allowed_audiences = fields

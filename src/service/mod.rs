@@ -45,19 +45,12 @@ impl Actor {
         &self,
         scopes: impl IntoIterator<Item = &'a str>,
     ) -> Result<(), Error> {
-        if self.is_admin() {
-            return Ok(());
+        match self.first_unheld(scopes) {
+            None => Ok(()),
+            Some(scope) => Err(insufficient(format!(
+                "you cannot grant `{scope}`: your token does not hold it"
+            ))),
         }
-        for scope in scopes {
-            let held = Scope::parse(scope).is_ok_and(|scope| self.scopes.satisfies(&scope));
-            if !held {
-                return Err(Error::PermissionDenied {
-                    reason: Reason::InsufficientScope,
-                    message: format!("you cannot grant `{scope}`: your token does not hold it"),
-                });
-            }
-        }
-        Ok(())
     }
 
     /// Nobody takes over more power than they hold: changing a user or a client (resetting a
@@ -67,25 +60,26 @@ impl Actor {
         &self,
         target_scopes: impl IntoIterator<Item = &'a str>,
     ) -> Result<(), Error> {
+        let scopes = target_scopes
+            .into_iter()
+            .filter(|scope| *scope != crate::service::auth::PASSWORD_CHANGE_SCOPE);
+        match self.first_unheld(scopes) {
+            None => Ok(()),
+            Some(scope) => Err(insufficient(format!(
+                "the target holds `{scope}`, which your token does not: only a caller holding \
+                 it may change them"
+            ))),
+        }
+    }
+
+    /// The first of `scopes` the caller's token does not satisfy; none for an admin.
+    fn first_unheld<'a>(&self, scopes: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
         if self.is_admin() {
-            return Ok(());
+            return None;
         }
-        for scope in target_scopes {
-            if scope == crate::service::auth::PASSWORD_CHANGE_SCOPE {
-                continue;
-            }
-            let held = Scope::parse(scope).is_ok_and(|scope| self.scopes.satisfies(&scope));
-            if !held {
-                return Err(Error::PermissionDenied {
-                    reason: Reason::InsufficientScope,
-                    message: format!(
-                        "the target holds `{scope}`, which your token does not: only a caller \
-                         holding it may change them"
-                    ),
-                });
-            }
-        }
-        Ok(())
+        scopes
+            .into_iter()
+            .find(|scope| !Scope::parse(scope).is_ok_and(|scope| self.scopes.satisfies(&scope)))
     }
 
     /// An audit event of this caller.
@@ -96,6 +90,37 @@ impl Actor {
         outcome: Outcome,
     ) -> AuditRecord {
         AuditRecord::new(self.subject.clone(), action, target, outcome).from_peer(&self.peer)
+    }
+}
+
+/// Parses a list of names (each error naming `field[i]`), dropping repeats, at most `max`.
+pub(crate) fn parse_names<T: PartialEq>(
+    values: &[String],
+    field: &str,
+    what: &str,
+    max: usize,
+    parse: impl Fn(&str) -> Result<T, crate::domain::ParseError>,
+) -> Result<Vec<T>, Error> {
+    if values.len() > max {
+        return Err(Error::invalid_argument(
+            field,
+            format!("at most {max} {what} per call"),
+        ));
+    }
+    let mut parsed = Vec::with_capacity(values.len());
+    for (i, value) in values.iter().enumerate() {
+        let value = parse(value).map_err(|e| e.on(&format!("{field}[{i}]")))?;
+        if !parsed.contains(&value) {
+            parsed.push(value);
+        }
+    }
+    Ok(parsed)
+}
+
+fn insufficient(message: String) -> Error {
+    Error::PermissionDenied {
+        reason: Reason::InsufficientScope,
+        message,
     }
 }
 

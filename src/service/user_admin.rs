@@ -898,37 +898,11 @@ fn parse_user_id(id: &str, field: &str) -> Result<Uuid, Error> {
 }
 
 fn parse_roles(roles: &[String], field: &str) -> Result<Vec<RoleName>, Error> {
-    if roles.len() > MAX_NAMES_PER_CALL {
-        return Err(Error::invalid_argument(
-            field,
-            format!("at most {MAX_NAMES_PER_CALL} roles per call"),
-        ));
-    }
-    let mut parsed = Vec::with_capacity(roles.len());
-    for (i, role) in roles.iter().enumerate() {
-        let role = RoleName::parse(role).map_err(|e| e.on(&format!("{field}[{i}]")))?;
-        if !parsed.contains(&role) {
-            parsed.push(role);
-        }
-    }
-    Ok(parsed)
+    super::parse_names(roles, field, "roles", MAX_NAMES_PER_CALL, RoleName::parse)
 }
 
 fn parse_scopes(scopes: &[String], field: &str) -> Result<Vec<Scope>, Error> {
-    if scopes.len() > MAX_NAMES_PER_CALL {
-        return Err(Error::invalid_argument(
-            field,
-            format!("at most {MAX_NAMES_PER_CALL} scopes per call"),
-        ));
-    }
-    let mut parsed: Vec<Scope> = Vec::with_capacity(scopes.len());
-    for (i, scope) in scopes.iter().enumerate() {
-        let scope = Scope::parse(scope).map_err(|e| e.on(&format!("{field}[{i}]")))?;
-        if !parsed.contains(&scope) {
-            parsed.push(scope);
-        }
-    }
-    Ok(parsed)
+    super::parse_names(scopes, field, "scopes", MAX_NAMES_PER_CALL, Scope::parse)
 }
 
 fn roles_detail(roles: &[RoleName]) -> String {

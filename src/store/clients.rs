@@ -97,17 +97,7 @@ impl Store {
         )))?;
         set_allowed_scopes(&txn, id, &new.allowed_scopes).await?;
         set_allowed_audiences(&txn, id, &new.allowed_audiences).await?;
-        entity::client_secret::ActiveModel {
-            id: Set(Uuid::now_v7()),
-            client_id: Set(id),
-            secret_hash: Set(secret_hash),
-            created_at: Set(now),
-            expires_at: Set(None),
-            last_used_at: Set(None),
-        }
-        .insert(&txn)
-        .await
-        .map_err(db_error)?;
+        insert_secret(&txn, id, secret_hash, now).await?;
         audit::insert(&txn, audit_record, now).await?;
         let client = client_of(&txn, id).await?;
         txn.commit().await.map_err(db_error)?;
@@ -348,17 +338,7 @@ impl Store {
                 .await
                 .map_err(db_error)?;
         }
-        entity::client_secret::ActiveModel {
-            id: Set(Uuid::now_v7()),
-            client_id: Set(id),
-            secret_hash: Set(secret_hash),
-            created_at: Set(now),
-            expires_at: Set(None),
-            last_used_at: Set(None),
-        }
-        .insert(&txn)
-        .await
-        .map_err(db_error)?;
+        insert_secret(&txn, id, secret_hash, now).await?;
         entity::client::Entity::update_many()
             .col_expr(
                 entity::client::Column::SecretRotatedAt,
@@ -445,6 +425,27 @@ async fn internal_id<C: ConnectionTrait>(db: &C, client_id: &str) -> Result<Opti
         .one(db)
         .await
         .map_err(db_error)
+}
+
+/// Adds a live secret (its keyed hash) to a client.
+async fn insert_secret<C: ConnectionTrait>(
+    db: &C,
+    client: Uuid,
+    secret_hash: Vec<u8>,
+    now: DateTime<Utc>,
+) -> Result<(), Error> {
+    entity::client_secret::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        client_id: Set(client),
+        secret_hash: Set(secret_hash),
+        created_at: Set(now),
+        expires_at: Set(None),
+        last_used_at: Set(None),
+    }
+    .insert(db)
+    .await
+    .map_err(db_error)?;
+    Ok(())
 }
 
 /// Allows `scopes` (each must exist) to a client.
