@@ -381,6 +381,13 @@ impl App {
         if let Some(redis) = redis {
             redis.quit().await;
         }
+        // Audit events still queued are written before the pool closes (within the grace).
+        if tokio::time::timeout(grace, store.flush_audit())
+            .await
+            .is_err()
+        {
+            tracing::error!("audit events still queued after the shutdown grace are lost");
+        }
         store.close().await;
         tracing::info!("Keystone stopped");
         served
@@ -406,7 +413,8 @@ async fn bind_optional(
 pub async fn open_database(settings: &Settings) -> anyhow::Result<Store> {
     let store = Store::connect(&settings.database_url, &settings.database)
         .await
-        .context("cannot connect to the database (database_url)")?;
+        .context("cannot connect to the database (database_url)")?
+        .caching_clients(settings.clients.cache_ttl);
     if settings.database.migrate_on_start {
         store
             .migrate_up(None)

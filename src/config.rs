@@ -333,6 +333,9 @@ pub struct PasswordHashSettings {
     pub memory_budget_mib: u32,
     /// Calls that may wait for a hash slot; beyond, RESOURCE_EXHAUSTED.
     pub max_queue: usize,
+    /// How much lower than the rest of the server the hashing threads are scheduled (a
+    /// `nice` increment, 0 to 19): under a login flood, token validation keeps its CPU.
+    pub niceness: i32,
 }
 
 impl Default for PasswordHashSettings {
@@ -344,6 +347,7 @@ impl Default for PasswordHashSettings {
             concurrency: 0,
             memory_budget_mib: 256,
             max_queue: 64,
+            niceness: 19,
         }
     }
 }
@@ -436,12 +440,20 @@ pub struct ClientSettings {
     /// Longest grace period a rotated-out secret may keep working.
     #[serde(with = "humantime_serde")]
     pub max_secret_grace: Duration,
+    /// How long a replica may use its copy of a client (secrets, scopes, audiences) for the
+    /// client credentials grant before reading it again; `0s` reads it on every call. A
+    /// change on this replica applies at once; on the others, as soon as Redis tells them (a
+    /// disabled or deleted client also as soon as its revocation arrives), and within this
+    /// time when neither reaches them.
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
 }
 
 impl Default for ClientSettings {
     fn default() -> Self {
         Self {
             max_secret_grace: Duration::from_secs(7 * 24 * 3600),
+            cache_ttl: Duration::from_secs(10),
         }
     }
 }
@@ -734,6 +746,13 @@ impl Settings {
                 "must be between 8 × parallelism and 4194304 (4 GiB)",
             ));
         }
+        if !(0..=19).contains(&argon2.niceness) {
+            return Err(ConfigError::invalid(
+                "auth.argon2.niceness",
+                argon2.niceness,
+                "must be between 0 and 19",
+            ));
+        }
         if !(1..=64).contains(&argon2.iterations) {
             return Err(ConfigError::invalid(
                 "auth.argon2.iterations",
@@ -757,6 +776,11 @@ impl Settings {
         )?;
         check_positive("keys.publish_ahead", self.keys.publish_ahead)?;
         check_positive("clients.max_secret_grace", self.clients.max_secret_grace)?;
+        check_at_most(
+            "clients.cache_ttl",
+            self.clients.cache_ttl,
+            Duration::from_secs(3600),
+        )?;
         check_at_most("server.drain_delay", self.server.drain_delay, TEN_YEARS)?;
         check_at_most(
             "server.shutdown_grace",

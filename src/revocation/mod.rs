@@ -153,6 +153,8 @@ pub struct Revocations {
     /// Revocations this replica could not publish yet; retried before each heartbeat, and
     /// while any wait, heartbeats say this replica is behind.
     unpublished: Arc<std::sync::Mutex<std::collections::VecDeque<Revocation>>>,
+    /// A client change could not be published: the others must forget every client.
+    clients_unpublished: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Revocations {
@@ -178,6 +180,7 @@ impl Revocations {
             polled_from_ms: Arc::new(AtomicI64::new(loaded_from.timestamp_millis())),
             redis: None,
             unpublished: Arc::default(),
+            clients_unpublished: Arc::default(),
         };
         revocations.freshness.confirm_database();
         Ok(revocations)
@@ -220,11 +223,51 @@ impl Revocations {
         }
     }
 
+    /// Tells the other replicas that a client changed (`None`: any client may have), so
+    /// that they forget their copy (see [`crate::store::Store::client_for_login`]). When it
+    /// cannot be published, this replica says it is `behind` in its heartbeats (the others
+    /// then forget every copy) until a "forget every client" message gets through; without
+    /// Redis at all, copies age out within `clients.cache_ttl`. A disabled or deleted client
+    /// is forgotten through the revocation set in any case.
+    pub fn announce_client_change(&self, client_id: Option<&str>) {
+        if let Some(redis) = &self.redis {
+            let redis = redis.clone();
+            let unpublished = self.clients_unpublished.clone();
+            let payload = match client_id {
+                Some(client_id) => Event::Client {
+                    client_id: client_id.to_owned(),
+                },
+                None => Event::AllClients,
+            }
+            .to_payload();
+            tokio::spawn(async move {
+                if let Err(error) = redis.publish(payload).await {
+                    tracing::debug!(error = %error, "cannot publish a client change on Redis yet");
+                    unpublished.store(true, Ordering::Release);
+                }
+            });
+        }
+    }
+
+    /// Another replica changed a client (`None`: any client): forget this process's copies.
+    pub fn client_changed_elsewhere(&self, client_id: Option<&str>) {
+        match client_id {
+            Some(client_id) => self.store.forget_client(client_id),
+            None => self.store.forget_all_clients(),
+        }
+    }
+
     /// Publishes what could not be published before; returns whether none is left.
     pub async fn publish_pending(&self) -> bool {
         let Some(redis) = &self.redis else {
             return true;
         };
+        if self.clients_unpublished.load(Ordering::Acquire) {
+            if redis.publish(Event::AllClients.to_payload()).await.is_err() {
+                return false;
+            }
+            self.clients_unpublished.store(false, Ordering::Release);
+        }
         loop {
             let Some(next) = lock(&self.unpublished).front().cloned() else {
                 return true;
@@ -247,14 +290,29 @@ impl Revocations {
     /// and the watchers when it is news.
     pub fn learn(&self, revocation: &Revocation) {
         if self.memory.insert(revocation) {
+            self.forget_revoked_client(revocation);
             // No watcher is no error.
             let _ = self.changes.send(revocation.clone());
+        }
+    }
+
+    /// A subject revoked (a client disabled, deleted or its tokens revoked) is read again
+    /// at its next use: the revocation arrives after the change committed.
+    fn forget_revoked_client(&self, revocation: &Revocation) {
+        if revocation.kind == RevocationKind::Subject {
+            self.store.forget_client(&revocation.key);
         }
     }
 
     /// Whether a token is revoked. Memory only: no I/O.
     pub fn is_revoked(&self, token: TokenFacts<'_>) -> bool {
         self.memory.is_revoked(token)
+    }
+
+    /// Whether `subject` (a user id or client id) was revoked at or after `at`: what was read
+    /// of it before then may be out of date.
+    pub fn subject_revoked_since(&self, subject: &str, at: DateTime<Utc>) -> bool {
+        self.memory.subject_revoked_since(subject, at)
     }
 
     /// Fails with UNAVAILABLE (`REVOCATION_UNAVAILABLE`) when, in a cluster, neither Redis nor
@@ -280,6 +338,8 @@ impl Revocations {
     /// of the database succeeds, Redis confirms nothing.
     pub fn redis_gap(&self) {
         self.freshness.redis_gap();
+        // Client changes may have been among what was dropped.
+        self.store.forget_all_clients();
     }
 
     /// Applies what changed in the database since the last poll, and confirms the set.
@@ -298,6 +358,7 @@ impl Revocations {
         for revocation in &rows {
             if self.memory.insert(revocation) {
                 news += 1;
+                self.forget_revoked_client(revocation);
                 let _ = self.changes.send(revocation.clone());
             }
         }

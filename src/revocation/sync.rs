@@ -36,6 +36,14 @@ pub enum Event {
     Revocation(RevocationEvent),
     /// The signing keys changed: reload them.
     Keys,
+    /// A client changed (its secrets, scopes, audiences or state): forget its cached copy.
+    Client {
+        /// The client's public id.
+        client_id: String,
+    },
+    /// Any client may have changed (a scope was deleted, or a change was not published):
+    /// forget every cached copy.
+    AllClients,
     /// A replica is alive (and the bus works). `behind`: it has revocations it could not
     /// publish yet, so Redis alone cannot vouch for anyone's set.
     Heartbeat {
@@ -207,6 +215,14 @@ async fn events_loop(
                 reload_keys.notify_one();
                 revocations.confirm_by_redis();
             }
+            Some(Event::Client { client_id }) => {
+                revocations.client_changed_elsewhere(Some(&client_id));
+                revocations.confirm_by_redis();
+            }
+            Some(Event::AllClients) => {
+                revocations.client_changed_elsewhere(None);
+                revocations.confirm_by_redis();
+            }
             Some(Event::Heartbeat { behind: true }) => {
                 revocations.redis_gap();
                 poll_now.notify_one();
@@ -267,6 +283,14 @@ mod tests {
         };
         assert_eq!(read.to_revocation(), Some(revocation));
         assert_eq!(Event::parse(&Event::Keys.to_payload()), Some(Event::Keys));
+        let client = Event::Client {
+            client_id: "kc_abc".to_owned(),
+        };
+        assert_eq!(Event::parse(&client.to_payload()), Some(client));
+        assert_eq!(
+            Event::parse(&Event::AllClients.to_payload()),
+            Some(Event::AllClients)
+        );
         assert_eq!(
             Event::parse(r#"{"type":"heartbeat"}"#),
             Some(Event::Heartbeat { behind: false })

@@ -25,7 +25,7 @@ use crate::{
     password::{PasswordHasher, Verification},
     revocation::{Revocation, RevocationKind, Revocations, TokenFacts},
     secrets::{Pepper, REFRESH_TOKEN_PREFIX, hash_refresh_token, random_token},
-    store::{LockoutPolicy, NewRefreshToken, RefreshRecord, Rotation, Store},
+    store::{CachedClient, LockoutPolicy, NewRefreshToken, RefreshRecord, Rotation, Store},
     token::{
         Audience, Claims, Kind, TokenIssuer, TokenVerifier, VerifyError,
         keys::{KeyRing, PublicJwk},
@@ -297,6 +297,9 @@ impl AuthService {
         if name.chars().count() > MAX_LOGIN_NAME {
             return Err(invalid_credentials());
         }
+        // A place in the hashing queue first: a login turned away for overload is recorded
+        // nowhere and counts toward no lock.
+        let admission = self.hasher.admit()?;
         let record = self.store.find_login(&name).await?;
         // A user's failures count under the username, whichever of username and email was
         // typed; unknown names count under themselves, so a lock reveals nothing.
@@ -313,13 +316,28 @@ impl AuthService {
             self.record(audit(Outcome::Denied, "locked"), now).await;
             return Err(account_locked());
         }
-        let verification = self
+        let verification = match self
             .hasher
-            .verify(
+            .verify_admitted(
+                admission,
                 &login.password,
                 record.as_ref().map(|r| r.password_hash.as_str()),
             )
-            .await?;
+            .await
+        {
+            Ok(verification) => verification,
+            Err(error) => {
+                // The password was not checked (the hashing failed): the attempt does not
+                // count.
+                if let Err(cancel) = self.store.cancel_login_attempt(&lockout_name).await {
+                    tracing::warn!(
+                        error = format!("{:#}", anyhow::Error::from(cancel)),
+                        "cannot take back a login attempt"
+                    );
+                }
+                return Err(error);
+            }
+        };
         let (record, needs_rehash) = match (record, verification) {
             (Some(record), Verification::Valid { needs_rehash }) => (record, needs_rehash),
             _ => {
@@ -439,21 +457,36 @@ impl AuthService {
         if secret.expose_secret().is_empty() || secret.expose_secret().len() > 256 {
             return Err(invalid_credentials());
         }
-        let found = self.store.find_client_with_secrets(client_id, now).await?;
-        let matched = found.as_ref().and_then(|(_, secrets)| {
-            // Check every live secret, so the time does not tell which one matched.
-            secrets.iter().fold(None, |matched, candidate| {
+        // Every live secret is checked, so the time does not tell which one matched.
+        let matching = |entry: &CachedClient| {
+            entry.secrets.iter().fold(None, |matched, candidate| {
                 let ok = self
                     .pepper
-                    .verify_client_secret(secret.expose_secret(), &candidate.hash);
+                    .verify_client_secret(secret.expose_secret(), &candidate.hash)
+                    && candidate.expires_at.is_none_or(|at| at > now);
                 matched.or(ok.then_some(candidate.id))
             })
-        });
-        let (Some((client, _)), Some(secret_id)) = (found, matched) else {
+        };
+        let mut found = self.store.client_for_login(client_id, now, false).await?;
+        // A remembered copy is read again when the client was revoked after it was read
+        // (disabled, deleted, its tokens revoked: on any replica), or when it knows no secret
+        // that matches (one rotated in on another replica). A wrong secret does not evict the
+        // copy: the fresh read replaces it, so a flood of wrong secrets cannot empty the cache.
+        if let Some((entry, true)) = &found
+            && (self
+                .revocations
+                .subject_revoked_since(client_id, entry.read_at)
+                || matching(entry).is_none())
+        {
+            found = self.store.client_for_login(client_id, now, true).await?;
+        }
+        let matched = found.as_ref().and_then(|(entry, _)| matching(entry));
+        let (Some((entry, _)), Some(secret_id)) = (found, matched) else {
             self.record(audit(Outcome::Failure, "invalid credentials"), now)
                 .await;
             return Err(invalid_credentials());
         };
+        let client = &entry.client;
         if !client.enabled {
             self.record(audit(Outcome::Denied, "disabled"), now).await;
             return Err(Error::PermissionDenied {
@@ -461,10 +494,12 @@ impl AuthService {
                 message: "the client is disabled".to_owned(),
             });
         }
-        self.store
-            .touch_client_secret(client.id, secret_id, now)
-            .await?;
-        Ok(client)
+        if entry.last_use_due(secret_id, now) {
+            self.store
+                .touch_client_secret(client.id, secret_id, now)
+                .await?;
+        }
+        Ok(client.clone())
     }
 
     /// The client credentials grant (RFC 6749 section 4.4). No refresh token. An unknown client
@@ -1148,12 +1183,13 @@ impl AuthService {
         })
     }
 
-    /// Writes an audit event; a failure is logged and does not fail the call.
+    /// Queues an audit event; a failure is logged and does not fail the call.
     async fn record(&self, event: AuditRecord, now: DateTime<Utc>) {
-        if let Err(error) = self.store.record_audit(&event, now).await {
+        let action = event.action;
+        if let Err(error) = self.store.record_audit(event, now).await {
             tracing::error!(
                 error = format!("{:#}", anyhow::Error::from(error)),
-                action = event.action,
+                action,
                 "cannot write an audit event"
             );
         }

@@ -336,7 +336,8 @@ impl ClientAdminService {
         )
     }
 
-    /// Applies the revocation a change wrote, or records its refusal.
+    /// Applies the revocation a change wrote and tells the other replicas that the client
+    /// changed, or records the change's refusal.
     async fn settle<T>(
         &self,
         actor: &Actor,
@@ -344,6 +345,9 @@ impl ClientAdminService {
         target: &str,
         result: Result<(T, Option<Revocation>), Error>,
     ) -> Result<T, Error> {
+        if result.is_ok() {
+            self.revocations.announce_client_change(Some(target));
+        }
         super::settle(
             &self.store,
             &self.revocations,

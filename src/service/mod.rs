@@ -137,7 +137,7 @@ async fn record_denial(
     let event = actor
         .event(action, target, Outcome::Denied)
         .with_detail("reason", error.to_string());
-    if let Err(record_error) = store.record_audit(&event, now).await {
+    if let Err(record_error) = store.record_audit(event, now).await {
         tracing::error!(
             error = format!("{:#}", anyhow::Error::from(record_error)),
             action,

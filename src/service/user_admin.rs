@@ -725,7 +725,10 @@ impl UserAdminService {
             .with_detail("force", force.to_string());
         self.store
             .delete_scope(scope.as_str(), force, &audit, self.clock.now())
-            .await
+            .await?;
+        // Clients that were allowed the scope lost it: every replica reads them again.
+        self.revocations.announce_client_change(None);
+        Ok(())
     }
 
     /// `ListAuditEvents`, newest first.

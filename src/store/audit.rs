@@ -1,11 +1,21 @@
-//! Writing audit events, inside the caller's transaction so an action and its record stand or
-//! fall together.
+//! Writing audit events. A change's event is written inside the change's transaction, so an
+//! action and its record stand or fall together. Events that go with no change (logins, token
+//! issuance, refusals) are queued and written by one task in batches: whatever queued while the
+//! previous batch was being written goes in the next one (group commit), so the hot paths do
+//! not wait for the database and a busy server writes one statement for hundreds of events.
+//! What that costs: events queued when the process is killed are lost (a graceful stop writes
+//! them), and while the database refuses writes for long enough to fill the queue, a call
+//! waits at most [`PUSH_WAIT`] to queue its event, then the event is counted as lost
+//! (`keystone_audit_events_lost_total`) and logged.
+
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ActiveModelTrait as _, ColumnTrait as _, ConnectionTrait, EntityTrait as _, QueryFilter as _,
-    QueryOrder as _, QuerySelect as _, Set,
+    ActiveModelTrait as _, ColumnTrait as _, ConnectionTrait, DatabaseConnection, EntityTrait as _,
+    QueryFilter as _, QueryOrder as _, QuerySelect as _, Set,
 };
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{db_error, entity::audit_event};
@@ -20,9 +30,22 @@ pub(crate) async fn insert<C: ConnectionTrait>(
     record: &AuditRecord,
     now: DateTime<Utc>,
 ) -> Result<(), Error> {
+    row(Uuid::now_v7(), record, now)?
+        .insert(db)
+        .await
+        .map_err(db_error)?;
+    Ok(())
+}
+
+/// The row of an event.
+fn row(
+    id: Uuid,
+    record: &AuditRecord,
+    now: DateTime<Utc>,
+) -> Result<audit_event::ActiveModel, Error> {
     let details = serde_json::to_string(&record.details).map_err(Error::internal)?;
-    audit_event::ActiveModel {
-        id: Set(Uuid::now_v7()),
+    Ok(audit_event::ActiveModel {
+        id: Set(id),
         occurred_at: Set(now),
         actor: Set(truncate(&record.actor, 320)),
         action: Set(record.action.to_owned()),
@@ -30,11 +53,180 @@ pub(crate) async fn insert<C: ConnectionTrait>(
         outcome: Set(record.outcome.as_str().to_owned()),
         peer: Set(truncate(&record.peer, 64)),
         details: Set(details),
+    })
+}
+
+/// Events waiting for the writer; senders wait when it is full (nothing is dropped while the
+/// database accepts writes).
+const QUEUE_CAPACITY: usize = 8192;
+/// The most events in one statement (8 parameters each: well under SQLite's and PostgreSQL's
+/// limits).
+const BATCH: usize = 512;
+/// How often a batch is tried before it is given up (and counted as lost), with the pause
+/// doubling from [`RETRY_PAUSE`] (3.1 s of pauses, plus each attempt's own wait for a
+/// connection).
+const ATTEMPTS: u32 = 6;
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+/// The longest a call waits for room in a full queue.
+const PUSH_WAIT: Duration = Duration::from_millis(100);
+
+enum Queued {
+    Event(Uuid, Box<AuditRecord>, DateTime<Utc>),
+    Flush(oneshot::Sender<()>),
+}
+
+/// The queue in front of the audit writer; cheap to clone.
+#[derive(Clone)]
+pub(crate) struct AuditQueue {
+    sender: mpsc::Sender<Queued>,
+}
+
+impl std::fmt::Debug for AuditQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditQueue")
+            .field("queued", &(QUEUE_CAPACITY - self.sender.capacity()))
+            .finish()
     }
-    .insert(db)
-    .await
-    .map_err(db_error)?;
-    Ok(())
+}
+
+impl AuditQueue {
+    /// Starts the writer on the current runtime; it ends when the last queue is dropped.
+    pub(crate) fn start(db: DatabaseConnection, writes: Option<super::WriteGate>) -> Self {
+        let (sender, receiver) = mpsc::channel(QUEUE_CAPACITY);
+        tokio::spawn(write_loop(db, writes, receiver));
+        Self { sender }
+    }
+
+    /// Queues an event (its id, a UUIDv7, is taken now, so events list in the order they
+    /// happened).
+    pub(crate) async fn push(&self, record: AuditRecord, now: DateTime<Utc>) -> Result<(), Error> {
+        let action = record.action;
+        match self
+            .sender
+            .send_timeout(
+                Queued::Event(Uuid::now_v7(), Box::new(record), now),
+                PUSH_WAIT,
+            )
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
+                metrics::counter!("keystone_audit_events_lost_total").increment(1);
+                Err(Error::internal(anyhow::anyhow!(
+                    "the audit queue is full (the database refuses writes): a `{action}` event is lost"
+                )))
+            }
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(Error::internal(anyhow::anyhow!(
+                "the audit writer has stopped"
+            ))),
+        }
+    }
+
+    /// Waits until every event queued before this call is written (or given up).
+    pub(crate) async fn flush(&self) {
+        let (done, written) = oneshot::channel();
+        if self.sender.send(Queued::Flush(done)).await.is_ok() {
+            let _ = written.await;
+        }
+    }
+}
+
+async fn write_loop(
+    db: DatabaseConnection,
+    writes: Option<super::WriteGate>,
+    mut receiver: mpsc::Receiver<Queued>,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut flushed = Vec::new();
+    while let Some(first) = receiver.recv().await {
+        let mut next = Some(first);
+        while let Some(item) = next.take() {
+            match item {
+                Queued::Event(id, record, now) => match row(id, &record, now) {
+                    Ok(row) => batch.push(row),
+                    Err(error) => tracing::error!(
+                        error = format!("{:#}", anyhow::Error::from(error)),
+                        action = record.action,
+                        "cannot write an audit event"
+                    ),
+                },
+                // Everything queued before the flush is in this batch.
+                Queued::Flush(done) => flushed.push(done),
+            }
+            if batch.len() < BATCH {
+                next = receiver.try_recv().ok();
+            }
+        }
+        if !batch.is_empty() {
+            write_batch(&db, writes.as_ref(), std::mem::take(&mut batch)).await;
+            batch.reserve(BATCH);
+        }
+        for done in flushed.drain(..) {
+            let _ = done.send(());
+        }
+    }
+}
+
+async fn write_batch(
+    db: &DatabaseConnection,
+    writes: Option<&super::WriteGate>,
+    rows: Vec<audit_event::ActiveModel>,
+) {
+    let count = rows.len();
+    let mut pause = RETRY_PAUSE;
+    for attempt in 1..=ATTEMPTS {
+        let turn = super::write_turn(writes).await;
+        let written = audit_event::Entity::insert_many(rows.clone())
+            .exec(db)
+            .await;
+        drop(turn);
+        match written {
+            Ok(_) => {
+                metrics::counter!("keystone_audit_events_written_total").increment(count as u64);
+                return;
+            }
+            Err(error) if !is_connection_error(&error) && count > 1 => {
+                // One row the database refuses must not take the others with it.
+                tracing::warn!(
+                    error = format!("{:#}", anyhow::Error::from(db_error(error))),
+                    count,
+                    "audit events refused as a batch; writing them one by one"
+                );
+                for row in rows {
+                    Box::pin(write_batch(db, writes, vec![row])).await;
+                }
+                return;
+            }
+            Err(error) if !is_connection_error(&error) || attempt == ATTEMPTS => {
+                metrics::counter!("keystone_audit_events_lost_total").increment(count as u64);
+                tracing::error!(
+                    error = format!("{:#}", anyhow::Error::from(db_error(error))),
+                    count,
+                    "audit events lost: the database refused them"
+                );
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(
+                    error = format!("{:#}", anyhow::Error::from(db_error(error))),
+                    attempt,
+                    count,
+                    "cannot write audit events yet; retrying"
+                );
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+        }
+    }
+}
+
+/// Whether the database could not be reached (worth retrying as it is), rather than refusing
+/// what was sent.
+fn is_connection_error(error: &sea_orm::DbErr) -> bool {
+    matches!(
+        error,
+        sea_orm::DbErr::Conn(_) | sea_orm::DbErr::ConnectionAcquire(_)
+    ) || matches!(db_error(error.clone()), Error::Unavailable { .. })
 }
 
 /// Cuts a value to the column's length, on a character boundary.
@@ -64,6 +256,8 @@ impl super::Store {
         before: Option<Uuid>,
         limit: u64,
     ) -> Result<Vec<AuditEvent>, Error> {
+        // Read your writes: what this process queued is written first.
+        self.audit.flush().await;
         let mut query = audit_event::Entity::find().order_by_desc(audit_event::Column::Id);
         if let Some(before) = before {
             query = query.filter(audit_event::Column::Id.lt(before));

@@ -1,6 +1,12 @@
 //! Service clients, their allowed scopes and audiences, and their secrets (keyed hashes).
 
-use std::time::Duration;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicI64, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
@@ -55,6 +61,80 @@ pub struct ClientSecretRecord {
     pub expires_at: Option<DateTime<Utc>>,
 }
 
+/// How fresh a secret's recorded last use is kept: a secret used again and again is written
+/// once a minute, not on every call.
+const LAST_USE_RESOLUTION_MS: i64 = 60_000;
+
+/// A client and its live secrets as read at `read_at`, for checking client credentials.
+#[derive(Debug)]
+pub struct CachedClient {
+    /// The client.
+    pub client: Client,
+    /// Its secrets that were live at `read_at`.
+    pub secrets: Vec<ClientSecretRecord>,
+    /// When the read began: a revocation of the client stamped later means this copy may be
+    /// older than the client's state.
+    pub read_at: DateTime<Utc>,
+    /// When each secret's last use was last written, in milliseconds (same order as `secrets`).
+    last_use_written_ms: Vec<AtomicI64>,
+}
+
+impl CachedClient {
+    /// Whether the use of `secret` at `now` should be written: the first use in
+    /// [`LAST_USE_RESOLUTION_MS`] says yes (once, whichever call gets there first).
+    pub fn last_use_due(&self, secret: Uuid, now: DateTime<Utc>) -> bool {
+        let Some(written) = self
+            .secrets
+            .iter()
+            .position(|s| s.id == secret)
+            .and_then(|index| self.last_use_written_ms.get(index))
+        else {
+            return false;
+        };
+        let now_ms = now.timestamp_millis();
+        let before = written.load(Ordering::Relaxed);
+        now_ms.saturating_sub(before) >= LAST_USE_RESOLUTION_MS
+            && written
+                .compare_exchange(before, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
+/// Clients with their secrets as last read, so that the client credentials grant needs no
+/// database round trip. Bounded; a copy is used for at most `ttl`. Every change through this
+/// store forgets the client (and bumps `generation`, so a read that raced the change is not
+/// kept); other replicas learn of changes on Redis, and the service also rereads a client
+/// revoked since its copy was read, or one whose copy does not know the presented secret.
+#[derive(Debug)]
+pub(crate) struct ClientCache {
+    entries: quick_cache::sync::Cache<String, Arc<CachedClient>>,
+    ttl: chrono::Duration,
+    generation: AtomicU64,
+}
+
+/// The most clients remembered.
+const CACHED_CLIENTS: usize = 4096;
+
+impl ClientCache {
+    pub(crate) fn new(ttl: Duration) -> Self {
+        Self {
+            entries: quick_cache::sync::Cache::new(if ttl.is_zero() { 1 } else { CACHED_CLIENTS }),
+            ttl: chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    fn forget(&self, client_id: &str) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.entries.remove(client_id);
+    }
+
+    fn forget_all(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.entries.clear();
+    }
+}
+
 impl std::fmt::Debug for ClientSecretRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientSecretRecord")
@@ -66,6 +146,63 @@ impl std::fmt::Debug for ClientSecretRecord {
 }
 
 impl Store {
+    /// A client and its live secrets for checking its credentials: unless `fresh`, the
+    /// remembered copy when there is one younger than the cache's time to live (then `true`),
+    /// else read from the database (and remembered).
+    pub async fn client_for_login(
+        &self,
+        client_id: &str,
+        now: DateTime<Utc>,
+        fresh: bool,
+    ) -> Result<Option<(Arc<CachedClient>, bool)>, Error> {
+        let cache = &self.clients;
+        if !fresh
+            && cache.ttl > chrono::Duration::zero()
+            && let Some(entry) = cache.entries.get(client_id)
+            && now.signed_duration_since(entry.read_at) < cache.ttl
+            && now >= entry.read_at
+        {
+            return Ok(Some((entry, true)));
+        }
+        let generation = cache.generation.load(Ordering::Acquire);
+        let Some((client, secrets)) = self.find_client_with_secrets(client_id, now).await? else {
+            return Ok(None);
+        };
+        let last_use_written_ms = secrets
+            .iter()
+            .map(|(_, last_used)| {
+                AtomicI64::new(last_used.map_or(i64::MIN, |at| at.timestamp_millis()))
+            })
+            .collect();
+        let entry = Arc::new(CachedClient {
+            client,
+            secrets: secrets.into_iter().map(|(secret, _)| secret).collect(),
+            read_at: now,
+            last_use_written_ms,
+        });
+        if cache.ttl > chrono::Duration::zero()
+            && cache.generation.load(Ordering::Acquire) == generation
+        {
+            cache.entries.insert(client_id.to_owned(), entry.clone());
+            // A change that landed while this was being inserted wins.
+            if cache.generation.load(Ordering::Acquire) != generation {
+                cache.entries.remove(client_id);
+            }
+        }
+        Ok(Some((entry, false)))
+    }
+
+    /// Forgets the remembered copy of a client (changed elsewhere).
+    pub fn forget_client(&self, client_id: &str) {
+        self.clients.forget(client_id);
+    }
+
+    /// Forgets every remembered client (a scope they may hold was deleted, or changes made
+    /// elsewhere may have been missed).
+    pub fn forget_all_clients(&self) {
+        self.clients.forget_all();
+    }
+
     /// Creates a client with its first secret, in one transaction with its audit event.
     pub async fn insert_client(
         &self,
@@ -104,12 +241,12 @@ impl Store {
         client.ok_or_else(|| Error::internal(anyhow::anyhow!("the new client vanished")))
     }
 
-    /// A client by its public id, with its secrets still live at `now`.
-    pub async fn find_client_with_secrets(
+    /// A client by its public id, with its secrets still live at `now` and their last use.
+    async fn find_client_with_secrets(
         &self,
         client_id: &str,
         now: DateTime<Utc>,
-    ) -> Result<Option<(Client, Vec<ClientSecretRecord>)>, Error> {
+    ) -> Result<Option<(Client, Vec<(ClientSecretRecord, Option<DateTime<Utc>>)>)>, Error> {
         let Some(model) = entity::client::Entity::find()
             .filter(entity::client::Column::ClientId.eq(client_id))
             .one(self.db())
@@ -126,10 +263,13 @@ impl Store {
             .map_err(db_error)?
             .into_iter()
             .filter(|secret| secret.expires_at.is_none_or(|at| at > now))
-            .map(|secret| ClientSecretRecord {
-                id: secret.id,
-                hash: secret.secret_hash,
-                expires_at: secret.expires_at,
+            .map(|secret| {
+                let record = ClientSecretRecord {
+                    id: secret.id,
+                    hash: secret.secret_hash,
+                    expires_at: secret.expires_at,
+                };
+                (record, secret.last_used_at)
             })
             .collect();
         let client = client_of(self.db(), model.id).await?;
@@ -143,6 +283,7 @@ impl Store {
         secret: Uuid,
         now: DateTime<Utc>,
     ) -> Result<(), Error> {
+        let _turn = self.write_turn().await;
         entity::client_secret::Entity::update_many()
             .col_expr(
                 entity::client_secret::Column::LastUsedAt,
@@ -263,6 +404,7 @@ impl Store {
         let revocation = guard.write_revocation(&txn).await?;
         let client = client_of(&txn, id).await?;
         txn.commit().await.map_err(db_error)?;
+        self.clients.forget(client_id);
         Ok((
             client.ok_or_else(|| client_not_found(client_id))?,
             revocation,
@@ -287,6 +429,7 @@ impl Store {
         audit::insert(&txn, audit_record, now).await?;
         let revocation = guard.write_revocation(&txn).await?;
         txn.commit().await.map_err(db_error)?;
+        self.clients.forget(client_id);
         Ok(revocation)
     }
 
@@ -352,6 +495,7 @@ impl Store {
         audit::insert(&txn, audit_record, now).await?;
         let client = client_of(&txn, id).await?;
         txn.commit().await.map_err(db_error)?;
+        self.clients.forget(client_id);
         Ok(SecretRotation {
             client: client.ok_or_else(|| client_not_found(client_id))?,
             previous_expires_at,

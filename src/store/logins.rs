@@ -99,6 +99,7 @@ impl Store {
         audit_record: &AuditRecord,
         now: DateTime<Utc>,
     ) -> Result<(), Error> {
+        let _turn = self.write_turn().await;
         let txn = self.db().begin().await.map_err(db_error)?;
         entity::user::Entity::update_many()
             .col_expr(
@@ -148,6 +149,7 @@ impl Store {
         policy: LockoutPolicy,
         now: DateTime<Utc>,
     ) -> Result<bool, Error> {
+        let _turn = self.write_turn().await;
         let forget_before = now - policy.forget_after;
         let row = self
             .db()
@@ -178,6 +180,23 @@ impl Store {
         Ok(locked_until.is_none_or(|until| until <= now) && attempts <= threshold)
     }
 
+    /// Takes back an attempt counted by [`Self::begin_login_attempt`] whose password was never
+    /// checked (the server was too busy, or failed): it must not count toward a lock.
+    pub async fn cancel_login_attempt(&self, name: &str) -> Result<(), Error> {
+        let _turn = self.write_turn().await;
+        entity::login_failure::Entity::update_many()
+            .col_expr(
+                entity::login_failure::Column::FailedAttempts,
+                Expr::col(entity::login_failure::Column::FailedAttempts).sub(1),
+            )
+            .filter(entity::login_failure::Column::Name.eq(name))
+            .filter(entity::login_failure::Column::FailedAttempts.gt(0))
+            .exec(self.db())
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
     /// After a failed attempt counted by [`Self::begin_login_attempt`]: when the count has
     /// reached the threshold, locks the name for a time that doubles with each lock (up to
     /// `max`), and restarts the count. A lock in force is never shortened. Returns the lock's
@@ -188,6 +207,7 @@ impl Store {
         policy: LockoutPolicy,
         now: DateTime<Utc>,
     ) -> Result<Option<DateTime<Utc>>, Error> {
+        let _turn = self.write_turn().await;
         let Some(row) = entity::login_failure::Entity::find_by_id(name.to_owned())
             .one(self.db())
             .await
@@ -234,6 +254,7 @@ impl Store {
 
     /// Forgets failed logins of a name (after a success, or an admin unlock).
     pub async fn clear_login_failures(&self, name: &str) -> Result<(), Error> {
+        let _turn = self.write_turn().await;
         entity::login_failure::Entity::delete_by_id(name.to_owned())
             .exec(self.db())
             .await
@@ -248,6 +269,7 @@ impl Store {
         new_password_hash: Option<String>,
         now: DateTime<Utc>,
     ) -> Result<(), Error> {
+        let _turn = self.write_turn().await;
         let mut update = entity::user::Entity::update_many()
             .col_expr(entity::user::Column::LastLoginAt, Expr::value(Some(now)))
             .filter(entity::user::Column::Id.eq(user_id));
@@ -263,12 +285,14 @@ impl Store {
         super::users::scopes_of_user(self.db(), user_id).await
     }
 
-    /// Records an audit event on its own.
-    pub async fn record_audit(
-        &self,
-        record: &AuditRecord,
-        now: DateTime<Utc>,
-    ) -> Result<(), Error> {
-        audit::insert(self.db(), record, now).await
+    /// Records an audit event that goes with no change: queued, and written in a batch soon
+    /// after (see [`super::audit`]); [`Store::flush_audit`] waits for it.
+    pub async fn record_audit(&self, record: AuditRecord, now: DateTime<Utc>) -> Result<(), Error> {
+        self.audit.push(record, now).await
+    }
+
+    /// Waits until the audit events recorded so far are written.
+    pub async fn flush_audit(&self) {
+        self.audit.flush().await;
     }
 }

@@ -13,7 +13,7 @@ mod roles;
 pub(crate) mod users;
 
 pub use audit::AuditFilter;
-pub use clients::{ClientChanges, ClientSecretRecord, SecretRotation};
+pub use clients::{CachedClient, ClientChanges, ClientSecretRecord, SecretRotation};
 pub use keys::{KeyTransition, StoredKey};
 pub use logins::{LockoutPolicy, LoginRecord};
 pub use refresh_tokens::{NewRefreshToken, RefreshRecord, Rotation};
@@ -75,6 +75,34 @@ impl ChangeGuard<'_> {
 #[derive(Debug, Clone)]
 pub struct Store {
     db: DatabaseConnection,
+    /// SQLite takes one writer at a time, and a writer that finds the file locked sleeps in
+    /// SQLite's busy handler (1 ms, 2 ms, 5 ms, …) long after the lock is free. So on SQLite
+    /// the frequent writes (logins, refresh rotations, audit batches) take turns here instead,
+    /// and wait only as long as the write before them. `None` on PostgreSQL.
+    writes: Option<WriteGate>,
+    audit: audit::AuditQueue,
+    clients: std::sync::Arc<clients::ClientCache>,
+}
+
+/// The turn of one writer on SQLite (see [`Store`]).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct WriteGate(std::sync::Arc<tokio::sync::Mutex<()>>);
+
+impl WriteGate {
+    pub(crate) async fn turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.0.lock().await
+    }
+}
+
+/// Waits for this process's turn to write (SQLite); nothing to wait for on PostgreSQL.
+/// Never call a gated method while holding a turn: the gate is not reentrant.
+pub(crate) async fn write_turn(
+    gate: Option<&WriteGate>,
+) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+    match gate {
+        Some(gate) => Some(gate.turn().await),
+        None => None,
+    }
 }
 
 /// What replicas take turns at.
@@ -151,12 +179,33 @@ impl Store {
                     .busy_timeout(Duration::from_secs(5))
             });
         let db = Database::connect(options).await.map_err(unavailable)?;
-        Ok(Self { db })
+        Ok(Self::from_connection(db))
     }
 
-    /// The store over an existing connection.
+    /// The store over an existing connection (call it on a Tokio runtime: it starts the
+    /// audit writer). Clients are not cached until [`Store::caching_clients`].
     pub fn from_connection(db: DatabaseConnection) -> Self {
-        Self { db }
+        let writes = (db.get_database_backend() == sea_orm::DatabaseBackend::Sqlite)
+            .then(WriteGate::default);
+        Self {
+            audit: audit::AuditQueue::start(db.clone(), writes.clone()),
+            writes,
+            clients: std::sync::Arc::new(clients::ClientCache::new(Duration::ZERO)),
+            db,
+        }
+    }
+
+    /// The same store, remembering clients and their secrets for up to `ttl` (see
+    /// [`Store::client_for_login`]); zero turns the cache off.
+    #[must_use]
+    pub fn caching_clients(mut self, ttl: Duration) -> Self {
+        self.clients = std::sync::Arc::new(clients::ClientCache::new(ttl));
+        self
+    }
+
+    /// This process's turn to write, on SQLite (see [`Store`]).
+    pub(crate) async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        write_turn(self.writes.as_ref()).await
     }
 
     /// The underlying connection, for the other store modules.

@@ -90,6 +90,7 @@ pub enum Rotation {
 impl Store {
     /// Stores the first refresh token of a session.
     pub async fn insert_refresh_token(&self, new: &NewRefreshToken) -> Result<(), Error> {
+        let _turn = self.write_turn().await;
         model(new, Uuid::now_v7(), None)
             .insert(self.db())
             .await
@@ -106,6 +107,7 @@ impl Store {
         now: DateTime<Utc>,
         idle_ttl: chrono::Duration,
     ) -> Result<Rotation, Error> {
+        let _turn = self.write_turn().await;
         let successor_id = Uuid::now_v7();
         let txn = self.db().begin().await.map_err(db_error)?;
         // The conditional write comes first: it takes the row (PostgreSQL) or the database
@@ -192,6 +194,7 @@ impl Store {
         audit_record: &AuditRecord,
         now: DateTime<Utc>,
     ) -> Result<u64, Error> {
+        let _turn = self.write_turn().await;
         let txn = self.db().begin().await.map_err(db_error)?;
         let revoked = refresh_token::Entity::update_many()
             .col_expr(refresh_token::Column::RevokedAt, Expr::value(Some(now)))

@@ -266,7 +266,9 @@ impl Store {
             .map_err(db_error)?;
         keep_an_admin(&txn, admins, now).await?;
         audit::insert(&txn, audit_record, now).await?;
-        txn.commit().await.map_err(db_error)
+        txn.commit().await.map_err(db_error)?;
+        self.forget_all_clients();
+        Ok(())
     }
 
     /// Which of `scopes` do not exist.

@@ -788,3 +788,60 @@ async fn a_token_that_verified_lends_nothing_to_other_claims_and_still_expires()
     );
     app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn logins_beyond_the_hashing_queue_are_turned_away_without_counting_toward_a_lock() {
+    let app = spawn_app_with(|settings| {
+        settings.auth.argon2.concurrency = 1;
+        settings.auth.argon2.max_queue = 1;
+        settings.auth.lockout_threshold = 3;
+    })
+    .await;
+    let password = "a flood of right passwords";
+    let users: Vec<String> = (0..8).map(|n| format!("flooded{n}")).collect();
+    for user in &users {
+        app.create_user(user, password, &[]).await;
+    }
+
+    // Three at once per name: never more in flight than the lockout threshold.
+    let mut logins = tokio::task::JoinSet::new();
+    for n in 0..24 {
+        let mut auth = app.auth();
+        let username = users[n % users.len()].clone();
+        logins.spawn(async move {
+            auth.issue_token(pb::IssueTokenRequest {
+                grant: Some(pb::issue_token_request::Grant::Password(
+                    pb::PasswordGrant {
+                        username,
+                        password: password.into(),
+                    },
+                )),
+                ..Default::default()
+            })
+            .await
+        });
+    }
+    let (mut accepted, mut turned_away) = (0, 0);
+    while let Some(result) = logins.join_next().await {
+        match result.unwrap() {
+            Ok(_) => accepted += 1,
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                assert_eq!(reason(&status), "OVERLOADED");
+                turned_away += 1;
+            }
+        }
+    }
+    assert!(accepted >= 1, "one hash at a time still gets through");
+    assert!(
+        turned_away >= 1,
+        "24 at once cannot all wait for one slot and a queue of one"
+    );
+    // A refusal counted as an attempt would leave names at the threshold: the next login
+    // (one more attempt) would be refused.
+    for user in &users {
+        app.login(user, password)
+            .await
+            .unwrap_or_else(|status| panic!("{user} is refused after the overload: {status:?}"));
+    }
+}

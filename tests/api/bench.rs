@@ -1,5 +1,6 @@
 //! `keystone-bench` against a real server: it seeds through the admin API, runs every
-//! scenario, and reports each with its ratio to Health/Check and no error.
+//! scenario, and reports each with its ratio to Health/Check and no error (logins turned away
+//! as overload during the flood excepted).
 
 use std::process::Command;
 
@@ -29,7 +30,11 @@ async fn keystone_bench_runs_every_scenario_without_errors() {
                 "--concurrency",
                 "2",
                 "--fresh-tokens",
-                "20",
+                "200",
+                // Enough names that the flood never has more logins of one name in flight
+                // than the lockout threshold (those are refused as a lock would be).
+                "--users",
+                "32",
                 "--server-pid",
                 &std::process::id().to_string(),
                 "--json",
@@ -57,8 +62,12 @@ async fn keystone_bench_runs_every_scenario_without_errors() {
             "health",
             "authenticate",
             "authenticate-fresh",
+            "check",
             "introspect",
-            "client-credentials"
+            "client-credentials",
+            "password",
+            "refresh",
+            "password-flood",
         ]
     );
     for outcome in report.as_array().unwrap() {
@@ -69,6 +78,28 @@ async fn keystone_bench_runs_every_scenario_without_errors() {
             outcome["server_peak_rss_mib"].as_f64().is_some(),
             "{outcome}"
         );
+    }
+    let find = |name: &str| {
+        report
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["scenario"] == name)
+            .unwrap()
+            .clone()
+    };
+    let password = find("password");
+    assert!(
+        password["argon2_limit"].as_f64().unwrap() > 0.0,
+        "{password}"
+    );
+    assert!(password["ratio_to_argon2_limit"].as_f64().is_some());
+    // The flood: logins either pass or are turned away as overload, nothing else.
+    let flood = find("password-flood")["flood"].clone();
+    assert!(flood["idle_p99_us"].as_u64().unwrap() > 0, "{flood}");
+    assert!(flood["logins_ok"].as_u64().unwrap() > 0, "{flood}");
+    for (code, _) in flood["logins_refused"].as_object().unwrap() {
+        assert_eq!(code, "ResourceExhausted", "{flood}");
     }
     app.stop().await.unwrap();
 }

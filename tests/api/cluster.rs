@@ -16,8 +16,8 @@ use std::{
 
 use keystone::proto::pb::{
     AuthenticateRequest, Client as ClientMessage, CreateClientRequest, RegisterRequest,
-    RevokeRequest, WatchRevocationsRequest, auth_client::AuthClient,
-    client_admin_client::ClientAdminClient,
+    RevokeRequest, RotateClientSecretRequest, UpdateClientRequest, WatchRevocationsRequest,
+    auth_client::AuthClient, client_admin_client::ClientAdminClient,
 };
 use tokio::{net::TcpListener, task::JoinHandle};
 use tonic::{Code, transport::Channel};
@@ -258,6 +258,39 @@ impl Replica {
             .access_token
     }
 
+    /// A client credentials grant's outcome.
+    async fn try_client_token(&self, client_id: &str, secret: &str) -> Result<(), tonic::Status> {
+        self.auth()
+            .issue_token(keystone::proto::pb::IssueTokenRequest {
+                grant: Some(
+                    keystone::proto::pb::issue_token_request::Grant::ClientCredentials(
+                        keystone::proto::pb::ClientCredentialsGrant {
+                            client_id: client_id.to_owned(),
+                            client_secret: secret.to_owned(),
+                        },
+                    ),
+                ),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Polls until a client credentials grant with `secret` is refused; panics after `within`.
+    async fn until_refused(&self, client_id: &str, secret: &str, within: Duration) -> Code {
+        let started = Instant::now();
+        loop {
+            if let Err(status) = self.try_client_token(client_id, secret).await {
+                return status.code();
+            }
+            assert!(
+                started.elapsed() < within,
+                "the change did not arrive within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     async fn revoke(&self, token: &str) {
         self.auth()
             .revoke(RevokeRequest {
@@ -374,6 +407,70 @@ async fn a_token_revoked_on_one_replica_is_refused_by_the_others() {
         percentile(&delays, 0.99),
         delays[delays.len() - 1]
     );
+}
+
+#[tokio::test]
+async fn a_client_changed_on_one_replica_is_read_again_by_the_others() {
+    let test = "a_client_changed_on_one_replica_is_read_again_by_the_others";
+    let Some((postgres, redis)) = backends(test) else {
+        return;
+    };
+    let database = TestDatabase::fresh_postgres(&postgres).await;
+    // Copies kept for an hour: only the change itself can make B read the client again.
+    let nodes = replicas(
+        &database,
+        &redis,
+        2,
+        &[("KEYSTONE_CLIENTS__CACHE_TTL", "1h")],
+    )
+    .await;
+    let admin = nodes[0].login(ADMIN, ADMIN_PASSWORD).await.unwrap();
+    let old_secret = nodes[0].create_client(&admin, "billing").await;
+    // B remembers the client with its first secret.
+    nodes[1].client_token("billing", &old_secret).await;
+
+    // Rotated on A with no grace: B refuses the old secret as soon as A's event arrives (its
+    // copy still holds that secret: only the event makes it read the client again), and
+    // takes the new one.
+    let new_secret = ClientAdminClient::new(nodes[0].channel.clone())
+        .rotate_client_secret(with_bearer(
+            RotateClientSecretRequest {
+                client_id: "billing".into(),
+                grace_period: None,
+            },
+            &admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .client_secret;
+    let code = nodes[1]
+        .until_refused("billing", &old_secret, Duration::from_secs(5))
+        .await;
+    assert_eq!(code, Code::Unauthenticated);
+    nodes[1].client_token("billing", &new_secret).await;
+
+    // Disabled on A: refused on B through the revocation set, whatever B remembers.
+    ClientAdminClient::new(nodes[0].channel.clone())
+        .update_client(with_bearer(
+            UpdateClientRequest {
+                client: Some(ClientMessage {
+                    client_id: "billing".into(),
+                    enabled: Some(false),
+                    ..Default::default()
+                }),
+                update_mask: Some(prost_types::FieldMask {
+                    paths: vec!["enabled".into()],
+                }),
+            },
+            &admin,
+        ))
+        .await
+        .unwrap();
+    let code = nodes[1]
+        .until_refused("billing", &new_secret, Duration::from_secs(5))
+        .await;
+    assert_eq!(code, Code::PermissionDenied, "a disabled client");
 }
 
 #[tokio::test]

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# The standard benchmark in one command: builds in release, starts Keystone on a fresh embedded
+# database in a temporary directory, measures start to SERVING, runs keystone-bench's whole
+# suite against it, and stops it. Extra arguments go to keystone-bench (e.g. --duration 10).
+#   scripts/bench.sh                 # table
+#   scripts/bench.sh --json          # for machines
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
+
+cargo build --release --bins --locked
+bin="$CARGO_TARGET_DIR/release"
+work="$(mktemp -d)"
+server=""
+cleanup() {
+  if [ -n "$server" ] && kill -0 "$server" 2>/dev/null; then
+    kill -TERM "$server" && wait "$server" || true
+  fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+password="bench $(od -An -N12 -tx1 /dev/urandom | tr -d ' \n') staple"
+export KEYSTONE_BOOTSTRAP_ADMIN_USERNAME=admin KEYSTONE_BOOTSTRAP_ADMIN_PASSWORD="$password"
+export KEYSTONE_BENCH_ADMIN=admin KEYSTONE_BENCH_PASSWORD="$password"
+export KEYSTONE_GRPC_ADDR=127.0.0.1:${KEYSTONE_BENCH_GRPC_PORT:-50551}
+export KEYSTONE_HTTP_ADDR=127.0.0.1:${KEYSTONE_BENCH_HTTP_PORT:-8580}
+addr="http://$KEYSTONE_GRPC_ADDR"
+
+start() {
+  (cd "$work" && exec "$bin/keystone" serve) >>"$work/server.log" 2>&1 &
+  server=$!
+}
+stop() {
+  kill -TERM "$server"
+  wait "$server" || true
+  server=""
+}
+
+# First start: migrations, the signing key and the admin. Then a start of the migrated
+# database, as a restarted replica sees it, is the one measured.
+start
+"$bin/keystone-bench" --addr "$addr" --server-pid "$server" --startup >/dev/null
+stop
+start
+"$bin/keystone-bench" --addr "$addr" --server-pid "$server" --startup
+sleep 1
+echo "server RSS after start: $(awk '/^VmRSS/ { printf "%.1f MiB", $2 / 1024 }' "/proc/$server/status")"
+
+"$bin/keystone-bench" --addr "$addr" --server-pid "$server" "$@"
+
+# The HTTP endpoints, with wrk (Debian's package `wrk`) when it is installed.
+if command -v wrk >/dev/null; then
+  { read -r client_id; read -r client_secret; read -r token; } < <(
+    "$bin/keystone-bench" --addr "$addr" --seed-only --fresh-tokens 1 --users 1)
+  basic="$(printf '%s:%s' "$client_id" "$client_secret" | base64 -w0)"
+  http="http://$KEYSTONE_HTTP_ADDR"
+  cat >"$work/token.lua" <<LUA
+wrk.method = "POST"
+wrk.body = "grant_type=client_credentials"
+wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
+wrk.headers["Authorization"] = "Basic $basic"
+LUA
+  cat >"$work/introspect.lua" <<LUA
+wrk.method = "POST"
+wrk.body = "token=$token"
+wrk.headers["Content-Type"] = "application/x-www-form-urlencoded"
+wrk.headers["Authorization"] = "Bearer $token"
+LUA
+  load() { # load TITLE URL [wrk options]
+    echo
+    echo "== $1 (wrk: 2 threads, 32 connections, 5 s)"
+    wrk -t2 -c32 -d5s --latency "${@:3}" "$2" | grep -E 'Requests/sec|Non-2xx|Socket errors|50%|99%'
+  }
+  for endpoint in token introspect; do
+    load "POST /oauth2/$endpoint" "$http/oauth2/$endpoint" -s "$work/$endpoint.lua"
+  done
+  load "GET /.well-known/jwks.json" "$http/.well-known/jwks.json"
+fi
+echo
+echo "server peak RSS over the whole run: $(awk '/^VmHWM/ { printf "%.1f MiB", $2 / 1024 }' "/proc/$server/status")"
+stop
