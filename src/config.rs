@@ -249,7 +249,7 @@ impl Default for ServerSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseSettings {
-    /// Most connections held open.
+    /// Most connections held open (SQLite: at most 4).
     pub max_connections: u32,
     /// Connections kept open when idle.
     pub min_connections: u32,
@@ -447,6 +447,10 @@ pub struct ClientSettings {
     /// time when neither reaches them.
     #[serde(with = "humantime_serde")]
     pub cache_ttl: Duration,
+    /// Write an audit event for every token a client credentials grant issues (refusals and
+    /// failures are written whatever this says; issued tokens are counted in
+    /// `keystone_tokens_issued_total` either way). A busy service mints thousands a second.
+    pub audit_tokens: bool,
 }
 
 impl Default for ClientSettings {
@@ -454,6 +458,7 @@ impl Default for ClientSettings {
         Self {
             max_secret_grace: Duration::from_secs(7 * 24 * 3600),
             cache_ttl: Duration::from_secs(10),
+            audit_tokens: true,
         }
     }
 }

@@ -28,12 +28,32 @@ use crate::{
 pub struct ExtAuthzApi {
     auth: AuthService,
     settings: ExtAuthzSettings,
+    /// The headers an allowed request gets, lowercase, in the order of [`OURS`].
+    header_names: Vec<String>,
 }
+
+/// What an allowed request is told, after `ext_authz.header_prefix`.
+const OURS: [&str; 6] = [
+    "subject",
+    "kind",
+    "client-id",
+    "username",
+    "scopes",
+    "roles",
+];
 
 impl ExtAuthzApi {
     /// The adapter over the auth service.
     pub fn new(auth: AuthService, settings: ExtAuthzSettings) -> Self {
-        Self { auth, settings }
+        let header_names = OURS
+            .iter()
+            .map(|name| format!("{}{name}", settings.header_prefix).to_ascii_lowercase())
+            .collect();
+        Self {
+            auth,
+            settings,
+            header_names,
+        }
     }
 
     /// The audience and scopes a request needs: the longest matching route, plus the route's
@@ -131,28 +151,20 @@ impl Authorization for ExtAuthzApi {
             Err(error) => return Ok(Response::new(refusal(&error))),
         };
         let claims = principal.claims;
-        let prefix = &self.settings.header_prefix;
         let mut ok = OkHttpResponseBuilder::new();
         let kind = match claims.kind {
             Kind::User => "user",
             Kind::Service => "service",
         };
-        let ours = [
-            ("subject", claims.sub.clone()),
-            ("kind", kind.to_owned()),
-            ("client-id", claims.client_id.clone()),
-            (
-                "username",
-                claims.preferred_username.clone().unwrap_or_default(),
-            ),
-            ("scopes", claims.scope.clone()),
-            ("roles", claims.roles.join(" ")),
+        let values = [
+            claims.sub,
+            kind.to_owned(),
+            claims.client_id,
+            claims.preferred_username.unwrap_or_default(),
+            claims.scope,
+            claims.roles.join(" "),
         ];
-        let names: Vec<String> = ours
-            .iter()
-            .map(|(name, _)| format!("{prefix}{name}"))
-            .collect();
-        for ((_, value), name) in ours.into_iter().zip(&names) {
+        for (value, name) in values.into_iter().zip(&self.header_names) {
             // Overwrite, and keep empty values: a forged header must not survive.
             ok.add_header(
                 name.clone(),
@@ -161,10 +173,17 @@ impl Authorization for ExtAuthzApi {
                 true,
             );
         }
+        let prefix = self.settings.header_prefix.as_bytes();
         for incoming in headers.keys() {
-            let lower = incoming.to_ascii_lowercase();
-            if lower.starts_with(prefix.as_str()) && !names.contains(&lower) {
-                ok.remove_header(lower);
+            let ours = incoming
+                .as_bytes()
+                .get(..prefix.len())
+                .is_some_and(|start| start.eq_ignore_ascii_case(prefix));
+            if ours {
+                let lower = incoming.to_ascii_lowercase();
+                if !self.header_names.contains(&lower) {
+                    ok.remove_header(lower);
+                }
             }
         }
         if self.settings.remove_authorization {

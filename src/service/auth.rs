@@ -114,6 +114,7 @@ pub struct AuthService {
     refresh_retry_grace: chrono::Duration,
     registration: Option<Arc<DefaultKeyedRateLimiter<String>>>,
     registration_per_minute: u32,
+    audit_service_tokens: bool,
 }
 
 /// A self-service sign-up.
@@ -170,6 +171,7 @@ impl AuthService {
             refresh_idle_ttl: to_chrono(settings.tokens.refresh_idle_ttl),
             refresh_retry_grace: to_chrono(settings.tokens.refresh_retry_grace),
             registration_per_minute: settings.auth.registration_per_minute,
+            audit_service_tokens: settings.clients.audit_tokens,
             registration: settings.auth.registration.then(|| {
                 let per_minute = NonZeroU32::new(settings.auth.registration_per_minute)
                     .unwrap_or(NonZeroU32::MIN);
@@ -571,8 +573,10 @@ impl AuthService {
             },
             now,
         )?;
-        self.record(audit(Outcome::Success, "client credentials"), now)
-            .await;
+        if self.audit_service_tokens {
+            self.record(audit(Outcome::Success, "client credentials"), now)
+                .await;
+        }
         count_issued("client_credentials");
         Ok(token)
     }

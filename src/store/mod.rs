@@ -84,6 +84,9 @@ pub struct Store {
     clients: std::sync::Arc<clients::ClientCache>,
 }
 
+/// The most connections to a SQLite file (see [`Store::connect`]).
+const SQLITE_MAX_CONNECTIONS: u32 = 4;
+
 /// The turn of one writer on SQLite (see [`Store`]).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct WriteGate(std::sync::Arc<tokio::sync::Mutex<()>>);
@@ -152,9 +155,14 @@ impl Store {
         // An in-memory SQLite database exists per connection: a pool of several would see
         // several empty databases.
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
+        // SQLite has one writer at a time and readers that never wait for it (WAL): a few
+        // connections serve as well as many, and each costs a thread and its page cache.
+        let sqlite = url.starts_with("sqlite:");
         options
             .max_connections(if in_memory {
                 1
+            } else if sqlite {
+                settings.max_connections.min(SQLITE_MAX_CONNECTIONS)
             } else {
                 settings.max_connections
             })

@@ -5,7 +5,7 @@ use std::time::Duration;
 use keystone::proto::pb;
 use tonic::Code;
 
-use crate::helpers::{reason, spawn_app, spawn_app_with};
+use crate::helpers::{reason, spawn_app, spawn_app_with, with_bearer};
 
 #[tokio::test]
 async fn client_credentials_give_a_service_token_without_a_refresh_token() {
@@ -120,4 +120,45 @@ async fn a_client_lifetime_is_capped_by_the_global_maximum() {
     let token = app.client_token("batch", &secret, &[], "").await.unwrap();
     assert_eq!(token.expires_in, 3600);
     app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn issued_service_tokens_are_audited_unless_switched_off_and_refusals_always() {
+    for audit_tokens in [true, false] {
+        let app = spawn_app_with(|settings| settings.clients.audit_tokens = audit_tokens).await;
+        let secret = app.create_client("ledger", &[], &[], None, true).await;
+        for _ in 0..3 {
+            app.client_token("ledger", &secret, &[], "").await.unwrap();
+        }
+        app.client_token("ledger", &format!("{secret}x"), &[], "")
+            .await
+            .unwrap_err();
+        let admin = app.admin_token().await;
+        let events = |action: &'static str| {
+            let mut admin_api = app.user_admin();
+            let admin = admin.clone();
+            async move {
+                admin_api
+                    .list_audit_events(with_bearer(
+                        pb::ListAuditEventsRequest {
+                            action: action.into(),
+                            actor: "ledger".into(),
+                            ..Default::default()
+                        },
+                        &admin,
+                    ))
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .events
+            }
+        };
+        // Written a moment after the calls (batched): listing waits for them.
+        let issued = events("token.issue").await;
+        assert_eq!(issued.len(), if audit_tokens { 3 } else { 0 }, "{issued:?}");
+        let refused = events("client.authenticate").await;
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert_eq!(refused[0].outcome, "failure");
+        app.stop().await.unwrap();
+    }
 }
