@@ -43,8 +43,7 @@ COPY --from=builder --chown=65532:65532 /out/data /var/lib/keystone
 WORKDIR /var/lib/keystone
 VOLUME ["/var/lib/keystone"]
 ENV KEYSTONE_GRPC_ADDR=0.0.0.0:50051 \
-    KEYSTONE_HTTP_ADDR=0.0.0.0:8080 \
-    KEYSTONE_LOG__FORMAT=json
+    KEYSTONE_HTTP_ADDR=0.0.0.0:8080
 USER 65532:65532
 EXPOSE 50051 8080
 ENTRYPOINT ["/usr/local/bin/keystone"]
