@@ -28,7 +28,10 @@ use crate::{
         paging::Pager,
     },
     store::Store,
-    token::keys::{KeyManager, KeyRing},
+    token::{
+        keys::{KeyManager, KeyRing},
+        sealing::KeySealer,
+    },
 };
 
 /// A Keystone server, built and bound, not yet serving.
@@ -106,7 +109,7 @@ impl App {
         let admin_grpc = bind_optional(settings.admin_grpc_addr, "admin_grpc_addr").await?;
         let admin_http = bind_optional(settings.admin_http_addr, "admin_http_addr").await?;
 
-        let keys = key_manager(&settings, &store, &clock);
+        let keys = key_manager(&settings, &store, &clock, &pepper)?;
         keys.refresh()
             .await
             .context("cannot load the signing keys")?;
@@ -487,17 +490,25 @@ fn token_lifetime(settings: &Settings) -> Duration {
     settings.tokens.max_access_ttl + settings.tokens.leeway
 }
 
-/// The key manager of a store, as the server and `keystone keys` build it.
-pub fn key_manager(settings: &Settings, store: &Store, clock: &SharedClock) -> KeyManager {
-    KeyManager::new(
+/// The key manager of a store, as the server and `keystone keys` build it: private keys are
+/// sealed with the key-encryption key of the settings (or the pepper's).
+pub fn key_manager(
+    settings: &Settings,
+    store: &Store,
+    clock: &SharedClock,
+    pepper: &Pepper,
+) -> anyhow::Result<KeyManager> {
+    let sealer = KeySealer::from_settings(&settings.secrets, pepper)?;
+    Ok(KeyManager::new(
         store.clone(),
         KeyRing::default(),
         clock.clone(),
+        sealer,
         settings.keys.algorithm,
         settings.keys.publish_ahead,
         settings.keys.rotate_every,
         settings.tokens.max_access_ttl + settings.tokens.leeway,
-    )
+    ))
 }
 
 /// Periodic upkeep: key lifecycle steps and reloads every `keys.reload_interval` (so key

@@ -146,7 +146,9 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Keys(command) => {
             let store = app::open_database(&settings).await?;
             let clock: SharedClock = Arc::new(SystemClock);
-            let keys = app::key_manager(&settings, &store, &clock);
+            let pepper = Pepper::load(&settings.secrets)
+                .context("cannot load the pepper (secrets.pepper or secrets.pepper_file)")?;
+            let keys = app::key_manager(&settings, &store, &clock, &pepper)?;
             let changes = !matches!(command, KeysCommand::List);
             let result = manage_keys(&keys, &store, command).await;
             store.close().await;

@@ -61,6 +61,8 @@ const SECRET_KEYS: &[&str] = &[
     "redis_url",
     "bootstrap_admin_password",
     "secrets.pepper",
+    "secrets.key_encryption_key",
+    "secrets.previous_key_encryption_key",
 ];
 
 /// Every setting of Keystone. Field names are the TOML keys.
@@ -150,6 +152,12 @@ pub struct SecretSettings {
     /// Without `pepper`: a file holding it, created (mode 0600) with a random pepper if it does
     /// not exist. Meant for the embedded single-node default; a cluster sets `pepper`.
     pub pepper_file: std::path::PathBuf,
+    /// The key that seals private signing keys in the database (32 random bytes, base64:
+    /// `openssl rand -base64 32`); without it, a key derived from the pepper. Never stored.
+    pub key_encryption_key: Option<SecretString>,
+    /// The key-encryption key before the current one, while keys sealed with it are sealed
+    /// again (at the next key refresh of any replica).
+    pub previous_key_encryption_key: Option<SecretString>,
 }
 
 impl Default for SecretSettings {
@@ -157,6 +165,8 @@ impl Default for SecretSettings {
         Self {
             pepper: None,
             pepper_file: std::path::PathBuf::from("keystone.pepper"),
+            key_encryption_key: None,
+            previous_key_encryption_key: None,
         }
     }
 }

@@ -22,6 +22,7 @@ pub struct Pepper {
     client_secrets: hmac::Key,
     refresh_successors: hmac::Key,
     page_tokens: hmac::Key,
+    key_encryption: [u8; 32],
 }
 
 impl std::fmt::Debug for Pepper {
@@ -47,11 +48,20 @@ impl Pepper {
             let tag = hmac::sign(&root, purpose.as_bytes());
             hmac::Key::new(hmac::HMAC_SHA256, tag.as_ref())
         };
+        let mut key_encryption = [0_u8; 32];
+        key_encryption
+            .copy_from_slice(hmac::sign(&root, b"keystone signing-key encryption v1").as_ref());
         Self {
+            key_encryption,
             client_secrets: derive("keystone client secret v1"),
             refresh_successors: derive("keystone refresh successor v1"),
             page_tokens: derive("keystone page token v1"),
         }
+    }
+
+    /// The key-encryption key of signing keys when `secrets.key_encryption_key` is not set.
+    pub fn key_encryption_key(&self) -> [u8; 32] {
+        self.key_encryption
     }
 
     /// The stored form of a client secret.

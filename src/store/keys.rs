@@ -112,6 +112,22 @@ impl Store {
             .collect())
     }
 
+    /// Replaces a key's stored private key, if it is still `old` (another replica may have
+    /// sealed it first). Returns whether this call replaced it.
+    pub async fn reseal_key(&self, kid: &str, old: &[u8], new: &[u8]) -> Result<bool, Error> {
+        let updated = signing_key::Entity::update_many()
+            .col_expr(
+                signing_key::Column::PrivateKey,
+                sea_orm::sea_query::Expr::value(new.to_vec()),
+            )
+            .filter(signing_key::Column::Kid.eq(kid))
+            .filter(signing_key::Column::PrivateKey.eq(old.to_vec()))
+            .exec(self.db())
+            .await
+            .map_err(db_error)?;
+        Ok(updated.rows_affected == 1)
+    }
+
     /// Stores a new key and its audit event.
     pub async fn insert_key(
         &self,

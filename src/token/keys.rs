@@ -26,6 +26,7 @@ use chrono::{DateTime, Utc};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
 use serde::Serialize;
 
+use super::sealing::KeySealer;
 use crate::{
     clock::SharedClock,
     config::KeyAlgorithm,
@@ -146,6 +147,7 @@ pub struct KeyManager {
     store: Store,
     ring: KeyRing,
     clock: SharedClock,
+    sealer: KeySealer,
     algorithm: KeyAlgorithm,
     publish_ahead: chrono::Duration,
     rotate_every: chrono::Duration,
@@ -155,10 +157,12 @@ pub struct KeyManager {
 
 impl KeyManager {
     /// A manager over `store`, filling `ring`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Store,
         ring: KeyRing,
         clock: SharedClock,
+        sealer: KeySealer,
         algorithm: KeyAlgorithm,
         publish_ahead: Duration,
         rotate_every: Duration,
@@ -168,6 +172,7 @@ impl KeyManager {
             |d: Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
         Self {
             store,
+            sealer,
             ring,
             clock,
             algorithm,
@@ -195,6 +200,7 @@ impl KeyManager {
     async fn refresh_locked(&self) -> Result<(), Error> {
         let now = self.clock.now();
         let keys = self.store.live_keys().await?;
+        self.check_sealer_fits(&keys)?;
         let active = keys.iter().find(|k| k.state == "active");
         let next = keys
             .iter()
@@ -247,14 +253,96 @@ impl KeyManager {
         } else {
             keys
         };
+        let keys = self.open_keys(keys).await?;
         self.ring.replace(build_key_set(&keys)?);
         Ok(())
+    }
+
+    /// The replicas' key lock, once it is clear that this process can open the stored keys
+    /// (see [`Self::check_sealer_fits`]).
+    async fn lock_fitting(&self) -> Result<crate::store::HeldLock, Error> {
+        let lock = self.store.lock_replicas(ReplicaLock::Keys).await?;
+        let fits = match self.store.live_keys().await {
+            Ok(keys) => self.check_sealer_fits(&keys),
+            Err(error) => Err(error),
+        };
+        match fits {
+            Ok(()) => Ok(lock),
+            Err(error) => {
+                lock.release().await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Refuses to go on when stored keys are sealed and this process can open none of them:
+    /// it has another pepper or key-encryption key than the servers, and a key it made would
+    /// be one they cannot use.
+    fn check_sealer_fits(&self, keys: &[StoredKey]) -> Result<(), Error> {
+        let sealed: Vec<&StoredKey> = keys
+            .iter()
+            .filter(|key| KeySealer::is_sealed(&key.private_key))
+            .collect();
+        if !sealed.is_empty()
+            && sealed
+                .iter()
+                .all(|key| self.sealer.open(&key.kid, &key.private_key).is_err())
+        {
+            return Err(Error::FailedPrecondition {
+                reason: crate::error::Reason::FailedPrecondition,
+                message: "the stored signing keys are sealed with another key-encryption key: \
+                          give this process the servers' secrets.pepper and \
+                          secrets.key_encryption_key (or the previous one as \
+                          secrets.previous_key_encryption_key)"
+                    .to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The private keys opened (see [`KeySealer`]); those stored in the clear or under an older
+    /// key-encryption key are sealed again under the current one. A key that cannot be opened
+    /// is logged and kept for verifying only: it signs nothing.
+    async fn open_keys(&self, keys: Vec<StoredKey>) -> Result<Vec<StoredKey>, Error> {
+        let mut opened_keys = Vec::with_capacity(keys.len());
+        for mut key in keys {
+            if !key.private_key.is_empty() {
+                match self.sealer.open(&key.kid, &key.private_key) {
+                    Ok(opened) => {
+                        if opened.reseal {
+                            let sealed = self.sealer.seal(&key.kid, &opened.private_key)?;
+                            if self
+                                .store
+                                .reseal_key(&key.kid, &key.private_key, &sealed)
+                                .await?
+                            {
+                                tracing::info!(
+                                    kid = %key.kid,
+                                    "sealed a signing key under the current key-encryption key"
+                                );
+                            }
+                        }
+                        key.private_key = opened.private_key;
+                    }
+                    Err(error) => {
+                        tracing::error!(
+                            kid = %key.kid,
+                            error = format!("{:#}", anyhow::Error::from(error)),
+                            "a signing key cannot be opened: it will not sign"
+                        );
+                        key.private_key.clear();
+                    }
+                }
+            }
+            opened_keys.push(key);
+        }
+        Ok(opened_keys)
     }
 
     /// Starts a rotation now: a new key is published at once and signs after
     /// `keys.publish_ahead`. Returns its kid.
     pub async fn rotate(&self) -> Result<String, Error> {
-        let lock = self.store.lock_replicas(ReplicaLock::Keys).await?;
+        let lock = self.lock_fitting().await?;
         let now = self.clock.now();
         let result = match self.create_key("next", now, now + self.publish_ahead).await {
             Ok(kid) => self.refresh_locked().await.map(|()| kid),
@@ -267,7 +355,7 @@ impl KeyManager {
     /// Withdraws a key at once. Returns whether it was live. If it was the signing key, a new
     /// one signs immediately.
     pub async fn revoke(&self, kid: &str) -> Result<bool, Error> {
-        let lock = self.store.lock_replicas(ReplicaLock::Keys).await?;
+        let lock = self.lock_fitting().await?;
         let now = self.clock.now();
         let result = match self
             .store
@@ -314,7 +402,8 @@ impl KeyManager {
         now: DateTime<Utc>,
         activates_at: DateTime<Utc>,
     ) -> Result<String, Error> {
-        let key = new_key(self.algorithm, state, now, activates_at)?;
+        let mut key = new_key(self.algorithm, state, now, activates_at)?;
+        key.private_key = self.sealer.seal(&key.kid, &key.private_key)?;
         let kid = key.kid.clone();
         self.store
             .insert_key(
@@ -401,7 +490,7 @@ fn build_key_set(keys: &[StoredKey]) -> Result<KeySet, Error> {
                 continue;
             }
         };
-        if key.state == "active" {
+        if key.state == "active" && !key.private_key.is_empty() {
             let encoding = match algorithm {
                 Algorithm::EdDSA => EncodingKey::from_ed_der(&key.private_key),
                 _ => EncodingKey::from_ec_der(&key.private_key),

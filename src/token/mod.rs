@@ -10,6 +10,7 @@
 //! [`Clock`]: crate::clock::Clock
 
 pub mod keys;
+pub mod sealing;
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};

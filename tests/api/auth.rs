@@ -48,21 +48,10 @@ fn encode_json(value: &serde_json::Value) -> String {
     URL_SAFE_NO_PAD.encode(serde_json::to_vec(value).unwrap())
 }
 
-/// The active signing key's PKCS#8 DER, read from the database, to forge tokens that carry a
-/// genuine signature (and so test the checks that come after it).
+/// The active signing key's PKCS#8 DER, to forge tokens that carry a genuine signature (and
+/// so test the checks that come after it).
 async fn active_private_key(app: &TestApp) -> Vec<u8> {
-    let db = Database::connect(app.database_url()).await.unwrap();
-    let row = db
-        .query_one_raw(Statement::from_string(
-            db.get_database_backend(),
-            "SELECT private_key FROM signing_keys WHERE state = 'active'",
-        ))
-        .await
-        .unwrap()
-        .unwrap();
-    let key: Vec<u8> = row.try_get("", "private_key").unwrap();
-    db.close().await.unwrap();
-    key
+    crate::helpers::active_private_key(app.database_url()).await
 }
 
 #[tokio::test]

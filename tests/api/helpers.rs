@@ -531,6 +531,39 @@ impl Drop for TestApp {
 /// The password of seeded admins and scoped users.
 pub const ADMIN_PASSWORD: &str = "correct horse battery staple 42";
 
+/// The active signing key's row as stored: its kid and its (sealed) private key.
+#[allow(dead_code)]
+pub async fn stored_active_key(database_url: &str) -> (String, Vec<u8>) {
+    use sea_orm::{ConnectionTrait as _, Database, Statement};
+    let db = Database::connect(database_url).await.unwrap();
+    let row = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            "SELECT kid, private_key FROM signing_keys WHERE state = 'active'",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    let stored = (
+        row.try_get("", "kid").unwrap(),
+        row.try_get("", "private_key").unwrap(),
+    );
+    db.close().await.unwrap();
+    stored
+}
+
+/// The active signing key's PKCS#8 DER: read from the database at `database_url` and opened
+/// with the key-encryption key of the test pepper (what a leaked database alone cannot do).
+#[allow(dead_code)]
+pub async fn active_private_key(database_url: &str) -> Vec<u8> {
+    let (kid, stored) = stored_active_key(database_url).await;
+    let pepper = keystone::secrets::Pepper::from_secret(&SecretString::from(TEST_PEPPER));
+    let sealer =
+        keystone::token::sealing::KeySealer::from_settings(&SecretSettings::default(), &pepper)
+            .unwrap();
+    sealer.open(&kid, &stored).unwrap().private_key
+}
+
 /// The field a `BadRequest` detail of a status names.
 #[allow(dead_code)]
 pub fn bad_field(status: &tonic::Status) -> String {

@@ -7,15 +7,19 @@ use keystone::{
     Settings,
     clock::SharedClock,
     proto::pb,
+    secrets::Pepper,
     store::Store,
-    token::keys::{KeyManager, KeyRing},
+    token::{
+        keys::{KeyManager, KeyRing},
+        sealing::KeySealer,
+    },
 };
 use secrecy::SecretString;
 use tonic::Code;
 
 use crate::{
     cli::{keystone, run},
-    helpers::{TestApp, reason, spawn_app_with},
+    helpers::{TEST_PEPPER, TestApp, reason, spawn_app_on, spawn_app_with},
 };
 
 const PASSWORD: &str = "correct horse battery staple";
@@ -81,10 +85,12 @@ async fn a_rotation_publishes_the_key_before_it_signs_and_old_tokens_stay_valid(
     .unwrap();
     let settings = Settings::default();
     let clock: SharedClock = Arc::new(app.clock.clone());
+    let pepper = Pepper::from_secret(&SecretString::from(TEST_PEPPER));
     let manager = KeyManager::new(
         store.clone(),
         KeyRing::default(),
         clock,
+        KeySealer::from_settings(&settings.secrets, &pepper).unwrap(),
         settings.keys.algorithm,
         settings.keys.publish_ahead,
         settings.keys.rotate_every,
@@ -132,9 +138,22 @@ async fn keystone_keys_revoke_makes_the_tokens_of_the_key_fail() {
     let token = app.login("lee", PASSWORD).await.unwrap().access_token;
     let kid = kid_of(&token);
 
+    // Without the servers' pepper, the command cannot open the stored keys: it refuses
+    // rather than make a key no server could use.
+    let (code, _, stderr) = run(keystone()
+        .args(["keys", "revoke", &kid])
+        .env("KEYSTONE_DATABASE_URL", app.database_url())
+        .env(
+            "KEYSTONE_SECRETS__PEPPER",
+            "another-pepper-0123456789abcdefghijklmnop",
+        ));
+    assert_ne!(code, 0);
+    assert!(stderr.contains("key-encryption key"), "{stderr}");
+    assert!(!stderr.contains("another-pepper"), "{stderr}");
     let (code, stdout, stderr) = run(keystone()
         .args(["keys", "revoke", &kid])
-        .env("KEYSTONE_DATABASE_URL", app.database_url()));
+        .env("KEYSTONE_DATABASE_URL", app.database_url())
+        .env("KEYSTONE_SECRETS__PEPPER", TEST_PEPPER));
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains(&kid));
 
@@ -165,5 +184,68 @@ async fn keystone_keys_revoke_makes_the_tokens_of_the_key_fail() {
         .args(["keys", "revoke", &kid])
         .env("KEYSTONE_DATABASE_URL", app.database_url()));
     assert_eq!(code, 1, "revoking twice fails: {stderr}");
+    app.stop().await.unwrap();
+}
+
+async fn authenticates(app: &TestApp, token: &str) -> bool {
+    app.auth()
+        .authenticate(pb::AuthenticateRequest {
+            token: token.to_owned(),
+            ..Default::default()
+        })
+        .await
+        .is_ok()
+}
+
+#[tokio::test]
+async fn private_keys_are_sealed_at_rest_and_follow_the_key_encryption_key() {
+    const KEK_A: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    const KEK_B: &str = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
+    let kek = |value: &str| Some(SecretString::from(value.to_owned()));
+
+    // Without a key-encryption key of its own, the pepper's seals the key.
+    let app = spawn_app_with(|_| {}).await;
+    app.create_user("kim", PASSWORD, &[]).await;
+    let token = app.login("kim", PASSWORD).await.unwrap().access_token;
+    let (kid, by_pepper) = crate::helpers::stored_active_key(app.database_url()).await;
+    let der = crate::helpers::active_private_key(app.database_url()).await;
+    assert!(by_pepper.starts_with(b"KSE1"), "sealed");
+    assert!(
+        !by_pepper
+            .windows(16)
+            .any(|w| der.windows(16).any(|d| d == w)),
+        "nothing of the key in the clear"
+    );
+    let database = app.stop_keeping_database().await;
+
+    // An explicit key set: the stored key is sealed again under it; tokens stay good.
+    let app = spawn_app_on(database, |s| s.secrets.key_encryption_key = kek(KEK_A)).await;
+    assert!(authenticates(&app, &token).await);
+    assert!(app.login("kim", PASSWORD).await.is_ok());
+    let (same_kid, by_a) = crate::helpers::stored_active_key(app.database_url()).await;
+    assert_eq!(same_kid, kid);
+    assert!(by_a.starts_with(b"KSE1"));
+    assert_ne!(by_a[4..12], by_pepper[4..12], "another key-encryption key");
+    let database = app.stop_keeping_database().await;
+
+    // The key-encryption key lost: the server refuses to start, and says why.
+    let mut settings = crate::helpers::test_settings(database.url());
+    settings.secrets.key_encryption_key = kek(KEK_B);
+    let error = match keystone::app::App::build(settings).await {
+        Ok(_) => panic!("a server that cannot open its keys started"),
+        Err(error) => format!("{error:#}"),
+    };
+    assert!(error.contains("key-encryption key"), "{error}");
+    assert!(!error.contains(KEK_B) && !error.contains(KEK_A), "{error}");
+
+    // Rotated from A to B with A as the previous key: read, and sealed under B.
+    let app = spawn_app_on(database, |s| {
+        s.secrets.key_encryption_key = kek(KEK_B);
+        s.secrets.previous_key_encryption_key = kek(KEK_A);
+    })
+    .await;
+    assert!(app.login("kim", PASSWORD).await.is_ok());
+    let (_, by_b) = crate::helpers::stored_active_key(app.database_url()).await;
+    assert_ne!(by_b[4..12], by_a[4..12]);
     app.stop().await.unwrap();
 }

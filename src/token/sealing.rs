@@ -1,0 +1,243 @@
+//! Private signing keys are sealed before they reach the database (AES-256-GCM, the key id as
+//! associated data) with a key-encryption key that never does: `secrets.key_encryption_key`
+//! (32 random bytes, base64), or, without one, a key derived from the pepper. A sealed key
+//! names the key-encryption key that sealed it (a fingerprint), so a key sealed under a
+//! previous one (`secrets.previous_key_encryption_key`, or the pepper's before an explicit
+//! key was set) is still read, and sealed again under the current one at the next refresh.
+//! Keys stored in the clear by earlier versions are read, and sealed the same way.
+
+use aws_lc_rs::{
+    aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey},
+    digest,
+    rand::{SecureRandom as _, SystemRandom},
+};
+use base64::{Engine as _, engine::general_purpose::STANDARD};
+use secrecy::{ExposeSecret as _, SecretString};
+
+use crate::{config::SecretSettings, error::Error, secrets::Pepper};
+
+/// What a sealed key starts with (PKCS#8 DER starts with 0x30, so the clear form differs).
+const MAGIC: &[u8; 4] = b"KSE1";
+const FINGERPRINT_LEN: usize = 8;
+
+/// One key-encryption key and its fingerprint.
+struct Kek {
+    fingerprint: [u8; FINGERPRINT_LEN],
+    key: LessSafeKey,
+}
+
+impl Kek {
+    fn new(bytes: &[u8; 32]) -> Result<Self, Error> {
+        let key = UnboundKey::new(&AES_256_GCM, bytes)
+            .map_err(|_| Error::internal(anyhow::anyhow!("cannot use the key-encryption key")))?;
+        let digest = digest::digest(
+            &digest::SHA256,
+            &[b"keystone kek fingerprint v1".as_slice(), bytes].concat(),
+        );
+        let mut fingerprint = [0_u8; FINGERPRINT_LEN];
+        fingerprint.copy_from_slice(&digest.as_ref()[..FINGERPRINT_LEN]);
+        Ok(Self {
+            fingerprint,
+            key: LessSafeKey::new(key),
+        })
+    }
+}
+
+/// Seals and opens private signing keys; cheap to clone.
+#[derive(Clone)]
+pub struct KeySealer {
+    keks: std::sync::Arc<Vec<Kek>>,
+}
+
+impl std::fmt::Debug for KeySealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeySealer([REDACTED])")
+    }
+}
+
+/// A stored private key, opened.
+#[derive(Debug)]
+pub struct Opened {
+    /// PKCS#8 DER.
+    pub private_key: Vec<u8>,
+    /// Stored in the clear or under another key-encryption key: seal it again.
+    pub reseal: bool,
+}
+
+impl KeySealer {
+    /// The sealer of the settings: the explicit key-encryption key (and the previous one),
+    /// else the pepper's; the pepper's is always known, so keys sealed before an explicit key
+    /// was set stay readable.
+    pub fn from_settings(settings: &SecretSettings, pepper: &Pepper) -> anyhow::Result<Self> {
+        let mut keks = Vec::new();
+        for (setting, value) in [
+            ("secrets.key_encryption_key", &settings.key_encryption_key),
+            (
+                "secrets.previous_key_encryption_key",
+                &settings.previous_key_encryption_key,
+            ),
+        ] {
+            if let Some(value) = value {
+                keks.push(Kek::new(&decode_kek(value).map_err(|why| {
+                    anyhow::anyhow!("invalid setting `{setting}`: {why}")
+                })?)?);
+            }
+        }
+        keks.push(Kek::new(&pepper.key_encryption_key())?);
+        Ok(Self {
+            keks: std::sync::Arc::new(keks),
+        })
+    }
+
+    fn current(&self) -> Result<&Kek, Error> {
+        self.keks
+            .first()
+            .ok_or_else(|| Error::internal(anyhow::anyhow!("no key-encryption key")))
+    }
+
+    /// The stored form of `private_key` (PKCS#8 DER) of the key `kid`.
+    pub fn seal(&self, kid: &str, private_key: &[u8]) -> Result<Vec<u8>, Error> {
+        let kek = self.current()?;
+        let mut nonce = [0_u8; NONCE_LEN];
+        SystemRandom::new()
+            .fill(&mut nonce)
+            .map_err(|_| Error::internal(anyhow::anyhow!("no randomness for a nonce")))?;
+        let mut sealed = private_key.to_vec();
+        kek.key
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(kid.as_bytes()),
+                &mut sealed,
+            )
+            .map_err(|_| Error::internal(anyhow::anyhow!("cannot seal a signing key")))?;
+        Ok([MAGIC.as_slice(), &kek.fingerprint, &nonce, &sealed].concat())
+    }
+
+    /// Whether a stored private key is sealed (rather than in the clear, or removed).
+    pub fn is_sealed(stored: &[u8]) -> bool {
+        stored.starts_with(MAGIC)
+    }
+
+    /// The private key of the stored form, and whether it should be sealed again.
+    pub fn open(&self, kid: &str, stored: &[u8]) -> Result<Opened, Error> {
+        let Some(rest) = stored.strip_prefix(MAGIC.as_slice()) else {
+            return Ok(Opened {
+                private_key: stored.to_vec(),
+                reseal: !stored.is_empty(),
+            });
+        };
+        let unreadable = |why: &str| {
+            Error::internal(anyhow::anyhow!(
+                "the private key of `{kid}` cannot be opened: {why}"
+            ))
+        };
+        if rest.len() < FINGERPRINT_LEN + NONCE_LEN {
+            return Err(unreadable("it is cut short"));
+        }
+        let (fingerprint, rest) = rest.split_at(FINGERPRINT_LEN);
+        let (nonce, sealed) = rest.split_at(NONCE_LEN);
+        let Some(position) = self
+            .keks
+            .iter()
+            .position(|kek| kek.fingerprint.as_slice() == fingerprint)
+        else {
+            return Err(unreadable(
+                "it was sealed with a key-encryption key this server does not have \
+                 (set it as secrets.previous_key_encryption_key)",
+            ));
+        };
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| unreadable("bad nonce"))?;
+        let mut buffer = sealed.to_vec();
+        let opened = self.keks[position]
+            .key
+            .open_in_place(nonce, Aad::from(kid.as_bytes()), &mut buffer)
+            .map_err(|_| unreadable("it does not authenticate"))?;
+        Ok(Opened {
+            private_key: opened.to_vec(),
+            reseal: position != 0,
+        })
+    }
+}
+
+/// 32 bytes from standard base64 (with or without padding).
+fn decode_kek(value: &SecretString) -> Result<[u8; 32], &'static str> {
+    let text = value.expose_secret().trim();
+    let bytes = STANDARD
+        .decode(text)
+        .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(text))
+        .map_err(|_| "must be base64 (e.g. `openssl rand -base64 32`)")?;
+    bytes
+        .try_into()
+        .map_err(|_| "must decode to exactly 32 bytes (e.g. `openssl rand -base64 32`)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(current: Option<&str>, previous: Option<&str>) -> SecretSettings {
+        SecretSettings {
+            key_encryption_key: current.map(|k| SecretString::from(k.to_owned())),
+            previous_key_encryption_key: previous.map(|k| SecretString::from(k.to_owned())),
+            ..SecretSettings::default()
+        }
+    }
+
+    fn pepper() -> Pepper {
+        Pepper::from_secret(&SecretString::from("p".repeat(40)))
+    }
+
+    const A: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+    const B: &str = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
+
+    #[test]
+    fn a_sealed_key_opens_only_for_its_kid_and_intact() {
+        let sealer = KeySealer::from_settings(&settings(Some(A), None), &pepper()).unwrap();
+        let secret = b"\x30\x2e private key bytes";
+        let sealed = sealer.seal("kid-1", secret).unwrap();
+        assert!(sealed.starts_with(MAGIC));
+        assert!(!sealed.windows(secret.len()).any(|w| w == secret));
+        let opened = sealer.open("kid-1", &sealed).unwrap();
+        assert_eq!(opened.private_key, secret);
+        assert!(!opened.reseal);
+        assert!(sealer.open("kid-2", &sealed).is_err(), "bound to its kid");
+        let mut tampered = sealed.clone();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        assert!(sealer.open("kid-1", &tampered).is_err());
+        assert!(sealer.open("kid-1", &sealed[..10]).is_err());
+    }
+
+    #[test]
+    fn keys_in_the_clear_or_under_an_older_kek_are_read_and_marked_for_resealing() {
+        let der = b"\x30\x2e clear";
+        let by_pepper = KeySealer::from_settings(&settings(None, None), &pepper()).unwrap();
+        let by_a = KeySealer::from_settings(&settings(Some(A), None), &pepper()).unwrap();
+        let by_b_after_a =
+            KeySealer::from_settings(&settings(Some(B), Some(A)), &pepper()).unwrap();
+        let by_b = KeySealer::from_settings(&settings(Some(B), None), &pepper()).unwrap();
+
+        let clear = by_a.open("k", der).unwrap();
+        assert_eq!(clear.private_key, der);
+        assert!(clear.reseal);
+        // Sealed under the pepper's key, then an explicit key set: still read.
+        let opened = by_a.open("k", &by_pepper.seal("k", der).unwrap()).unwrap();
+        assert!(opened.reseal);
+        // Rotated from A to B, A given as previous: read and resealed.
+        let sealed_a = by_a.seal("k", der).unwrap();
+        let opened = by_b_after_a.open("k", &sealed_a).unwrap();
+        assert_eq!(opened.private_key, der);
+        assert!(opened.reseal);
+        // Without A, a clear refusal.
+        let error = by_b.open("k", &sealed_a).unwrap_err().to_string();
+        assert!(!error.contains(A));
+    }
+
+    #[test]
+    fn a_kek_must_be_32_bytes_of_base64() {
+        for bad in ["", "not base64!", "AAEC", &"A".repeat(64)] {
+            assert!(KeySealer::from_settings(&settings(Some(bad), None), &pepper()).is_err());
+        }
+        assert!(KeySealer::from_settings(&settings(Some(A), Some(B)), &pepper()).is_ok());
+    }
+}
