@@ -77,6 +77,10 @@ pub enum KeysCommand {
     },
     /// List the keys with their state and times.
     List,
+    /// Seal every live private key under the current key-encryption key (after changing
+    /// `secrets.key_encryption_key`, once every replica has the new key and the old one as
+    /// `secrets.previous_key_encryption_key`).
+    Reseal,
 }
 
 /// `keystone migrate …`.
@@ -146,7 +150,8 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
         Command::Keys(command) => {
             let store = app::open_database(&settings).await?;
             let clock: SharedClock = Arc::new(SystemClock);
-            let pepper = Pepper::load(&settings.secrets)
+            // The servers' pepper, never a new one: a key sealed with another would be lost.
+            let pepper = Pepper::load_existing(&settings.secrets)
                 .context("cannot load the pepper (secrets.pepper or secrets.pepper_file)")?;
             let keys = app::key_manager(&settings, &store, &clock, &pepper)?;
             let changes = !matches!(command, KeysCommand::List);
@@ -180,6 +185,18 @@ async fn manage_keys(keys: &KeyManager, store: &Store, command: KeysCommand) -> 
                 anyhow::bail!("no live key has the id `{kid}`");
             }
             println!("revoked key {kid}; its tokens are refused");
+        }
+        KeysCommand::Reseal => {
+            let resealed = keys.reseal().await?;
+            println!(
+                "sealed {} key(s) under the current key-encryption key{}",
+                resealed.len(),
+                if resealed.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", resealed.join(", "))
+                }
+            );
         }
         KeysCommand::List => {
             for key in store.all_keys().await? {

@@ -656,6 +656,22 @@ impl Settings {
                 "must hold at least 32 characters",
             ));
         }
+        for (setting, value) in [
+            (
+                "secrets.key_encryption_key",
+                &self.secrets.key_encryption_key,
+            ),
+            (
+                "secrets.previous_key_encryption_key",
+                &self.secrets.previous_key_encryption_key,
+            ),
+        ] {
+            if let Some(value) = value
+                && let Err(rule) = crate::token::sealing::check_kek(value)
+            {
+                return Err(ConfigError::invalid(setting, "", rule));
+            }
+        }
         let prefix = &self.ext_authz.header_prefix;
         if prefix.is_empty()
             || !prefix

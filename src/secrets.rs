@@ -1,6 +1,7 @@
 //! Server-side secrets and what is derived from them: the pepper keys client-secret hashes
-//! (HMAC-SHA-256, so a leaked database yields nothing usable, yet a check takes microseconds)
-//! and the derivation of refresh-token successors. The pepper is never stored in the database.
+//! (HMAC-SHA-256, so a leaked database yields nothing usable, yet a check takes microseconds),
+//! the derivation of refresh-token successors, page tokens, and the default key-encryption key
+//! of signing keys. The pepper is never stored in the database.
 
 use std::{io::Write as _, path::Path};
 
@@ -41,6 +42,25 @@ impl Pepper {
         Ok(Self::from_secret(&pepper))
     }
 
+    /// The pepper of the settings, or of an existing pepper file (never a new one): for
+    /// commands that must use the servers' pepper.
+    pub fn load_existing(settings: &SecretSettings) -> anyhow::Result<Self> {
+        let pepper = match &settings.pepper {
+            Some(pepper) => pepper.clone(),
+            None => {
+                if !settings.pepper_file.exists() {
+                    anyhow::bail!(
+                        "no secrets.pepper, and no pepper file at {}: give this command the \
+                         servers' pepper",
+                        settings.pepper_file.display()
+                    );
+                }
+                read_or_create(&settings.pepper_file)?
+            }
+        };
+        Ok(Self::from_secret(&pepper))
+    }
+
     /// Keys derived from a pepper.
     pub fn from_secret(pepper: &SecretString) -> Self {
         let root = hmac::Key::new(hmac::HMAC_SHA256, pepper.expose_secret().as_bytes());
@@ -60,7 +80,7 @@ impl Pepper {
     }
 
     /// The key-encryption key of signing keys when `secrets.key_encryption_key` is not set.
-    pub fn key_encryption_key(&self) -> [u8; 32] {
+    pub(crate) fn key_encryption_key(&self) -> [u8; 32] {
         self.key_encryption
     }
 

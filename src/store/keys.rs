@@ -19,7 +19,8 @@ pub struct StoredKey {
     pub algorithm: String,
     /// `next`, `active`, `retired` or `removed`.
     pub state: String,
-    /// PKCS#8 DER of the private key (empty once removed).
+    /// The private key as stored: sealed (see `token::sealing`), PKCS#8 DER once opened;
+    /// empty once removed.
     pub private_key: Vec<u8>,
     /// The raw public key.
     pub public_key: Vec<u8>,

@@ -200,7 +200,19 @@ impl KeyManager {
     async fn refresh_locked(&self) -> Result<(), Error> {
         let now = self.clock.now();
         let keys = self.store.live_keys().await?;
-        self.check_sealer_fits(&keys)?;
+        if let Err(error) = self.check_sealer_fits(&keys) {
+            // Verify with what is published, sign with nothing, change nothing: a key revoked
+            // or retired elsewhere still leaves this ring.
+            let public_only: Vec<StoredKey> = keys
+                .into_iter()
+                .map(|mut key| {
+                    key.private_key.clear();
+                    key
+                })
+                .collect();
+            self.ring.replace(build_key_set(&public_only)?);
+            return Err(error);
+        }
         let active = keys.iter().find(|k| k.state == "active");
         let next = keys
             .iter()
@@ -275,19 +287,14 @@ impl KeyManager {
         }
     }
 
-    /// Refuses to go on when stored keys are sealed and this process can open none of them:
-    /// it has another pepper or key-encryption key than the servers, and a key it made would
-    /// be one they cannot use.
+    /// Refuses to go on when a stored key is sealed with a key-encryption key this process
+    /// does not have: it has another pepper or key-encryption key than the servers, and a key
+    /// it made (or a step it took) could leave them with keys they cannot use.
     fn check_sealer_fits(&self, keys: &[StoredKey]) -> Result<(), Error> {
-        let sealed: Vec<&StoredKey> = keys
-            .iter()
-            .filter(|key| KeySealer::is_sealed(&key.private_key))
-            .collect();
-        if !sealed.is_empty()
-            && sealed
-                .iter()
-                .all(|key| self.sealer.open(&key.kid, &key.private_key).is_err())
-        {
+        if keys.iter().any(|key| {
+            KeySealer::is_sealed(&key.private_key)
+                && self.sealer.open(&key.kid, &key.private_key).is_err()
+        }) {
             return Err(Error::FailedPrecondition {
                 reason: crate::error::Reason::FailedPrecondition,
                 message: "the stored signing keys are sealed with another key-encryption key: \
@@ -300,30 +307,14 @@ impl KeyManager {
         Ok(())
     }
 
-    /// The private keys opened (see [`KeySealer`]); those stored in the clear or under an older
-    /// key-encryption key are sealed again under the current one. A key that cannot be opened
-    /// is logged and kept for verifying only: it signs nothing.
+    /// The private keys opened (see [`KeySealer`]). A key that cannot be opened is logged and
+    /// kept for verifying only: it signs nothing.
     async fn open_keys(&self, keys: Vec<StoredKey>) -> Result<Vec<StoredKey>, Error> {
         let mut opened_keys = Vec::with_capacity(keys.len());
         for mut key in keys {
             if !key.private_key.is_empty() {
                 match self.sealer.open(&key.kid, &key.private_key) {
-                    Ok(opened) => {
-                        if opened.reseal {
-                            let sealed = self.sealer.seal(&key.kid, &opened.private_key)?;
-                            if self
-                                .store
-                                .reseal_key(&key.kid, &key.private_key, &sealed)
-                                .await?
-                            {
-                                tracing::info!(
-                                    kid = %key.kid,
-                                    "sealed a signing key under the current key-encryption key"
-                                );
-                            }
-                        }
-                        key.private_key = opened.private_key;
-                    }
+                    Ok(opened) => key.private_key = opened.private_key,
                     Err(error) => {
                         tracing::error!(
                             kid = %key.kid,
@@ -337,6 +328,37 @@ impl KeyManager {
             opened_keys.push(key);
         }
         Ok(opened_keys)
+    }
+
+    /// Seals every live key under the current key-encryption key (those in the clear or under
+    /// an older one; `keystone keys reseal`). Run it once every replica knows the current key.
+    /// Returns the kids sealed again.
+    pub async fn reseal(&self) -> Result<Vec<String>, Error> {
+        let lock = self.lock_fitting().await?;
+        let result = self.reseal_locked().await;
+        lock.release().await;
+        result
+    }
+
+    async fn reseal_locked(&self) -> Result<Vec<String>, Error> {
+        let mut resealed = Vec::new();
+        for key in self.store.live_keys().await? {
+            if key.private_key.is_empty() {
+                continue;
+            }
+            let opened = self.sealer.open(&key.kid, &key.private_key)?;
+            if opened.reseal {
+                let sealed = self.sealer.seal(&key.kid, &opened.private_key)?;
+                if self
+                    .store
+                    .reseal_key(&key.kid, &key.private_key, &sealed)
+                    .await?
+                {
+                    resealed.push(key.kid);
+                }
+            }
+        }
+        Ok(resealed)
     }
 
     /// Starts a rotation now: a new key is published at once and signs after

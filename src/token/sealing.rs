@@ -1,10 +1,11 @@
 //! Private signing keys are sealed before they reach the database (AES-256-GCM, the key id as
 //! associated data) with a key-encryption key that never does: `secrets.key_encryption_key`
 //! (32 random bytes, base64), or, without one, a key derived from the pepper. A sealed key
-//! names the key-encryption key that sealed it (a fingerprint), so a key sealed under a
-//! previous one (`secrets.previous_key_encryption_key`, or the pepper's before an explicit
-//! key was set) is still read, and sealed again under the current one at the next refresh.
-//! Keys stored in the clear by earlier versions are read, and sealed the same way.
+//! names the key-encryption key that sealed it (a fingerprint), so keys sealed under
+//! `secrets.previous_key_encryption_key`, or under the pepper's key before an explicit one was
+//! set, are still read. New keys are sealed under the current key; existing ones are never
+//! sealed again behind the operator's back (a replica that does not know the new key would
+//! lose them): `keystone keys reseal` does it, once every replica knows the new key.
 
 use aws_lc_rs::{
     aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey},
@@ -56,12 +57,20 @@ impl std::fmt::Debug for KeySealer {
 }
 
 /// A stored private key, opened.
-#[derive(Debug)]
 pub struct Opened {
     /// PKCS#8 DER.
     pub private_key: Vec<u8>,
-    /// Stored in the clear or under another key-encryption key: seal it again.
+    /// Stored in the clear or under another key-encryption key than the current one.
     pub reseal: bool,
+}
+
+impl std::fmt::Debug for Opened {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Opened")
+            .field("private_key", &"[REDACTED]")
+            .field("reseal", &self.reseal)
+            .finish()
+    }
 }
 
 impl KeySealer {
@@ -69,21 +78,21 @@ impl KeySealer {
     /// else the pepper's; the pepper's is always known, so keys sealed before an explicit key
     /// was set stay readable.
     pub fn from_settings(settings: &SecretSettings, pepper: &Pepper) -> anyhow::Result<Self> {
-        let mut keks = Vec::new();
-        for (setting, value) in [
-            ("secrets.key_encryption_key", &settings.key_encryption_key),
-            (
-                "secrets.previous_key_encryption_key",
-                &settings.previous_key_encryption_key,
-            ),
-        ] {
-            if let Some(value) = value {
-                keks.push(Kek::new(&decode_kek(value).map_err(|why| {
-                    anyhow::anyhow!("invalid setting `{setting}`: {why}")
-                })?)?);
-            }
+        let decoded = |setting: &str, value: &SecretString| {
+            decode_kek(value)
+                .map_err(|why| anyhow::anyhow!("invalid setting `{setting}`: {why}"))
+                .and_then(|bytes| Ok(Kek::new(&bytes)?))
+        };
+        let by_pepper = Kek::new(&pepper.key_encryption_key())?;
+        // The first is the current one: the explicit key, else the pepper's (a previous key
+        // alone never becomes current).
+        let mut keks = match &settings.key_encryption_key {
+            Some(value) => vec![decoded("secrets.key_encryption_key", value)?, by_pepper],
+            None => vec![by_pepper],
+        };
+        if let Some(value) = &settings.previous_key_encryption_key {
+            keks.push(decoded("secrets.previous_key_encryption_key", value)?);
         }
-        keks.push(Kek::new(&pepper.key_encryption_key())?);
         Ok(Self {
             keks: std::sync::Arc::new(keks),
         })
@@ -159,6 +168,11 @@ impl KeySealer {
     }
 }
 
+/// Checks a key-encryption key setting (for the settings' validation).
+pub fn check_kek(value: &SecretString) -> Result<(), &'static str> {
+    decode_kek(value).map(|_| ())
+}
+
 /// 32 bytes from standard base64 (with or without padding).
 fn decode_kek(value: &SecretString) -> Result<[u8; 32], &'static str> {
     let text = value.expose_secret().trim();
@@ -231,6 +245,25 @@ mod tests {
         // Without A, a clear refusal.
         let error = by_b.open("k", &sealed_a).unwrap_err().to_string();
         assert!(!error.contains(A));
+    }
+
+    #[test]
+    fn a_previous_key_alone_is_only_read_never_used_to_seal() {
+        let der = b"\x30\x2e clear";
+        let by_pepper = KeySealer::from_settings(&settings(None, None), &pepper()).unwrap();
+        let previous_only = KeySealer::from_settings(&settings(None, Some(A)), &pepper()).unwrap();
+        let by_a = KeySealer::from_settings(&settings(Some(A), None), &pepper()).unwrap();
+        let sealed = previous_only.seal("k", der).unwrap();
+        assert!(
+            !by_pepper.open("k", &sealed).unwrap().reseal,
+            "sealed under the pepper's"
+        );
+        assert!(
+            previous_only
+                .open("k", &by_a.seal("k", der).unwrap())
+                .unwrap()
+                .reseal
+        );
     }
 
     #[test]

@@ -182,8 +182,22 @@ async fn keystone_keys_revoke_makes_the_tokens_of_the_key_fail() {
 
     let (code, _, stderr) = run(keystone()
         .args(["keys", "revoke", &kid])
-        .env("KEYSTONE_DATABASE_URL", app.database_url()));
+        .env("KEYSTONE_DATABASE_URL", app.database_url())
+        .env("KEYSTONE_SECRETS__PEPPER", TEST_PEPPER));
     assert_eq!(code, 1, "revoking twice fails: {stderr}");
+    assert!(stderr.contains("no live key"), "{stderr}");
+    // Without any pepper, the command does not make one up.
+    let nowhere = tempfile::tempdir().unwrap();
+    let (code, _, stderr) = run(keystone()
+        .args(["keys", "rotate"])
+        .env("KEYSTONE_DATABASE_URL", app.database_url())
+        .env(
+            "KEYSTONE_SECRETS__PEPPER_FILE",
+            nowhere.path().join("keystone.pepper"),
+        ));
+    assert!(!nowhere.path().join("keystone.pepper").exists());
+    assert_ne!(code, 0);
+    assert!(stderr.contains("servers' pepper"), "{stderr}");
     app.stop().await.unwrap();
 }
 
@@ -218,14 +232,33 @@ async fn private_keys_are_sealed_at_rest_and_follow_the_key_encryption_key() {
     );
     let database = app.stop_keeping_database().await;
 
-    // An explicit key set: the stored key is sealed again under it; tokens stay good.
+    // An explicit key set: the stored key stays as it is (a replica that does not know the
+    // new key yet would lose it) and still opens; `keystone keys reseal` seals it under A.
     let app = spawn_app_on(database, |s| s.secrets.key_encryption_key = kek(KEK_A)).await;
     assert!(authenticates(&app, &token).await);
     assert!(app.login("kim", PASSWORD).await.is_ok());
-    let (same_kid, by_a) = crate::helpers::stored_active_key(app.database_url()).await;
-    assert_eq!(same_kid, kid);
+    let (same_kid, unchanged) = crate::helpers::stored_active_key(app.database_url()).await;
+    assert_eq!((same_kid.as_str(), &unchanged), (kid.as_str(), &by_pepper));
+    let database_url = app.database_url().to_owned();
+    let reseal = |current: &str, previous: Option<&str>| {
+        let mut command = keystone();
+        command
+            .args(["keys", "reseal"])
+            .env("KEYSTONE_DATABASE_URL", &database_url)
+            .env("KEYSTONE_SECRETS__PEPPER", TEST_PEPPER)
+            .env("KEYSTONE_SECRETS__KEY_ENCRYPTION_KEY", current);
+        if let Some(previous) = previous {
+            command.env("KEYSTONE_SECRETS__PREVIOUS_KEY_ENCRYPTION_KEY", previous);
+        }
+        run(&mut command)
+    };
+    let (code, stdout, stderr) = reseal(KEK_A, None);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains(&kid), "{stdout}");
+    let (_, by_a) = crate::helpers::stored_active_key(app.database_url()).await;
     assert!(by_a.starts_with(b"KSE1"));
     assert_ne!(by_a[4..12], by_pepper[4..12], "another key-encryption key");
+    assert!(app.login("kim", PASSWORD).await.is_ok());
     let database = app.stop_keeping_database().await;
 
     // The key-encryption key lost: the server refuses to start, and says why.
@@ -238,14 +271,17 @@ async fn private_keys_are_sealed_at_rest_and_follow_the_key_encryption_key() {
     assert!(error.contains("key-encryption key"), "{error}");
     assert!(!error.contains(KEK_B) && !error.contains(KEK_A), "{error}");
 
-    // Rotated from A to B with A as the previous key: read, and sealed under B.
+    // Changed from A to B with A as the previous key: read at once, sealed under B on demand.
     let app = spawn_app_on(database, |s| {
         s.secrets.key_encryption_key = kek(KEK_B);
         s.secrets.previous_key_encryption_key = kek(KEK_A);
     })
     .await;
     assert!(app.login("kim", PASSWORD).await.is_ok());
+    let (code, _, stderr) = reseal(KEK_B, Some(KEK_A));
+    assert_eq!(code, 0, "{stderr}");
     let (_, by_b) = crate::helpers::stored_active_key(app.database_url()).await;
     assert_ne!(by_b[4..12], by_a[4..12]);
+    assert!(app.login("kim", PASSWORD).await.is_ok());
     app.stop().await.unwrap();
 }
