@@ -89,6 +89,20 @@ pub struct Revocation {
     pub expires_at: DateTime<Utc>,
 }
 
+impl Revocation {
+    /// Every token of `subject` (a user id or client id) issued up to `now`, kept for
+    /// `token_lifetime` (the longest a token issued now can be accepted).
+    pub fn of_subject(subject: &str, now: DateTime<Utc>, token_lifetime: Duration) -> Self {
+        Self {
+            kind: RevocationKind::Subject,
+            key: subject.to_owned(),
+            not_before: now,
+            expires_at: now
+                + chrono::Duration::from_std(token_lifetime).unwrap_or(chrono::Duration::days(1)),
+        }
+    }
+}
+
 /// The facts of a token that revocation is decided on.
 #[derive(Debug, Clone, Copy)]
 pub struct TokenFacts<'a> {

@@ -13,7 +13,7 @@ use crate::{
     clock::SharedClock,
     domain::{Client, ClientId, NewClient, Outcome, Scope, check_description},
     error::Error,
-    revocation::{Revocation, RevocationKind, Revocations},
+    revocation::{Revocation, Revocations},
     secrets::{CLIENT_SECRET_PREFIX, Pepper, random_token},
     store::{ChangeGuard, ClientChanges, Store},
 };
@@ -455,14 +455,7 @@ impl ClientAdminService {
 
     /// A revocation of every token of the client issued up to `now`.
     fn revocation(&self, client_id: &str, now: DateTime<Utc>) -> Revocation {
-        Revocation {
-            kind: RevocationKind::Subject,
-            key: client_id.to_owned(),
-            not_before: now,
-            expires_at: now
-                + chrono::Duration::from_std(self.limits.token_lifetime)
-                    .unwrap_or(chrono::Duration::days(1)),
-        }
+        Revocation::of_subject(client_id, now, self.limits.token_lifetime)
     }
 }
 

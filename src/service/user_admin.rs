@@ -25,7 +25,7 @@ use crate::{
     },
     error::{Error, Reason},
     password::{PasswordHasher, generate_password},
-    revocation::{Revocation, RevocationKind, Revocations},
+    revocation::{Revocation, Revocations},
     store::{AuditFilter, ChangeGuard, RoleChanges, Store, UserChange, UserFilter},
 };
 
@@ -868,14 +868,7 @@ impl UserAdminService {
 
     /// A revocation of every token of `subject` issued up to `now`.
     fn subject_revocation(&self, subject: &str, now: DateTime<Utc>) -> Revocation {
-        Revocation {
-            kind: RevocationKind::Subject,
-            key: subject.to_owned(),
-            not_before: now,
-            expires_at: now
-                + chrono::Duration::from_std(self.token_lifetime)
-                    .unwrap_or(chrono::Duration::days(1)),
-        }
+        Revocation::of_subject(subject, now, self.token_lifetime)
     }
 
     fn page<T>(
