@@ -82,9 +82,15 @@ impl App {
             &settings.bootstrap_admin_username,
             &settings.bootstrap_admin_password,
         ) {
-            match user_admin
+            // Replicas starting together race for it: one that loses finds it made.
+            let made = match user_admin
                 .bootstrap_admin(username, None, Some(password.clone()))
                 .await
+            {
+                Err(crate::error::Error::AlreadyExists { .. }) => Ok(None),
+                other => other,
+            };
+            match made
                 .context("cannot create the bootstrap admin (bootstrap_admin_username/_password)")?
             {
                 Some(outcome) => tracing::info!(
