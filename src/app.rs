@@ -252,6 +252,9 @@ impl App {
             draining: draining.subscribe(),
             concurrency_limit: settings.server.concurrency_limit,
             request_timeout: settings.server.request_timeout,
+            trusted_proxies: crate::client_ip::TrustedProxies::new(
+                &settings.server.trusted_proxies,
+            ),
             metrics: crate::metrics::install(),
         };
         // Every listener but the main gRPC one stops when draining begins, after the delay.

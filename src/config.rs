@@ -39,6 +39,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "revocation",
     "ext_authz",
     "secrets",
+    "limits",
 ];
 
 /// Top-level settings that are strings: read from the environment verbatim.
@@ -111,6 +112,8 @@ pub struct Settings {
     pub ext_authz: ExtAuthzSettings,
     /// Server-side secrets.
     pub secrets: SecretSettings,
+    /// Rate limits on the calls that check credentials.
+    pub limits: LimitSettings,
 }
 
 impl Default for Settings {
@@ -137,7 +140,136 @@ impl Default for Settings {
             revocation: RevocationSettings::default(),
             ext_authz: ExtAuthzSettings::default(),
             secrets: SecretSettings::default(),
+            limits: LimitSettings::default(),
         }
+    }
+}
+
+/// Rate limits (GCRA) on the calls that check credentials or take tokens: `IssueToken`,
+/// `Introspect`, `Revoke`, `Register` and their HTTP equivalents. With Redis they are counted
+/// there, for the whole cluster; without it, or while it fails, in each process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Per client IP (an IPv6 client is counted by its /64).
+    pub per_ip: Quota,
+    /// Per client id: client credentials, and the callers of `Introspect` and `Revoke`.
+    pub per_client: Quota,
+    /// Per username or email asked for in the password grant, whether or not a user has it.
+    pub per_username: Quota,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        Self {
+            per_ip: Quota {
+                rate: 100,
+                per: Duration::from_secs(1),
+                burst: 200,
+            },
+            per_client: Quota {
+                rate: 100,
+                per: Duration::from_secs(1),
+                burst: 200,
+            },
+            per_username: Quota {
+                rate: 10,
+                per: Duration::from_secs(60),
+                burst: 10,
+            },
+        }
+    }
+}
+
+impl LimitSettings {
+    /// No limits (benchmarks, which call from one address with a few names).
+    pub fn off() -> Self {
+        Self {
+            per_ip: Quota::OFF,
+            per_client: Quota::OFF,
+            per_username: Quota::OFF,
+        }
+    }
+}
+
+/// `rate` calls per `per` on average, and up to `burst` at once; `rate = 0` turns it off.
+/// Written as text: `"100/s burst 200"`, `"10/1m"` (the burst is then the rate), `"off"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Quota {
+    /// Calls per period; 0: no limit.
+    pub rate: u32,
+    /// The period.
+    pub per: Duration,
+    /// Calls allowed at once after a quiet spell (at least 1).
+    pub burst: u32,
+}
+
+impl TryFrom<String> for Quota {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, Self::Error> {
+        text.parse()
+    }
+}
+
+impl std::str::FromStr for Quota {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        const FORM: &str = "a quota is written `<calls>/<period> [burst <calls>]` (`100/s burst 200`, `10/1m`) or `off`";
+        let text = text.trim();
+        if text.eq_ignore_ascii_case("off") {
+            return Ok(Quota::OFF);
+        }
+        let mut words = text.split_whitespace();
+        let (rate, per) = words
+            .next()
+            .and_then(|rate| rate.split_once('/'))
+            .ok_or_else(|| FORM.to_owned())?;
+        let rate: u32 = rate.parse().map_err(|_| FORM.to_owned())?;
+        // `s`, `m`, `h` alone mean one of them.
+        let per = if per.starts_with(|c: char| c.is_ascii_digit()) {
+            humantime::parse_duration(per)
+        } else {
+            humantime::parse_duration(&format!("1{per}"))
+        }
+        .map_err(|_| FORM.to_owned())?;
+        let burst = match (words.next(), words.next(), words.next()) {
+            (None, _, _) => rate,
+            (Some("burst"), Some(burst), None) => burst.parse().map_err(|_| FORM.to_owned())?,
+            _ => return Err(FORM.to_owned()),
+        };
+        Ok(Quota { rate, per, burst })
+    }
+}
+
+impl std::fmt::Display for Quota {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.rate == 0 {
+            return f.write_str("off");
+        }
+        write!(
+            f,
+            "{}/{} burst {}",
+            self.rate,
+            humantime::format_duration(self.per),
+            self.burst
+        )
+    }
+}
+
+impl Quota {
+    /// No limit.
+    pub const OFF: Quota = Quota {
+        rate: 0,
+        per: Duration::from_secs(1),
+        burst: 1,
+    };
+
+    /// The time between two calls at the sustained rate, if the quota is on.
+    pub fn interval(&self) -> Option<Duration> {
+        (self.rate > 0).then(|| self.per / self.rate)
     }
 }
 
@@ -223,8 +355,13 @@ impl Default for LogSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerSettings {
-    /// Largest request message accepted, in bytes.
+    /// Largest request message accepted, in bytes (admin services and Envoy's `Check`).
     pub max_message_size: usize,
+    /// Largest request message accepted by `keystone.v1.Auth`, in bytes: its requests carry
+    /// a few short strings.
+    pub max_auth_message_size: usize,
+    /// Largest header block of a request (HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`), in bytes.
+    pub max_header_list_size: u32,
     /// Calls without a shorter deadline are cut after this long.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
@@ -240,17 +377,24 @@ pub struct ServerSettings {
     /// How long calls in flight may take to finish after the listener closes.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Proxies (addresses or CIDR blocks) whose `X-Forwarded-For` is believed: the client IP
+    /// is the rightmost address in it that is not one of them. From anyone else the header
+    /// is ignored and the client IP is the peer's.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for ServerSettings {
     fn default() -> Self {
         Self {
             max_message_size: 1024 * 1024,
+            max_auth_message_size: 64 * 1024,
+            max_header_list_size: 16 * 1024,
             request_timeout: Duration::from_secs(30),
             concurrency_limit: 1024,
             max_concurrent_streams: 256,
             drain_delay: Duration::ZERO,
             shutdown_grace: Duration::from_secs(20),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -761,6 +905,34 @@ impl Settings {
                 "must be at least 1 (turn registration off with auth.registration = false)",
             ));
         }
+        if !(1024..=64 * 1024 * 1024).contains(&self.server.max_message_size) {
+            return Err(ConfigError::invalid(
+                "server.max_message_size",
+                self.server.max_message_size,
+                "must be between 1024 and 67108864 (64 MiB)",
+            ));
+        }
+        if !(1024..=self.server.max_message_size).contains(&self.server.max_auth_message_size) {
+            return Err(ConfigError::invalid(
+                "server.max_auth_message_size",
+                self.server.max_auth_message_size,
+                "must be between 1024 and server.max_message_size",
+            ));
+        }
+        if !(4096..=1024 * 1024).contains(&self.server.max_header_list_size) {
+            return Err(ConfigError::invalid(
+                "server.max_header_list_size",
+                self.server.max_header_list_size,
+                "must be between 4096 and 1048576",
+            ));
+        }
+        for (setting, quota) in [
+            ("limits.per_ip", &self.limits.per_ip),
+            ("limits.per_client", &self.limits.per_client),
+            ("limits.per_username", &self.limits.per_username),
+        ] {
+            check_quota(setting, quota)?;
+        }
         if self.auth.lockout_threshold == 0 {
             return Err(ConfigError::invalid(
                 "auth.lockout_threshold",
@@ -917,6 +1089,34 @@ impl Settings {
     }
 }
 
+fn check_quota(setting: &str, quota: &Quota) -> Result<(), ConfigError> {
+    if quota.rate == 0 {
+        return Ok(());
+    }
+    if quota.burst == 0 || quota.burst > 1_000_000 {
+        return Err(ConfigError::invalid(
+            setting,
+            quota,
+            "the burst must be between 1 and 1000000 (turn the limit off with `off`)",
+        ));
+    }
+    if quota.per.is_zero() || quota.per > Duration::from_secs(24 * 3600) {
+        return Err(ConfigError::invalid(
+            setting,
+            quota,
+            "the period must be more than 0 and at most 24h",
+        ));
+    }
+    if quota.per / quota.rate < Duration::from_micros(1) {
+        return Err(ConfigError::invalid(
+            setting,
+            quota,
+            "the rate must leave at least a microsecond between calls",
+        ));
+    }
+    Ok(())
+}
+
 fn check_positive(setting: &str, value: Duration) -> Result<(), ConfigError> {
     if value.is_zero() {
         return Err(ConfigError::invalid(
@@ -1006,6 +1206,60 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("tokens.access_ttl"), "{error}");
+    }
+
+    #[test]
+    fn quotas_are_read_as_text() {
+        let settings = from_toml(
+            "[limits]\nper_ip = \"50/s burst 80\"\nper_client = \"off\"\nper_username = \"5/10m\"",
+        )
+        .unwrap();
+        assert_eq!(
+            settings.limits.per_ip,
+            Quota {
+                rate: 50,
+                per: Duration::from_secs(1),
+                burst: 80
+            }
+        );
+        assert_eq!(settings.limits.per_client.interval(), None);
+        assert_eq!(
+            settings.limits.per_username,
+            Quota {
+                rate: 5,
+                per: Duration::from_secs(600),
+                burst: 5
+            }
+        );
+        assert_eq!(
+            settings.limits.per_username.interval(),
+            Some(Duration::from_secs(120))
+        );
+        for bad in [
+            "per_ip = \"50\"",
+            "per_ip = \"50/fortnight\"",
+            "per_ip = \"x/s\"",
+            "per_ip = \"5/s burst\"",
+            "per_ip = \"5/s burst 0\"",
+            "per_ip = \"5/s rush 9\"",
+            "per_ip = \"5/0s\"",
+            "per_ip = \"5/2d\"",
+            "per_ip = \"4000000000/1ms\"",
+            "per_ip = 50",
+        ] {
+            let error = from_toml(&format!("[limits]\n{bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("limits.per_ip"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_quota_prints_as_it_is_written() {
+        for text in ["100/1s burst 200", "10/1m burst 10", "off"] {
+            let quota: Quota = text.parse().unwrap();
+            assert_eq!(quota.to_string(), text);
+        }
     }
 
     #[test]

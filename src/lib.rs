@@ -26,6 +26,7 @@
 
 pub mod app;
 pub mod cli;
+pub mod client_ip;
 pub mod clock;
 pub mod config;
 pub mod domain;

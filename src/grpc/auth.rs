@@ -14,7 +14,7 @@ use crate::{
     error::{Error, Reason},
     proto::pb,
     revocation::{Revocation, RevocationKind},
-    service::auth::{AuthService, PasswordLogin, Registration, TokenRequest},
+    service::auth::{AuthService, IntrospectionCaller, PasswordLogin, Registration, TokenRequest},
 };
 
 /// The gRPC adapter of the `Auth` service.
@@ -135,11 +135,14 @@ impl pb::auth_server::Auth for AuthApi {
         &self,
         request: Request<pb::IntrospectRequest>,
     ) -> Result<Response<pb::IntrospectResponse>, Status> {
-        let caller = bearer_token(request.metadata())?;
-        let required = ScopeSet::parse(["keystone:introspect"]).map_err(|e| e.on("scope"))?;
-        self.service.authenticate(&caller, &required, None)?;
+        let context = call_context(&request);
+        let caller = IntrospectionCaller::Bearer(bearer_token(request.metadata())?);
         let request = request.into_inner();
-        let Some(claims) = self.service.introspect(&request.token) else {
+        let Some(claims) = self
+            .service
+            .introspect(caller, &request.token, &context)
+            .await?
+        else {
             return Ok(Response::new(pb::IntrospectResponse {
                 active: false,
                 ..Default::default()

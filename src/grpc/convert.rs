@@ -48,13 +48,16 @@ pub fn bearer_token(metadata: &MetadataMap) -> Result<String, Error> {
     Ok(token.to_owned())
 }
 
-/// What the transport knows of the caller.
+/// What the transport knows of the caller: its IP as the listener established it (see
+/// [`crate::client_ip`]), or the peer's address.
 pub fn call_context<T>(request: &tonic::Request<T>) -> CallContext {
+    let ip = request
+        .extensions()
+        .get::<crate::client_ip::ClientIp>()
+        .map(|ip| ip.0)
+        .or_else(|| request.remote_addr().map(|addr| addr.ip()));
     CallContext {
-        peer: request
-            .remote_addr()
-            .map(|addr| addr.ip().to_string())
-            .unwrap_or_default(),
+        peer: ip.map(|ip| ip.to_string()).unwrap_or_default(),
     }
 }
 

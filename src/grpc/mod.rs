@@ -2,12 +2,13 @@
 //!
 //! Layers, outermost first, and why they sit there:
 //! 1. a tracing span per call, so everything below logs inside it;
-//! 2. load shedding: when every slot of the concurrency limit is taken, a call is refused at
+//! 2. the client IP (`server.trusted_proxies`), for rate limits and audit events;
+//! 3. load shedding: when every slot of the concurrency limit is taken, a call is refused at
 //!    once with RESOURCE_EXHAUSTED rather than queued behind the others;
-//! 3. a global concurrency limit shared by all connections (a per-connection limit would let
+//! 4. a global concurrency limit shared by all connections (a per-connection limit would let
 //!    many connections pile up work);
-//! 4. tonic's own deadline, the shorter of the caller's `grpc-timeout` and
-//!    `server.request_timeout`.
+//! 5. the deadline, the shorter of the caller's `grpc-timeout` and `server.request_timeout`,
+//!    answering DEADLINE_EXCEEDED.
 //!
 //! Health and reflection are registered beside the services, outside any caller check.
 
@@ -15,6 +16,7 @@ pub mod auth;
 pub mod caller;
 pub mod client_admin;
 pub mod convert;
+pub mod deadline;
 pub mod ext_authz;
 mod redact;
 pub mod user_admin;
@@ -33,9 +35,10 @@ use tonic_health::{
     pb::health_server::HealthServer,
     server::{HealthReporter, HealthService},
 };
-use tower::{limit::GlobalConcurrencyLimitLayer, load_shed::LoadShedLayer};
+use tower::{limit::GlobalConcurrencyLimitLayer, load_shed::LoadShedLayer, util::MapRequestLayer};
 
 use crate::{
+    client_ip::TrustedProxies,
     config::{ReflectionMode, Settings},
     proto::{FILE_DESCRIPTOR_SET, pb},
 };
@@ -43,7 +46,8 @@ use crate::{
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 
 use self::{
-    auth::AuthApi, client_admin::ClientAdminApi, ext_authz::ExtAuthzApi, user_admin::UserAdminApi,
+    auth::AuthApi, client_admin::ClientAdminApi, deadline::DeadlineLayer, ext_authz::ExtAuthzApi,
+    user_admin::UserAdminApi,
 };
 
 /// The names health is reported for: the whole server (`""`) and each Keystone service.
@@ -126,13 +130,17 @@ pub async fn serve(
     let public = role != Listener::Admin;
     let admin = role != Listener::Public;
     let max_message = settings.server.max_message_size;
+    let max_auth_message = settings.server.max_auth_message_size;
+    let proxies = TrustedProxies::new(&settings.server.trusted_proxies);
     let layers = tower::ServiceBuilder::new()
         // Outermost, so that shed and refused calls are counted too.
         .layer(crate::metrics::GrpcMetricsLayer)
+        .layer(MapRequestLayer::new(move |request| proxies.tag(request)))
         .layer(LoadShedLayer::new())
         .layer(GlobalConcurrencyLimitLayer::new(
             settings.server.concurrency_limit,
         ))
+        .layer(DeadlineLayer::new(settings.server.request_timeout))
         .into_inner();
 
     // Server reflection in both versions: grpcurl before 1.9 speaks only `v1alpha`. In `admin`
@@ -164,15 +172,16 @@ pub async fn serve(
 
     Server::builder()
         .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
-        .timeout(settings.server.request_timeout)
         .max_concurrent_streams(settings.server.max_concurrent_streams)
+        .http2_max_header_list_size(settings.server.max_header_list_size)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .layer(layers)
         .add_service(health.server())
         .add_optional_service(reflection_v1)
         .add_optional_service(reflection_v1alpha)
         .add_optional_service(public.then(|| {
-            pb::auth_server::AuthServer::new(apis.auth).max_decoding_message_size(max_message)
+            pb::auth_server::AuthServer::new(apis.auth).max_decoding_message_size(max_auth_message)
         }))
         .add_optional_service(public.then(|| {
             AuthorizationServer::new(apis.ext_authz).max_decoding_message_size(max_message)

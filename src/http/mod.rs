@@ -18,7 +18,9 @@ use axum::{
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::{service::auth::AuthService, store::Store, token::keys::KeyRing};
+use crate::{
+    client_ip::TrustedProxies, service::auth::AuthService, store::Store, token::keys::KeyRing,
+};
 
 /// What the HTTP handlers share.
 #[derive(Debug, Clone)]
@@ -39,6 +41,8 @@ pub struct HttpState {
     pub concurrency_limit: usize,
     /// Requests are cut after this long (`server.request_timeout`).
     pub request_timeout: Duration,
+    /// Whose `X-Forwarded-For` is believed (`server.trusted_proxies`).
+    pub trusted_proxies: TrustedProxies,
 }
 
 /// Which routes an HTTP listener carries.
@@ -76,7 +80,13 @@ pub fn router(state: HttpState, routes: Routes) -> Router {
         .load_shed()
         .concurrency_limit(state.concurrency_limit.max(1))
         .timeout(state.request_timeout);
-    router.layer(limits).with_state(Arc::new(state))
+    let proxies = state.trusted_proxies.clone();
+    router
+        .layer(limits)
+        .layer(tower::util::MapRequestLayer::new(
+            move |request: axum::extract::Request| proxies.tag(request),
+        ))
+        .with_state(Arc::new(state))
 }
 
 /// The answer to a request the limits refused.

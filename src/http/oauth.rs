@@ -8,7 +8,7 @@ use std::{collections::HashMap, sync::Arc};
 use axum::{
     Json,
     body::Bytes,
-    extract::{ConnectInfo, State},
+    extract::{Extension, State},
     http::{HeaderMap, HeaderValue, StatusCode, Uri, header},
     response::{IntoResponse, Response},
 };
@@ -18,9 +18,9 @@ use serde_json::json;
 
 use super::HttpState;
 use crate::{
-    domain::ScopeSet,
+    client_ip::ClientIp,
     error::{Error, Reason},
-    service::auth::{CallContext, PasswordLogin, TokenRequest},
+    service::auth::{CallContext, IntrospectionCaller, PasswordLogin, TokenRequest},
 };
 
 /// An answer that ends a request early (boxed: a response is large).
@@ -32,7 +32,7 @@ const MAX_FORM: usize = 16 * 1024;
 /// `POST /oauth2/token`: the client credentials, password and refresh token grants.
 pub async fn token(
     State(state): State<Arc<HttpState>>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    Extension(ClientIp(peer)): Extension<ClientIp>,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
@@ -179,7 +179,7 @@ pub async fn token(
 /// `keystone:introspect`, or a client (HTTP Basic) allowed that scope.
 pub async fn introspect(
     State(state): State<Arc<HttpState>>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    Extension(ClientIp(peer)): Extension<ClientIp>,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
@@ -189,23 +189,25 @@ pub async fn introspect(
         Ok(form) => form,
         Err(error) => return *error,
     };
-    if let Err(response) = introspection_caller(&state, &headers, &context).await {
-        return *response;
-    }
-    let Some(token) = form.get("token") else {
+    let caller = match introspection_caller(&headers) {
+        Ok(caller) => caller,
+        Err(response) => return *response,
+    };
+    let basic = matches!(caller, IntrospectionCaller::Client { .. });
+    let token = form.get("token").map_or("", String::as_str);
+    let claims = match state.auth.introspect(caller, token, &context).await {
+        Ok(claims) => claims,
+        Err(error) => return introspection_refusal(&error, basic),
+    };
+    if !form.contains_key("token") {
         return oauth_error(
             StatusCode::BAD_REQUEST,
             "invalid_request",
             "token is missing",
             false,
         );
-    };
-    // A set nobody confirms is no ground for "inactive": say it is unavailable, as
-    // Authenticate and Check do.
-    if let Err(error) = state.auth.revocations_fresh() {
-        return token_error(&error, false, false);
     }
-    let body = match state.auth.introspect(token) {
+    let body = match claims {
         Some(claims) => json!({
             "active": true,
             "scope": claims.scope,
@@ -230,7 +232,7 @@ pub async fn introspect(
 /// whether or not the token was known.
 pub async fn revoke(
     State(state): State<Arc<HttpState>>,
-    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    Extension(ClientIp(peer)): Extension<ClientIp>,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
@@ -254,80 +256,59 @@ pub async fn revoke(
     }
 }
 
-/// Checks the caller of `/oauth2/introspect`.
-async fn introspection_caller(
-    state: &HttpState,
-    headers: &HeaderMap,
-    context: &CallContext,
-) -> Result<(), Refusal> {
-    let denied = |status: StatusCode, error: &str, description: &str| {
-        let mut response = oauth_error(status, error, description, false);
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"keystone\", Basic realm=\"keystone\""),
-        );
-        Box::new(response)
-    };
-    let required = ScopeSet::parse(["keystone:introspect"]).map_err(|_| {
-        Box::new(oauth_error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "server_error",
-            "",
-            false,
-        ))
-    })?;
+/// The caller of `/oauth2/introspect`: a bearer token, or a client with HTTP Basic.
+fn introspection_caller(headers: &HeaderMap) -> Result<IntrospectionCaller, Refusal> {
     if let Some(token) = bearer(headers) {
-        return match state.auth.authenticate(&token, &required, None) {
-            Ok(_) => Ok(()),
-            Err(Error::PermissionDenied { .. }) => Err(denied(
-                StatusCode::FORBIDDEN,
-                "insufficient_scope",
-                "the token lacks keystone:introspect",
-            )),
-            Err(error @ Error::Unavailable { .. }) => {
-                Err(Box::new(token_error(&error, false, false)))
-            }
-            Err(_) => Err(denied(
-                StatusCode::UNAUTHORIZED,
-                "invalid_token",
-                "the bearer token is invalid",
-            )),
-        };
+        return Ok(IntrospectionCaller::Bearer(token));
     }
     match basic_credentials(headers)? {
-        Some((client_id, secret)) => {
-            let client = state
-                .auth
-                .verify_client(&client_id, &secret, "introspect", context)
-                .await
-                .map_err(|error| match error {
-                    Error::Unavailable { .. } | Error::Internal(_) => {
-                        Box::new(token_error(&error, false, false))
-                    }
-                    _ => denied(
-                        StatusCode::UNAUTHORIZED,
-                        "invalid_client",
-                        "invalid client credentials",
-                    ),
-                })?;
-            let allowed = ScopeSet::parse(client.allowed_scopes.iter().map(String::as_str))
-                .unwrap_or_default();
-            if required.iter().all(|scope| allowed.satisfies(scope)) {
-                Ok(())
-            } else {
-                Err(denied(
-                    StatusCode::FORBIDDEN,
-                    "insufficient_scope",
-                    "the client is not allowed keystone:introspect",
-                ))
-            }
-        }
-        None => Err(denied(
+        Some((client_id, secret)) => Ok(IntrospectionCaller::Client { client_id, secret }),
+        None => Err(introspection_denied(
             StatusCode::UNAUTHORIZED,
             "invalid_client",
             "send a bearer token with keystone:introspect, or client credentials",
         )),
     }
+}
+
+/// The answer to an introspection call refused before the token was looked at.
+fn introspection_refusal(error: &Error, basic: bool) -> Response {
+    match error {
+        Error::PermissionDenied { .. } if basic && error.reason() == Reason::AccountDisabled => {
+            *introspection_denied(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "invalid client credentials",
+            )
+        }
+        Error::PermissionDenied { .. } => *introspection_denied(
+            StatusCode::FORBIDDEN,
+            "insufficient_scope",
+            "the caller lacks keystone:introspect",
+        ),
+        Error::Unauthenticated { .. } | Error::InvalidArgument { .. } if basic => {
+            *introspection_denied(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "invalid client credentials",
+            )
+        }
+        Error::Unauthenticated { .. } | Error::InvalidArgument { .. } => *introspection_denied(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            "the bearer token is invalid",
+        ),
+        other => token_error(other, false, false),
+    }
+}
+
+fn introspection_denied(status: StatusCode, error: &str, description: &str) -> Refusal {
+    let mut response = oauth_error(status, error, description, false);
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"keystone\", Basic realm=\"keystone\""),
+    );
+    Box::new(response)
 }
 
 /// The form of a POST, refusing credentials in the query string, other content types,
@@ -424,9 +405,9 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
         .filter(|token| !token.is_empty())
 }
 
-fn context(peer: std::net::SocketAddr) -> CallContext {
+fn context(peer: std::net::IpAddr) -> CallContext {
     CallContext {
-        peer: peer.ip().to_string(),
+        peer: peer.to_string(),
     }
 }
 

@@ -182,43 +182,66 @@ impl Redis {
         }
     }
 
-    /// GCRA (the generic cell rate algorithm) on the key `<namespace>:limit:<key>`, with
-    /// Redis's own clock so that every replica counts alike: `Ok(None)` when the call is
-    /// allowed, `Ok(Some(wait))` when it must wait. `interval` is the time one call uses up;
-    /// `burst` calls may come at once.
+    /// GCRA (the generic cell rate algorithm) on several limits at once, with Redis's own
+    /// clock so that every replica counts alike. Each limit is `(key, interval, burst)`:
+    /// `interval` is the time one call uses up, `burst` calls may come at once. The call is
+    /// counted against all of them or, if any is exhausted, against none: `Ok(None)` when it
+    /// is allowed, `Ok(Some((index, wait)))` naming the limit that refused it (the one with
+    /// the longest wait) and how long to wait. Keys share one hash slot (`{namespace:limit}`),
+    /// so that a Redis Cluster runs the script too.
     pub async fn gcra(
         &self,
-        key: &str,
-        interval: Duration,
-        burst: u32,
-    ) -> Result<Option<Duration>, RedisError> {
+        limits: &[(String, Duration, u32)],
+    ) -> Result<Option<(usize, Duration)>, RedisError> {
         const SCRIPT: &str = r"
             local t = redis.call('TIME')
-            local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-            local interval = tonumber(ARGV[1])
-            local tolerance = tonumber(ARGV[2])
-            local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-            if tat < now then tat = now end
-            if tat - now > tolerance then return tat - now - tolerance end
-            local next = tat + interval
-            redis.call('SET', KEYS[1], next, 'PX', math.max(1, next - now))
-            return -1";
-        let interval_ms = u64::try_from(interval.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
-        let tolerance_ms = interval_ms.saturating_mul(u64::from(burst.saturating_sub(1)));
-        let wait: i64 = self
-            .call(async {
-                self.client
-                    .eval(
-                        SCRIPT,
-                        vec![format!("{}:limit:{key}", self.namespace)],
-                        vec![interval_ms.to_string(), tolerance_ms.to_string()],
-                    )
-                    .await
-            })
+            local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+            local tats = {}
+            local wait, which = -1, 0
+            for i, key in ipairs(KEYS) do
+                local tolerance = tonumber(ARGV[2 * i])
+                local tat = tonumber(redis.call('GET', key) or now) or now
+                if tat < now then tat = now end
+                tats[i] = tat
+                if tat - now > tolerance and tat - now - tolerance > wait then
+                    wait, which = tat - now - tolerance, i
+                end
+            end
+            if which > 0 then return {wait, which} end
+            for i, key in ipairs(KEYS) do
+                local next = tats[i] + tonumber(ARGV[2 * i - 1])
+                redis.call('SET', key, string.format('%d', next), 'PX',
+                    math.max(1, math.ceil((next - now) / 1000)))
+            end
+            return {-1, 0}";
+        if limits.is_empty() {
+            return Ok(None);
+        }
+        let mut keys = Vec::with_capacity(limits.len());
+        let mut args = Vec::with_capacity(limits.len() * 2);
+        for (key, interval, burst) in limits {
+            let interval_us = u64::try_from(interval.as_micros())
+                .unwrap_or(u64::MAX)
+                .max(1);
+            keys.push(format!("{{{}:limit}}:{key}", self.namespace));
+            args.push(interval_us.to_string());
+            args.push(
+                interval_us
+                    .saturating_mul(u64::from(burst.saturating_sub(1)))
+                    .to_string(),
+            );
+        }
+        let answer: Vec<i64> = self
+            .call(async { self.client.eval(SCRIPT, keys, args).await })
             .await?;
-        Ok(u64::try_from(wait).ok().map(Duration::from_millis))
+        Ok(match answer.as_slice() {
+            [wait, which] if *which > 0 => {
+                let index = usize::try_from(*which - 1).unwrap_or_default();
+                let wait = Duration::from_micros(u64::try_from(*wait).unwrap_or_default());
+                Some((index.min(limits.len() - 1), wait))
+            }
+            _ => None,
+        })
     }
 
     /// Whether both connections are up.

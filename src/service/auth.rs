@@ -6,12 +6,7 @@
 //! failures are counted per name whether or not a user has it, so a lockout reveals nothing.
 //! `ACCOUNT_DISABLED` is said only to a caller who gave the right password.
 
-use std::{num::NonZeroU32, sync::Arc, time::Duration};
-
-use governor::{
-    DefaultKeyedRateLimiter, Quota, RateLimiter,
-    clock::{Clock as _, DefaultClock},
-};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret as _, SecretString};
@@ -25,6 +20,7 @@ use crate::{
     password::{PasswordHasher, Verification},
     revocation::{Revocation, RevocationKind, Revocations, TokenFacts},
     secrets::{Pepper, REFRESH_TOKEN_PREFIX, hash_refresh_token, random_token},
+    service::limits::{Key, RateLimits},
     store::{CachedClient, LockoutPolicy, NewRefreshToken, RefreshRecord, Rotation, Store},
     token::{
         Audience, Claims, Kind, TokenIssuer, TokenVerifier, VerifyError,
@@ -47,8 +43,22 @@ const MAX_LOGIN_PASSWORD: usize = 1024;
 /// Who is asking, as far as the transport knows.
 #[derive(Debug, Clone, Default)]
 pub struct CallContext {
-    /// The peer's address.
+    /// The client's IP: the peer's, or the one a trusted proxy forwarded.
     pub peer: String,
+}
+
+/// Who calls `Introspect`.
+#[derive(Debug)]
+pub enum IntrospectionCaller {
+    /// A bearer token, which must hold `keystone:introspect`.
+    Bearer(String),
+    /// A client's credentials (HTTP Basic); the client must be allowed `keystone:introspect`.
+    Client {
+        /// The client id.
+        client_id: String,
+        /// Its secret.
+        secret: SecretString,
+    },
 }
 
 /// A password grant.
@@ -112,8 +122,8 @@ pub struct AuthService {
     refresh_ttl: chrono::Duration,
     refresh_idle_ttl: chrono::Duration,
     refresh_retry_grace: chrono::Duration,
-    registration: Option<Arc<DefaultKeyedRateLimiter<String>>>,
-    registration_per_minute: u32,
+    registration: bool,
+    limits: RateLimits,
     audit_service_tokens: bool,
 }
 
@@ -153,7 +163,6 @@ impl AuthService {
             hasher,
             clock,
             ring,
-            revocations,
             lockout: LockoutPolicy {
                 threshold: settings.auth.lockout_threshold,
                 base: to_chrono(settings.auth.lockout_duration),
@@ -170,49 +179,20 @@ impl AuthService {
             refresh_ttl: to_chrono(settings.tokens.refresh_ttl),
             refresh_idle_ttl: to_chrono(settings.tokens.refresh_idle_ttl),
             refresh_retry_grace: to_chrono(settings.tokens.refresh_retry_grace),
-            registration_per_minute: settings.auth.registration_per_minute,
             audit_service_tokens: settings.clients.audit_tokens,
-            registration: settings.auth.registration.then(|| {
-                let per_minute = NonZeroU32::new(settings.auth.registration_per_minute)
-                    .unwrap_or(NonZeroU32::MIN);
-                Arc::new(RateLimiter::keyed(Quota::per_minute(per_minute)))
-            }),
+            registration: settings.auth.registration,
+            limits: RateLimits::new(
+                &settings.limits,
+                settings.auth.registration_per_minute,
+                revocations.clone(),
+            ),
+            revocations,
         }
     }
 
-    /// Forgets rate-limit state of addresses that have been quiet (bounded memory).
+    /// Forgets rate-limit state of keys that have been quiet (bounded memory).
     pub fn forget_idle_limits(&self) {
-        if let Some(limiter) = &self.registration {
-            limiter.retain_recent();
-            limiter.shrink_to_fit();
-        }
-    }
-
-    /// How long a registration from `peer` must wait, if it must. With Redis the limit is
-    /// counted there, so it holds across replicas (GCRA with Redis's clock); without Redis, or
-    /// while Redis fails, in this process.
-    async fn registration_wait(
-        &self,
-        limiter: &DefaultKeyedRateLimiter<String>,
-        peer: &str,
-    ) -> Option<Duration> {
-        if let Some(redis) = self.revocations.redis() {
-            let per_minute = self.registration_per_minute.max(1);
-            let interval = Duration::from_secs(60) / per_minute;
-            match redis
-                .gcra(&format!("register:{peer}"), interval, per_minute)
-                .await
-            {
-                Ok(wait) => return wait,
-                Err(error) => {
-                    tracing::debug!(error = %error, "registration limit counted locally");
-                }
-            }
-        }
-        limiter
-            .check_key(&peer.to_owned())
-            .err()
-            .map(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
+        self.limits.forget_idle();
     }
 
     /// Self-service sign-up, when `auth.registration` is on: a user with no roles and an
@@ -222,19 +202,15 @@ impl AuthService {
         registration: Registration,
         context: &CallContext,
     ) -> Result<crate::domain::User, Error> {
-        let Some(limiter) = &self.registration else {
+        if !self.registration {
             return Err(Error::FailedPrecondition {
                 reason: Reason::RegistrationDisabled,
                 message: "self-service registration is switched off".to_owned(),
             });
-        };
-        if let Some(wait) = self.registration_wait(limiter, &context.peer).await {
-            return Err(Error::ResourceExhausted {
-                reason: Reason::RateLimited,
-                message: "too many registrations from this address; retry later".to_owned(),
-                retry_after: Some(wait.max(Duration::from_secs(1))),
-            });
         }
+        self.limits
+            .check(&[Key::Ip(&context.peer), Key::Registration(&context.peer)])
+            .await?;
         let username =
             crate::domain::Username::parse(&registration.username).map_err(|e| e.on("username"))?;
         let email = crate::domain::Email::parse(&registration.email).map_err(|e| e.on("email"))?;
@@ -267,7 +243,29 @@ impl AuthService {
     }
 
     /// The resource owner password grant (RFC 6749 section 4.3).
+    ///
+    /// A login runs to its end on a task of its own, even when its caller goes away (a
+    /// deadline, a cancelled call, a dropped connection): an attempt counted toward the lock
+    /// is always settled as a failure or a success, so abandoned calls cannot pile up counts
+    /// that lock a name with no password ever checked.
     pub async fn password_grant(
+        &self,
+        login: PasswordLogin,
+        request: TokenRequest,
+        context: &CallContext,
+    ) -> Result<IssuedToken, Error> {
+        let service = self.clone();
+        let context = context.clone();
+        tokio::spawn(async move {
+            service
+                .settled_password_grant(login, request, &context)
+                .await
+        })
+        .await
+        .map_err(Error::internal)?
+    }
+
+    async fn settled_password_grant(
         &self,
         login: PasswordLogin,
         request: TokenRequest,
@@ -288,6 +286,9 @@ impl AuthService {
         let requested = ScopeSet::parse(request.scopes.iter().map(String::as_str))
             .map_err(|e| e.on("scopes"))?;
         let name = normalize(&login.username);
+        self.limits
+            .check(&[Key::Ip(&context.peer), Key::Username(&name)])
+            .await?;
         let now = self.clock.now();
         let audit = |outcome: Outcome, reason: &str| {
             AuditRecord::new(name.clone(), "login", name.clone(), outcome)
@@ -516,6 +517,9 @@ impl AuthService {
     ) -> Result<IssuedToken, Error> {
         let requested = ScopeSet::parse(request.scopes.iter().map(String::as_str))
             .map_err(|e| e.on("scopes"))?;
+        self.limits
+            .check(&[Key::Ip(&context.peer), Key::Client(client_id)])
+            .await?;
         // Taken before the client is read: a token stamped before a revocation of its client
         // is refused, whatever it read.
         let now = self.clock.now();
@@ -591,6 +595,7 @@ impl AuthService {
         request: TokenRequest,
         context: &CallContext,
     ) -> Result<IssuedToken, Error> {
+        self.limits.check(&[Key::Ip(&context.peer)]).await?;
         let presented = refresh_token.expose_secret();
         if !is_refresh_token_shaped(presented) {
             return Err(invalid_refresh_token());
@@ -1060,14 +1065,51 @@ impl AuthService {
         Ok(Principal { claims })
     }
 
-    /// RFC 7662: the claims of an active token, or `None` for anything else.
-    pub fn introspect(&self, token: &str) -> Option<Claims> {
-        self.verify(token).ok().map(|principal| principal.claims)
+    /// RFC 7662: the claims of `token` if it is active, `None` for anything else. The caller
+    /// must hold `keystone:introspect` (a token with it, or a client allowed it); calls are
+    /// counted per client IP and per caller. A revocation set nobody confirms is no ground
+    /// for "inactive": that is UNAVAILABLE, as for `Authenticate`.
+    pub async fn introspect(
+        &self,
+        caller: IntrospectionCaller,
+        token: &str,
+        context: &CallContext,
+    ) -> Result<Option<Claims>, Error> {
+        let required = ScopeSet::parse(["keystone:introspect"]).map_err(|e| e.on("scope"))?;
+        match caller {
+            IntrospectionCaller::Bearer(caller) => {
+                // Checking a signature is cheap: the caller is known before it is counted.
+                let principal = self.authenticate(&caller, &required, None)?;
+                self.limits
+                    .check(&[Key::Ip(&context.peer), Key::Client(&principal.claims.sub)])
+                    .await?;
+            }
+            IntrospectionCaller::Client { client_id, secret } => {
+                // A secret is counted before it is checked.
+                self.limits
+                    .check(&[Key::Ip(&context.peer), Key::Client(&client_id)])
+                    .await?;
+                let client = self
+                    .verify_client(&client_id, &secret, "introspect", context)
+                    .await?;
+                let allowed = ScopeSet::parse(client.allowed_scopes.iter().map(String::as_str))
+                    .unwrap_or_default();
+                if let Some(missing) = required.iter().find(|scope| !allowed.satisfies(scope)) {
+                    return Err(Error::PermissionDenied {
+                        reason: Reason::InsufficientScope,
+                        message: format!("the client is not allowed `{missing}`"),
+                    });
+                }
+            }
+        }
+        self.revocations_fresh()?;
+        Ok(self.verify(token).ok().map(|principal| principal.claims))
     }
 
     /// RFC 7009: revokes the token if it is one of Keystone's live access tokens; anything
-    /// else is accepted and ignored, so the answer reveals nothing.
+    /// else is accepted and ignored, so the answer reveals nothing. Counted per client IP.
     pub async fn revoke(&self, token: &str, context: &CallContext) -> Result<(), Error> {
+        self.limits.check(&[Key::Ip(&context.peer)]).await?;
         if is_refresh_token_shaped(token) {
             if let Some(record) = self
                 .store

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod client_admin;
+pub mod limits;
 pub mod paging;
 pub mod user_admin;
 

@@ -699,3 +699,46 @@ async fn replicas_starting_together_on_an_empty_database_agree_on_one_key_and_he
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn rate_limits_are_counted_once_for_the_cluster_and_locally_while_redis_is_down() {
+    let test = "rate_limits_are_counted_once_for_the_cluster_and_locally_while_redis_is_down";
+    let Some((postgres, redis)) = backends(test) else {
+        return;
+    };
+    let database = TestDatabase::fresh_postgres(&postgres).await;
+    let redis_proxy = Proxy::to(addr_of(&redis)).await;
+    let settings = [("KEYSTONE_LIMITS__PER_USERNAME", "1/1h burst 2")];
+    let cluster = cluster_name();
+    let a = Replica::start(
+        &cluster,
+        database.url(),
+        &via(&redis, redis_proxy.addr),
+        &settings,
+    )
+    .await;
+    let b = Replica::start(
+        &cluster,
+        database.url(),
+        &via(&redis, redis_proxy.addr),
+        &settings,
+    )
+    .await;
+    // Two guesses at A spend the name's quota for B too.
+    for _ in 0..2 {
+        let status = a.login("mallory", "guess guess guess").await.unwrap_err();
+        assert_eq!(reason(&status), "INVALID_CREDENTIALS");
+    }
+    let status = b.login("mallory", "guess guess guess").await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(reason(&status), "RATE_LIMITED");
+
+    // Redis down: each replica counts on its own, and still refuses past the quota.
+    redis_proxy.cut();
+    for _ in 0..2 {
+        let status = b.login("trudy", "guess guess guess").await.unwrap_err();
+        assert_eq!(reason(&status), "INVALID_CREDENTIALS", "{status:?}");
+    }
+    let status = b.login("trudy", "guess guess guess").await.unwrap_err();
+    assert_eq!(reason(&status), "RATE_LIMITED", "{status:?}");
+}

@@ -1,0 +1,204 @@
+//! The client's IP, for rate limits and audit events: the peer's address, or, when the peer
+//! is one of the configured trusted proxies (`server.trusted_proxies`), the address those
+//! proxies forwarded in `X-Forwarded-For`. The header is read right to left, skipping trusted
+//! proxies: the first address that is not one is the client. Anything a client writes itself
+//! sits further left and is never reached, so a client cannot choose the address it is
+//! counted under. From a peer that is not a trusted proxy the header is ignored.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
+
+use http::{HeaderMap, Request};
+use ipnet::IpNet;
+
+/// The header read from trusted proxies.
+const FORWARDED_FOR: &str = "x-forwarded-for";
+
+/// The most entries of `X-Forwarded-For` looked at (proxy chains are short).
+const MAX_HOPS: usize = 32;
+
+/// The client IP of a request, set by [`TrustedProxies::tag`] on every request of every
+/// listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientIp(pub IpAddr);
+
+/// The proxies whose `X-Forwarded-For` is believed.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies {
+    nets: Arc<[IpNet]>,
+}
+
+impl TrustedProxies {
+    /// Believes the proxies in `nets`.
+    pub fn new(nets: &[IpNet]) -> Self {
+        Self {
+            nets: nets.iter().map(IpNet::trunc).collect(),
+        }
+    }
+
+    fn trusts(&self, ip: IpAddr) -> bool {
+        self.nets.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The client IP of a call from `peer` carrying `headers`.
+    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        let mut client = peer.to_canonical();
+        if !self.trusts(client) {
+            return client;
+        }
+        // Several headers count as one list, in order (RFC 9110 section 5.3).
+        let entries: Vec<&str> = headers
+            .get_all(FORWARDED_FOR)
+            .iter()
+            .map(|value| value.to_str().unwrap_or(""))
+            .flat_map(|value| value.split(','))
+            .collect();
+        for entry in entries.iter().rev().take(MAX_HOPS) {
+            // An entry that is no address was not written by a trusted proxy: the client is
+            // whoever handed it to the last proxy believed.
+            let Some(ip) = parse_entry(entry) else {
+                return client;
+            };
+            client = ip;
+            if !self.trusts(ip) {
+                return ip;
+            }
+        }
+        client
+    }
+
+    /// Sets the [`ClientIp`] of a request from its peer (tonic's or axum's connection info)
+    /// and headers. A request with no known peer gets none.
+    pub fn tag<B>(&self, mut request: Request<B>) -> Request<B> {
+        let peer = request
+            .extensions()
+            .get::<tonic::transport::server::TcpConnectInfo>()
+            .and_then(tonic::transport::server::TcpConnectInfo::remote_addr)
+            .or_else(|| {
+                request
+                    .extensions()
+                    .get::<axum::extract::ConnectInfo<SocketAddr>>()
+                    .map(|info| info.0)
+            });
+        if let Some(peer) = peer {
+            let ip = self.client_ip(peer.ip(), request.headers());
+            request.extensions_mut().insert(ClientIp(ip));
+        }
+        request
+    }
+}
+
+/// One `X-Forwarded-For` entry: an address, maybe with a port or in brackets.
+fn parse_entry(entry: &str) -> Option<IpAddr> {
+    let entry = entry.trim();
+    entry
+        .parse::<IpAddr>()
+        .ok()
+        .or_else(|| entry.parse::<SocketAddr>().ok().map(|addr| addr.ip()))
+        .or_else(|| {
+            entry
+                .strip_prefix('[')
+                .and_then(|rest| rest.strip_suffix(']'))
+                .and_then(|inner| inner.parse::<IpAddr>().ok())
+        })
+        .map(|ip| ip.to_canonical())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn proxies(nets: &[&str]) -> TrustedProxies {
+        TrustedProxies::new(
+            &nets
+                .iter()
+                .map(|net| net.parse().expect("a CIDR block"))
+                .collect::<Vec<IpNet>>(),
+        )
+    }
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append(
+                FORWARDED_FOR,
+                HeaderValue::from_str(value).expect("a header value"),
+            );
+        }
+        headers
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().expect("an address")
+    }
+
+    #[test]
+    fn an_untrusted_peer_is_the_client_whatever_it_forwards() {
+        let trusted = proxies(&["10.0.0.0/8"]);
+        assert_eq!(
+            trusted.client_ip(ip("203.0.113.9"), &headers(&["1.2.3.4"])),
+            ip("203.0.113.9")
+        );
+        assert_eq!(
+            TrustedProxies::default().client_ip(ip("10.0.0.1"), &headers(&["1.2.3.4"])),
+            ip("10.0.0.1")
+        );
+    }
+
+    #[test]
+    fn the_rightmost_untrusted_address_is_the_client() {
+        let trusted = proxies(&["10.0.0.0/8", "192.168.1.1/32"]);
+        // The client wrote "6.6.6.6" itself; the edge proxy appended the real peer.
+        let forwarded = headers(&["6.6.6.6, 198.51.100.7", "10.1.1.1"]);
+        assert_eq!(
+            trusted.client_ip(ip("192.168.1.1"), &forwarded),
+            ip("198.51.100.7")
+        );
+    }
+
+    #[test]
+    fn a_chain_of_trusted_proxies_only_ends_at_the_first_of_them() {
+        let trusted = proxies(&["10.0.0.0/8"]);
+        assert_eq!(
+            trusted.client_ip(ip("10.0.0.1"), &headers(&["10.0.0.3, 10.0.0.2"])),
+            ip("10.0.0.3")
+        );
+        assert_eq!(
+            trusted.client_ip(ip("10.0.0.1"), &HeaderMap::new()),
+            ip("10.0.0.1")
+        );
+    }
+
+    #[test]
+    fn garbage_stops_the_walk_at_the_last_believed_hop() {
+        let trusted = proxies(&["10.0.0.0/8"]);
+        assert_eq!(
+            trusted.client_ip(ip("10.0.0.1"), &headers(&["unknown, 10.0.0.2"])),
+            ip("10.0.0.2")
+        );
+        assert_eq!(
+            trusted.client_ip(ip("10.0.0.1"), &headers(&["1.2.3.4, ,"])),
+            ip("10.0.0.1")
+        );
+    }
+
+    #[test]
+    fn ports_brackets_and_mapped_addresses_are_understood() {
+        let trusted = proxies(&["::1/128", "127.0.0.1/32"]);
+        assert_eq!(
+            trusted.client_ip(ip("::1"), &headers(&["[2001:db8::1]:443"])),
+            ip("2001:db8::1")
+        );
+        assert_eq!(
+            trusted.client_ip(ip("::ffff:127.0.0.1"), &headers(&["198.51.100.7:5000"])),
+            ip("198.51.100.7")
+        );
+        assert_eq!(
+            trusted.client_ip(ip("::1"), &headers(&["[2001:db8::2]"])),
+            ip("2001:db8::2")
+        );
+    }
+}
