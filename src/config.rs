@@ -403,8 +403,11 @@ impl Default for ServerSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatabaseSettings {
-    /// Most connections held open (SQLite: at most 4).
+    /// Most connections held open for logins, tokens and writes (SQLite: at most 4).
     pub max_connections: u32,
+    /// Most connections of the separate pool that admin listings and audit reads use, so
+    /// that they never take the connections logins need (SQLite: 1).
+    pub admin_max_connections: u32,
     /// Connections kept open when idle.
     pub min_connections: u32,
     /// How long a call waits for a free connection before UNAVAILABLE.
@@ -425,6 +428,7 @@ impl Default for DatabaseSettings {
     fn default() -> Self {
         Self {
             max_connections: 16,
+            admin_max_connections: 4,
             min_connections: 1,
             acquire_timeout: Duration::from_secs(3),
             connect_timeout: Duration::from_secs(5),
@@ -1072,6 +1076,13 @@ impl Settings {
                 "database.max_connections",
                 self.database.max_connections,
                 "must be at least 2 and at least database.min_connections",
+            ));
+        }
+        if !(1..=1000).contains(&self.database.admin_max_connections) {
+            return Err(ConfigError::invalid(
+                "database.admin_max_connections",
+                self.database.admin_max_connections,
+                "must be between 1 and 1000",
             ));
         }
         check_positive("database.acquire_timeout", self.database.acquire_timeout)?;

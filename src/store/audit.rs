@@ -276,7 +276,7 @@ impl super::Store {
         }
         Ok(query
             .limit(limit)
-            .all(self.db())
+            .all(self.reports_db())
             .await
             .map_err(db_error)?
             .into_iter()

@@ -331,12 +331,12 @@ impl Store {
         let ids: Vec<Uuid> = query
             .limit(limit)
             .into_tuple()
-            .all(self.db())
+            .all(self.reports_db())
             .await
             .map_err(db_error)?;
         let mut clients = Vec::with_capacity(ids.len());
         for id in ids {
-            if let Some(client) = client_of(self.db(), id).await? {
+            if let Some(client) = client_of(self.reports_db(), id).await? {
                 clients.push(client);
             }
         }

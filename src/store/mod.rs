@@ -75,6 +75,10 @@ impl ChangeGuard<'_> {
 #[derive(Debug, Clone)]
 pub struct Store {
     db: DatabaseConnection,
+    /// A pool of its own for admin listings and audit reads (a bulkhead): however many of
+    /// those run, or however slow, they cannot take the connections logins and token
+    /// issuance need. The same pool as `db` for an in-memory database.
+    reports: DatabaseConnection,
     /// SQLite takes one writer at a time, and a writer that finds the file locked sleeps in
     /// SQLite's busy handler (1 ms, 2 ms, 5 ms, …) long after the lock is free. So on SQLite
     /// the frequent writes (logins, refresh rotations, audit batches) take turns here instead,
@@ -145,54 +149,53 @@ pub struct MigrationState {
 }
 
 impl Store {
-    /// Opens the connection pool and checks that the database answers.
+    /// Opens the connection pools and checks that the database answers.
     pub async fn connect(
         database_url: &secrecy::SecretString,
         settings: &DatabaseSettings,
     ) -> Result<Self, Error> {
         let url = database_url.expose_secret();
-        let mut options = ConnectOptions::new(url.to_owned());
         // An in-memory SQLite database exists per connection: a pool of several would see
         // several empty databases.
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
         // SQLite has one writer at a time and readers that never wait for it (WAL): a few
         // connections serve as well as many, and each costs a thread and its page cache.
         let sqlite = url.starts_with("sqlite:");
-        options
-            .max_connections(if in_memory {
-                1
-            } else if sqlite {
-                settings.max_connections.min(SQLITE_MAX_CONNECTIONS)
-            } else {
-                settings.max_connections
-            })
-            .min_connections(if in_memory {
-                1
-            } else {
-                settings.min_connections
-            })
-            .connect_timeout(settings.connect_timeout)
-            .acquire_timeout(settings.acquire_timeout)
-            .idle_timeout(Duration::from_secs(600))
-            // Statements are logged by our own spans; sqlx's log adds nothing but noise.
-            .sqlx_logging(false)
-            // SQLite: write-ahead logging, so readers never wait for the writer, and commits
-            // that append to the log without an fsync each (NORMAL is durable against a
-            // crashed process; a power cut may lose the last commits, never corrupt the file).
-            // Writers queue for up to five seconds rather than fail at once.
-            .map_sqlx_sqlite_opts(|options| {
-                options
-                    .journal_mode(SqliteJournalMode::Wal)
-                    .synchronous(SqliteSynchronous::Normal)
-                    .busy_timeout(Duration::from_secs(5))
-            });
-        let db = Database::connect(options).await.map_err(unavailable)?;
-        Ok(Self::from_connection(db))
+        let (max, reports_max) = if in_memory {
+            (1, 0)
+        } else if sqlite {
+            (
+                settings.max_connections.min(SQLITE_MAX_CONNECTIONS),
+                settings.admin_max_connections.min(1),
+            )
+        } else {
+            (settings.max_connections, settings.admin_max_connections)
+        };
+        let min = if in_memory {
+            1
+        } else {
+            settings.min_connections.min(max)
+        };
+        let db = Database::connect(pool_options(url, settings, max, min))
+            .await
+            .map_err(unavailable)?;
+        let reports = if reports_max == 0 {
+            db.clone()
+        } else {
+            Database::connect(pool_options(url, settings, reports_max, 0))
+                .await
+                .map_err(unavailable)?
+        };
+        Ok(Self::from_connections(db, reports))
     }
 
     /// The store over an existing connection (call it on a Tokio runtime: it starts the
     /// audit writer). Clients are not cached until [`Store::caching_clients`].
     pub fn from_connection(db: DatabaseConnection) -> Self {
+        Self::from_connections(db.clone(), db)
+    }
+
+    fn from_connections(db: DatabaseConnection, reports: DatabaseConnection) -> Self {
         let writes = (db.get_database_backend() == sea_orm::DatabaseBackend::Sqlite)
             .then(WriteGate::default);
         Self {
@@ -200,6 +203,7 @@ impl Store {
             writes,
             clients: std::sync::Arc::new(clients::ClientCache::new(Duration::ZERO)),
             db,
+            reports,
         }
     }
 
@@ -219,6 +223,11 @@ impl Store {
     /// The underlying connection, for the other store modules.
     pub(crate) fn db(&self) -> &DatabaseConnection {
         &self.db
+    }
+
+    /// The pool of admin listings and audit reads (see [`Store`]).
+    pub(crate) fn reports_db(&self) -> &DatabaseConnection {
+        &self.reports
     }
 
     /// Checks that the database answers.
@@ -280,12 +289,39 @@ impl Store {
             .collect())
     }
 
-    /// Closes the pool.
+    /// Closes the pools.
     pub async fn close(&self) {
-        if let Err(error) = self.db.close_by_ref().await {
-            tracing::debug!(error = %error, "closing the database pool");
+        for pool in [&self.reports, &self.db] {
+            if let Err(error) = pool.close_by_ref().await {
+                tracing::debug!(error = %error, "closing a database pool");
+            }
         }
     }
+}
+
+/// The options of one pool of `max` connections.
+fn pool_options(url: &str, settings: &DatabaseSettings, max: u32, min: u32) -> ConnectOptions {
+    let mut options = ConnectOptions::new(url.to_owned());
+    options
+        .max_connections(max)
+        .min_connections(min)
+        .connect_timeout(settings.connect_timeout)
+        // A call that finds every connection taken waits this long, then answers UNAVAILABLE.
+        .acquire_timeout(settings.acquire_timeout)
+        .idle_timeout(Duration::from_secs(600))
+        // Statements are logged by our own spans; sqlx's log adds nothing but noise.
+        .sqlx_logging(false)
+        // SQLite: write-ahead logging, so readers never wait for the writer, and commits
+        // that append to the log without an fsync each (NORMAL is durable against a
+        // crashed process; a power cut may lose the last commits, never corrupt the file).
+        // Writers queue for up to five seconds rather than fail at once.
+        .map_sqlx_sqlite_opts(|options| {
+            options
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(5))
+        });
+    options
 }
 
 /// Like [`db_error`], but a unique violation gets `message`, which names what collided.

@@ -71,10 +71,14 @@ impl Store {
         if let Some(after) = after {
             query = query.filter(entity::role::Column::Name.gt(after));
         }
-        let models = query.limit(limit).all(self.db()).await.map_err(db_error)?;
+        let models = query
+            .limit(limit)
+            .all(self.reports_db())
+            .await
+            .map_err(db_error)?;
         let mut roles = Vec::with_capacity(models.len());
         for model in models {
-            let scopes = scopes_of_role(self.db(), model.id).await?;
+            let scopes = scopes_of_role(self.reports_db(), model.id).await?;
             roles.push(Role {
                 name: model.name,
                 description: model.description,
@@ -202,7 +206,7 @@ impl Store {
         }
         Ok(query
             .limit(limit)
-            .all(self.db())
+            .all(self.reports_db())
             .await
             .map_err(db_error)?
             .into_iter()

@@ -252,8 +252,12 @@ impl Store {
                 ),
             );
         }
-        let models = query.limit(limit).all(self.db()).await.map_err(db_error)?;
-        records(self.db(), models).await
+        let models = query
+            .limit(limit)
+            .all(self.reports_db())
+            .await
+            .map_err(db_error)?;
+        records(self.reports_db(), models).await
     }
 
     /// Applies an admin's change to a user in one transaction: `guard.permit` sees the

@@ -6,6 +6,7 @@ mod helpers;
 mod auth;
 mod bench;
 mod bootstrap;
+mod bulkheads;
 mod cli;
 mod client_admin;
 mod clients;
