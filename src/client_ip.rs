@@ -201,4 +201,37 @@ mod tests {
             ip("2001:db8::2")
         );
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn the_client_is_the_peer_or_an_address_a_trusted_proxy_forwarded(
+                values in proptest::collection::vec("[0-9a-f.:, \\[\\]]{0,60}|.{0,30}", 0..4),
+                trusted_peer in any::<bool>(),
+            ) {
+                let trusted = proxies(&["10.0.0.0/8"]);
+                let peer = if trusted_peer { ip("10.0.0.1") } else { ip("203.0.113.1") };
+                let mut headers = HeaderMap::new();
+                for value in &values {
+                    if let Ok(value) = HeaderValue::from_str(value) {
+                        headers.append(FORWARDED_FOR, value);
+                    }
+                }
+                let client = trusted.client_ip(peer, &headers);
+                if trusted_peer {
+                    let forwarded: Vec<IpAddr> = values
+                        .iter()
+                        .flat_map(|v| v.split(','))
+                        .filter_map(parse_entry)
+                        .collect();
+                    prop_assert!(client == peer || forwarded.contains(&client));
+                } else {
+                    prop_assert_eq!(client, peer);
+                }
+            }
+        }
+    }
 }

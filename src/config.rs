@@ -1330,4 +1330,23 @@ mod tests {
     fn bootstrap_credentials_go_together() {
         assert!(from_toml("bootstrap_admin_username = \"root\"").is_err());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn any_quota_text_parses_or_is_refused_with_the_form(text in "[0-9]{0,11}/[0-9]{0,3}[a-z]{0,4}( burst [0-9]{0,11})?|.{0,40}") {
+                match text.parse::<Quota>() {
+                    Ok(quota) => {
+                        let again: Quota = quota.to_string().parse().expect("a quota's text parses");
+                        prop_assert_eq!(again, quota);
+                        let _ = check_quota("limits.per_ip", &quota);
+                    }
+                    Err(message) => prop_assert!(message.contains("burst")),
+                }
+            }
+        }
+    }
 }

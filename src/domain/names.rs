@@ -344,4 +344,37 @@ mod tests {
             assert!(RoleName::parse(bad).is_err(), "{bad:?} was accepted");
         }
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn a_name_either_parses_to_a_stable_normal_form_or_is_refused(value in "\\PC{0,80}|.{0,80}") {
+                if let Ok(name) = Username::parse(&value) {
+                    prop_assert!(!name.normalized().chars().any(char::is_control));
+                    prop_assert!(name.normalized().chars().count() <= 64);
+                    let again = Username::parse(name.as_str()).expect("a parsed name parses again");
+                    prop_assert_eq!(again.normalized(), name.normalized());
+                    prop_assert_eq!(normalize(name.normalized()), name.normalized());
+                }
+                if let Ok(email) = Email::parse(&value) {
+                    prop_assert!(email.as_str().len() <= 254);
+                    prop_assert!(email.normalized().contains('@'));
+                    prop_assert!(!email.as_str().chars().any(|c| c.is_control() || c.is_whitespace()));
+                }
+                if let Ok(role) = RoleName::parse(&value) {
+                    prop_assert_eq!(RoleName::parse(role.as_str()).map(|r| r.as_str().to_owned()).ok(), Some(role.as_str().to_owned()));
+                }
+                let _ = ClientId::parse(&value);
+                let _ = check_description(&value, 16);
+            }
+
+            #[test]
+            fn emails_of_any_shape_never_panic(local in "[^@]{0,70}", domain in ".{0,200}") {
+                let _ = Email::parse(&format!("{local}@{domain}"));
+            }
+        }
+    }
 }

@@ -165,4 +165,19 @@ mod tests {
         let error = check(PasswordPolicy::new(20), "hunter2hunter2").unwrap_err();
         assert!(!error.0.contains("hunter2"));
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn any_password_gets_a_verdict_that_never_repeats_it(password in ".{0,200}") {
+                if let Err(error) = check(PasswordPolicy::new(15), &password) {
+                    prop_assume!(password.chars().count() >= 4);
+                    prop_assert!(!error.to_string().contains(&password));
+                }
+            }
+        }
+    }
 }

@@ -211,4 +211,36 @@ mod tests {
             "a:y b:x"
         );
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn a_scope_either_round_trips_or_is_refused(value in "[a-z0-9:._ -]{0,40}|.{0,40}") {
+                if let Ok(parsed) = Scope::parse(&value) {
+                    prop_assert_eq!(parsed.as_str(), value.as_str());
+                    prop_assert_eq!(Scope::parse(parsed.as_str()).ok(), Some(parsed.clone()));
+                    prop_assert!(parsed.satisfies(&parsed));
+                    prop_assert_eq!(format!("{}:{}", parsed.resource(), parsed.action()), value);
+                }
+            }
+
+            #[test]
+            fn a_scope_list_round_trips_through_its_text(values in proptest::collection::vec("[a-z]{1,8}:[a-z]{1,8}(\\.[a-z]{1,8})?", 0..20)) {
+                let set = ScopeSet::parse(values.iter().map(String::as_str)).expect("valid scopes");
+                let text = set.to_space_separated();
+                let again = ScopeSet::parse_space_separated(&text).expect("its own text parses");
+                prop_assert_eq!(again.to_strings(), set.to_strings());
+                prop_assert!(set.first_missing(&again).is_none());
+            }
+
+            #[test]
+            fn any_scope_text_never_panics(text in ".{0,200}") {
+                let _ = ScopeSet::parse_space_separated(&text);
+                let _ = ScopeSet::parse(text.split(',')) ;
+            }
+        }
+    }
 }

@@ -185,4 +185,30 @@ mod tests {
             assert_eq!(parse_grpc_timeout(bad), None, "{bad:?}");
         }
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn any_header_value_parses_or_is_ignored(value in ".{0,16}") {
+                let _ = parse_grpc_timeout(&value);
+            }
+
+            #[test]
+            fn every_valid_value_parses(amount in 0u64..100_000_000, unit in "[HMSmun]") {
+                let parsed = parse_grpc_timeout(&format!("{amount}{unit}")).expect("valid");
+                let expected = match unit.as_str() {
+                    "H" => Duration::from_secs(amount * 3600),
+                    "M" => Duration::from_secs(amount * 60),
+                    "S" => Duration::from_secs(amount),
+                    "m" => Duration::from_millis(amount),
+                    "u" => Duration::from_micros(amount),
+                    _ => Duration::from_nanos(amount),
+                };
+                prop_assert_eq!(parsed, expected);
+            }
+        }
+    }
 }

@@ -205,4 +205,43 @@ mod tests {
         assert_eq!(items, ["a"]);
         assert!(next.is_empty());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #[test]
+            fn a_token_gives_back_its_key_for_its_query_only(query in ".{0,40}", other in ".{0,40}", key in ".{0,100}") {
+                let own = pager("p");
+                let token = own.next_token(&query, &key);
+                prop_assert_eq!(own.request(10, &token, &query).unwrap().after, Some(key));
+                if other != query {
+                    prop_assert!(own.request(10, &token, &other).is_err());
+                }
+                prop_assert!(pager("q").request(10, &token, &query).is_err());
+            }
+
+            #[test]
+            fn forged_tokens_are_refused_as_invalid_arguments(token in ".{1,300}", size in any::<i32>()) {
+                match pager("p").request(size, &token, "q") {
+                    Err(Error::InvalidArgument { field, .. }) => {
+                        prop_assert!(field == "page_token" || field == "page_size");
+                    }
+                    other => prop_assert!(false, "{other:?}"),
+                }
+            }
+
+            #[test]
+            fn a_changed_token_is_refused(at in any::<prop::sample::Index>(), byte in 0x21u8..0x7f) {
+                let pager = pager("p");
+                let mut token = pager.next_token("q", "alice").into_bytes();
+                let at = at.index(token.len());
+                prop_assume!(token[at] != byte);
+                token[at] = byte;
+                let token = String::from_utf8(token).expect("ASCII");
+                prop_assert!(pager.request(10, &token, "q").is_err());
+            }
+        }
+    }
 }

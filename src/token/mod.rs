@@ -323,3 +323,100 @@ impl TokenVerifier {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::KeyAlgorithm;
+    use proptest::prelude::*;
+
+    fn verifier_and_token() -> (TokenVerifier, String, DateTime<Utc>) {
+        let ring = KeyRing::ephemeral(KeyAlgorithm::EdDSA).expect("an ephemeral key");
+        let now = Utc::now();
+        let claims = Claims {
+            iss: "https://auth.example.com".to_owned(),
+            sub: "alice".to_owned(),
+            aud: Audience::One("keystone".to_owned()),
+            exp: now.timestamp() + 600,
+            iat: now.timestamp(),
+            nbf: now.timestamp(),
+            jti: "01".to_owned(),
+            client_id: "keystone".to_owned(),
+            scope: "a:b".to_owned(),
+            kind: Kind::User,
+            roles: Vec::new(),
+            sid: None,
+            preferred_username: None,
+        };
+        let token = TokenIssuer::new(ring.clone())
+            .sign(&claims)
+            .expect("the token is signed");
+        let verifier = TokenVerifier::new(
+            ring,
+            "https://auth.example.com".to_owned(),
+            std::time::Duration::from_secs(30),
+        );
+        (verifier, token, now)
+    }
+
+    fn segment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            // Arbitrary bytes, encoded as a segment should be.
+            proptest::collection::vec(any::<u8>(), 0..300).prop_map(|b| URL_SAFE_NO_PAD.encode(b)),
+            // JSON objects with the header members an attacker would try.
+            (
+                prop_oneof![
+                    Just("none"),
+                    Just("HS256"),
+                    Just("EdDSA"),
+                    Just("ES256"),
+                    Just("RS256"),
+                    Just("")
+                ],
+                any::<Option<String>>(),
+                prop_oneof![Just("at+jwt"), Just("JWT"), Just("")],
+            )
+                .prop_map(|(alg, kid, typ)| {
+                    let header = serde_json::json!({ "alg": alg, "kid": kid, "typ": typ });
+                    URL_SAFE_NO_PAD.encode(header.to_string())
+                }),
+            // Anything at all.
+            ".{0,64}",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn no_string_is_accepted_or_panics(token in ".{0,2000}") {
+            let (verifier, _, now) = verifier_and_token();
+            prop_assert!(verifier.verify(&token, now).is_err());
+        }
+
+        #[test]
+        fn no_forged_three_segment_token_is_accepted(
+            header in segment(),
+            claims in segment(),
+            signature in segment(),
+        ) {
+            let (verifier, _, now) = verifier_and_token();
+            let token = format!("{header}.{claims}.{signature}");
+            prop_assert!(verifier.verify(&token, now).is_err());
+        }
+
+        #[test]
+        fn a_token_changed_anywhere_is_refused(at in any::<prop::sample::Index>(), byte in any::<u8>()) {
+            let (verifier, token, now) = verifier_and_token();
+            prop_assert!(verifier.verify(&token, now).is_ok());
+            let mut bytes = token.into_bytes();
+            let at = at.index(bytes.len());
+            prop_assume!(bytes[at] != byte);
+            bytes[at] = byte;
+            // Any change is refused (a change that is not UTF-8 cannot even be presented).
+            if let Ok(changed) = String::from_utf8(bytes) {
+                prop_assert!(verifier.verify(&changed, now).is_err(), "{changed}");
+            }
+        }
+    }
+}
