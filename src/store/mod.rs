@@ -299,9 +299,14 @@ impl Store {
     }
 }
 
-/// The options of one pool of `max` connections.
+/// The options of one pool of `max` connections. A PostgreSQL password is taken out of the
+/// URL and handed to the driver apart: sea-orm logs the options, URL included, at debug level.
 fn pool_options(url: &str, settings: &DatabaseSettings, max: u32, min: u32) -> ConnectOptions {
-    let mut options = ConnectOptions::new(url.to_owned());
+    let (url, password) = without_password(url);
+    let mut options = ConnectOptions::new(url);
+    if let Some(password) = password {
+        options.map_sqlx_postgres_opts(move |options| options.password(&password));
+    }
     options
         .max_connections(max)
         .min_connections(min)
@@ -322,6 +327,28 @@ fn pool_options(url: &str, settings: &DatabaseSettings, max: u32, min: u32) -> C
                 .busy_timeout(Duration::from_secs(5))
         });
     options
+}
+
+/// A `postgres://` URL without its password, and the password (percent-decoded); any other
+/// URL as it is.
+fn without_password(url: &str) -> (String, Option<String>) {
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        return (url.to_owned(), None);
+    };
+    if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+        return (url.to_owned(), None);
+    }
+    let Some(password) = parsed.password().map(|password| {
+        percent_encoding::percent_decode_str(password)
+            .decode_utf8_lossy()
+            .into_owned()
+    }) else {
+        return (url.to_owned(), None);
+    };
+    if parsed.set_password(None).is_err() {
+        return (url.to_owned(), None);
+    }
+    (parsed.to_string(), Some(password))
 }
 
 /// Like [`db_error`], but a unique violation gets `message`, which names what collided.
@@ -352,5 +379,29 @@ pub(crate) fn db_error(error: DbErr) -> Error {
     match error {
         DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => unavailable(error),
         other => Error::internal(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_postgres_password_leaves_the_url() {
+        assert_eq!(
+            without_password("postgres://keystone:s%40cret@db:5432/keystone?sslmode=require"),
+            (
+                "postgres://keystone@db:5432/keystone?sslmode=require".to_owned(),
+                Some("s@cret".to_owned())
+            )
+        );
+        assert_eq!(
+            without_password("postgres://keystone@db/keystone"),
+            ("postgres://keystone@db/keystone".to_owned(), None)
+        );
+        assert_eq!(
+            without_password("sqlite://keystone.db?mode=rwc"),
+            ("sqlite://keystone.db?mode=rwc".to_owned(), None)
+        );
     }
 }

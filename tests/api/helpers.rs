@@ -556,11 +556,19 @@ pub async fn stored_active_key(database_url: &str) -> (String, Vec<u8>) {
 /// with the key-encryption key of the test pepper (what a leaked database alone cannot do).
 #[allow(dead_code)]
 pub async fn active_private_key(database_url: &str) -> Vec<u8> {
+    active_private_key_sealed_with(database_url, None).await
+}
+
+/// The same, for a server with `secrets.key_encryption_key = kek`.
+#[allow(dead_code)]
+pub async fn active_private_key_sealed_with(database_url: &str, kek: Option<&str>) -> Vec<u8> {
     let (kid, stored) = stored_active_key(database_url).await;
     let pepper = keystone::secrets::Pepper::from_secret(&SecretString::from(TEST_PEPPER));
-    let sealer =
-        keystone::token::sealing::KeySealer::from_settings(&SecretSettings::default(), &pepper)
-            .unwrap();
+    let settings = SecretSettings {
+        key_encryption_key: kek.map(|kek| SecretString::from(kek.to_owned())),
+        ..SecretSettings::default()
+    };
+    let sealer = keystone::token::sealing::KeySealer::from_settings(&settings, &pepper).unwrap();
     sealer.open(&kid, &stored).unwrap().private_key
 }
 

@@ -22,14 +22,34 @@ use crate::{
 
 const ADMIN_PASSWORD: &str = "canary-admin-passphrase-7d1f";
 const NEW_PASSWORD: &str = "canary-new-passphrase-93ab";
+const DATABASE_PASSWORD: &str = "canary-database-password-5e2c";
+/// 32 bytes, base64: a key-encryption key made to be recognized.
+const KEY_ENCRYPTION_KEY: &str = "Y2FuYXJ5LWtleS1lbmNyeXB0aW9uLWtleS0wMTIzNDU=";
 
 #[tokio::test]
 async fn a_run_at_trace_level_logs_no_secret() {
     let database = TestDatabase::fresh().await;
-    let mut child = keystone()
+    // PostgreSQL (trust authentication) takes any password: the URL carries one to look for.
+    let database_url = match url::Url::parse(database.url()) {
+        Ok(mut url) if url.scheme() == "postgres" => {
+            let _ = url.set_password(Some(DATABASE_PASSWORD));
+            url.to_string()
+        }
+        _ => database.url().to_owned(),
+    };
+    let mut command = keystone();
+    // Redis too when there is one, so that fred's trace output is read as well.
+    if let Ok(redis) = std::env::var(crate::helpers::TEST_REDIS_URL) {
+        command.env("KEYSTONE_REDIS_URL", redis).env(
+            "KEYSTONE_CLUSTER__NAME",
+            format!("canary-{}", uuid::Uuid::new_v4().simple()),
+        );
+    }
+    let mut child = command
         .arg("serve")
         .env("RUST_LOG", "trace")
-        .env("KEYSTONE_DATABASE_URL", database.url())
+        .env("KEYSTONE_DATABASE_URL", &database_url)
+        .env("KEYSTONE_SECRETS__KEY_ENCRYPTION_KEY", KEY_ENCRYPTION_KEY)
         .env("KEYSTONE_GRPC_ADDR", "127.0.0.1:0")
         .env("KEYSTONE_HTTP_ADDR", "127.0.0.1:0")
         .env("KEYSTONE_SECRETS__PEPPER", TEST_PEPPER)
@@ -73,7 +93,8 @@ async fn a_run_at_trace_level_logs_no_secret() {
         .connect()
         .await
         .unwrap();
-    let mut auth = pb::auth_client::AuthClient::new(channel);
+    let mut auth = pb::auth_client::AuthClient::new(channel.clone());
+    let mut clients = pb::client_admin_client::ClientAdminClient::new(channel);
 
     // Everything secret that a run sees: a password grant, a refresh, a password change, a
     // failed login, a revocation.
@@ -91,6 +112,37 @@ async fn a_run_at_trace_level_logs_no_secret() {
         .await
         .unwrap()
         .into_inner();
+    // A service client: its secret, a grant with it, and a guess.
+    let client_secret = clients
+        .create_client(with_bearer(
+            pb::CreateClientRequest {
+                client: Some(pb::Client {
+                    client_id: "canary-service".to_owned(),
+                    name: "canary".to_owned(),
+                    ..Default::default()
+                }),
+            },
+            &first.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .client_secret;
+    let client_grant = |secret: &str| pb::IssueTokenRequest {
+        grant: Some(pb::issue_token_request::Grant::ClientCredentials(
+            pb::ClientCredentialsGrant {
+                client_id: "canary-service".to_owned(),
+                client_secret: secret.to_owned(),
+            },
+        )),
+        ..Default::default()
+    };
+    auth.issue_token(client_grant(&client_secret))
+        .await
+        .unwrap();
+    auth.issue_token(client_grant("kss_canary-wrong-client-secret"))
+        .await
+        .unwrap_err();
     let second = auth
         .issue_token(pb::IssueTokenRequest {
             grant: Some(pb::issue_token_request::Grant::RefreshToken(
@@ -122,9 +174,12 @@ async fn a_run_at_trace_level_logs_no_secret() {
     .await
     .unwrap();
     drop(auth);
+    drop(clients);
 
     // The key in the clear (the database holds it sealed): that must not be logged either.
-    let private_key = crate::helpers::active_private_key(database.url()).await;
+    let private_key =
+        crate::helpers::active_private_key_sealed_with(database.url(), Some(KEY_ENCRYPTION_KEY))
+            .await;
 
     let _ = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -148,6 +203,13 @@ async fn a_run_at_trace_level_logs_no_secret() {
         ("the new password", NEW_PASSWORD.to_owned()),
         ("a wrong password", "canary-wrong-passphrase-1".to_owned()),
         ("the pepper", TEST_PEPPER.to_owned()),
+        ("the key-encryption key", KEY_ENCRYPTION_KEY.to_owned()),
+        ("the database password", DATABASE_PASSWORD.to_owned()),
+        ("a client secret", client_secret.clone()),
+        (
+            "a wrong client secret",
+            "kss_canary-wrong-client-secret".to_owned(),
+        ),
         ("the first refresh token", first.refresh_token.clone()),
         ("the second refresh token", second.refresh_token.clone()),
         ("the private key (base64)", STANDARD.encode(&private_key)),
@@ -158,6 +220,10 @@ async fn a_run_at_trace_level_logs_no_secret() {
         ("the private key (hex)", hex),
     ];
     for (what, secret) in secrets {
-        assert!(!printed.contains(&secret), "{what} appears in the logs");
+        if let Some(at) = printed.find(&secret) {
+            let start = printed[..at].rfind('\n').map_or(0, |i| i + 1);
+            let end = printed[at..].find('\n').map_or(printed.len(), |i| at + i);
+            panic!("{what} appears in the logs: {}", &printed[start..end]);
+        }
     }
 }
