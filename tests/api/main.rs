@@ -11,6 +11,7 @@ mod cli;
 mod client_admin;
 mod clients;
 mod cluster;
+mod crash;
 mod envoy;
 mod ext_authz;
 mod grpcurl;

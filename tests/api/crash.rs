@@ -1,0 +1,251 @@
+//! Atomicity under SIGKILL: a real `keystone serve` process killed in the middle of refresh
+//! rotations and admin writes leaves a database where every state change happened whole or
+//! not at all. Checked in the database itself, then by a restart on it.
+
+use std::{
+    io::{BufRead as _, BufReader},
+    process::{Child, Stdio},
+    time::Duration,
+};
+
+use keystone::proto::pb::{
+    self, IssueTokenRequest, issue_token_request::Grant, user_admin_client::UserAdminClient,
+};
+use sea_orm::{ConnectionTrait as _, Database, Statement};
+use tonic::transport::Channel;
+
+use crate::{
+    cli::keystone,
+    helpers::{TEST_PEPPER, TestDatabase, with_bearer},
+};
+
+const ADMIN: &str = "crashadmin";
+const ADMIN_PASSWORD: &str = "correct horse battery staple";
+/// Scopes a role may hold; role `r-<k>` is created with the first `k % 5 + 1` of them.
+const SCOPES: [&str; 5] = ["crash:s0", "crash:s1", "crash:s2", "crash:s3", "crash:s4"];
+
+struct Server {
+    child: Child,
+    channel: Channel,
+}
+
+impl Server {
+    async fn start(database_url: &str) -> Self {
+        let mut child = keystone()
+            .arg("serve")
+            .env("KEYSTONE_DATABASE_URL", database_url)
+            .env("KEYSTONE_SECRETS__PEPPER", TEST_PEPPER)
+            .env("KEYSTONE_GRPC_ADDR", "127.0.0.1:0")
+            .env("KEYSTONE_HTTP_ADDR", "127.0.0.1:0")
+            .env("KEYSTONE_BOOTSTRAP_ADMIN_USERNAME", ADMIN)
+            .env("KEYSTONE_BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            // The flood below comes from one address and one name.
+            .env("KEYSTONE_LIMITS__PER_IP", "off")
+            .env("KEYSTONE_LIMITS__PER_USERNAME", "off")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("keystone starts");
+        let stdout = child.stdout.take().expect("piped");
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let addr = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = rx.recv().await {
+                if let Some(rest) = line.split("serving gRPC on ").nth(1) {
+                    return rest.split_whitespace().next().map(str::to_owned);
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+        .expect("keystone serves");
+        tokio::spawn(async move { while rx.recv().await.is_some() {} });
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        Self { child, channel }
+    }
+
+    fn auth(&self) -> pb::auth_client::AuthClient<Channel> {
+        pb::auth_client::AuthClient::new(self.channel.clone())
+    }
+
+    async fn login(&self) -> pb::TokenResponse {
+        self.auth()
+            .issue_token(IssueTokenRequest {
+                grant: Some(Grant::Password(pb::PasswordGrant {
+                    username: ADMIN.to_owned(),
+                    password: ADMIN_PASSWORD.to_owned(),
+                })),
+                ..Default::default()
+            })
+            .await
+            .expect("the admin logs in")
+            .into_inner()
+    }
+
+    fn kill(&mut self) {
+        // SIGKILL: no shutdown, no flush, nothing finished.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn count(db: &sea_orm::DatabaseConnection, sql: &str) -> i64 {
+    let row = db
+        .query_one_raw(Statement::from_string(db.get_database_backend(), sql))
+        .await
+        .unwrap()
+        .expect("a count");
+    row.try_get_by_index::<i64>(0).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_process_killed_mid_write_leaves_every_change_whole_or_absent() {
+    let database = TestDatabase::fresh().await;
+    for round in 0..3u64 {
+        let mut server = Server::start(database.url()).await;
+        let admin = server.login().await.access_token;
+        if round == 0 {
+            let mut users = UserAdminClient::new(server.channel.clone());
+            for scope in SCOPES {
+                users
+                    .create_scope(with_bearer(
+                        pb::CreateScopeRequest {
+                            scope: Some(pb::Scope {
+                                name: scope.to_owned(),
+                                description: String::new(),
+                            }),
+                        },
+                        &admin,
+                    ))
+                    .await
+                    .unwrap();
+            }
+        }
+        // Sessions rotating their refresh tokens as fast as they can, and roles being made,
+        // when the process is killed.
+        let mut work = tokio::task::JoinSet::new();
+        for _ in 0..6 {
+            let mut refresh_token = server.login().await.refresh_token;
+            let mut auth = server.auth();
+            work.spawn(async move {
+                loop {
+                    let Ok(response) = auth
+                        .issue_token(IssueTokenRequest {
+                            grant: Some(Grant::RefreshToken(pb::RefreshTokenGrant {
+                                refresh_token: refresh_token.clone(),
+                            })),
+                            ..Default::default()
+                        })
+                        .await
+                    else {
+                        return;
+                    };
+                    refresh_token = response.into_inner().refresh_token;
+                }
+            });
+        }
+        for writer in 0..2u64 {
+            let mut users = UserAdminClient::new(server.channel.clone());
+            let admin = admin.clone();
+            work.spawn(async move {
+                for k in 0.. {
+                    let k = round * 1_000_000 + writer * 100_000 + k;
+                    let scopes = SCOPES[..usize::try_from(k % 5 + 1).unwrap()]
+                        .iter()
+                        .map(|s| (*s).to_owned())
+                        .collect();
+                    let created = users
+                        .create_role(with_bearer(
+                            pb::CreateRoleRequest {
+                                role: Some(pb::Role {
+                                    name: format!("r-{k}"),
+                                    description: String::new(),
+                                    scopes,
+                                }),
+                            },
+                            &admin,
+                        ))
+                        .await;
+                    if created.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(400 + 300 * round)).await;
+        server.kill();
+        while work.join_next().await.is_some() {}
+
+        let db = Database::connect(database.url()).await.unwrap();
+        // No refresh token used without its successor, unless its session was ended.
+        let orphaned = count(
+            &db,
+            "SELECT COUNT(*) FROM refresh_tokens t WHERE t.used_at IS NOT NULL \
+             AND t.revoked_at IS NULL \
+             AND NOT EXISTS (SELECT 1 FROM refresh_tokens s WHERE s.id = t.successor_id)",
+        )
+        .await;
+        assert_eq!(
+            orphaned, 0,
+            "round {round}: a used token lost its successor"
+        );
+        // At most one live token per session.
+        let forked = count(
+            &db,
+            "SELECT COUNT(*) FROM (SELECT family_id FROM refresh_tokens \
+             WHERE used_at IS NULL AND revoked_at IS NULL GROUP BY family_id \
+             HAVING COUNT(*) > 1) f",
+        )
+        .await;
+        assert_eq!(forked, 0, "round {round}: a session forked");
+        let rotated = count(
+            &db,
+            "SELECT COUNT(*) FROM refresh_tokens WHERE used_at IS NOT NULL",
+        )
+        .await;
+        // Every role whole, with its audit event.
+        let roles = count(&db, "SELECT COUNT(*) FROM roles WHERE name LIKE 'r-%'").await;
+        let partial = count(
+            &db,
+            "SELECT COUNT(*) FROM roles r WHERE r.name LIKE 'r-%' AND \
+             (SELECT COUNT(*) FROM role_scopes rs WHERE rs.role_id = r.id) \
+             <> (CAST(SUBSTR(r.name, 3) AS BIGINT) % 5) + 1",
+        )
+        .await;
+        assert_eq!(partial, 0, "round {round}: a role lost some of its scopes");
+        let unaudited = count(
+            &db,
+            "SELECT COUNT(*) FROM roles r WHERE r.name LIKE 'r-%' AND NOT EXISTS \
+             (SELECT 1 FROM audit_events a WHERE a.action = 'role.create' AND a.target = r.name)",
+        )
+        .await;
+        assert_eq!(
+            unaudited, 0,
+            "round {round}: a role was made without its audit event"
+        );
+        db.close().await.unwrap();
+        eprintln!("round {round}: killed after {rotated} rotations and {roles} roles in all");
+        assert!(rotated > 0 && roles > 0, "the kill came after some work");
+    }
+    // The database the kills left serves again.
+    let server = Server::start(database.url()).await;
+    server.login().await;
+}
