@@ -46,6 +46,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     write_envoy_descriptor(&out_dir)?;
 
     tonic_prost_build::configure()
+        // A request that does not decode is INVALID_ARGUMENT, not INTERNAL (src/grpc/codec.rs).
+        .codec_path("crate::grpc::codec::Codec")
         .build_server(true)
         .build_client(true)
         // RPCs that no issue has built yet answer UNIMPLEMENTED through the generated defaults.

@@ -228,6 +228,9 @@ impl std::str::FromStr for Quota {
             .and_then(|rate| rate.split_once('/'))
             .ok_or_else(|| FORM.to_owned())?;
         let rate: u32 = rate.parse().map_err(|_| FORM.to_owned())?;
+        if rate == 0 {
+            return Ok(Quota::OFF);
+        }
         // `s`, `m`, `h` alone mean one of them.
         let per = if per.starts_with(|c: char| c.is_ascii_digit()) {
             humantime::parse_duration(per)
@@ -249,13 +252,18 @@ impl std::fmt::Display for Quota {
         if self.rate == 0 {
             return f.write_str("off");
         }
-        write!(
-            f,
-            "{}/{} burst {}",
-            self.rate,
-            humantime::format_duration(self.per),
-            self.burst
-        )
+        // The period in one unit, without the spaces humantime would put between units.
+        let nanos = self.per.as_nanos();
+        let per = if nanos.is_multiple_of(1_000_000_000) {
+            format!("{}s", nanos / 1_000_000_000)
+        } else if nanos.is_multiple_of(1_000_000) {
+            format!("{}ms", nanos / 1_000_000)
+        } else if nanos.is_multiple_of(1_000) {
+            format!("{}us", nanos / 1_000)
+        } else {
+            format!("{nanos}ns")
+        };
+        write!(f, "{}/{per} burst {}", self.rate, self.burst)
     }
 }
 
@@ -1267,7 +1275,12 @@ mod tests {
 
     #[test]
     fn a_quota_prints_as_it_is_written() {
-        for text in ["100/1s burst 200", "10/1m burst 10", "off"] {
+        for text in [
+            "100/1s burst 200",
+            "10/60s burst 10",
+            "5/1500ms burst 1",
+            "off",
+        ] {
             let quota: Quota = text.parse().unwrap();
             assert_eq!(quota.to_string(), text);
         }

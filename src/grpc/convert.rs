@@ -164,11 +164,19 @@ pub fn duration(value: std::time::Duration) -> prost_types::Duration {
     }
 }
 
-/// A protobuf duration as a std one: negative or malformed is INVALID_ARGUMENT on `field`.
+/// A protobuf duration as a std one: negative or malformed (nanoseconds outside
+/// 0..1 000 000 000, which prost would quietly carry into the seconds) is INVALID_ARGUMENT on
+/// `field`.
 pub fn duration_from_proto(
     value: prost_types::Duration,
     field: &str,
 ) -> Result<std::time::Duration, Error> {
+    if !(0..1_000_000_000).contains(&value.nanos) {
+        return Err(Error::invalid_argument(
+            field,
+            "must be a non-negative duration with nanos between 0 and 999999999",
+        ));
+    }
     std::time::Duration::try_from(value)
         .map_err(|_| Error::invalid_argument(field, "must be a non-negative duration"))
 }

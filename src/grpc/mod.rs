@@ -15,6 +15,7 @@
 pub mod auth;
 pub mod caller;
 pub mod client_admin;
+pub mod codec;
 pub mod convert;
 pub mod deadline;
 pub mod ext_authz;

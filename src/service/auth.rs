@@ -277,6 +277,13 @@ impl AuthService {
                 format!("must hold 1 to {MAX_LOGIN_NAME} bytes"),
             ));
         }
+        // No username or email holds one, and a database may not even store it.
+        if login.username.chars().any(char::is_control) {
+            return Err(Error::invalid_argument(
+                "password.username",
+                "must not contain control characters",
+            ));
+        }
         if login.password.expose_secret().len() > MAX_LOGIN_PASSWORD {
             return Err(Error::invalid_argument(
                 "password.password",
@@ -439,10 +446,11 @@ impl AuthService {
         purpose: &'static str,
         context: &CallContext,
     ) -> Result<crate::domain::Client, Error> {
-        if client_id.is_empty() || client_id.len() > 128 {
+        if client_id.is_empty() || client_id.len() > 128 || client_id.chars().any(char::is_control)
+        {
             return Err(Error::invalid_argument(
                 "client_credentials.client_id",
-                "must hold 1 to 128 bytes",
+                "must hold 1 to 128 bytes and no control characters",
             ));
         }
         let now = self.clock.now();

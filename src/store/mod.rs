@@ -376,6 +376,15 @@ pub(crate) fn db_error(error: DbErr) -> Error {
             message: "it already exists".to_owned(),
         };
     }
+    // PostgreSQL refuses text it cannot store (a NUL character, 22021; 22P05): the input was
+    // bad, not the server. Validation turns such input away first; this is the net under it.
+    if let DbErr::Query(sea_orm::RuntimeErr::SqlxError(source))
+    | DbErr::Exec(sea_orm::RuntimeErr::SqlxError(source)) = &error
+        && let Some(code) = source.as_database_error().and_then(|e| e.code())
+        && matches!(code.as_ref(), "22021" | "22P05")
+    {
+        return Error::invalid_argument("request", "contains characters that cannot be stored");
+    }
     match error {
         DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => unavailable(error),
         other => Error::internal(other),

@@ -16,6 +16,7 @@ mod envoy;
 mod ext_authz;
 mod grpcurl;
 mod health;
+mod hostile;
 mod http;
 mod keys;
 mod limits;
