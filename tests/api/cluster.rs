@@ -128,14 +128,14 @@ fn via(url: &str, addr: SocketAddr) -> String {
 }
 
 /// One `keystone serve` process.
-struct Replica {
+pub(crate) struct Replica {
     child: Child,
     channel: Channel,
 }
 
 impl Replica {
     /// A replica of the deployment `cluster` (its own channel and keys on the shared Redis).
-    async fn start(
+    pub(crate) async fn start(
         cluster: &str,
         database_url: &str,
         redis_url: &str,
@@ -191,11 +191,11 @@ impl Replica {
         Self { child, channel }
     }
 
-    fn auth(&self) -> AuthClient<Channel> {
+    pub(crate) fn auth(&self) -> AuthClient<Channel> {
         AuthClient::new(self.channel.clone())
     }
 
-    async fn authenticate(&self, token: &str) -> Result<(), tonic::Status> {
+    pub(crate) async fn authenticate(&self, token: &str) -> Result<(), tonic::Status> {
         self.auth()
             .authenticate(AuthenticateRequest {
                 token: token.to_owned(),
@@ -205,7 +205,18 @@ impl Replica {
             .map(|_| ())
     }
 
-    async fn login(&self, username: &str, password: &str) -> Result<String, tonic::Status> {
+    /// Logs the bootstrap admin in.
+    pub(crate) async fn admin_login(&self) -> String {
+        self.login(ADMIN, ADMIN_PASSWORD)
+            .await
+            .expect("the bootstrap admin logs in")
+    }
+
+    pub(crate) async fn login(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<String, tonic::Status> {
         self.auth()
             .issue_token(keystone::proto::pb::IssueTokenRequest {
                 grant: Some(keystone::proto::pb::issue_token_request::Grant::Password(
@@ -221,7 +232,7 @@ impl Replica {
     }
 
     /// A service client with `keystone:introspect`, and a function minting its tokens.
-    async fn create_client(&self, admin: &str, client_id: &str) -> String {
+    pub(crate) async fn create_client(&self, admin: &str, client_id: &str) -> String {
         ClientAdminClient::new(self.channel.clone())
             .create_client(with_bearer(
                 CreateClientRequest {
@@ -239,7 +250,7 @@ impl Replica {
             .client_secret
     }
 
-    async fn client_token(&self, client_id: &str, secret: &str) -> String {
+    pub(crate) async fn client_token(&self, client_id: &str, secret: &str) -> String {
         self.auth()
             .issue_token(keystone::proto::pb::IssueTokenRequest {
                 grant: Some(
@@ -259,7 +270,11 @@ impl Replica {
     }
 
     /// A client credentials grant's outcome.
-    async fn try_client_token(&self, client_id: &str, secret: &str) -> Result<(), tonic::Status> {
+    pub(crate) async fn try_client_token(
+        &self,
+        client_id: &str,
+        secret: &str,
+    ) -> Result<(), tonic::Status> {
         self.auth()
             .issue_token(keystone::proto::pb::IssueTokenRequest {
                 grant: Some(
@@ -277,7 +292,12 @@ impl Replica {
     }
 
     /// Polls until a client credentials grant with `secret` is refused; panics after `within`.
-    async fn until_refused(&self, client_id: &str, secret: &str, within: Duration) -> Code {
+    pub(crate) async fn until_refused(
+        &self,
+        client_id: &str,
+        secret: &str,
+        within: Duration,
+    ) -> Code {
         let started = Instant::now();
         loop {
             if let Err(status) = self.try_client_token(client_id, secret).await {
@@ -291,7 +311,7 @@ impl Replica {
         }
     }
 
-    async fn revoke(&self, token: &str) {
+    pub(crate) async fn revoke(&self, token: &str) {
         self.auth()
             .revoke(RevokeRequest {
                 token: token.to_owned(),
@@ -302,7 +322,7 @@ impl Replica {
     }
 
     /// Waits until `token` is refused as revoked here; returns how long that took.
-    async fn until_revoked(&self, token: &str, within: Duration) -> Duration {
+    pub(crate) async fn until_revoked(&self, token: &str, within: Duration) -> Duration {
         let started = Instant::now();
         loop {
             match self.authenticate(token).await {
@@ -327,7 +347,7 @@ impl Drop for Replica {
 }
 
 /// Starts replicas one after another (the first one migrates the fresh database).
-async fn replicas(
+pub(crate) async fn replicas(
     database: &TestDatabase,
     redis_url: &str,
     count: usize,

@@ -31,7 +31,15 @@ struct Server {
 
 impl Server {
     async fn start(database_url: &str) -> Self {
-        let mut child = keystone()
+        Self::start_with(database_url, &[]).await
+    }
+
+    async fn start_with(database_url: &str, extra: &[(&str, &str)]) -> Self {
+        let mut command = keystone();
+        for (name, value) in extra {
+            command.env(name, value);
+        }
+        let mut child = command
             .arg("serve")
             .env("KEYSTONE_DATABASE_URL", database_url)
             .env("KEYSTONE_SECRETS__PEPPER", TEST_PEPPER)
@@ -248,4 +256,92 @@ async fn a_process_killed_mid_write_leaves_every_change_whole_or_absent() {
     // The database the kills left serves again.
     let server = Server::start(database.url()).await;
     server.login().await;
+}
+
+/// A call a shutting-down server never took, as tonic's client reports it.
+fn refused_before_accepted(status: &tonic::Status) -> bool {
+    let debug = format!("{status:?}");
+    match status.code() {
+        tonic::Code::Unavailable => true,
+        tonic::Code::Cancelled => status.message() == "operation was canceled",
+        tonic::Code::Internal => debug.contains("GoAway(") && debug.contains("NO_ERROR"),
+        _ => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_under_load_fails_no_call_it_accepted() {
+    let database = TestDatabase::fresh().await;
+    let mut server = Server::start_with(
+        database.url(),
+        &[
+            ("KEYSTONE_SERVER__DRAIN_DELAY", "500ms"),
+            ("KEYSTONE_SERVER__SHUTDOWN_GRACE", "10s"),
+        ],
+    )
+    .await;
+    let token = server.login().await.access_token;
+    let mut load = tokio::task::JoinSet::new();
+    for worker in 0..8 {
+        let mut auth = server.auth();
+        let token = token.clone();
+        load.spawn(async move {
+            let (mut served, mut refused) = (0_u64, 0_u64);
+            loop {
+                let outcome = if worker % 4 == 0 {
+                    // Logins: argon2 keeps them in flight for a while.
+                    auth.issue_token(IssueTokenRequest {
+                        grant: Some(Grant::Password(pb::PasswordGrant {
+                            username: ADMIN.to_owned(),
+                            password: ADMIN_PASSWORD.to_owned(),
+                        })),
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|_| ())
+                } else {
+                    auth.authenticate(pb::AuthenticateRequest {
+                        token: token.clone(),
+                        ..Default::default()
+                    })
+                    .await
+                    .map(|_| ())
+                };
+                match outcome {
+                    Ok(()) => served += 1,
+                    // Refused before it was accepted: the listener closed, or the connection
+                    // closed (after GOAWAY) before the client ever sent the call (hyper's
+                    // `Canceled`: "a pending item was dropped before ever being processed").
+                    // Or a stream the server's final GOAWAY (NO_ERROR) did not take: RFC 9113
+                    // section 6.8, not processed, safe to retry (tonic says INTERNAL).
+                    Err(status) if refused_before_accepted(&status) => {
+                        refused += 1;
+                        if refused > 3 {
+                            return Ok((served, refused));
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Err(status) => return Err(status),
+                }
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = server.child.id().to_string();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    let mut total = 0;
+    while let Some(outcome) = load.join_next().await {
+        match outcome.unwrap() {
+            Ok((served, _)) => total += served,
+            Err(status) => panic!("a call failed during shutdown: {status:?}"),
+        }
+    }
+    let exit = tokio::task::spawn_blocking(move || server.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    assert!(total > 0);
 }

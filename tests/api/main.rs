@@ -14,6 +14,7 @@ mod cluster;
 mod crash;
 mod envoy;
 mod ext_authz;
+mod faults;
 mod grpcurl;
 mod health;
 mod hostile;
