@@ -153,7 +153,8 @@ impl Default for Settings {
 pub struct LimitSettings {
     /// Per client IP (an IPv6 client is counted by its /64).
     pub per_ip: Quota,
-    /// Per client id: client credentials, and the callers of `Introspect` and `Revoke`.
+    /// Per client id, once the client proved itself (client credentials, HTTP Basic), and per
+    /// caller of `Introspect`.
     pub per_client: Quota,
     /// Per username or email asked for in the password grant, whether or not a user has it.
     pub per_username: Quota,
@@ -387,7 +388,8 @@ pub struct ServerSettings {
     pub shutdown_grace: Duration,
     /// Proxies (addresses or CIDR blocks) whose `X-Forwarded-For` is believed: the client IP
     /// is the rightmost address in it that is not one of them. From anyone else the header
-    /// is ignored and the client IP is the peer's.
+    /// is ignored and the client IP is the peer's. A bare address is that one address.
+    #[serde(deserialize_with = "proxies_from_text")]
     pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
@@ -1108,6 +1110,23 @@ impl Settings {
     }
 }
 
+/// Addresses or CIDR blocks: `10.0.0.0/8`, `127.0.0.1` (a /32), `::1` (a /128).
+fn proxies_from_text<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    use serde::de::Error as _;
+    Vec::<String>::deserialize(deserializer)?
+        .iter()
+        .map(|item| {
+            item.parse::<ipnet::IpNet>()
+                .or_else(|_| item.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    D::Error::custom(format!("`{item}` is neither an address nor a CIDR block"))
+                })
+        })
+        .collect()
+}
+
 fn check_quota(setting: &str, quota: &Quota) -> Result<(), ConfigError> {
     if quota.rate == 0 {
         return Ok(());
@@ -1271,6 +1290,24 @@ mod tests {
                 .to_string();
             assert!(error.contains("limits.per_ip"), "{bad}: {error}");
         }
+    }
+
+    #[test]
+    fn trusted_proxies_are_addresses_or_blocks() {
+        let settings =
+            from_toml("[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"127.0.0.1\", \"::1\"]")
+                .unwrap();
+        let nets: Vec<String> = settings
+            .server
+            .trusted_proxies
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(nets, ["10.0.0.0/8", "127.0.0.1/32", "::1/128"]);
+        let error = from_toml("[server]\ntrusted_proxies = [\"proxy.internal\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("trusted_proxies"), "{error}");
     }
 
     #[test]

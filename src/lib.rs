@@ -31,6 +31,8 @@ pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod error;
+#[cfg(fuzzing)]
+pub mod fuzz;
 pub mod grpc;
 pub mod http;
 pub mod metrics;

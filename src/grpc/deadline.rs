@@ -16,6 +16,10 @@ use tower::{Layer, Service};
 /// The header gRPC clients send their deadline in.
 const GRPC_TIMEOUT: &str = "grpc-timeout";
 
+/// How much sooner than the caller's deadline a call ends here, so that this layer answers
+/// before tonic's own timer (set a moment earlier, answering CANCELLED) fires.
+const TONIC_MARGIN: Duration = Duration::from_millis(2);
+
 /// Applies [`Deadline`] to a service.
 #[derive(Debug, Clone, Copy)]
 pub struct DeadlineLayer {
@@ -61,8 +65,11 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let budget =
-            deadline_of(request.headers()).map_or(self.limit, |asked| asked.min(self.limit));
+        // tonic also enforces the caller's deadline, answering CANCELLED; ending a little
+        // earlier makes the answer DEADLINE_EXCEEDED.
+        let budget = deadline_of(request.headers()).map_or(self.limit, |asked| {
+            asked.saturating_sub(TONIC_MARGIN).min(self.limit)
+        });
         let call = self.inner.call(request);
         Box::pin(async move {
             match tokio::time::timeout(budget, call).await {

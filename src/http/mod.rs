@@ -3,7 +3,7 @@
 //! endpoints (`/oauth2/token`, `/oauth2/introspect`, `/oauth2/revoke`) and the probes
 //! (`/healthz`, `/readyz`), and Prometheus metrics (`/metrics`). Every verdict comes from the same [`AuthService`] as gRPC's.
 
-mod oauth;
+pub(crate) mod oauth;
 
 use std::{future::Future, sync::Arc, time::Duration};
 

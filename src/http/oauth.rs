@@ -313,7 +313,7 @@ fn introspection_denied(status: StatusCode, error: &str, description: &str) -> R
 
 /// The form of a POST, refusing credentials in the query string, other content types,
 /// oversized bodies and repeated parameters (RFC 6749 section 3.2).
-fn read_form(
+pub(crate) fn read_form(
     uri: &Uri,
     headers: &HeaderMap,
     body: &[u8],
@@ -358,7 +358,9 @@ fn read_form(
 }
 
 /// HTTP Basic client credentials (RFC 6749 section 2.3.1: each part form-urlencoded).
-fn basic_credentials(headers: &HeaderMap) -> Result<Option<(String, SecretString)>, Refusal> {
+pub(crate) fn basic_credentials(
+    headers: &HeaderMap,
+) -> Result<Option<(String, SecretString)>, Refusal> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };

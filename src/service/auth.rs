@@ -256,13 +256,15 @@ impl AuthService {
     ) -> Result<IssuedToken, Error> {
         let service = self.clone();
         let context = context.clone();
-        tokio::spawn(async move {
+        let login = async move {
             service
                 .settled_password_grant(login, request, &context)
                 .await
-        })
-        .await
-        .map_err(Error::internal)?
+        };
+        // In the call's span, so its logs and trace stay with the call.
+        tokio::spawn(tracing::Instrument::in_current_span(login))
+            .await
+            .map_err(Error::internal)?
     }
 
     async fn settled_password_grant(
@@ -439,7 +441,26 @@ impl AuthService {
     /// credentials grant): the client must exist, be enabled and hold a live secret equal to
     /// `secret` (each live secret is compared, in constant time). Every failure but "disabled"
     /// answers `INVALID_CREDENTIALS`; each is an audit event (`purpose` names the use).
+    ///
+    /// Rate limited: per client IP before the secret is checked (client ids are no secret,
+    /// so failures cannot be charged to the client without letting anyone lock it out), and
+    /// per client once it proved itself.
     pub async fn verify_client(
+        &self,
+        client_id: &str,
+        secret: &SecretString,
+        purpose: &'static str,
+        context: &CallContext,
+    ) -> Result<crate::domain::Client, Error> {
+        self.limits.check(&[Key::Ip(&context.peer)]).await?;
+        let client = self
+            .check_client(client_id, secret, purpose, context)
+            .await?;
+        self.limits.check(&[Key::Client(client_id)]).await?;
+        Ok(client)
+    }
+
+    async fn check_client(
         &self,
         client_id: &str,
         secret: &SecretString,
@@ -525,9 +546,6 @@ impl AuthService {
     ) -> Result<IssuedToken, Error> {
         let requested = ScopeSet::parse(request.scopes.iter().map(String::as_str))
             .map_err(|e| e.on("scopes"))?;
-        self.limits
-            .check(&[Key::Ip(&context.peer), Key::Client(client_id)])
-            .await?;
         // Taken before the client is read: a token stamped before a revocation of its client
         // is refused, whatever it read.
         let now = self.clock.now();

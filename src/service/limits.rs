@@ -45,11 +45,19 @@ impl Key<'_> {
         }
     }
 
-    /// The value counted: an IPv6 client by its /64, which one host usually holds whole.
+    /// The value counted: an IPv6 client by its /64, which one host usually holds whole; a
+    /// name or client id by a digest, so that keys stay short and Redis holds no names.
     fn value(&self) -> String {
         match self {
             Key::Ip(ip) | Key::Registration(ip) => ip_key(ip),
-            Key::Client(value) | Key::Username(value) => (*value).to_owned(),
+            Key::Client(value) | Key::Username(value) => {
+                let digest =
+                    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, value.as_bytes());
+                digest.as_ref()[..16]
+                    .iter()
+                    .map(|byte| format!("{byte:02x}"))
+                    .collect()
+            }
         }
     }
 }

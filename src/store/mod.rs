@@ -338,15 +338,33 @@ fn without_password(url: &str) -> (String, Option<String>) {
     if !matches!(parsed.scheme(), "postgres" | "postgresql") {
         return (url.to_owned(), None);
     }
-    let Some(password) = parsed.password().map(|password| {
+    // In the authority, or as a `password` parameter (both are sqlx's).
+    let in_query = parsed
+        .query_pairs()
+        .find(|(name, _)| name == "password")
+        .map(|(_, value)| value.into_owned());
+    let in_authority = parsed.password().map(|password| {
         percent_encoding::percent_decode_str(password)
             .decode_utf8_lossy()
             .into_owned()
-    }) else {
+    });
+    let Some(password) = in_authority.or(in_query.clone()) else {
         return (url.to_owned(), None);
     };
     if parsed.set_password(None).is_err() {
         return (url.to_owned(), None);
+    }
+    if in_query.is_some() {
+        let kept: Vec<(String, String)> = parsed
+            .query_pairs()
+            .filter(|(name, _)| name != "password")
+            .map(|(name, value)| (name.into_owned(), value.into_owned()))
+            .collect();
+        if kept.is_empty() {
+            parsed.set_query(None);
+        } else {
+            parsed.query_pairs_mut().clear().extend_pairs(kept);
+        }
     }
     (parsed.to_string(), Some(password))
 }
@@ -402,6 +420,20 @@ mod tests {
             (
                 "postgres://keystone@db:5432/keystone?sslmode=require".to_owned(),
                 Some("s@cret".to_owned())
+            )
+        );
+        assert_eq!(
+            without_password("postgres://keystone@db/keystone?password=s3cret&sslmode=require"),
+            (
+                "postgres://keystone@db/keystone?sslmode=require".to_owned(),
+                Some("s3cret".to_owned())
+            )
+        );
+        assert_eq!(
+            without_password("postgresql://keystone@db/keystone?password=s3cret"),
+            (
+                "postgresql://keystone@db/keystone".to_owned(),
+                Some("s3cret".to_owned())
             )
         );
         assert_eq!(

@@ -159,8 +159,8 @@ impl Replica {
         for (name, value) in extra {
             command.env(name, value);
         }
-        let mut child = command.spawn().expect("keystone starts");
-        let stdout = child.stdout.take().unwrap();
+        let mut child = crate::helpers::ChildGuard::new(command.spawn().expect("keystone starts"));
+        let stdout = child.child().stdout.take().unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -188,7 +188,10 @@ impl Replica {
             .connect()
             .await
             .unwrap();
-        Self { child, channel }
+        Self {
+            child: child.into_inner(),
+            channel,
+        }
     }
 
     pub(crate) fn auth(&self) -> AuthClient<Channel> {

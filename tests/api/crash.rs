@@ -16,7 +16,7 @@ use tonic::transport::Channel;
 
 use crate::{
     cli::keystone,
-    helpers::{TEST_PEPPER, TestDatabase, with_bearer},
+    helpers::{ChildGuard, TEST_PEPPER, TestDatabase, reason, with_bearer},
 };
 
 const ADMIN: &str = "crashadmin";
@@ -39,22 +39,24 @@ impl Server {
         for (name, value) in extra {
             command.env(name, value);
         }
-        let mut child = command
-            .arg("serve")
-            .env("KEYSTONE_DATABASE_URL", database_url)
-            .env("KEYSTONE_SECRETS__PEPPER", TEST_PEPPER)
-            .env("KEYSTONE_GRPC_ADDR", "127.0.0.1:0")
-            .env("KEYSTONE_HTTP_ADDR", "127.0.0.1:0")
-            .env("KEYSTONE_BOOTSTRAP_ADMIN_USERNAME", ADMIN)
-            .env("KEYSTONE_BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD)
-            // The flood below comes from one address and one name.
-            .env("KEYSTONE_LIMITS__PER_IP", "off")
-            .env("KEYSTONE_LIMITS__PER_USERNAME", "off")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("keystone starts");
-        let stdout = child.stdout.take().expect("piped");
+        let mut child = ChildGuard::new(
+            command
+                .arg("serve")
+                .env("KEYSTONE_DATABASE_URL", database_url)
+                .env("KEYSTONE_SECRETS__PEPPER", TEST_PEPPER)
+                .env("KEYSTONE_GRPC_ADDR", "127.0.0.1:0")
+                .env("KEYSTONE_HTTP_ADDR", "127.0.0.1:0")
+                .env("KEYSTONE_BOOTSTRAP_ADMIN_USERNAME", ADMIN)
+                .env("KEYSTONE_BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD)
+                // The flood below comes from one address and one name.
+                .env("KEYSTONE_LIMITS__PER_IP", "off")
+                .env("KEYSTONE_LIMITS__PER_USERNAME", "off")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("keystone starts"),
+        );
+        let stdout = child.child().stdout.take().expect("piped");
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -81,7 +83,10 @@ impl Server {
             .connect()
             .await
             .unwrap();
-        Self { child, channel }
+        Self {
+            child: child.into_inner(),
+            channel,
+        }
     }
 
     fn auth(&self) -> pb::auth_client::AuthClient<Channel> {
@@ -150,7 +155,10 @@ async fn a_process_killed_mid_write_leaves_every_change_whole_or_absent() {
         // Sessions rotating their refresh tokens as fast as they can, and roles being made,
         // when the process is killed.
         let mut work = tokio::task::JoinSet::new();
+        let rotations = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let created = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         for _ in 0..6 {
+            let rotations = rotations.clone();
             let mut refresh_token = server.login().await.refresh_token;
             let mut auth = server.auth();
             work.spawn(async move {
@@ -167,12 +175,14 @@ async fn a_process_killed_mid_write_leaves_every_change_whole_or_absent() {
                         return;
                     };
                     refresh_token = response.into_inner().refresh_token;
+                    rotations.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             });
         }
         for writer in 0..2u64 {
             let mut users = UserAdminClient::new(server.channel.clone());
             let admin = admin.clone();
+            let created = created.clone();
             work.spawn(async move {
                 for k in 0.. {
                     let k = round * 1_000_000 + writer * 100_000 + k;
@@ -180,7 +190,7 @@ async fn a_process_killed_mid_write_leaves_every_change_whole_or_absent() {
                         .iter()
                         .map(|s| (*s).to_owned())
                         .collect();
-                    let created = users
+                    let outcome = users
                         .create_role(with_bearer(
                             pb::CreateRoleRequest {
                                 role: Some(pb::Role {
@@ -192,13 +202,25 @@ async fn a_process_killed_mid_write_leaves_every_change_whole_or_absent() {
                             &admin,
                         ))
                         .await;
-                    if created.is_err() {
+                    if outcome.is_err() {
                         return;
                     }
+                    created.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             });
         }
-        tokio::time::sleep(Duration::from_millis(400 + 300 * round)).await;
+        // Killed once both kinds of work are under way, at a different moment each round.
+        let started = std::time::Instant::now();
+        while rotations.load(std::sync::atomic::Ordering::Relaxed) == 0
+            || created.load(std::sync::atomic::Ordering::Relaxed) == 0
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "no work got done"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(100 + 150 * round)).await;
         server.kill();
         while work.join_next().await.is_some() {}
 
@@ -262,7 +284,9 @@ async fn a_process_killed_mid_write_leaves_every_change_whole_or_absent() {
 fn refused_before_accepted(status: &tonic::Status) -> bool {
     let debug = format!("{status:?}");
     match status.code() {
-        tonic::Code::Unavailable => true,
+        // The transport's, not Keystone's own (which carries an ErrorInfo, e.g. a database
+        // that went away under a call).
+        tonic::Code::Unavailable => reason(status).is_empty(),
         tonic::Code::Cancelled => status.message() == "operation was canceled",
         tonic::Code::Internal => debug.contains("GoAway(") && debug.contains("NO_ERROR"),
         _ => false,
@@ -332,16 +356,30 @@ async fn sigterm_under_load_fails_no_call_it_accepted() {
         .args(["-TERM", &pid])
         .status();
     let mut total = 0;
-    while let Some(outcome) = load.join_next().await {
-        match outcome.unwrap() {
-            Ok((served, _)) => total += served,
-            Err(status) => panic!("a call failed during shutdown: {status:?}"),
+    let joined = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(outcome) = load.join_next().await {
+            match outcome.unwrap() {
+                Ok((served, _)) => total += served,
+                Err(status) => panic!("a call failed during shutdown: {status:?}"),
+            }
         }
-    }
-    let exit = tokio::task::spawn_blocking(move || server.child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    })
+    .await;
+    assert!(
+        joined.is_ok(),
+        "the server still served a minute after SIGTERM"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let exit = loop {
+        if let Some(exit) = server.child.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not exit within a minute of SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert!(exit.success(), "{exit:?}");
     assert!(total > 0);
 }

@@ -4,7 +4,6 @@
 //! servers themselves.)
 
 use std::{
-    net::TcpListener,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -14,14 +13,6 @@ use keystone::proto::pb;
 use tonic::Code;
 
 use crate::helpers::{TestDatabase, reason, say_skipped, spawn_app_on};
-
-/// A port nobody listens on now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|addr| addr.port())
-        .expect("a free port")
-}
 
 /// Runs a command, as the `postgres` user when this process is root (PostgreSQL refuses
 /// to run as root).
@@ -44,7 +35,6 @@ fn as_postgres(program: &Path, args: &[&str]) -> std::io::Result<std::process::O
 struct PrivatePostgres {
     bin: PathBuf,
     dir: tempfile::TempDir,
-    port: u16,
 }
 
 impl PrivatePostgres {
@@ -82,17 +72,17 @@ impl PrivatePostgres {
                 String::from_utf8_lossy(&out.stderr)
             ));
         }
-        let server = Self {
-            bin,
-            dir,
-            port: free_port(),
-        };
+        let server = Self { bin, dir };
         server.resume()?;
         Ok(server)
     }
 
+    /// Over its Unix socket in the temporary directory: no port to race other tests for.
     fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+        format!(
+            "postgres://postgres@localhost/postgres?host={}",
+            self.dir.path().display()
+        )
     }
 
     fn pg_ctl(&self, args: &[&str]) -> Result<(), String> {
@@ -110,8 +100,7 @@ impl PrivatePostgres {
     /// Starts (again) on the same port.
     fn resume(&self) -> Result<(), String> {
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
-            self.port,
+            "-k {} -c listen_addresses= -c fsync=off",
             self.dir.path().display()
         );
         let log = self.dir.path().join("log");
@@ -229,41 +218,66 @@ async fn keystone_rides_out_a_database_restart() {
     app.stop().await.unwrap();
 }
 
-/// A Redis server of the test's own.
+/// What `redis-cli` answers on the server at `socket`.
+fn redis_cli(socket: &Path, args: &[&str]) -> String {
+    Command::new("redis-cli")
+        .arg("-s")
+        .arg(socket)
+        .args(args)
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// A Redis server of the test's own, on a Unix socket in a temporary directory.
 struct PrivateRedis {
     child: Child,
-    port: u16,
+    socket: PathBuf,
 }
 
 impl PrivateRedis {
-    fn start(port: u16) -> Result<Self, String> {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+    fn start(dir: &Path) -> Result<Self, String> {
+        let socket = dir.join("redis.sock");
+        let mut child = Command::new("redis-server")
+            .args(["--port", "0", "--unixsocket"])
+            .arg(&socket)
+            .args([
+                "--unixsocketperm",
+                "700",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(["--enable-debug-command", "yes"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("redis-server: {e}"))?;
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        loop {
+            if let Ok(Some(exit)) = child.try_wait() {
+                return Err(format!("redis-server exited: {exit}"));
+            }
+            if redis_cli(&socket, &["PING"]) == "PONG" {
+                return Ok(Self { child, socket });
+            }
             if Instant::now() > deadline {
-                return Err("redis-server did not listen".to_owned());
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("redis-server did not answer".to_owned());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Ok(Self { child, port })
     }
 
     fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        format!("redis+unix://{}", self.socket.display())
     }
 
-    fn cli(&self, args: &[&str]) {
-        let _ = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .stdout(Stdio::null())
-            .status();
+    /// What `redis-cli` answers.
+    fn cli(&self, args: &[&str]) -> String {
+        redis_cli(&self.socket, args)
     }
 
     fn kill(&mut self) {
@@ -278,6 +292,12 @@ impl Drop for PrivateRedis {
     }
 }
 
+async fn login(node: &crate::cluster::Replica, name: &str) -> tonic::Status {
+    node.login(name, "guess guess guess")
+        .await
+        .expect_err("nobody has the name")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_ride_out_redis_slowed_flushed_stopped_and_back() {
     let test = "replicas_ride_out_redis_slowed_flushed_stopped_and_back";
@@ -285,8 +305,8 @@ async fn replicas_ride_out_redis_slowed_flushed_stopped_and_back() {
         say_skipped(test, "needs PostgreSQL (KEYSTONE_TEST_DATABASE_URL)");
         return;
     };
-    let port = free_port();
-    let mut redis = match PrivateRedis::start(port) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let mut redis = match PrivateRedis::start(dir.path()) {
         Ok(redis) => redis,
         Err(why) => {
             say_skipped(
@@ -297,59 +317,95 @@ async fn replicas_ride_out_redis_slowed_flushed_stopped_and_back() {
         }
     };
     let database = TestDatabase::fresh_postgres(&postgres).await;
+    // One login per name and hour: a name's quota is shared only through Redis.
     let settings = [
         ("KEYSTONE_REVOCATION__MAX_STALENESS", "3s"),
         ("KEYSTONE_REVOCATION__POLL_INTERVAL", "200ms"),
+        ("KEYSTONE_LIMITS__PER_USERNAME", "1/1h burst 1"),
     ];
     let nodes = crate::cluster::replicas(&database, &redis.url(), 2, &settings).await;
     let (a, b) = (&nodes[0], &nodes[1]);
     let admin = a.admin_login().await;
     let secret = a.create_client(&admin, "reporting").await;
     let mut tokens = Vec::new();
-    for _ in 0..4 {
+    for _ in 0..3 {
         tokens.push(a.client_token("reporting", &secret).await);
     }
+    assert_eq!(reason(&login(a, "mallory").await), "INVALID_CREDENTIALS");
+    assert_eq!(
+        reason(&login(b, "mallory").await),
+        "RATE_LIMITED",
+        "the quota is shared through Redis"
+    );
 
-    // Slow: Redis stalls for two seconds; calls are answered meanwhile.
+    // Slow: Redis stalls for two seconds; calls that count in Redis are answered meanwhile
+    // (counted in the process after the Redis budget).
     let stalled = {
-        let port = redis.port;
-        std::thread::spawn(move || {
-            let _ = Command::new("redis-cli")
-                .args(["-p", &port.to_string(), "DEBUG", "SLEEP", "2"])
-                .stdout(Stdio::null())
-                .status();
-        })
+        let socket = redis.socket.clone();
+        std::thread::spawn(move || redis_cli(&socket, &["DEBUG", "SLEEP", "2"]))
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The stall has begun when a PING gets no answer within 300 ms.
+    let stall_began = Instant::now();
+    loop {
+        let answered = Command::new("timeout")
+            .arg("0.3")
+            .arg("redis-cli")
+            .arg("-s")
+            .arg(&redis.socket)
+            .arg("PING")
+            .output()
+            .is_ok_and(|out| out.status.success());
+        if !answered {
+            break;
+        }
+        assert!(
+            stall_began.elapsed() < Duration::from_secs(5),
+            "Redis never stalled"
+        );
+    }
     let started = Instant::now();
-    b.authenticate(&tokens[3])
+    a.client_token("reporting", &secret).await;
+    assert_eq!(reason(&login(b, "sybil").await), "INVALID_CREDENTIALS");
+    b.authenticate(&tokens[2])
         .await
         .expect("served while Redis stalls");
-    a.client_token("reporting", &secret).await;
     assert!(
-        started.elapsed() < Duration::from_secs(2),
+        started.elapsed() < Duration::from_millis(1500),
         "{:?}",
         started.elapsed()
     );
-    stalled.join().unwrap();
+    assert_eq!(stalled.join().unwrap(), "OK", "DEBUG SLEEP ran");
 
-    // Flushed: the revocation set lives in PostgreSQL as well; new revocations still travel.
-    redis.cli(&["FLUSHALL"]);
+    // Flushed: shared quotas start again; revocations, kept in PostgreSQL too, still travel.
+    assert_eq!(redis.cli(&["FLUSHALL"]), "OK");
+    assert_eq!(reason(&login(b, "mallory").await), "INVALID_CREDENTIALS");
     a.revoke(&tokens[0]).await;
     b.until_revoked(&tokens[0], Duration::from_secs(5)).await;
 
-    // Stopped: revocations travel through PostgreSQL.
+    // Stopped: revocations travel through PostgreSQL; quotas are counted per process.
     redis.kill();
     a.revoke(&tokens[1]).await;
     b.until_revoked(&tokens[1], Duration::from_secs(5)).await;
-    b.authenticate(&tokens[3])
+    b.authenticate(&tokens[2])
         .await
         .expect("PostgreSQL keeps the set confirmed");
+    assert_eq!(reason(&login(b, "trudy").await), "INVALID_CREDENTIALS");
+    assert_eq!(reason(&login(b, "trudy").await), "RATE_LIMITED");
 
-    // Back, on the same port: the replicas reconnect and go on.
-    let _redis = PrivateRedis::start(port).expect("Redis starts again");
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    a.revoke(&tokens[2]).await;
-    b.until_revoked(&tokens[2], Duration::from_secs(5)).await;
-    b.authenticate(&tokens[3]).await.expect("still served");
+    // Back: the replicas reconnect, and quotas are shared again.
+    let _redis = PrivateRedis::start(dir.path()).expect("Redis starts again");
+    let back = Instant::now();
+    for n in 0.. {
+        let name = format!("victor{n}");
+        assert_eq!(reason(&login(a, &name).await), "INVALID_CREDENTIALS");
+        if reason(&login(b, &name).await) == "RATE_LIMITED" {
+            break;
+        }
+        assert!(
+            back.elapsed() < Duration::from_secs(20),
+            "the replicas never counted in Redis again"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    b.authenticate(&tokens[2]).await.expect("still served");
 }

@@ -676,3 +676,35 @@ pub async fn http(
         body: body.to_owned(),
     }
 }
+
+/// A child process killed if the guard is dropped before [`ChildGuard::into_inner`], so that
+/// a test that panics while starting it leaves nothing running.
+#[allow(dead_code)]
+pub struct ChildGuard(Option<std::process::Child>);
+
+#[allow(dead_code)]
+impl ChildGuard {
+    /// Guards `child`.
+    pub fn new(child: std::process::Child) -> Self {
+        Self(Some(child))
+    }
+
+    /// The child.
+    pub fn child(&mut self) -> &mut std::process::Child {
+        self.0.as_mut().expect("a guarded child")
+    }
+
+    /// The child, no longer guarded.
+    pub fn into_inner(mut self) -> std::process::Child {
+        self.0.take().expect("a guarded child")
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

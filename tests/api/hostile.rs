@@ -5,7 +5,7 @@
 use keystone::proto::pb::{self, ListUsersRequest};
 use tonic::{Code, codegen::http::uri::PathAndQuery};
 
-use crate::helpers::{TestApp, bad_field, http, reason, spawn_app, with_bearer};
+use crate::helpers::{TestApp, bad_field, http, reason, say_skipped, spawn_app, with_bearer};
 
 /// `CreateUserRequest` with its username as raw bytes, to send what no client library would.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -345,9 +345,9 @@ async fn nul_characters_anywhere_are_the_callers_error_never_the_servers() {
             &admin,
         ))
         .await;
+    assert_eq!(login.code(), Code::InvalidArgument, "{login:?}");
+    assert_eq!(client.code(), Code::InvalidArgument, "{client:?}");
     for (what, outcome) in [
-        ("login", Err(login)),
-        ("client credentials", Err(client)),
         ("list users", users.map(|_| ())),
         ("list audit events", audit.map(|_| ())),
         ("get role", role.map(|_| ())),
@@ -368,18 +368,26 @@ async fn nul_characters_anywhere_are_the_callers_error_never_the_servers() {
 
 #[tokio::test]
 async fn text_the_database_cannot_store_is_an_invalid_argument_even_past_validation() {
+    if crate::helpers::postgres_url().is_none() {
+        say_skipped(
+            "text_the_database_cannot_store_is_an_invalid_argument_even_past_validation",
+            "needs PostgreSQL (KEYSTONE_TEST_DATABASE_URL): SQLite stores a NUL",
+        );
+        return;
+    }
     let app = spawn_app().await;
     // Straight to the store, as a path that forgot to validate would: PostgreSQL refuses the
     // NUL, and that is the input's fault, not an internal error.
     let store = app.store().await;
-    match store.find_login("a\u{0}b").await {
-        Ok(found) => assert!(found.is_none()),
-        Err(error) => assert_eq!(
-            error.reason(),
-            keystone::error::Reason::InvalidArgument,
-            "{error:?}"
-        ),
-    }
+    let error = store
+        .find_login("a\u{0}b")
+        .await
+        .expect_err("PostgreSQL refuses a NUL");
+    assert_eq!(
+        error.reason(),
+        keystone::error::Reason::InvalidArgument,
+        "{error:?}"
+    );
     store.close().await;
     app.stop().await.unwrap();
 }

@@ -209,17 +209,23 @@ async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_quota() {
 }
 
 #[tokio::test]
-async fn a_client_whose_secret_is_being_guessed_is_limited_even_with_the_right_one() {
+async fn a_client_is_limited_on_what_it_does_and_nobody_can_spend_its_quota_for_it() {
     let app = spawn_app_with(|settings| settings.limits.per_client = tight(2)).await;
     let secret = app
         .create_client("billing", &["keystone:introspect"], &[], None, true)
         .await;
-    for _ in 0..2 {
+    // Client ids are no secret: failed guesses count against the guesser's address only.
+    for _ in 0..5 {
         let status = app
             .client_token("billing", "kss_wrong", &[], "")
             .await
             .unwrap_err();
         assert_eq!(reason(&status), "INVALID_CREDENTIALS");
+    }
+    for _ in 0..2 {
+        app.client_token("billing", &secret, &[], "")
+            .await
+            .expect("the client's own quota is whole");
     }
     assert_rate_limited(
         &app.client_token("billing", &secret, &[], "")
@@ -239,6 +245,36 @@ async fn a_client_whose_secret_is_being_guessed_is_limited_even_with_the_right_o
         "token=x",
     )
     .await;
+    assert_eq!(response.status, 429, "{}", response.body);
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn guessing_a_secret_with_http_basic_on_any_grant_is_limited_per_address() {
+    let app = spawn_app_with(|settings| settings.limits.per_ip = tight(2)).await;
+    let secret = app.create_client("billing", &[], &[], None, true).await;
+    let token = |authorization: String| {
+        let addr = app.http_addr;
+        async move {
+            http(
+                addr,
+                "POST",
+                "/oauth2/token",
+                &[
+                    ("content-type", "application/x-www-form-urlencoded"),
+                    ("authorization", &authorization),
+                ],
+                "grant_type=refresh_token&refresh_token=x",
+            )
+            .await
+        }
+    };
+    for _ in 0..2 {
+        let response = token(base64_basic("billing", "kss_wrong")).await;
+        assert_eq!(response.status, 401, "{}", response.body);
+    }
+    // Refused before the secret is looked at: the right one tells nothing now.
+    let response = token(base64_basic("billing", &secret)).await;
     assert_eq!(response.status, 429, "{}", response.body);
     app.stop().await.unwrap();
 }

@@ -30,16 +30,24 @@ const KEY_ENCRYPTION_KEY: &str = "Y2FuYXJ5LWtleS1lbmNyeXB0aW9uLWtleS0wMTIzNDU=";
 async fn a_run_at_trace_level_logs_no_secret() {
     let database = TestDatabase::fresh().await;
     // PostgreSQL (trust authentication) takes any password: the URL carries one to look for.
-    let database_url = match url::Url::parse(database.url()) {
-        Ok(mut url) if url.scheme() == "postgres" => {
-            let _ = url.set_password(Some(DATABASE_PASSWORD));
-            url.to_string()
-        }
-        _ => database.url().to_owned(),
+    // A password the URL already has (password authentication) is the canary instead.
+    let (database_url, database_password) = match url::Url::parse(database.url()) {
+        Ok(url) if matches!(url.scheme(), "postgres" | "postgresql") => match url.password() {
+            Some(password) => (database.url().to_owned(), password.to_owned()),
+            None => {
+                let mut url = url;
+                let _ = url.set_password(Some(DATABASE_PASSWORD));
+                (url.to_string(), DATABASE_PASSWORD.to_owned())
+            }
+        },
+        _ => (database.url().to_owned(), DATABASE_PASSWORD.to_owned()),
     };
     let mut command = keystone();
     // Redis too when there is one, so that fred's trace output is read as well.
-    if let Ok(redis) = std::env::var(crate::helpers::TEST_REDIS_URL) {
+    if let Some(redis) = std::env::var(crate::helpers::TEST_REDIS_URL)
+        .ok()
+        .filter(|url| !url.is_empty())
+    {
         command.env("KEYSTONE_REDIS_URL", redis).env(
             "KEYSTONE_CLUSTER__NAME",
             format!("canary-{}", uuid::Uuid::new_v4().simple()),
@@ -204,7 +212,7 @@ async fn a_run_at_trace_level_logs_no_secret() {
         ("a wrong password", "canary-wrong-passphrase-1".to_owned()),
         ("the pepper", TEST_PEPPER.to_owned()),
         ("the key-encryption key", KEY_ENCRYPTION_KEY.to_owned()),
-        ("the database password", DATABASE_PASSWORD.to_owned()),
+        ("the database password", database_password.clone()),
         ("a client secret", client_secret.clone()),
         (
             "a wrong client secret",
