@@ -4,9 +4,8 @@
 //! replica and PostgreSQL or Redis, so the shared servers are never stopped.
 
 use std::{
-    io::{BufRead as _, BufReader},
     net::SocketAddr,
-    process::{Child, Stdio},
+    process::Child,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -153,45 +152,12 @@ impl Replica {
             .env("KEYSTONE_HTTP_ADDR", "127.0.0.1:0")
             .env("KEYSTONE_BOOTSTRAP_ADMIN_USERNAME", ADMIN)
             .env("KEYSTONE_BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD)
-            .env("KEYSTONE_SERVER__SHUTDOWN_GRACE", "1s")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+            .env("KEYSTONE_SERVER__SHUTDOWN_GRACE", "1s");
         for (name, value) in extra {
             command.env(name, value);
         }
-        let mut child = crate::helpers::ChildGuard::new(command.spawn().expect("keystone starts"));
-        let stdout = child.child().stdout.take().unwrap();
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let addr = tokio::time::timeout(Duration::from_secs(60), async {
-            let mut log = Vec::new();
-            while let Some(line) = rx.recv().await {
-                if let Some(rest) = line.split("serving gRPC on ").nth(1) {
-                    return rest.split_whitespace().next().unwrap().to_owned();
-                }
-                log.push(line);
-            }
-            panic!("keystone exited before serving: {log:#?}");
-        })
-        .await
-        .expect("the replica serves");
-        // Keep draining its output so that it never blocks on a full pipe.
-        tokio::spawn(async move { while rx.recv().await.is_some() {} });
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        Self {
-            child: child.into_inner(),
-            channel,
-        }
+        let (child, channel) = crate::helpers::serving_process(command).await;
+        Self { child, channel }
     }
 
     pub(crate) fn auth(&self) -> AuthClient<Channel> {

@@ -2,11 +2,7 @@
 //! rotations and admin writes leaves a database where every state change happened whole or
 //! not at all. Checked in the database itself, then by a restart on it.
 
-use std::{
-    io::{BufRead as _, BufReader},
-    process::{Child, Stdio},
-    time::Duration,
-};
+use std::{process::Child, time::Duration};
 
 use keystone::proto::pb::{
     self, IssueTokenRequest, issue_token_request::Grant, user_admin_client::UserAdminClient,
@@ -16,7 +12,7 @@ use tonic::transport::Channel;
 
 use crate::{
     cli::keystone,
-    helpers::{ChildGuard, TEST_PEPPER, TestDatabase, reason, with_bearer},
+    helpers::{TEST_PEPPER, TestDatabase, reason, serving_process, with_bearer},
 };
 
 const ADMIN: &str = "crashadmin";
@@ -39,54 +35,19 @@ impl Server {
         for (name, value) in extra {
             command.env(name, value);
         }
-        let mut child = ChildGuard::new(
-            command
-                .arg("serve")
-                .env("KEYSTONE_DATABASE_URL", database_url)
-                .env("KEYSTONE_SECRETS__PEPPER", TEST_PEPPER)
-                .env("KEYSTONE_GRPC_ADDR", "127.0.0.1:0")
-                .env("KEYSTONE_HTTP_ADDR", "127.0.0.1:0")
-                .env("KEYSTONE_BOOTSTRAP_ADMIN_USERNAME", ADMIN)
-                .env("KEYSTONE_BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD)
-                // The flood below comes from one address and one name.
-                .env("KEYSTONE_LIMITS__PER_IP", "off")
-                .env("KEYSTONE_LIMITS__PER_USERNAME", "off")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("keystone starts"),
-        );
-        let stdout = child.child().stdout.take().expect("piped");
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let addr = tokio::time::timeout(Duration::from_secs(60), async {
-            while let Some(line) = rx.recv().await {
-                if let Some(rest) = line.split("serving gRPC on ").nth(1) {
-                    return rest.split_whitespace().next().map(str::to_owned);
-                }
-            }
-            None
-        })
-        .await
-        .ok()
-        .flatten()
-        .expect("keystone serves");
-        tokio::spawn(async move { while rx.recv().await.is_some() {} });
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        Self {
-            child: child.into_inner(),
-            channel,
-        }
+        command
+            .arg("serve")
+            .env("KEYSTONE_DATABASE_URL", database_url)
+            .env("KEYSTONE_SECRETS__PEPPER", TEST_PEPPER)
+            .env("KEYSTONE_GRPC_ADDR", "127.0.0.1:0")
+            .env("KEYSTONE_HTTP_ADDR", "127.0.0.1:0")
+            .env("KEYSTONE_BOOTSTRAP_ADMIN_USERNAME", ADMIN)
+            .env("KEYSTONE_BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            // The flood below comes from one address and one name.
+            .env("KEYSTONE_LIMITS__PER_IP", "off")
+            .env("KEYSTONE_LIMITS__PER_USERNAME", "off");
+        let (child, channel) = serving_process(command).await;
+        Self { child, channel }
     }
 
     fn auth(&self) -> pb::auth_client::AuthClient<Channel> {

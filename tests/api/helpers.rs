@@ -708,3 +708,53 @@ impl Drop for ChildGuard {
         }
     }
 }
+
+/// Runs `command` (a `keystone serve`), waits until it says where it serves gRPC, and
+/// connects to it. Its output is read to the end, so that it never blocks on a full pipe; the
+/// process is killed if it never serves.
+#[allow(dead_code)]
+pub async fn serving_process(mut command: std::process::Command) -> (std::process::Child, Channel) {
+    use std::io::BufRead as _;
+    let mut child = ChildGuard::new(
+        command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("keystone starts"),
+    );
+    let stdout = child.child().stdout.take().expect("piped");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let addr = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        let mut log = Vec::new();
+        while let Some(line) = rx.recv().await {
+            if let Some(rest) = line.split("serving gRPC on ").nth(1) {
+                return rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+            }
+            log.push(line);
+        }
+        panic!("keystone exited before serving: {log:#?}");
+    })
+    .await
+    .expect("keystone serves within a minute");
+    tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("a valid URI")
+        .connect()
+        .await
+        .expect("keystone accepts connections");
+    (child.into_inner(), channel)
+}

@@ -113,3 +113,38 @@ async fn a_call_past_its_deadline_ends_with_deadline_exceeded_and_changes_nothin
         .expect("abandoned calls lock nobody out");
     app.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_concurrency_limit_calls_are_shed_at_once_not_queued() {
+    let app = spawn_app_with(|settings| {
+        settings.server.concurrency_limit = 1;
+        // Slow hashing, so that one login holds the only slot for a while.
+        settings.auth.argon2.memory_kib = 64 * 1024;
+        settings.auth.argon2.iterations = 16;
+    })
+    .await;
+    app.create_user("alice", PASSWORD, &[]).await;
+    let mut holder = app.auth();
+    let held = tokio::spawn(async move { holder.issue_token(login("alice", PASSWORD)).await });
+    // Shed calls answer at once; keep asking until one meets the held slot.
+    let mut shed = None;
+    for _ in 0..200 {
+        match app.auth().get_jwks(pb::GetJwksRequest {}).await {
+            Err(status) => {
+                shed = Some(status);
+                break;
+            }
+            Ok(_) => tokio::time::sleep(Duration::from_millis(2)).await,
+        }
+    }
+    let status = shed.expect("a call met the held slot and was shed");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    held.await
+        .unwrap()
+        .expect("the call holding the slot finished");
+    app.auth()
+        .get_jwks(pb::GetJwksRequest {})
+        .await
+        .expect("served once the slot is free");
+    app.stop().await.unwrap();
+}
