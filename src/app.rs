@@ -255,6 +255,7 @@ impl App {
             trusted_proxies: crate::client_ip::TrustedProxies::new(
                 &settings.server.trusted_proxies,
             ),
+            connection_limits: (&settings.server).into(),
             metrics: crate::metrics::install(),
         };
         // Every listener but the main gRPC one stops when draining begins, after the delay.

@@ -379,6 +379,20 @@ pub struct ServerSettings {
     pub concurrency_limit: usize,
     /// Concurrent HTTP/2 streams per connection.
     pub max_concurrent_streams: u32,
+    /// Connections open at once on each listener (gRPC and HTTP alike); a connection beyond
+    /// it is closed as soon as it is accepted.
+    pub max_connections: usize,
+    /// A new connection that sends nothing for this long is closed, so silent sockets cannot
+    /// hold the connection slots; on HTTP/1.1, a request's head must arrive within it too
+    /// (idle keep-alive connections are closed after it).
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// gRPC: an HTTP/2 PING after this long without a frame from the client...
+    #[serde(with = "humantime_serde")]
+    pub keepalive_interval: Duration,
+    /// ...and the connection is closed when it is not answered within this.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
     /// After a shutdown signal: how long health reports NOT_SERVING before the listener
     /// closes, so load balancers stop sending calls first.
     #[serde(with = "humantime_serde")]
@@ -402,6 +416,10 @@ impl Default for ServerSettings {
             request_timeout: Duration::from_secs(30),
             concurrency_limit: 1024,
             max_concurrent_streams: 256,
+            max_connections: 4096,
+            handshake_timeout: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(30),
+            keepalive_timeout: Duration::from_secs(20),
             drain_delay: Duration::ZERO,
             shutdown_grace: Duration::from_secs(20),
             trusted_proxies: Vec::new(),
@@ -1077,6 +1095,16 @@ impl Settings {
                 "must be at least 1",
             ));
         }
+        if !(1..=1_000_000).contains(&self.server.max_connections) {
+            return Err(ConfigError::invalid(
+                "server.max_connections",
+                self.server.max_connections,
+                "must be between 1 and 1000000",
+            ));
+        }
+        check_positive("server.handshake_timeout", self.server.handshake_timeout)?;
+        check_positive("server.keepalive_interval", self.server.keepalive_interval)?;
+        check_positive("server.keepalive_timeout", self.server.keepalive_timeout)?;
         if self.database.max_connections < 2
             || self.database.min_connections > self.database.max_connections
         {

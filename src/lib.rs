@@ -35,6 +35,7 @@ pub mod error;
 pub mod fuzz;
 pub mod grpc;
 pub mod http;
+pub mod listener;
 pub mod metrics;
 pub mod password;
 pub mod proto;

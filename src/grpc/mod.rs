@@ -29,7 +29,7 @@ use tonic::{
     Request, Status,
     server::NamedService,
     service::{Interceptor, interceptor::InterceptedService},
-    transport::{Server, server::TcpIncoming},
+    transport::Server,
 };
 use tonic_health::{
     ServingStatus,
@@ -175,8 +175,8 @@ pub async fn serve(
         .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
         .max_concurrent_streams(settings.server.max_concurrent_streams)
         .http2_max_header_list_size(settings.server.max_header_list_size)
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+        .http2_keepalive_interval(Some(settings.server.keepalive_interval))
+        .http2_keepalive_timeout(Some(settings.server.keepalive_timeout))
         .layer(layers)
         .add_service(health.server())
         .add_optional_service(reflection_v1)
@@ -196,11 +196,16 @@ pub async fn serve(
                 .max_decoding_message_size(max_message)
         }))
         .serve_with_incoming_shutdown(
-            // Small frames go out at once: Nagle's algorithm against a delayed ACK would hold a
-            // response written in pieces for up to 40 ms.
-            TcpIncoming::from(listener)
-                .with_nodelay(Some(true))
-                .with_keepalive(Some(std::time::Duration::from_secs(60))),
+            crate::listener::Connections::start(
+                listener,
+                if admin && !public {
+                    "admin_grpc"
+                } else {
+                    "grpc"
+                },
+                (&settings.server).into(),
+            )
+            .into_stream(),
             shutdown,
         )
         .await?;

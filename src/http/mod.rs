@@ -43,6 +43,9 @@ pub struct HttpState {
     pub request_timeout: Duration,
     /// Whose `X-Forwarded-For` is believed (`server.trusted_proxies`).
     pub trusted_proxies: TrustedProxies,
+    /// How each listener takes connections (`server.max_connections`,
+    /// `server.handshake_timeout`).
+    pub connection_limits: crate::listener::ConnectionLimits,
 }
 
 /// Which routes an HTTP listener carries.
@@ -106,19 +109,57 @@ async fn refused(error: tower::BoxError) -> Response {
         .into_response()
 }
 
-/// Serves HTTP on `listener` until `shutdown` resolves.
+/// Serves HTTP/1.1 on `listener` until `shutdown` resolves, then lets the requests in flight
+/// finish. A request's head must arrive within `server.handshake_timeout` of the connection
+/// being ready for one, so slow heads and idle keep-alive connections give their slot back
+/// (see [`crate::listener`]).
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
     state: HttpState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router(state, routes).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    let name = if routes == Routes::Admin {
+        "admin_http"
+    } else {
+        "http"
+    };
+    let limits = state.connection_limits;
+    let mut connections = crate::listener::Connections::start(listener, name, limits);
+    let app = router(state, routes);
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.handshake_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let connection = tokio::select! {
+            () = &mut shutdown => break,
+            connection = connections.next() => connection,
+        };
+        let peer = axum::extract::ConnectInfo(connection.peer());
+        let service = tower::ServiceExt::map_request(
+            app.clone(),
+            move |mut request: http::Request<hyper::body::Incoming>| {
+                request.extensions_mut().insert(peer);
+                request
+            },
+        );
+        let serving = graceful.watch(http1.serve_connection(
+            hyper_util::rt::TokioIo::new(connection),
+            hyper_util::service::TowerToHyperService::new(service),
+        ));
+        tokio::spawn(async move {
+            if let Err(error) = serving.await {
+                tracing::debug!(error = %error, "an HTTP connection ended with an error");
+            }
+        });
+    }
+    // No more connections: the listening socket closes.
+    drop(connections);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 /// RFC 7517: the public keys. Cacheable for less than the pre-publication lead, so that a

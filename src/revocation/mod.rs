@@ -206,9 +206,17 @@ impl Revocations {
         self
     }
 
-    /// Records a revocation: the database first, then memory and the other replicas.
-    pub async fn revoke(&self, revocation: Revocation) -> Result<(), Error> {
-        self.store.upsert_revocation(&revocation).await?;
+    /// Records a revocation with its audit event: the database first (one transaction), then
+    /// memory and the other replicas.
+    pub async fn revoke_audited(
+        &self,
+        revocation: Revocation,
+        event: &crate::domain::AuditRecord,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<(), Error> {
+        self.store
+            .upsert_revocation_audited(&revocation, event, now)
+            .await?;
         self.applied(&revocation);
         Ok(())
     }

@@ -92,6 +92,8 @@ pub struct IssuedToken {
     pub expires_at: DateTime<Utc>,
     /// Its lifetime in seconds.
     pub expires_in: i64,
+    /// The access token's id (`jti`), for the audit trail.
+    pub jti: String,
 }
 
 /// A verified, unrevoked token's principal.
@@ -256,15 +258,12 @@ impl AuthService {
     ) -> Result<IssuedToken, Error> {
         let service = self.clone();
         let context = context.clone();
-        let login = async move {
+        to_the_end(async move {
             service
                 .settled_password_grant(login, request, &context)
                 .await
-        };
-        // In the call's span, so its logs and trace stay with the call.
-        tokio::spawn(tracing::Instrument::in_current_span(login))
-            .await
-            .map_err(Error::internal)?
+        })
+        .await
     }
 
     async fn settled_password_grant(
@@ -341,12 +340,7 @@ impl AuthService {
             Err(error) => {
                 // The password was not checked (the hashing failed): the attempt does not
                 // count.
-                if let Err(cancel) = self.store.cancel_login_attempt(&lockout_name).await {
-                    tracing::warn!(
-                        error = format!("{:#}", anyhow::Error::from(cancel)),
-                        "cannot take back a login attempt"
-                    );
-                }
+                self.cancel_attempt(&lockout_name).await;
                 return Err(error);
             }
         };
@@ -355,14 +349,16 @@ impl AuthService {
             _ => {
                 let locked = self
                     .store
-                    .record_login_failure(&lockout_name, self.lockout, now)
+                    .record_login_failure(
+                        &lockout_name,
+                        self.lockout,
+                        audit(Outcome::Failure, "invalid credentials"),
+                        now,
+                    )
                     .await?;
-                let mut event = audit(Outcome::Failure, "invalid credentials");
-                if let Some(until) = locked {
-                    event = event.with_detail("locked_until", until.to_rfc3339());
+                if locked.is_some() {
                     tracing::warn!("a name was locked after repeated failed logins");
                 }
-                self.record(event, now).await;
                 return Err(invalid_credentials());
             }
         };
@@ -388,9 +384,6 @@ impl AuthService {
         } else {
             None
         };
-        self.store
-            .record_login_success(user.id, new_hash, now)
-            .await?;
 
         // A user whose password was generated or reset gets one scope, good for
         // ChangePassword only, and no refresh token.
@@ -413,26 +406,35 @@ impl AuthService {
         } else {
             let refresh_token = random_token(REFRESH_TOKEN_PREFIX)?;
             let family_expires_at = now + self.refresh_ttl;
-            self.store
-                .insert_refresh_token(&NewRefreshToken {
-                    token_hash: hash_refresh_token(refresh_token.expose_secret()),
-                    family_id: session_id,
-                    user_id: user.id,
-                    scopes: scopes.to_space_separated(),
-                    audience: audience.join(" "),
-                    issued_at: now,
-                    expires_at: (now + self.refresh_idle_ttl).min(family_expires_at),
-                    family_expires_at,
-                })
-                .await?;
-            Some(refresh_token)
+            let stored = NewRefreshToken {
+                token_hash: hash_refresh_token(refresh_token.expose_secret()),
+                family_id: session_id,
+                user_id: user.id,
+                scopes: scopes.to_space_separated(),
+                audience: audience.join(" "),
+                issued_at: now,
+                expires_at: (now + self.refresh_idle_ttl).min(family_expires_at),
+                family_expires_at,
+            };
+            Some((refresh_token, stored))
         };
         let mut token = self.mint_for_user(&user, scopes, audience, session_id, now)?;
-        token.refresh_token = refresh_token;
         let event = audit(Outcome::Success, "password")
             .with_detail("user_id", user.id.to_string())
-            .with_detail("session_id", session_id.to_string());
-        self.record(event, now).await;
+            .with_detail("session_id", session_id.to_string())
+            .with_detail("jti", token.jti.clone());
+        // The login's time, the session and the event in one transaction, before the token
+        // leaves: nothing is handed out that the audit trail does not show.
+        self.store
+            .record_login_success(
+                user.id,
+                new_hash,
+                refresh_token.as_ref().map(|(_, stored)| stored),
+                &event,
+                now,
+            )
+            .await?;
+        token.refresh_token = refresh_token.map(|(token, _)| token);
         count_issued("password");
         Ok(token)
     }
@@ -603,9 +605,11 @@ impl AuthService {
             },
             now,
         )?;
+        // The token leaves only once its event is committed (with others: group commit).
         if self.audit_service_tokens {
-            self.record(audit(Outcome::Success, "client credentials"), now)
-                .await;
+            let event =
+                audit(Outcome::Success, "client credentials").with_detail("jti", token.jti.clone());
+            self.store.record_audit(event, now).await?;
         }
         count_issued("client_credentials");
         Ok(token)
@@ -838,8 +842,27 @@ impl AuthService {
         .await
     }
 
-    /// Changes the caller's own password and ends the user's other sessions.
+    /// Changes the caller's own password and ends the user's other sessions. A wrong current
+    /// password counts toward the lock like a failed login; like a login, the change runs to
+    /// its end on a task of its own, so an abandoned call cannot leave its attempt counted.
     pub async fn change_password(
+        &self,
+        caller: &Principal,
+        current: SecretString,
+        new: SecretString,
+        context: &CallContext,
+    ) -> Result<(), Error> {
+        let service = self.clone();
+        let (caller, context) = (caller.clone(), context.clone());
+        to_the_end(async move {
+            service
+                .settled_change_password(&caller, current, new, &context)
+                .await
+        })
+        .await
+    }
+
+    async fn settled_change_password(
         &self,
         caller: &Principal,
         current: SecretString,
@@ -863,17 +886,36 @@ impl AuthService {
             .ok_or_else(invalid_credentials)?;
         let now = self.clock.now();
         let name = normalize(&login.user.username);
-        if self.store.locked_until(&name, now).await?.is_some() {
+        if !self
+            .store
+            .begin_login_attempt(&name, self.lockout, now)
+            .await?
+        {
             return Err(account_locked());
         }
-        let verification = self
+        let verification = match self
             .hasher
             .verify(&current, Some(&login.password_hash))
-            .await?;
+            .await
+        {
+            Ok(verification) => verification,
+            Err(error) => {
+                self.cancel_attempt(&name).await;
+                return Err(error);
+            }
+        };
         if verification == Verification::Invalid {
             // A wrong current password counts towards the lockout like a failed login.
+            let event = AuditRecord::new(
+                user_id.to_string(),
+                "user.change_password",
+                user_id.to_string(),
+                Outcome::Failure,
+            )
+            .from_peer(&context.peer)
+            .with_detail("reason", "invalid current password");
             self.store
-                .record_login_failure(&name, self.lockout, now)
+                .record_login_failure(&name, self.lockout, event, now)
                 .await?;
             return Err(Error::InvalidArgument {
                 field: "current_password".to_owned(),
@@ -881,6 +923,9 @@ impl AuthService {
                 message: "is not the current password".to_owned(),
             });
         }
+        // The current password was right: the failures before it are forgotten, as after a
+        // login.
+        self.store.clear_login_failures(&name).await?;
         let username = crate::domain::Username::parse(&login.user.username).ok();
         let email = crate::domain::Email::parse(&login.user.email).ok();
         self.policy
@@ -1154,14 +1199,7 @@ impl AuthService {
         let claims = principal.claims;
         let expires_at =
             DateTime::<Utc>::from_timestamp(claims.exp, 0).unwrap_or_else(|| self.clock.now());
-        self.revocations
-            .revoke(Revocation {
-                kind: RevocationKind::Token,
-                key: claims.jti.clone(),
-                not_before: self.clock.now(),
-                expires_at: expires_at + chrono::Duration::minutes(5),
-            })
-            .await?;
+        let now = self.clock.now();
         let event = AuditRecord::new(
             claims.sub.clone(),
             "token.revoke",
@@ -1169,7 +1207,18 @@ impl AuthService {
             Outcome::Success,
         )
         .from_peer(&context.peer);
-        self.record(event, self.clock.now()).await;
+        self.revocations
+            .revoke_audited(
+                Revocation {
+                    kind: RevocationKind::Token,
+                    key: claims.jti.clone(),
+                    not_before: now,
+                    expires_at: expires_at + chrono::Duration::minutes(5),
+                },
+                &event,
+                now,
+            )
+            .await?;
         Ok(())
     }
 
@@ -1248,6 +1297,7 @@ impl AuthService {
         let access_token = self.issuer.sign(&claims)?;
         Ok(IssuedToken {
             access_token,
+            jti: claims.jti,
             refresh_token: None,
             scopes: request.scopes,
             expires_at,
@@ -1255,7 +1305,18 @@ impl AuthService {
         })
     }
 
-    /// Queues an audit event; a failure is logged and does not fail the call.
+    /// Takes back a login attempt whose password was never checked.
+    async fn cancel_attempt(&self, name: &str) {
+        if let Err(cancel) = self.store.cancel_login_attempt(name).await {
+            tracing::warn!(
+                error = format!("{:#}", anyhow::Error::from(cancel)),
+                "cannot take back a login attempt"
+            );
+        }
+    }
+
+    /// Records the audit event of a refusal and waits until it is committed; a failure is
+    /// logged (and counted) and the refusal stands.
     async fn record(&self, event: AuditRecord, now: DateTime<Utc>) {
         let action = event.action;
         if let Err(error) = self.store.record_audit(event, now).await {
@@ -1266,6 +1327,16 @@ impl AuthService {
             );
         }
     }
+}
+
+/// Runs `work` to its end on a task of its own, even when the caller goes away, in the call's
+/// span (so its logs and trace stay with the call).
+async fn to_the_end<T: Send + 'static>(
+    work: impl Future<Output = Result<T, Error>> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::spawn(tracing::Instrument::in_current_span(work))
+        .await
+        .map_err(Error::internal)?
 }
 
 struct MintRequest {

@@ -1,12 +1,15 @@
 //! Writing audit events. A change's event is written inside the change's transaction, so an
-//! action and its record stand or fall together. Events that go with no change (logins, token
-//! issuance, refusals) are queued and written by one task in batches: whatever queued while the
-//! previous batch was being written goes in the next one (group commit), so the hot paths do
-//! not wait for the database and a busy server writes one statement for hundreds of events.
-//! What that costs: events queued when the process is killed are lost (a graceful stop writes
-//! them), and while the database refuses writes for long enough to fill the queue, a call
-//! waits at most [`PUSH_WAIT`] to queue its event, then the event is counted as lost
-//! (`keystone_audit_events_lost_total`) and logged.
+//! action and its record stand or fall together. Events that go with no change (refused
+//! logins, client credentials tokens, refusals of admin calls) are queued and written by one
+//! task in batches: whatever queued while the previous batch was being written goes in the
+//! next one (group commit), so a busy server writes one statement for hundreds of events. A
+//! call waits until its event is committed before it answers: a process killed at any moment
+//! loses no event of a call that was answered.
+//! What that costs: each such call waits for one batch write (often shared with hundreds of
+//! others). While the database refuses writes, a batch is retried for a few seconds, then
+//! given up: its events are counted as lost (`keystone_audit_events_lost_total`) and logged,
+//! and the calls waiting on them are told (a token is then not issued). A call waits at most
+//! [`PUSH_WAIT`] for room in a full queue.
 
 use std::time::Duration;
 
@@ -71,8 +74,27 @@ const RETRY_PAUSE: Duration = Duration::from_millis(100);
 const PUSH_WAIT: Duration = Duration::from_millis(100);
 
 enum Queued {
-    Event(Uuid, Box<AuditRecord>, DateTime<Utc>),
+    Event(Pending),
     Flush(oneshot::Sender<()>),
+}
+
+/// An event and the call waiting for it.
+struct Pending {
+    id: Uuid,
+    record: Box<AuditRecord>,
+    now: DateTime<Utc>,
+    receipt: oneshot::Sender<Written>,
+}
+
+/// What became of a queued event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Written {
+    /// Committed.
+    Yes,
+    /// The database could not be reached for as long as the writer retried.
+    Unreachable,
+    /// The database refused it.
+    Refused,
 }
 
 /// The queue in front of the audit writer; cheap to clone.
@@ -97,27 +119,54 @@ impl AuditQueue {
         Self { sender }
     }
 
-    /// Queues an event (its id, a UUIDv7, is taken now, so events list in the order they
-    /// happened).
+    /// Queues an event and waits until it is committed (its id, a UUIDv7, is taken now, so
+    /// events list in the order they happened). An error means the event is lost: the queue
+    /// stayed full, or the database could not take it.
     pub(crate) async fn push(&self, record: AuditRecord, now: DateTime<Utc>) -> Result<(), Error> {
         let action = record.action;
+        let (receipt, written) = oneshot::channel();
+        let pending = Pending {
+            id: Uuid::now_v7(),
+            record: Box::new(record),
+            now,
+            receipt,
+        };
         match self
             .sender
-            .send_timeout(
-                Queued::Event(Uuid::now_v7(), Box::new(record), now),
-                PUSH_WAIT,
-            )
+            .send_timeout(Queued::Event(pending), PUSH_WAIT)
             .await
         {
-            Ok(()) => Ok(()),
+            Ok(()) => {}
             Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
                 metrics::counter!("keystone_audit_events_lost_total").increment(1);
-                Err(Error::internal(anyhow::anyhow!(
-                    "the audit queue is full (the database refuses writes): a `{action}` event is lost"
-                )))
+                return Err(Error::Unavailable {
+                    reason: crate::error::Reason::Unavailable,
+                    what: "the audit trail",
+                    source: Some(anyhow::anyhow!(
+                        "the audit queue is full (the database is slow or refuses writes): a `{action}` event is lost"
+                    )),
+                });
             }
-            Err(mpsc::error::SendTimeoutError::Closed(_)) => Err(Error::internal(anyhow::anyhow!(
-                "the audit writer has stopped"
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => {
+                return Err(Error::internal(anyhow::anyhow!(
+                    "the audit writer has stopped"
+                )));
+            }
+        }
+        match written.await {
+            Ok(Written::Yes) => Ok(()),
+            Ok(Written::Unreachable) => Err(Error::Unavailable {
+                reason: crate::error::Reason::Unavailable,
+                what: "the audit trail",
+                source: Some(anyhow::anyhow!(
+                    "the database could not be reached: a `{action}` event is lost"
+                )),
+            }),
+            Ok(Written::Refused) => Err(Error::internal(anyhow::anyhow!(
+                "the database refused a `{action}` event"
+            ))),
+            Err(_) => Err(Error::internal(anyhow::anyhow!(
+                "the audit writer stopped before writing a `{action}` event"
             ))),
         }
     }
@@ -142,13 +191,17 @@ async fn write_loop(
         let mut next = Some(first);
         while let Some(item) = next.take() {
             match item {
-                Queued::Event(id, record, now) => match row(id, &record, now) {
-                    Ok(row) => batch.push(row),
-                    Err(error) => tracing::error!(
-                        error = format!("{:#}", anyhow::Error::from(error)),
-                        action = record.action,
-                        "cannot write an audit event"
-                    ),
+                Queued::Event(pending) => match row(pending.id, &pending.record, pending.now) {
+                    Ok(row) => batch.push((row, pending.receipt)),
+                    Err(error) => {
+                        tracing::error!(
+                            error = format!("{:#}", anyhow::Error::from(error)),
+                            action = pending.record.action,
+                            "cannot write an audit event"
+                        );
+                        metrics::counter!("keystone_audit_events_lost_total").increment(1);
+                        let _ = pending.receipt.send(Written::Refused);
+                    }
                 },
                 // Everything queued before the flush is in this batch.
                 Queued::Flush(done) => flushed.push(done),
@@ -158,7 +211,12 @@ async fn write_loop(
             }
         }
         if !batch.is_empty() {
-            write_batch(&db, writes.as_ref(), std::mem::take(&mut batch)).await;
+            let (rows, receipts): (Vec<_>, Vec<_>) = std::mem::take(&mut batch).into_iter().unzip();
+            let outcomes = write_batch(&db, writes.as_ref(), rows).await;
+            for (receipt, outcome) in receipts.into_iter().zip(outcomes) {
+                // A call that gave up waiting is gone; its event is written all the same.
+                let _ = receipt.send(outcome);
+            }
             batch.reserve(BATCH);
         }
         for done in flushed.drain(..) {
@@ -167,11 +225,14 @@ async fn write_loop(
     }
 }
 
+/// Writes rows in one statement, retrying while the database cannot be reached; when the
+/// database refuses the batch, writes them one by one so that one bad row does not take the
+/// others with it. What became of each row, in order.
 async fn write_batch(
     db: &DatabaseConnection,
     writes: Option<&super::WriteGate>,
     rows: Vec<audit_event::ActiveModel>,
-) {
+) -> Vec<Written> {
     let count = rows.len();
     let mut pause = RETRY_PAUSE;
     for attempt in 1..=ATTEMPTS {
@@ -183,28 +244,33 @@ async fn write_batch(
         match written {
             Ok(_) => {
                 metrics::counter!("keystone_audit_events_written_total").increment(count as u64);
-                return;
+                return vec![Written::Yes; count];
             }
             Err(error) if !is_connection_error(&error) && count > 1 => {
-                // One row the database refuses must not take the others with it.
                 tracing::warn!(
                     error = format!("{:#}", anyhow::Error::from(db_error(error))),
                     count,
                     "audit events refused as a batch; writing them one by one"
                 );
+                let mut outcomes = Vec::with_capacity(count);
                 for row in rows {
-                    Box::pin(write_batch(db, writes, vec![row])).await;
+                    outcomes.extend(Box::pin(write_batch(db, writes, vec![row])).await);
                 }
-                return;
+                return outcomes;
             }
             Err(error) if !is_connection_error(&error) || attempt == ATTEMPTS => {
+                let outcome = if is_connection_error(&error) {
+                    Written::Unreachable
+                } else {
+                    Written::Refused
+                };
                 metrics::counter!("keystone_audit_events_lost_total").increment(count as u64);
                 tracing::error!(
                     error = format!("{:#}", anyhow::Error::from(db_error(error))),
                     count,
                     "audit events lost: the database refused them"
                 );
-                return;
+                return vec![outcome; count];
             }
             Err(error) => {
                 tracing::warn!(
@@ -218,6 +284,7 @@ async fn write_batch(
             }
         }
     }
+    vec![Written::Unreachable; count]
 }
 
 /// Whether the database could not be reached (worth retrying as it is), rather than refusing

@@ -9,7 +9,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use super::{Store, audit, db_error, entity};
+use super::{NewRefreshToken, Store, audit, db_error, entity};
 use crate::{domain::AuditRecord, error::Error};
 
 /// A user's credentials and standing, for the password grant only.
@@ -199,57 +199,26 @@ impl Store {
 
     /// After a failed attempt counted by [`Self::begin_login_attempt`]: when the count has
     /// reached the threshold, locks the name for a time that doubles with each lock (up to
-    /// `max`), and restarts the count. A lock in force is never shortened. Returns the lock's
-    /// end if this failure locked the name.
+    /// `max`), and restarts the count. A lock in force is never shortened. The failure's audit
+    /// event (with `locked_until` when this failure locked the name) is written in the same
+    /// transaction. Returns the lock's end if this failure locked the name.
     pub async fn record_login_failure(
         &self,
         name: &str,
         policy: LockoutPolicy,
+        event: AuditRecord,
         now: DateTime<Utc>,
     ) -> Result<Option<DateTime<Utc>>, Error> {
         let _turn = self.write_turn().await;
-        let Some(row) = entity::login_failure::Entity::find_by_id(name.to_owned())
-            .one(self.db())
-            .await
-            .map_err(db_error)?
-        else {
-            return Ok(None);
+        let txn = self.db().begin().await.map_err(db_error)?;
+        let locked = lock_if_due(&txn, name, policy, now).await?;
+        let event = match locked {
+            Some(until) => event.with_detail("locked_until", until.to_rfc3339()),
+            None => event,
         };
-        let threshold = i32::try_from(policy.threshold).unwrap_or(i32::MAX);
-        if row.failed_attempts < threshold || row.locked_until.is_some_and(|until| until > now) {
-            return Ok(None);
-        }
-        let doublings = u32::try_from(row.lockout_count.clamp(0, 20)).unwrap_or(20);
-        let length = policy
-            .base
-            .checked_mul(1_i32 << doublings)
-            .unwrap_or(policy.max)
-            .min(policy.max);
-        let until = now.checked_add_signed(length).unwrap_or(now + policy.base);
-        // Only the failure that finds the name unlocked sets the lock.
-        let locked = entity::login_failure::Entity::update_many()
-            .col_expr(
-                entity::login_failure::Column::LockedUntil,
-                Expr::value(Some(until)),
-            )
-            .col_expr(
-                entity::login_failure::Column::FailedAttempts,
-                Expr::value(0),
-            )
-            .col_expr(
-                entity::login_failure::Column::LockoutCount,
-                Expr::col(entity::login_failure::Column::LockoutCount).add(1),
-            )
-            .filter(entity::login_failure::Column::Name.eq(name))
-            .filter(
-                Condition::any()
-                    .add(entity::login_failure::Column::LockedUntil.is_null())
-                    .add(entity::login_failure::Column::LockedUntil.lte(now)),
-            )
-            .exec(self.db())
-            .await
-            .map_err(db_error)?;
-        Ok((locked.rows_affected == 1).then_some(until))
+        audit::insert(&txn, &event, now).await?;
+        txn.commit().await.map_err(db_error)?;
+        Ok(locked)
     }
 
     /// Forgets failed logins of a name (after a success, or an admin unlock).
@@ -262,22 +231,30 @@ impl Store {
         Ok(())
     }
 
-    /// Records a successful login: the time, and a new hash when the parameters were raised.
+    /// Records a successful login in one transaction: the time, a new hash when the
+    /// parameters were raised, the session's first refresh token, and the audit event.
     pub async fn record_login_success(
         &self,
         user_id: Uuid,
         new_password_hash: Option<String>,
+        refresh_token: Option<&NewRefreshToken>,
+        event: &AuditRecord,
         now: DateTime<Utc>,
     ) -> Result<(), Error> {
         let _turn = self.write_turn().await;
+        let txn = self.db().begin().await.map_err(db_error)?;
         let mut update = entity::user::Entity::update_many()
             .col_expr(entity::user::Column::LastLoginAt, Expr::value(Some(now)))
             .filter(entity::user::Column::Id.eq(user_id));
         if let Some(hash) = new_password_hash {
             update = update.col_expr(entity::user::Column::PasswordHash, Expr::value(hash));
         }
-        update.exec(self.db()).await.map_err(db_error)?;
-        Ok(())
+        update.exec(&txn).await.map_err(db_error)?;
+        if let Some(new) = refresh_token {
+            super::refresh_tokens::insert_first(&txn, new).await?;
+        }
+        audit::insert(&txn, event, now).await?;
+        txn.commit().await.map_err(db_error)
     }
 
     /// The scopes granted by a user's roles, sorted and without duplicates.
@@ -285,8 +262,8 @@ impl Store {
         super::users::scopes_of_user(self.db(), user_id).await
     }
 
-    /// Records an audit event that goes with no change: queued, and written in a batch soon
-    /// after (see [`super::audit`]); [`Store::flush_audit`] waits for it.
+    /// Records an audit event that goes with no change, in a batch with others (see
+    /// [`super::audit`]); returns once it is committed. An error means the event is lost.
     pub async fn record_audit(&self, record: AuditRecord, now: DateTime<Utc>) -> Result<(), Error> {
         self.audit.push(record, now).await
     }
@@ -295,4 +272,56 @@ impl Store {
     pub async fn flush_audit(&self) {
         self.audit.flush().await;
     }
+}
+
+/// Locks the name when its failures have reached the threshold and it is not locked already;
+/// returns the lock's end if it did.
+async fn lock_if_due<C: sea_orm::ConnectionTrait>(
+    db: &C,
+    name: &str,
+    policy: LockoutPolicy,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, Error> {
+    let Some(row) = entity::login_failure::Entity::find_by_id(name.to_owned())
+        .one(db)
+        .await
+        .map_err(db_error)?
+    else {
+        return Ok(None);
+    };
+    let threshold = i32::try_from(policy.threshold).unwrap_or(i32::MAX);
+    if row.failed_attempts < threshold || row.locked_until.is_some_and(|until| until > now) {
+        return Ok(None);
+    }
+    let doublings = u32::try_from(row.lockout_count.clamp(0, 20)).unwrap_or(20);
+    let length = policy
+        .base
+        .checked_mul(1_i32 << doublings)
+        .unwrap_or(policy.max)
+        .min(policy.max);
+    let until = now.checked_add_signed(length).unwrap_or(now + policy.base);
+    // Only the failure that finds the name unlocked sets the lock.
+    let locked = entity::login_failure::Entity::update_many()
+        .col_expr(
+            entity::login_failure::Column::LockedUntil,
+            Expr::value(Some(until)),
+        )
+        .col_expr(
+            entity::login_failure::Column::FailedAttempts,
+            Expr::value(0),
+        )
+        .col_expr(
+            entity::login_failure::Column::LockoutCount,
+            Expr::col(entity::login_failure::Column::LockoutCount).add(1),
+        )
+        .filter(entity::login_failure::Column::Name.eq(name))
+        .filter(
+            Condition::any()
+                .add(entity::login_failure::Column::LockedUntil.is_null())
+                .add(entity::login_failure::Column::LockedUntil.lte(now)),
+        )
+        .exec(db)
+        .await
+        .map_err(db_error)?;
+    Ok((locked.rows_affected == 1).then_some(until))
 }

@@ -87,17 +87,19 @@ pub enum Rotation {
     NotRotated(Option<RefreshRecord>),
 }
 
-impl Store {
-    /// Stores the first refresh token of a session.
-    pub async fn insert_refresh_token(&self, new: &NewRefreshToken) -> Result<(), Error> {
-        let _turn = self.write_turn().await;
-        model(new, Uuid::now_v7(), None)
-            .insert(self.db())
-            .await
-            .map_err(db_error)?;
-        Ok(())
-    }
+/// Stores the first refresh token of a session (see [`Store::record_login_success`]).
+pub(super) async fn insert_first<C: sea_orm::ConnectionTrait>(
+    db: &C,
+    new: &NewRefreshToken,
+) -> Result<(), Error> {
+    model(new, Uuid::now_v7(), None)
+        .insert(db)
+        .await
+        .map_err(db_error)?;
+    Ok(())
+}
 
+impl Store {
     /// Marks the token with `token_hash` used and stores its successor, if the token is live
     /// and unused.
     pub async fn rotate_refresh_token(

@@ -5,11 +5,12 @@
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ColumnTrait as _, Condition, ConnectionTrait, DatabaseBackend, EntityTrait as _,
-    QueryFilter as _, QueryOrder as _, QuerySelect as _, Statement,
+    QueryFilter as _, QueryOrder as _, QuerySelect as _, Statement, TransactionTrait as _,
 };
 
 use super::{Store, db_error, entity::revocation};
 use crate::{
+    domain::AuditRecord,
     error::Error,
     revocation::{Revocation, RevocationKind},
 };
@@ -56,9 +57,19 @@ impl Store {
         Ok((rows.into_iter().filter_map(from_row).collect(), newest))
     }
 
-    /// Records a revocation, widening an existing entry for the same key.
-    pub async fn upsert_revocation(&self, entry: &Revocation) -> Result<(), Error> {
-        upsert(self.db(), entry).await
+    /// Records a revocation (widening an existing entry for the same key) and its audit event
+    /// in one transaction.
+    pub async fn upsert_revocation_audited(
+        &self,
+        entry: &Revocation,
+        event: &AuditRecord,
+        now: DateTime<Utc>,
+    ) -> Result<(), Error> {
+        let _turn = self.write_turn().await;
+        let txn = self.db().begin().await.map_err(db_error)?;
+        upsert(&txn, entry).await?;
+        super::audit::insert(&txn, event, now).await?;
+        txn.commit().await.map_err(db_error)
     }
 
     /// Deletes entries whose tokens have all expired.

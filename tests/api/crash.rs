@@ -1,11 +1,18 @@
 //! Atomicity under SIGKILL: a real `keystone serve` process killed in the middle of refresh
-//! rotations and admin writes leaves a database where every state change happened whole or
-//! not at all. Checked in the database itself, then by a restart on it.
+//! rotations, admin writes, logins and client credentials grants leaves a database where every
+//! state change happened whole or not at all, and every answered call has its audit event.
+//! Checked in the database itself, then by a restart on it.
 
-use std::{process::Child, time::Duration};
+use std::{
+    process::Child,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use keystone::proto::pb::{
-    self, IssueTokenRequest, issue_token_request::Grant, user_admin_client::UserAdminClient,
+    self, IssueTokenRequest, client_admin_client::ClientAdminClient, issue_token_request::Grant,
+    user_admin_client::UserAdminClient,
 };
 use sea_orm::{ConnectionTrait as _, Database, Statement};
 use tonic::transport::Channel;
@@ -45,6 +52,7 @@ impl Server {
             .env("KEYSTONE_BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD)
             // The flood below comes from one address and one name.
             .env("KEYSTONE_LIMITS__PER_IP", "off")
+            .env("KEYSTONE_LIMITS__PER_CLIENT", "off")
             .env("KEYSTONE_LIMITS__PER_USERNAME", "off");
         let (child, channel) = serving_process(command).await;
         Self { child, channel }
@@ -81,6 +89,76 @@ impl Drop for Server {
     }
 }
 
+/// The `jti` of a JWT.
+fn jti_of(token: &str) -> String {
+    let payload = token.split('.').nth(1).expect("a JWT");
+    let claims: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+    claims["jti"].as_str().expect("a jti").to_owned()
+}
+
+/// What the callers were answered before the kill.
+#[derive(Default)]
+struct Answered {
+    /// Tokens issued, by `jti`: each must have its audit event.
+    issued: Vec<String>,
+    /// Logins refused: each must have its audit event.
+    refused: i64,
+}
+
+/// Calls that change nothing but must be audited, as fast as they come, until the server goes.
+fn audited_calls(
+    work: &mut tokio::task::JoinSet<()>,
+    server: &Server,
+    client: (String, String),
+    stranger: String,
+    answered: &Arc<Mutex<Answered>>,
+) {
+    let service = Grant::ClientCredentials(pb::ClientCredentialsGrant {
+        client_id: client.0,
+        client_secret: client.1,
+    });
+    // Client credentials are fast: several callers keep many in flight at the kill.
+    let requests = [
+        Grant::Password(pb::PasswordGrant {
+            username: ADMIN.to_owned(),
+            password: ADMIN_PASSWORD.to_owned(),
+        }),
+        service.clone(),
+        service.clone(),
+        service.clone(),
+        service,
+        Grant::Password(pb::PasswordGrant {
+            username: stranger,
+            password: "not the password".to_owned(),
+        }),
+    ];
+    for grant in requests {
+        let mut auth = server.auth();
+        let answered = answered.clone();
+        work.spawn(async move {
+            loop {
+                let outcome = auth
+                    .issue_token(IssueTokenRequest {
+                        grant: Some(grant.clone()),
+                        ..Default::default()
+                    })
+                    .await;
+                let mut answered = answered.lock().unwrap();
+                match outcome {
+                    Ok(response) => answered
+                        .issued
+                        .push(jti_of(&response.into_inner().access_token)),
+                    // Keystone's own refusal (invalid credentials, then locked), not the
+                    // transport's.
+                    Err(status) if !reason(&status).is_empty() => answered.refused += 1,
+                    Err(_) => return,
+                }
+            }
+        });
+    }
+}
+
 async fn count(db: &sea_orm::DatabaseConnection, sql: &str) -> i64 {
     let row = db
         .query_one_raw(Statement::from_string(db.get_database_backend(), sql))
@@ -93,10 +171,26 @@ async fn count(db: &sea_orm::DatabaseConnection, sql: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_process_killed_mid_write_leaves_every_change_whole_or_absent() {
     let database = TestDatabase::fresh().await;
+    let mut client_secret = String::new();
     for round in 0..3u64 {
         let mut server = Server::start(database.url()).await;
         let admin = server.login().await.access_token;
         if round == 0 {
+            let created = ClientAdminClient::new(server.channel.clone())
+                .create_client(with_bearer(
+                    pb::CreateClientRequest {
+                        client: Some(pb::Client {
+                            client_id: "crash-service".to_owned(),
+                            name: "crash service".to_owned(),
+                            ..Default::default()
+                        }),
+                    },
+                    &admin,
+                ))
+                .await
+                .unwrap()
+                .into_inner();
+            client_secret = created.client_secret;
             let mut users = UserAdminClient::new(server.channel.clone());
             for scope in SCOPES {
                 users
@@ -170,10 +264,23 @@ async fn a_process_killed_mid_write_leaves_every_change_whole_or_absent() {
                 }
             });
         }
+        let answered = Arc::new(Mutex::new(Answered::default()));
+        let stranger = format!("stranger-{round}");
+        audited_calls(
+            &mut work,
+            &server,
+            ("crash-service".to_owned(), client_secret.clone()),
+            stranger.clone(),
+            &answered,
+        );
         // Killed once both kinds of work are under way, at a different moment each round.
         let started = std::time::Instant::now();
         while rotations.load(std::sync::atomic::Ordering::Relaxed) == 0
             || created.load(std::sync::atomic::Ordering::Relaxed) == 0
+            || {
+                let answered = answered.lock().unwrap();
+                answered.issued.len() < 2 || answered.refused == 0
+            }
         {
             assert!(
                 started.elapsed() < Duration::from_secs(30),
@@ -232,8 +339,57 @@ async fn a_process_killed_mid_write_leaves_every_change_whole_or_absent() {
             unaudited, 0,
             "round {round}: a role was made without its audit event"
         );
+        // Every answered call's event: tokens by their jti, refusals by their count.
+        let rows = db
+            .query_all_raw(Statement::from_string(
+                db.get_database_backend(),
+                "SELECT details FROM audit_events WHERE outcome = 'success' \
+                 AND action IN ('login', 'token.issue')",
+            ))
+            .await
+            .unwrap();
+        let audited: std::collections::HashSet<String> = rows
+            .iter()
+            .filter_map(|row| {
+                let details: String = row.try_get_by_index(0).unwrap();
+                let details: serde_json::Value = serde_json::from_str(&details).unwrap();
+                details["jti"].as_str().map(str::to_owned)
+            })
+            .collect();
+        let answered = std::mem::take(&mut *answered.lock().unwrap());
+        let unaudited: Vec<&String> = answered
+            .issued
+            .iter()
+            .filter(|jti| !audited.contains(*jti))
+            .collect();
+        assert!(
+            unaudited.is_empty(),
+            "round {round}: {} of {} tokens handed out have no audit event",
+            unaudited.len(),
+            answered.issued.len()
+        );
+        let refusals = count(
+            &db,
+            &format!(
+                "SELECT COUNT(*) FROM audit_events WHERE action = 'login' AND actor = '{stranger}'"
+            ),
+        )
+        .await;
+        assert!(
+            refusals >= answered.refused,
+            "round {round}: {} refused logins answered, {refusals} audited",
+            answered.refused
+        );
         db.close().await.unwrap();
-        eprintln!("round {round}: killed after {rotated} rotations and {roles} roles in all");
+        eprintln!(
+            "round {round}: killed after {rotated} rotations, {roles} roles, {} tokens issued and {} logins refused in all",
+            answered.issued.len(),
+            answered.refused
+        );
+        assert!(
+            !answered.issued.is_empty() && answered.refused > 0,
+            "the kill came after some audited calls"
+        );
         assert!(rotated > 0 && roles > 0, "the kill came after some work");
     }
     // The database the kills left serves again.

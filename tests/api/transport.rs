@@ -1,11 +1,20 @@
-//! Transport limits: message sizes per service, header-list size, and server-side deadlines.
+//! Transport limits: message sizes per service, header-list size, server-side deadlines, load
+//! shedding, connections per listener, silent connections, HTTP/2 settings and keep-alive.
 
-use std::time::Duration;
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use keystone::proto::pb::{self, IssueTokenRequest, issue_token_request::Grant};
 use tonic::{Code, metadata::MetadataValue};
 
-use crate::helpers::{spawn_app, spawn_app_with, with_bearer};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpStream,
+};
+
+use crate::helpers::{http, spawn_app, spawn_app_with, with_bearer};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -146,5 +155,192 @@ async fn past_the_concurrency_limit_calls_are_shed_at_once_not_queued() {
         .get_jwks(pb::GetJwksRequest {})
         .await
         .expect("served once the slot is free");
+    app.stop().await.unwrap();
+}
+
+/// The HTTP/2 client preface, then an empty SETTINGS frame.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
+
+/// Whether the server closed `stream` (end of stream or reset) within `within`, without
+/// sending anything.
+async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    let mut buffer = [0_u8; 64];
+    matches!(
+        tokio::time::timeout(within, stream.read(&mut buffer)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+/// Whether the server ended `stream` within `within`, whatever it sent first.
+async fn ended_within(stream: &mut TcpStream, within: Duration) -> bool {
+    let mut received = Vec::new();
+    tokio::time::timeout(within, stream.read_to_end(&mut received))
+        .await
+        .is_ok()
+}
+
+/// Whether a new connection to `addr` is served: a health check on gRPC, `/healthz` on HTTP.
+async fn served(addr: SocketAddr, grpc: bool) -> bool {
+    if grpc {
+        let Ok(channel) = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+        else {
+            return false;
+        };
+        tonic_health::pb::health_client::HealthClient::new(channel)
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            .is_ok()
+    } else {
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            http(addr, "GET", "/healthz", &[], ""),
+        )
+        .await
+        .is_ok_and(|response| response.status == 200)
+    }
+}
+
+#[tokio::test]
+async fn each_listener_closes_connections_past_max_connections_at_once() {
+    let app = spawn_app_with(|settings| settings.server.max_connections = 2).await;
+    // The test's own channel holds one gRPC connection.
+    for (addr, grpc, held) in [(app.addr, true, 1), (app.http_addr, false, 0)] {
+        let mut open = Vec::new();
+        for _ in held..2 {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            // Something sent, so it is not closed as silent; a request not finished.
+            let start: &[u8] = if grpc {
+                H2_PREFACE
+            } else {
+                b"GET /healthz HTTP/1.1\r\n"
+            };
+            stream.write_all(start).await.unwrap();
+            open.push(stream);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut extra = TcpStream::connect(addr).await.unwrap();
+        assert!(
+            closed_within(&mut extra, Duration::from_secs(2)).await,
+            "{addr}: a connection past the limit was not closed"
+        );
+        // A slot freed is taken again.
+        drop(open.pop());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !served(addr, grpc).await {
+            assert!(
+                Instant::now() < deadline,
+                "{addr}: a freed slot was not taken again"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(open);
+    }
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_after_the_handshake_timeout() {
+    let app = spawn_app_with(|settings| {
+        settings.server.handshake_timeout = Duration::from_millis(300);
+    })
+    .await;
+    for (addr, grpc) in [(app.addr, true), (app.http_addr, false)] {
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        let opened = Instant::now();
+        assert!(
+            closed_within(&mut silent, Duration::from_secs(5)).await,
+            "{addr}: a silent connection stayed open"
+        );
+        assert!(
+            opened.elapsed() >= Duration::from_millis(250),
+            "{addr}: closed too soon"
+        );
+        // One that speaks is served.
+        assert!(served(addr, grpc).await, "{addr}");
+    }
+    // On HTTP/1.1, a request's head must arrive in that time too: one byte at a time does
+    // not keep a connection.
+    let mut slow = TcpStream::connect(app.http_addr).await.unwrap();
+    let opened = Instant::now();
+    let mut ended = false;
+    for byte in b"GET /healthz HTTP/1.1\r\nhost: x\r\n" {
+        if slow.write_all(&[*byte]).await.is_err() {
+            ended = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        ended || ended_within(&mut slow, Duration::from_secs(5)).await,
+        "a request head trickling in kept its connection"
+    );
+    assert!(
+        opened.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        opened.elapsed()
+    );
+    app.stop().await.unwrap();
+}
+
+/// HTTP/2 frames in `bytes`: (type, flags, payload).
+fn frames(mut bytes: &[u8]) -> Vec<(u8, u8, Vec<u8>)> {
+    let mut frames = Vec::new();
+    while bytes.len() >= 9 {
+        let length =
+            usize::from(bytes[0]) << 16 | usize::from(bytes[1]) << 8 | usize::from(bytes[2]);
+        if bytes.len() < 9 + length {
+            break;
+        }
+        frames.push((bytes[3], bytes[4], bytes[9..9 + length].to_vec()));
+        bytes = &bytes[9 + length..];
+    }
+    frames
+}
+
+#[tokio::test]
+async fn grpc_announces_its_stream_and_header_limits_and_drops_peers_that_ignore_pings() {
+    let app = spawn_app_with(|settings| {
+        settings.server.max_concurrent_streams = 7;
+        settings.server.max_header_list_size = 9000;
+        settings.server.keepalive_interval = Duration::from_millis(200);
+        settings.server.keepalive_timeout = Duration::from_millis(300);
+    })
+    .await;
+    // A peer that completes the handshake, then never answers anything.
+    let mut peer = TcpStream::connect(app.addr).await.unwrap();
+    peer.write_all(H2_PREFACE).await.unwrap();
+    let opened = Instant::now();
+    let mut received = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), peer.read_to_end(&mut received))
+        .await
+        .expect("the server closed the connection")
+        .unwrap();
+    let frames = frames(&received);
+    // SETTINGS (type 4) first: MAX_CONCURRENT_STREAMS (3) and MAX_HEADER_LIST_SIZE (6).
+    let (kind, _, settings) = frames.first().expect("a SETTINGS frame");
+    assert_eq!(*kind, 4);
+    let setting = |id: u16| {
+        settings.chunks_exact(6).find_map(|entry| {
+            (u16::from_be_bytes([entry[0], entry[1]]) == id)
+                .then(|| u32::from_be_bytes([entry[2], entry[3], entry[4], entry[5]]))
+        })
+    };
+    assert_eq!(setting(3), Some(7), "{settings:?}");
+    assert_eq!(setting(6), Some(9000), "{settings:?}");
+    // Then a PING (type 6) it never got an answer to, and the connection closed.
+    assert!(
+        frames
+            .iter()
+            .any(|(kind, flags, _)| *kind == 6 && flags & 1 == 0),
+        "no keep-alive PING: {frames:?}"
+    );
+    assert!(
+        opened.elapsed() >= Duration::from_millis(400),
+        "closed before the keep-alive timed out"
+    );
+    assert!(served(app.addr, true).await);
     app.stop().await.unwrap();
 }
