@@ -6,7 +6,7 @@ use keystone::proto::pb;
 use sea_orm::{ConnectionTrait as _, Database, Statement};
 use tonic::Code;
 
-use crate::helpers::{TestApp, reason, spawn_app, with_bearer};
+use crate::helpers::{TestApp, reason, spawn_app, spawn_app_with, with_bearer};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -301,6 +301,63 @@ async fn changing_the_password_ends_the_other_sessions() {
         "INVALID_CREDENTIALS",
     );
     app.login("hal", "a brand new passphrase").await.unwrap();
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn wrong_current_passwords_lock_the_account_like_failed_logins() {
+    let app = spawn_app_with(|settings| settings.auth.lockout_threshold = 3).await;
+    app.create_user("hugo", PASSWORD, &[]).await;
+    let session = app.login("hugo", PASSWORD).await.unwrap();
+    let change = |current: &str| {
+        let request = with_bearer(
+            pb::ChangePasswordRequest {
+                current_password: current.to_owned(),
+                new_password: "a brand new passphrase".to_owned(),
+            },
+            &session.access_token,
+        );
+        let mut client = app.auth();
+        async move { client.change_password(request).await }
+    };
+    // A stolen access token is no oracle for the password: guesses through ChangePassword
+    // count toward the same lock as logins.
+    for _ in 0..3 {
+        assert_reason(
+            change("a guess at the password").await,
+            Code::InvalidArgument,
+            "INVALID_CREDENTIALS",
+        );
+    }
+    assert_reason(
+        change(PASSWORD).await,
+        Code::PermissionDenied,
+        "ACCOUNT_LOCKED",
+    );
+    assert_reason(
+        app.login("hugo", PASSWORD).await,
+        Code::PermissionDenied,
+        "ACCOUNT_LOCKED",
+    );
+    // Each guess is in the audit trail.
+    let store = app.store().await;
+    let events = store
+        .list_audit_events(
+            &keystone::store::AuditFilter {
+                action: Some("user.change_password".to_owned()),
+                ..Default::default()
+            },
+            None,
+            100,
+        )
+        .await
+        .unwrap();
+    store.close().await;
+    assert_eq!(
+        events.iter().filter(|e| e.outcome == "failure").count(),
+        3,
+        "{events:?}"
+    );
     app.stop().await.unwrap();
 }
 
