@@ -255,7 +255,8 @@ impl App {
             trusted_proxies: crate::client_ip::TrustedProxies::new(
                 &settings.server.trusted_proxies,
             ),
-            connection_limits: (&settings.server).into(),
+            connection_limits: crate::listener::ConnectionLimits::new(&settings.server, false),
+            http_idle_timeout: settings.server.http_idle_timeout,
             metrics: crate::metrics::install(),
         };
         // Every listener but the main gRPC one stops when draining begins, after the delay.

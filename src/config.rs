@@ -382,11 +382,22 @@ pub struct ServerSettings {
     /// Connections open at once on each listener (gRPC and HTTP alike); a connection beyond
     /// it is closed as soon as it is accepted.
     pub max_connections: usize,
-    /// A new connection that sends nothing for this long is closed, so silent sockets cannot
-    /// hold the connection slots; on HTTP/1.1, a request's head must arrive within it too
-    /// (idle keep-alive connections are closed after it).
+    /// Connections open at once from one client address (IPv6: one /64) on each listener;
+    /// the `trusted_proxies` are not capped.
+    pub max_connections_per_ip: usize,
+    /// A new connection must open its protocol within this (gRPC: the whole HTTP/2 preface;
+    /// HTTP: its first bytes), or it is closed: silent sockets cannot hold the slots.
     #[serde(with = "humantime_serde")]
     pub handshake_timeout: Duration,
+    /// HTTP/1.1: a connection waiting for a request's head (idle between requests, or a head
+    /// arriving slowly) is closed after this long. Longer than the idle timeouts of common
+    /// load balancers (60 s), so that they close first.
+    #[serde(with = "humantime_serde")]
+    pub http_idle_timeout: Duration,
+    /// gRPC: a connection older than this is asked to go (GOAWAY; its calls get a minute to
+    /// finish) and the client reconnects, so that no connection is held forever.
+    #[serde(with = "humantime_serde")]
+    pub max_connection_age: Duration,
     /// gRPC: an HTTP/2 PING after this long without a frame from the client...
     #[serde(with = "humantime_serde")]
     pub keepalive_interval: Duration,
@@ -417,7 +428,10 @@ impl Default for ServerSettings {
             concurrency_limit: 1024,
             max_concurrent_streams: 256,
             max_connections: 4096,
+            max_connections_per_ip: 256,
             handshake_timeout: Duration::from_secs(10),
+            http_idle_timeout: Duration::from_secs(75),
+            max_connection_age: Duration::from_secs(30 * 60),
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(20),
             drain_delay: Duration::ZERO,
@@ -1102,7 +1116,16 @@ impl Settings {
                 "must be between 1 and 1000000",
             ));
         }
+        if self.server.max_connections_per_ip == 0 {
+            return Err(ConfigError::invalid(
+                "server.max_connections_per_ip",
+                0,
+                "must be at least 1",
+            ));
+        }
         check_positive("server.handshake_timeout", self.server.handshake_timeout)?;
+        check_positive("server.http_idle_timeout", self.server.http_idle_timeout)?;
+        check_positive("server.max_connection_age", self.server.max_connection_age)?;
         check_positive("server.keepalive_interval", self.server.keepalive_interval)?;
         check_positive("server.keepalive_timeout", self.server.keepalive_timeout)?;
         if self.database.max_connections < 2

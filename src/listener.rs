@@ -1,17 +1,24 @@
-//! Accepting connections, for every listener (gRPC and HTTP): at most
-//! `server.max_connections` open at once on each (beyond it, a new connection is closed as soon
-//! as it is accepted, rather than left to wait in the backlog), and a connection that sends
-//! nothing within `server.handshake_timeout` of opening is closed, so idle sockets cannot sit
-//! on the slots. TCP keep-alive finds peers that vanished; `TCP_NODELAY` sends small frames at
-//! once (Nagle's algorithm against a delayed ACK would hold a response written in pieces for up
-//! to 40 ms). On HTTP/1.1, a request's head must also arrive within `server.handshake_timeout`
-//! (see [`crate::http::serve`]).
+//! Accepting connections, for every listener (gRPC and HTTP):
+//! - at most `server.max_connections` open at once on each, and at most
+//!   `server.max_connections_per_ip` from one client address (IPv6: one /64; the proxies in
+//!   `server.trusted_proxies` are not capped). Beyond either, a new connection is closed as
+//!   soon as it is accepted, rather than left to wait in the backlog;
+//! - a connection must open its protocol within `server.handshake_timeout`: on gRPC, the whole
+//!   HTTP/2 client preface; on HTTP, its first bytes (a request's head must then arrive within
+//!   `server.http_idle_timeout`, see [`crate::http::serve`]). Silent sockets cannot sit on the
+//!   slots;
+//! - TCP keep-alive finds peers that vanished; `TCP_NODELAY` sends small frames at once
+//!   (Nagle's algorithm against a delayed ACK would hold a response written in pieces for up
+//!   to 40 ms).
+//!
+//! On gRPC, `server.max_connection_age` then bounds how long any connection is kept.
 
 use std::{
+    collections::HashMap,
     io,
-    net::SocketAddr,
+    net::{IpAddr, Ipv6Addr, SocketAddr},
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, Mutex, PoisonError},
     task::{Context, Poll},
     time::Duration,
 };
@@ -26,22 +33,36 @@ use tokio::{
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 /// The pause after a failed `accept` (out of file descriptors, say) before the next one.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+/// The HTTP/2 client preface (RFC 9113 section 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// How often a connection is looked at while its preface arrives in pieces.
+const PREFACE_POLL: Duration = Duration::from_millis(10);
 
 /// How a listener takes connections.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnectionLimits {
     /// Connections open at once.
     pub max_connections: usize,
-    /// The longest a new connection may stay silent; on HTTP/1.1 also the longest wait for
-    /// a request's head, idle keep-alive connections included.
+    /// Connections open at once from one client address (IPv6: one /64).
+    pub max_per_ip: usize,
+    /// Addresses not capped per address (`server.trusted_proxies`).
+    pub trusted: crate::client_ip::TrustedProxies,
+    /// The longest a new connection may take to open its protocol.
     pub handshake_timeout: Duration,
+    /// Whether the protocol is HTTP/2 with prior knowledge (gRPC): the whole client preface
+    /// must arrive in time, not only its first byte.
+    pub http2: bool,
 }
 
-impl From<&crate::config::ServerSettings> for ConnectionLimits {
-    fn from(settings: &crate::config::ServerSettings) -> Self {
+impl ConnectionLimits {
+    /// The limits of a listener speaking gRPC (`http2`) or HTTP/1.1.
+    pub fn new(settings: &crate::config::ServerSettings, http2: bool) -> Self {
         Self {
             max_connections: settings.max_connections,
+            max_per_ip: settings.max_connections_per_ip,
+            trusted: crate::client_ip::TrustedProxies::new(&settings.trusted_proxies),
             handshake_timeout: settings.handshake_timeout,
+            http2,
         }
     }
 }
@@ -59,11 +80,36 @@ pub struct Connection {
 struct Slot {
     _permit: OwnedSemaphorePermit,
     listener: &'static str,
+    /// The per-address count this slot is in, if its address is capped.
+    host: Option<(IpAddr, Hosts)>,
 }
+
+/// Connections open per client address.
+type Hosts = Arc<Mutex<HashMap<IpAddr, usize>>>;
 
 impl Drop for Slot {
     fn drop(&mut self) {
         metrics::gauge!("keystone_connections", "listener" => self.listener).decrement(1);
+        if let Some((host, hosts)) = &self.host {
+            let mut hosts = hosts.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(open) = hosts.get_mut(host) {
+                *open -= 1;
+                if *open == 0 {
+                    hosts.remove(host);
+                }
+            }
+        }
+    }
+}
+
+/// The address a client is capped under: IPv4 whole, IPv6 by its /64 (IPv4-mapped as IPv4).
+fn host_of(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
+        },
     }
 }
 
@@ -160,6 +206,7 @@ async fn accept_loop(
     sender: mpsc::Sender<Connection>,
 ) {
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let hosts: Hosts = Arc::default();
     loop {
         let accepted = tokio::select! {
             () = sender.closed() => return,
@@ -174,27 +221,23 @@ async fn accept_loop(
                 continue;
             }
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else {
-            metrics::counter!("keystone_connections_refused_total", "listener" => name, "reason" => "limit")
-                .increment(1);
-            tracing::debug!(listener = name, %peer, "connection refused: server.max_connections are open");
+        let Some(slot) = take_slot(&slots, &hosts, &limits, name, peer.ip()) else {
             drop(stream);
             continue;
-        };
-        metrics::gauge!("keystone_connections", "listener" => name).increment(1);
-        let slot = Slot {
-            _permit: permit,
-            listener: name,
         };
         if let Err(error) = tune(&stream) {
             tracing::debug!(listener = name, error = %error, "cannot set socket options");
         }
         let sender = sender.clone();
+        let (timeout, http2) = (limits.handshake_timeout, limits.http2);
         tokio::spawn(async move {
-            // Its first bytes, without taking them: the server reads them itself.
-            let mut first = [0_u8; 1];
-            match tokio::time::timeout(limits.handshake_timeout, stream.peek(&mut first)).await {
-                Ok(Ok(read)) if read > 0 => {
+            let opened = tokio::select! {
+                // The server stopped: nothing waits for this connection any more.
+                () = sender.closed() => return,
+                opened = tokio::time::timeout(timeout, opening(&stream, http2)) => opened,
+            };
+            match opened {
+                Ok(Ok(true)) => {
                     let connection = Connection {
                         stream,
                         peer,
@@ -203,14 +246,73 @@ async fn accept_loop(
                     // Refused only when the server has stopped.
                     let _ = sender.send(connection).await;
                 }
+                // Closed or failed before it said anything.
                 Ok(_) => {}
                 Err(_) => {
                     metrics::counter!("keystone_connections_refused_total", "listener" => name, "reason" => "silent")
                         .increment(1);
-                    tracing::debug!(listener = name, %peer, "connection closed: it sent nothing within server.handshake_timeout");
+                    tracing::debug!(listener = name, %peer, "connection closed: it did not open its protocol within server.handshake_timeout");
                 }
             }
         });
+    }
+}
+
+/// A slot for a connection from `ip`, if the listener and the address have one free.
+fn take_slot(
+    slots: &Arc<Semaphore>,
+    hosts: &Hosts,
+    limits: &ConnectionLimits,
+    name: &'static str,
+    ip: IpAddr,
+) -> Option<Slot> {
+    let refused = |reason: &'static str| {
+        metrics::counter!("keystone_connections_refused_total", "listener" => name, "reason" => reason)
+            .increment(1);
+        tracing::debug!(listener = name, %ip, reason, "connection refused");
+    };
+    let Ok(permit) = slots.clone().try_acquire_owned() else {
+        refused("limit");
+        return None;
+    };
+    let host = if limits.trusted.trusts(ip) {
+        None
+    } else {
+        let host = host_of(ip);
+        let mut open = hosts.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = open.entry(host).or_insert(0);
+        if *count >= limits.max_per_ip {
+            drop(open);
+            refused("per_ip");
+            return None;
+        }
+        *count += 1;
+        Some((host, hosts.clone()))
+    };
+    metrics::gauge!("keystone_connections", "listener" => name).increment(1);
+    Some(Slot {
+        _permit: permit,
+        listener: name,
+        host,
+    })
+}
+
+/// Waits until the connection has opened its protocol, without taking any bytes (the server
+/// reads them itself): its first byte, or on HTTP/2 the whole client preface (or as much of it
+/// as shows it is something else, which the server then refuses). False if it closed first.
+async fn opening(stream: &TcpStream, http2: bool) -> io::Result<bool> {
+    let mut head = [0_u8; H2_PREFACE.len()];
+    loop {
+        let read = stream.peek(&mut head).await?;
+        if read == 0 {
+            return Ok(false);
+        }
+        if !http2 || read == head.len() || head[..read] != H2_PREFACE[..read] {
+            return Ok(true);
+        }
+        // Part of the preface: wait for the rest (peek is ready again at once while anything
+        // is unread, so the next look waits a moment).
+        tokio::time::sleep(PREFACE_POLL).await;
     }
 }
 
@@ -219,4 +321,25 @@ fn tune(stream: &TcpStream) -> io::Result<()> {
     stream.set_nodelay(true)?;
     socket2::SockRef::from(stream)
         .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_are_capped_by_address_and_ipv6_by_its_64() {
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        assert_eq!(host_of(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(host_of(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(host_of(ip("2001:db8:1:2:3:4:5:6")), ip("2001:db8:1:2::"));
+        assert_eq!(
+            host_of(ip("2001:db8:1:2:ffff::1")),
+            host_of(ip("2001:db8:1:2::9"))
+        );
+        assert_ne!(
+            host_of(ip("2001:db8:1:3::1")),
+            host_of(ip("2001:db8:1:2::1"))
+        );
+    }
 }

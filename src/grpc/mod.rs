@@ -177,6 +177,8 @@ pub async fn serve(
         .http2_max_header_list_size(settings.server.max_header_list_size)
         .http2_keepalive_interval(Some(settings.server.keepalive_interval))
         .http2_keepalive_timeout(Some(settings.server.keepalive_timeout))
+        .max_connection_age(settings.server.max_connection_age)
+        .max_connection_age_grace(MAX_CONNECTION_AGE_GRACE)
         .layer(layers)
         .add_service(health.server())
         .add_optional_service(reflection_v1)
@@ -203,7 +205,7 @@ pub async fn serve(
                 } else {
                     "grpc"
                 },
-                (&settings.server).into(),
+                crate::listener::ConnectionLimits::new(&settings.server, true),
             )
             .into_stream(),
             shutdown,
@@ -211,6 +213,10 @@ pub async fn serve(
         .await?;
     Ok(())
 }
+
+/// How long the calls of a connection past `server.max_connection_age` may take to finish
+/// (streams such as `WatchRevocations` and `Health/Watch` included: their clients resume).
+const MAX_CONNECTION_AGE_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Lets reflection calls through: all of them (`reflection = open`), or only those bearing a
 /// token with `keystone:admin` (`reflection = admin`); none or a bad one is UNAUTHENTICATED,

@@ -43,9 +43,10 @@ pub struct HttpState {
     pub request_timeout: Duration,
     /// Whose `X-Forwarded-For` is believed (`server.trusted_proxies`).
     pub trusted_proxies: TrustedProxies,
-    /// How each listener takes connections (`server.max_connections`,
-    /// `server.handshake_timeout`).
+    /// How each listener takes connections (`server.max_connections`…).
     pub connection_limits: crate::listener::ConnectionLimits,
+    /// How long a connection may wait for a request's head (`server.http_idle_timeout`).
+    pub http_idle_timeout: Duration,
 }
 
 /// Which routes an HTTP listener carries.
@@ -110,9 +111,9 @@ async fn refused(error: tower::BoxError) -> Response {
 }
 
 /// Serves HTTP/1.1 on `listener` until `shutdown` resolves, then lets the requests in flight
-/// finish. A request's head must arrive within `server.handshake_timeout` of the connection
+/// finish. A request's head must arrive within `server.http_idle_timeout` of the connection
 /// being ready for one, so slow heads and idle keep-alive connections give their slot back
-/// (see [`crate::listener`]).
+/// (see [`crate::listener`]). HTTP/2 is not spoken here: gRPC has its own port.
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
@@ -124,20 +125,23 @@ pub async fn serve(
     } else {
         "http"
     };
-    let limits = state.connection_limits;
-    let mut connections = crate::listener::Connections::start(listener, name, limits);
-    let app = router(state, routes);
+    let mut connections =
+        crate::listener::Connections::start(listener, name, state.connection_limits.clone());
     let mut http1 = hyper::server::conn::http1::Builder::new();
     http1
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(limits.handshake_timeout);
+        .header_read_timeout(state.http_idle_timeout);
+    let app = router(state, routes);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    // Dropped (when this task is aborted past the shutdown grace), it stops every connection.
+    let mut serving = tokio::task::JoinSet::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let connection = tokio::select! {
             () = &mut shutdown => break,
             connection = connections.next() => connection,
         };
+        while serving.try_join_next().is_some() {}
         let peer = axum::extract::ConnectInfo(connection.peer());
         let service = tower::ServiceExt::map_request(
             app.clone(),
@@ -146,12 +150,12 @@ pub async fn serve(
                 request
             },
         );
-        let serving = graceful.watch(http1.serve_connection(
+        let served = graceful.watch(http1.serve_connection(
             hyper_util::rt::TokioIo::new(connection),
             hyper_util::service::TowerToHyperService::new(service),
         ));
-        tokio::spawn(async move {
-            if let Err(error) = serving.await {
+        serving.spawn(async move {
+            if let Err(error) = served.await {
                 tracing::debug!(error = %error, "an HTTP connection ended with an error");
             }
         });

@@ -362,6 +362,12 @@ impl AuthService {
                 return Err(invalid_credentials());
             }
         };
+        // The password was right: the attempt is settled (and earlier failures forgotten)
+        // whatever is decided next, so that a disabled or admin-locked account does not pile
+        // up counted attempts that lock its name after it is let back in.
+        self.store
+            .clear_login_failures(&record.lockout_name)
+            .await?;
         let mut user = record.user;
         if user.locked && user.locked_until.is_none_or(|until| until > now) {
             self.record(audit(Outcome::Denied, "locked by an admin"), now)
@@ -375,9 +381,6 @@ impl AuthService {
                 message: "the account is disabled".to_owned(),
             });
         }
-        self.store
-            .clear_login_failures(&record.lockout_name)
-            .await?;
         user.roles = self.store.role_names_of(user.id).await?;
         let new_hash = if needs_rehash {
             Some(self.hasher.hash(&login.password).await?)
@@ -885,12 +888,23 @@ impl AuthService {
             .await?
             .ok_or_else(invalid_credentials)?;
         let now = self.clock.now();
-        let name = normalize(&login.user.username);
+        let name = login.lockout_name.clone();
+        let event = |outcome: Outcome, reason: &str| {
+            AuditRecord::new(
+                user_id.to_string(),
+                "user.change_password",
+                user_id.to_string(),
+                outcome,
+            )
+            .from_peer(&context.peer)
+            .with_detail("reason", reason)
+        };
         if !self
             .store
             .begin_login_attempt(&name, self.lockout, now)
             .await?
         {
+            self.record(event(Outcome::Denied, "locked"), now).await;
             return Err(account_locked());
         }
         let verification = match self
@@ -906,16 +920,13 @@ impl AuthService {
         };
         if verification == Verification::Invalid {
             // A wrong current password counts towards the lockout like a failed login.
-            let event = AuditRecord::new(
-                user_id.to_string(),
-                "user.change_password",
-                user_id.to_string(),
-                Outcome::Failure,
-            )
-            .from_peer(&context.peer)
-            .with_detail("reason", "invalid current password");
             self.store
-                .record_login_failure(&name, self.lockout, event, now)
+                .record_login_failure(
+                    &name,
+                    self.lockout,
+                    event(Outcome::Failure, "invalid current password"),
+                    now,
+                )
                 .await?;
             return Err(Error::InvalidArgument {
                 field: "current_password".to_owned(),

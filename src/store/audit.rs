@@ -225,9 +225,9 @@ async fn write_loop(
     }
 }
 
-/// Writes rows in one statement, retrying while the database cannot be reached; when the
-/// database refuses the batch, writes them one by one so that one bad row does not take the
-/// others with it. What became of each row, in order.
+/// Writes rows in one statement, retrying while the database cannot be reached or is busy;
+/// when the database refuses the batch, writes them one by one so that one bad row does not
+/// take the others with it. What became of each row, in order.
 async fn write_batch(
     db: &DatabaseConnection,
     writes: Option<&super::WriteGate>,
@@ -241,12 +241,19 @@ async fn write_batch(
             .exec(db)
             .await;
         drop(turn);
-        match written {
+        let error = match written {
             Ok(_) => {
                 metrics::counter!("keystone_audit_events_written_total").increment(count as u64);
                 return vec![Written::Yes; count];
             }
-            Err(error) if !is_connection_error(&error) && count > 1 => {
+            Err(error) => error,
+        };
+        match classify(&error, attempt > 1) {
+            Failure::AlreadyWritten => {
+                metrics::counter!("keystone_audit_events_written_total").increment(count as u64);
+                return vec![Written::Yes; count];
+            }
+            Failure::Refused if count > 1 => {
                 tracing::warn!(
                     error = format!("{:#}", anyhow::Error::from(db_error(error))),
                     count,
@@ -258,21 +265,24 @@ async fn write_batch(
                 }
                 return outcomes;
             }
-            Err(error) if !is_connection_error(&error) || attempt == ATTEMPTS => {
-                let outcome = if is_connection_error(&error) {
-                    Written::Unreachable
-                } else {
-                    Written::Refused
-                };
+            Failure::Refused => {
+                metrics::counter!("keystone_audit_events_lost_total").increment(count as u64);
+                tracing::error!(
+                    error = format!("{:#}", anyhow::Error::from(db_error(error))),
+                    "an audit event is lost: the database refused it"
+                );
+                return vec![Written::Refused; count];
+            }
+            Failure::Transient if attempt == ATTEMPTS => {
                 metrics::counter!("keystone_audit_events_lost_total").increment(count as u64);
                 tracing::error!(
                     error = format!("{:#}", anyhow::Error::from(db_error(error))),
                     count,
-                    "audit events lost: the database refused them"
+                    "audit events lost: the database could not take them"
                 );
-                return vec![outcome; count];
+                return vec![Written::Unreachable; count];
             }
-            Err(error) => {
+            Failure::Transient => {
                 tracing::warn!(
                     error = format!("{:#}", anyhow::Error::from(db_error(error))),
                     attempt,
@@ -287,13 +297,54 @@ async fn write_batch(
     vec![Written::Unreachable; count]
 }
 
-/// Whether the database could not be reached (worth retrying as it is), rather than refusing
-/// what was sent.
-fn is_connection_error(error: &sea_orm::DbErr) -> bool {
-    matches!(
-        error,
-        sea_orm::DbErr::Conn(_) | sea_orm::DbErr::ConnectionAcquire(_)
-    ) || matches!(db_error(error.clone()), Error::Unavailable { .. })
+/// Why a write failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Failure {
+    /// The database could not be reached, or was busy: worth trying again as it is.
+    Transient,
+    /// An earlier attempt was committed, but its answer was lost with the connection: the
+    /// rows' ids (fresh UUIDv7s, which collide with nothing else) are taken.
+    AlreadyWritten,
+    /// The database refused what was sent.
+    Refused,
+}
+
+/// Sorts a failed write: `retried` when an earlier attempt of the same rows may have been
+/// committed.
+fn classify(error: &sea_orm::DbErr, retried: bool) -> Failure {
+    use sea_orm::{DbErr, RuntimeErr, sqlx};
+    if let Some(sea_orm::SqlErr::UniqueConstraintViolation(_)) = error.sql_err() {
+        return if retried {
+            Failure::AlreadyWritten
+        } else {
+            Failure::Refused
+        };
+    }
+    match error {
+        DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => Failure::Transient,
+        DbErr::Exec(RuntimeErr::SqlxError(source))
+        | DbErr::Query(RuntimeErr::SqlxError(source)) => {
+            match &**source {
+                sqlx::Error::Io(_)
+                | sqlx::Error::Tls(_)
+                | sqlx::Error::Protocol(_)
+                | sqlx::Error::PoolTimedOut
+                | sqlx::Error::PoolClosed
+                | sqlx::Error::WorkerCrashed => Failure::Transient,
+                // Data (22) and integrity (23) errors are about the rows; the rest (a busy
+                // SQLite, a PostgreSQL shutting down, a serialization failure) pass.
+                sqlx::Error::Database(database) => match database.code() {
+                    Some(code) if code.starts_with("22") || code.starts_with("23") => {
+                        Failure::Refused
+                    }
+                    _ if database.kind() != sqlx::error::ErrorKind::Other => Failure::Refused,
+                    _ => Failure::Transient,
+                },
+                _ => Failure::Refused,
+            }
+        }
+        _ => Failure::Refused,
+    }
 }
 
 /// Cuts a value to the column's length, on a character boundary.
@@ -358,5 +409,39 @@ impl super::Store {
                 details: serde_json::from_str(&row.details).unwrap_or_default(),
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use sea_orm::{DbErr, RuntimeErr, sqlx};
+
+    use super::*;
+
+    #[test]
+    fn lost_connections_are_retried_and_refusals_are_not() {
+        let io = || {
+            DbErr::Exec(RuntimeErr::SqlxError(Arc::new(sqlx::Error::Io(
+                std::io::Error::from(std::io::ErrorKind::ConnectionReset),
+            ))))
+        };
+        assert_eq!(classify(&io(), false), Failure::Transient);
+        assert_eq!(
+            classify(&DbErr::Conn(RuntimeErr::Internal("gone".into())), true),
+            Failure::Transient
+        );
+        assert_eq!(
+            classify(
+                &DbErr::Exec(RuntimeErr::SqlxError(Arc::new(sqlx::Error::PoolTimedOut))),
+                false
+            ),
+            Failure::Transient
+        );
+        assert_eq!(
+            classify(&DbErr::Custom("bad row".into()), false),
+            Failure::Refused
+        );
     }
 }

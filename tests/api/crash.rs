@@ -100,40 +100,60 @@ fn jti_of(token: &str) -> String {
 /// What the callers were answered before the kill.
 #[derive(Default)]
 struct Answered {
-    /// Tokens issued, by `jti`: each must have its audit event.
-    issued: Vec<String>,
-    /// Logins refused: each must have its audit event.
+    /// Tokens issued to logins, by `jti`: each must have its audit event.
+    logins: Vec<String>,
+    /// Tokens issued to the service client, by `jti`: each must have its audit event.
+    service: Vec<String>,
+    /// Logins of the stranger refused: each must have its audit event.
     refused: i64,
+}
+
+impl Answered {
+    fn enough(&self) -> bool {
+        !self.logins.is_empty() && !self.service.is_empty() && self.refused > 0
+    }
+}
+
+/// Who calls.
+#[derive(Clone, Copy)]
+enum Caller {
+    Admin,
+    Service,
+    Stranger,
 }
 
 /// Calls that change nothing but must be audited, as fast as they come, until the server goes.
 fn audited_calls(
     work: &mut tokio::task::JoinSet<()>,
     server: &Server,
-    client: (String, String),
-    stranger: String,
+    client: &(String, String),
+    stranger: &str,
     answered: &Arc<Mutex<Answered>>,
 ) {
-    let service = Grant::ClientCredentials(pb::ClientCredentialsGrant {
-        client_id: client.0,
-        client_secret: client.1,
-    });
     // Client credentials are fast: several callers keep many in flight at the kill.
-    let requests = [
-        Grant::Password(pb::PasswordGrant {
-            username: ADMIN.to_owned(),
-            password: ADMIN_PASSWORD.to_owned(),
-        }),
-        service.clone(),
-        service.clone(),
-        service.clone(),
-        service,
-        Grant::Password(pb::PasswordGrant {
-            username: stranger,
-            password: "not the password".to_owned(),
-        }),
+    let callers = [
+        Caller::Admin,
+        Caller::Service,
+        Caller::Service,
+        Caller::Service,
+        Caller::Service,
+        Caller::Stranger,
     ];
-    for grant in requests {
+    for caller in callers {
+        let grant = match caller {
+            Caller::Admin => Grant::Password(pb::PasswordGrant {
+                username: ADMIN.to_owned(),
+                password: ADMIN_PASSWORD.to_owned(),
+            }),
+            Caller::Service => Grant::ClientCredentials(pb::ClientCredentialsGrant {
+                client_id: client.0.clone(),
+                client_secret: client.1.clone(),
+            }),
+            Caller::Stranger => Grant::Password(pb::PasswordGrant {
+                username: stranger.to_owned(),
+                password: "not the password".to_owned(),
+            }),
+        };
         let mut auth = server.auth();
         let answered = answered.clone();
         work.spawn(async move {
@@ -145,14 +165,24 @@ fn audited_calls(
                     })
                     .await;
                 let mut answered = answered.lock().unwrap();
-                match outcome {
-                    Ok(response) => answered
-                        .issued
+                match (caller, outcome) {
+                    (Caller::Admin, Ok(response)) => answered
+                        .logins
                         .push(jti_of(&response.into_inner().access_token)),
-                    // Keystone's own refusal (invalid credentials, then locked), not the
-                    // transport's.
-                    Err(status) if !reason(&status).is_empty() => answered.refused += 1,
-                    Err(_) => return,
+                    (Caller::Service, Ok(response)) => answered
+                        .service
+                        .push(jti_of(&response.into_inner().access_token)),
+                    (Caller::Stranger, Err(status))
+                        if matches!(
+                            reason(&status).as_str(),
+                            "INVALID_CREDENTIALS" | "ACCOUNT_LOCKED"
+                        ) =>
+                    {
+                        answered.refused += 1;
+                    }
+                    // The server went away (or something else happened, which the checks
+                    // after the kill do not count).
+                    _ => return,
                 }
             }
         });
@@ -269,18 +299,15 @@ async fn a_process_killed_mid_write_leaves_every_change_whole_or_absent() {
         audited_calls(
             &mut work,
             &server,
-            ("crash-service".to_owned(), client_secret.clone()),
-            stranger.clone(),
+            &("crash-service".to_owned(), client_secret.clone()),
+            &stranger,
             &answered,
         );
         // Killed once both kinds of work are under way, at a different moment each round.
         let started = std::time::Instant::now();
         while rotations.load(std::sync::atomic::Ordering::Relaxed) == 0
             || created.load(std::sync::atomic::Ordering::Relaxed) == 0
-            || {
-                let answered = answered.lock().unwrap();
-                answered.issued.len() < 2 || answered.refused == 0
-            }
+            || !answered.lock().unwrap().enough()
         {
             assert!(
                 started.elapsed() < Duration::from_secs(30),
@@ -357,17 +384,15 @@ async fn a_process_killed_mid_write_leaves_every_change_whole_or_absent() {
             })
             .collect();
         let answered = std::mem::take(&mut *answered.lock().unwrap());
-        let unaudited: Vec<&String> = answered
-            .issued
-            .iter()
-            .filter(|jti| !audited.contains(*jti))
-            .collect();
-        assert!(
-            unaudited.is_empty(),
-            "round {round}: {} of {} tokens handed out have no audit event",
-            unaudited.len(),
-            answered.issued.len()
-        );
+        for (kind, issued) in [("login", &answered.logins), ("service", &answered.service)] {
+            let unaudited = issued.iter().filter(|jti| !audited.contains(*jti)).count();
+            assert_eq!(
+                unaudited,
+                0,
+                "round {round}: {unaudited} of {} {kind} tokens handed out have no audit event",
+                issued.len()
+            );
+        }
         let refusals = count(
             &db,
             &format!(
@@ -382,14 +407,12 @@ async fn a_process_killed_mid_write_leaves_every_change_whole_or_absent() {
         );
         db.close().await.unwrap();
         eprintln!(
-            "round {round}: killed after {rotated} rotations, {roles} roles, {} tokens issued and {} logins refused in all",
-            answered.issued.len(),
+            "round {round}: killed after {rotated} rotations, {roles} roles, {} logins, {} service tokens and {} refused logins in all",
+            answered.logins.len(),
+            answered.service.len(),
             answered.refused
         );
-        assert!(
-            !answered.issued.is_empty() && answered.refused > 0,
-            "the kill came after some audited calls"
-        );
+        assert!(answered.enough(), "the kill came after some audited calls");
         assert!(rotated > 0 && roles > 0, "the kill came after some work");
     }
     // The database the kills left serves again.

@@ -14,7 +14,7 @@ use tokio::{
     net::TcpStream,
 };
 
-use crate::helpers::{http, spawn_app, spawn_app_with, with_bearer};
+use crate::helpers::{spawn_app, spawn_app_with, with_bearer};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -194,38 +194,54 @@ async fn served(addr: SocketAddr, grpc: bool) -> bool {
             .await
             .is_ok()
     } else {
-        tokio::time::timeout(
-            Duration::from_secs(2),
-            http(addr, "GET", "/healthz", &[], ""),
+        // By hand: a connection refused while the server has not yet seen a slot freed is a
+        // `false`, not a panic.
+        let probe = async {
+            let mut stream = TcpStream::connect(addr).await?;
+            stream
+                .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+                .await?;
+            let mut received = Vec::new();
+            stream.read_to_end(&mut received).await?;
+            Ok::<_, std::io::Error>(received.starts_with(b"HTTP/1.1 200"))
+        };
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), probe).await,
+            Ok(Ok(true))
         )
-        .await
-        .is_ok_and(|response| response.status == 200)
     }
+}
+
+/// Holds connections to `addr` until a limit of two is reached (the test's own channel holds
+/// one gRPC connection), checks that one more is closed at once, and returns those held.
+async fn fill(addr: SocketAddr, grpc: bool) -> Vec<TcpStream> {
+    let held = usize::from(grpc);
+    let mut open = Vec::new();
+    for _ in held..2 {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        // Something sent, so it is not closed as silent; a request not finished.
+        let start: &[u8] = if grpc {
+            H2_PREFACE
+        } else {
+            b"GET /healthz HTTP/1.1\r\n"
+        };
+        stream.write_all(start).await.unwrap();
+        open.push(stream);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut extra = TcpStream::connect(addr).await.unwrap();
+    assert!(
+        closed_within(&mut extra, Duration::from_secs(2)).await,
+        "{addr}: a connection past the limit was not closed"
+    );
+    open
 }
 
 #[tokio::test]
 async fn each_listener_closes_connections_past_max_connections_at_once() {
     let app = spawn_app_with(|settings| settings.server.max_connections = 2).await;
-    // The test's own channel holds one gRPC connection.
-    for (addr, grpc, held) in [(app.addr, true, 1), (app.http_addr, false, 0)] {
-        let mut open = Vec::new();
-        for _ in held..2 {
-            let mut stream = TcpStream::connect(addr).await.unwrap();
-            // Something sent, so it is not closed as silent; a request not finished.
-            let start: &[u8] = if grpc {
-                H2_PREFACE
-            } else {
-                b"GET /healthz HTTP/1.1\r\n"
-            };
-            stream.write_all(start).await.unwrap();
-            open.push(stream);
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let mut extra = TcpStream::connect(addr).await.unwrap();
-        assert!(
-            closed_within(&mut extra, Duration::from_secs(2)).await,
-            "{addr}: a connection past the limit was not closed"
-        );
+    for (addr, grpc) in [(app.addr, true), (app.http_addr, false)] {
+        let mut open = fill(addr, grpc).await;
         // A slot freed is taken again.
         drop(open.pop());
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -242,9 +258,35 @@ async fn each_listener_closes_connections_past_max_connections_at_once() {
 }
 
 #[tokio::test]
+async fn one_address_cannot_take_every_slot_but_a_trusted_proxy_may() {
+    let app = spawn_app_with(|settings| settings.server.max_connections_per_ip = 2).await;
+    for (addr, grpc) in [(app.addr, true), (app.http_addr, false)] {
+        drop(fill(addr, grpc).await);
+    }
+    app.stop().await.unwrap();
+
+    // From a trusted proxy, connections are not capped per address.
+    let app = spawn_app_with(|settings| {
+        settings.server.max_connections_per_ip = 2;
+        settings.server.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    })
+    .await;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(app.addr).await.unwrap();
+        stream.write_all(H2_PREFACE).await.unwrap();
+        open.push(stream);
+    }
+    assert!(served(app.addr, true).await);
+    drop(open);
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_connection_that_sends_nothing_is_closed_after_the_handshake_timeout() {
     let app = spawn_app_with(|settings| {
         settings.server.handshake_timeout = Duration::from_millis(300);
+        settings.server.http_idle_timeout = Duration::from_millis(300);
     })
     .await;
     for (addr, grpc) in [(app.addr, true), (app.http_addr, false)] {
@@ -261,8 +303,20 @@ async fn a_connection_that_sends_nothing_is_closed_after_the_handshake_timeout()
         // One that speaks is served.
         assert!(served(addr, grpc).await, "{addr}");
     }
-    // On HTTP/1.1, a request's head must arrive in that time too: one byte at a time does
-    // not keep a connection.
+    // On gRPC, the whole HTTP/2 preface must arrive in that time: a piece of it is not enough.
+    let mut half = TcpStream::connect(app.addr).await.unwrap();
+    half.write_all(&H2_PREFACE[..10]).await.unwrap();
+    let opened = Instant::now();
+    assert!(
+        closed_within(&mut half, Duration::from_secs(5)).await,
+        "a half-sent preface kept its connection"
+    );
+    assert!(
+        opened.elapsed() >= Duration::from_millis(250),
+        "closed too soon"
+    );
+    // On HTTP/1.1, a request's head must arrive within `http_idle_timeout`: one byte at a
+    // time does not keep a connection.
     let mut slow = TcpStream::connect(app.http_addr).await.unwrap();
     let opened = Instant::now();
     let mut ended = false;

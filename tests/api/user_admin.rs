@@ -12,7 +12,7 @@ use keystone::proto::pb::{
 use prost_types::FieldMask;
 use tonic::Code;
 
-use crate::helpers::{TestApp, bad_field, reason, spawn_app, with_bearer};
+use crate::helpers::{TestApp, bad_field, reason, spawn_app, spawn_app_with, with_bearer};
 
 /// A password that meets the policy and holds no test username.
 const PASSWORD: &str = "violet tractor sunrise 7";
@@ -426,6 +426,41 @@ async fn update_masks_refuse_unknown_output_only_and_unchangeable_paths() {
         assert_eq!(status.code(), Code::InvalidArgument, "{paths:?}");
         assert_eq!(bad_field(&status), "update_mask", "{paths:?}");
     }
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_right_password_on_a_disabled_account_does_not_lock_it_for_later() {
+    let app = spawn_app_with(|settings| settings.auth.lockout_threshold = 2).await;
+    let admin = app.admin_token().await;
+    let user = create_user(&app, &admin, "gina", &[]).await;
+    let enable = |enabled: bool| {
+        let request = with_bearer(
+            UpdateUserRequest {
+                user: Some(User {
+                    id: user.id.clone(),
+                    enabled: Some(enabled),
+                    ..Default::default()
+                }),
+                update_mask: mask(&["enabled"]),
+            },
+            &admin,
+        );
+        let mut client = app.user_admin();
+        async move { client.update_user(request).await.unwrap() }
+    };
+    enable(false).await;
+    // Past the threshold: each attempt had the right password, so each is settled.
+    for _ in 0..4 {
+        assert_eq!(
+            reason(&app.login("gina", PASSWORD).await.unwrap_err()),
+            "ACCOUNT_DISABLED"
+        );
+    }
+    enable(true).await;
+    app.login("gina", PASSWORD)
+        .await
+        .expect("the account, let back in, is not locked");
     app.stop().await.unwrap();
 }
 
