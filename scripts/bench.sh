@@ -26,7 +26,10 @@ export KEYSTONE_BENCH_ADMIN=admin KEYSTONE_BENCH_PASSWORD="$password"
 export KEYSTONE_GRPC_ADDR=127.0.0.1:${KEYSTONE_BENCH_GRPC_PORT:-50551}
 # A benchmark measures capacity: every call comes from one address with a few names, which
 # the rate limits (limits.*) would refuse as the attack they look like.
-export KEYSTONE_LIMITS__PER_IP=off KEYSTONE_LIMITS__PER_CLIENT=off KEYSTONE_LIMITS__PER_USERNAME=off
+# Set them to measure what counting costs (e.g. "1000000/1s burst 1000000", with Redis).
+export KEYSTONE_LIMITS__PER_IP="${KEYSTONE_LIMITS__PER_IP:-off}"
+export KEYSTONE_LIMITS__PER_CLIENT="${KEYSTONE_LIMITS__PER_CLIENT:-off}"
+export KEYSTONE_LIMITS__PER_USERNAME="${KEYSTONE_LIMITS__PER_USERNAME:-off}"
 export KEYSTONE_HTTP_ADDR=127.0.0.1:${KEYSTONE_BENCH_HTTP_PORT:-8580}
 addr="http://$KEYSTONE_GRPC_ADDR"
 
