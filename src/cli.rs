@@ -72,7 +72,9 @@ pub enum KeysCommand {
     /// Withdraw a compromised key at once: it leaves the JWKS and every token it signed fails.
     /// If it was signing, a new key signs immediately.
     Revoke {
-        /// The key id (`kid`).
+        /// The key id (`kid`). A kid is base64url and may begin with `-`: it is taken as the
+        /// id, not as an option.
+        #[arg(allow_hyphen_values = true)]
         kid: String,
     },
     /// List the keys with their state and times.
@@ -264,4 +266,20 @@ async fn migrate(store: &Store, command: MigrateCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    #[test]
+    fn a_kid_beginning_with_a_hyphen_is_a_kid() {
+        let cli = Cli::try_parse_from(["keystone", "keys", "revoke", "-3xYz_Q"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Some(Command::Keys(KeysCommand::Revoke { kid })) if kid == "-3xYz_Q"
+        ));
+    }
 }

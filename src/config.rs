@@ -394,8 +394,9 @@ pub struct ServerSettings {
     /// load balancers (60 s), so that they close first.
     #[serde(with = "humantime_serde")]
     pub http_idle_timeout: Duration,
-    /// gRPC: a connection older than this is asked to go (GOAWAY; its calls get a minute to
-    /// finish) and the client reconnects, so that no connection is held forever.
+    /// gRPC: a connection older than this is asked to go (GOAWAY; its calls, streams
+    /// included, get a minute more, or this long when it is shorter, then it is cut) and the
+    /// client reconnects, so that no connection is held forever.
     #[serde(with = "humantime_serde")]
     pub max_connection_age: Duration,
     /// gRPC: an HTTP/2 PING after this long without a frame from the client...

@@ -15,6 +15,7 @@
 
 use std::{
     collections::HashMap,
+    future::Future as _,
     io,
     net::{IpAddr, Ipv6Addr, SocketAddr},
     pin::Pin,
@@ -35,8 +36,14 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// The HTTP/2 client preface (RFC 9113 section 3.4).
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// How often a connection is looked at while its preface arrives in pieces.
+/// How long the calls of a gRPC connection past `server.max_connection_age` may take to
+/// finish (streams such as `WatchRevocations` and `Health/Watch` included: their clients
+/// resume on a new connection); the age itself when it is shorter.
+pub const MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(60);
+/// How soon a connection is looked at again while its preface arrives in pieces (doubling).
 const PREFACE_POLL: Duration = Duration::from_millis(10);
+/// The longest pause between two looks.
+const PREFACE_POLL_MAX: Duration = Duration::from_millis(640);
 
 /// How a listener takes connections.
 #[derive(Debug, Clone)]
@@ -52,6 +59,8 @@ pub struct ConnectionLimits {
     /// Whether the protocol is HTTP/2 with prior knowledge (gRPC): the whole client preface
     /// must arrive in time, not only its first byte.
     pub http2: bool,
+    /// How long a connection may live at most, if it is bounded.
+    pub lifetime: Option<Duration>,
 }
 
 impl ConnectionLimits {
@@ -63,15 +72,24 @@ impl ConnectionLimits {
             trusted: crate::client_ip::TrustedProxies::new(&settings.trusted_proxies),
             handshake_timeout: settings.handshake_timeout,
             http2,
+            // gRPC asks a connection to go (GOAWAY) at `max_connection_age`; its calls,
+            // streams included, get the grace, and then it is cut here (tonic 0.14 does
+            // either the GOAWAY or the cut, not both).
+            lifetime: http2.then(|| {
+                settings.max_connection_age
+                    + MAX_CONNECTION_AGE_GRACE.min(settings.max_connection_age)
+            }),
         }
     }
 }
 
-/// A connection taken: it holds its slot until it is dropped.
+/// A connection taken: it holds its slot until it is dropped. Past its hard end (gRPC: the
+/// maximum age and its grace) every read and write fails, which closes it.
 #[derive(Debug)]
 pub struct Connection {
     stream: TcpStream,
     peer: SocketAddr,
+    end: Option<Pin<Box<tokio::time::Sleep>>>,
     _slot: Slot,
 }
 
@@ -120,12 +138,29 @@ impl Connection {
     }
 }
 
+impl Connection {
+    /// An error once the connection is past its hard end (the server always has a read
+    /// pending, so the timer wakes it then).
+    fn ended(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if let Some(end) = &mut self.end
+            && end.as_mut().poll(cx).is_ready()
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the connection outlived server.max_connection_age and its grace",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl AsyncRead for Connection {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        self.ended(cx)?;
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
@@ -136,6 +171,7 @@ impl AsyncWrite for Connection {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.ended(cx)?;
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
@@ -144,6 +180,7 @@ impl AsyncWrite for Connection {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        self.ended(cx)?;
         Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
     }
 
@@ -229,7 +266,7 @@ async fn accept_loop(
             tracing::debug!(listener = name, error = %error, "cannot set socket options");
         }
         let sender = sender.clone();
-        let (timeout, http2) = (limits.handshake_timeout, limits.http2);
+        let (timeout, http2, lifetime) = (limits.handshake_timeout, limits.http2, limits.lifetime);
         tokio::spawn(async move {
             let opened = tokio::select! {
                 // The server stopped: nothing waits for this connection any more.
@@ -241,6 +278,7 @@ async fn accept_loop(
                     let connection = Connection {
                         stream,
                         peer,
+                        end: lifetime.map(|lifetime| Box::pin(tokio::time::sleep(lifetime))),
                         _slot: slot,
                     };
                     // Refused only when the server has stopped.
@@ -275,7 +313,8 @@ fn take_slot(
         refused("limit");
         return None;
     };
-    let host = if limits.trusted.trusts(ip) {
+    // An IPv4 peer on a dual-stack listener arrives IPv4-mapped.
+    let host = if limits.trusted.trusts(ip.to_canonical()) {
         None
     } else {
         let host = host_of(ip);
@@ -302,6 +341,7 @@ fn take_slot(
 /// as shows it is something else, which the server then refuses). False if it closed first.
 async fn opening(stream: &TcpStream, http2: bool) -> io::Result<bool> {
     let mut head = [0_u8; H2_PREFACE.len()];
+    let mut pause = PREFACE_POLL;
     loop {
         let read = stream.peek(&mut head).await?;
         if read == 0 {
@@ -312,7 +352,8 @@ async fn opening(stream: &TcpStream, http2: bool) -> io::Result<bool> {
         }
         // Part of the preface: wait for the rest (peek is ready again at once while anything
         // is unread, so the next look waits a moment).
-        tokio::time::sleep(PREFACE_POLL).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(PREFACE_POLL_MAX);
     }
 }
 

@@ -177,8 +177,9 @@ pub async fn serve(
         .http2_max_header_list_size(settings.server.max_header_list_size)
         .http2_keepalive_interval(Some(settings.server.keepalive_interval))
         .http2_keepalive_timeout(Some(settings.server.keepalive_timeout))
+        // A GOAWAY at the age; the cut after the grace is the listener's (see
+        // `crate::listener::MAX_CONNECTION_AGE_GRACE`).
         .max_connection_age(settings.server.max_connection_age)
-        .max_connection_age_grace(MAX_CONNECTION_AGE_GRACE)
         .layer(layers)
         .add_service(health.server())
         .add_optional_service(reflection_v1)
@@ -213,10 +214,6 @@ pub async fn serve(
         .await?;
     Ok(())
 }
-
-/// How long the calls of a connection past `server.max_connection_age` may take to finish
-/// (streams such as `WatchRevocations` and `Health/Watch` included: their clients resume).
-const MAX_CONNECTION_AGE_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Lets reflection calls through: all of them (`reflection = open`), or only those bearing a
 /// token with `keystone:admin` (`reflection = admin`); none or a bad one is UNAUTHENTICATED,

@@ -323,28 +323,37 @@ fn classify(error: &sea_orm::DbErr, retried: bool) -> Failure {
     match error {
         DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => Failure::Transient,
         DbErr::Exec(RuntimeErr::SqlxError(source))
-        | DbErr::Query(RuntimeErr::SqlxError(source)) => {
-            match &**source {
-                sqlx::Error::Io(_)
-                | sqlx::Error::Tls(_)
-                | sqlx::Error::Protocol(_)
-                | sqlx::Error::PoolTimedOut
-                | sqlx::Error::PoolClosed
-                | sqlx::Error::WorkerCrashed => Failure::Transient,
-                // Data (22) and integrity (23) errors are about the rows; the rest (a busy
-                // SQLite, a PostgreSQL shutting down, a serialization failure) pass.
-                sqlx::Error::Database(database) => match database.code() {
-                    Some(code) if code.starts_with("22") || code.starts_with("23") => {
-                        Failure::Refused
-                    }
-                    _ if database.kind() != sqlx::error::ErrorKind::Other => Failure::Refused,
-                    _ => Failure::Transient,
-                },
+        | DbErr::Query(RuntimeErr::SqlxError(source)) => match &**source {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => Failure::Transient,
+            sqlx::Error::Database(database) => match database.code() {
+                Some(code) if passes(&code) => Failure::Transient,
                 _ => Failure::Refused,
-            }
-        }
+            },
+            _ => Failure::Refused,
+        },
         _ => Failure::Refused,
     }
+}
+
+/// Whether a database error code says the database was busy or going away, not that it
+/// refused the rows: PostgreSQL's SQLSTATEs (five characters) of lost connections (08),
+/// rolled-back transactions (40: serialization failures, deadlocks), exhausted resources (53),
+/// a server shutting down or starting (57P01–57P03), a lock not available (55P03) and a
+/// standby that cannot write yet (25006); SQLite's (extended) result codes of a busy or locked
+/// database.
+fn passes(code: &str) -> bool {
+    if code.len() == 5 {
+        return matches!(&code[..2], "08" | "40" | "53")
+            || matches!(code, "57P01" | "57P02" | "57P03" | "55P03" | "25006");
+    }
+    // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
+    code.parse::<u32>()
+        .is_ok_and(|code| matches!(code & 0xff, 5 | 6))
 }
 
 /// Cuts a value to the column's length, on a character boundary.
@@ -443,5 +452,15 @@ mod tests {
             classify(&DbErr::Custom("bad row".into()), false),
             Failure::Refused
         );
+        for code in [
+            "08006", "40001", "40P01", "53300", "57P01", "55P03", "5", "517", "6",
+        ] {
+            assert!(passes(code), "{code}");
+        }
+        for code in [
+            "22021", "23505", "42501", "42P01", "54000", "19", "2067", "18", "2314",
+        ] {
+            assert!(!passes(code), "{code}");
+        }
     }
 }

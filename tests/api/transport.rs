@@ -398,3 +398,36 @@ async fn grpc_announces_its_stream_and_header_limits_and_drops_peers_that_ignore
     assert!(served(app.addr, true).await);
     app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn grpc_connections_are_recycled_at_their_maximum_age_streams_included() {
+    let app = spawn_app_with(|settings| {
+        settings.server.max_connection_age = Duration::from_millis(500);
+    })
+    .await;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(app.channel.clone());
+    // A stream that never ends by itself: a GOAWAY alone would let it hold its connection
+    // (and its slot) for ever.
+    let mut watch = health
+        .watch(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    watch.message().await.unwrap().expect("the first status");
+    let opened = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Ok(Some(_)) = watch.message().await {}
+    })
+    .await;
+    assert!(
+        ended.is_ok(),
+        "the stream outlived the connection's age and grace"
+    );
+    assert!(
+        opened.elapsed() >= Duration::from_millis(400),
+        "cut too soon"
+    );
+    // The client reconnects.
+    assert!(served(app.addr, true).await);
+    app.stop().await.unwrap();
+}
