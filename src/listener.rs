@@ -76,8 +76,9 @@ impl ConnectionLimits {
             // streams included, get the grace, and then it is cut here (tonic 0.14 does
             // either the GOAWAY or the cut, not both).
             lifetime: http2.then(|| {
-                settings.max_connection_age
-                    + MAX_CONNECTION_AGE_GRACE.min(settings.max_connection_age)
+                settings
+                    .max_connection_age
+                    .saturating_add(MAX_CONNECTION_AGE_GRACE.min(settings.max_connection_age))
             }),
         }
     }

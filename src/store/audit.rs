@@ -342,14 +342,17 @@ fn classify(error: &sea_orm::DbErr, retried: bool) -> Failure {
 
 /// Whether a database error code says the database was busy or going away, not that it
 /// refused the rows: PostgreSQL's SQLSTATEs (five characters) of lost connections (08),
-/// rolled-back transactions (40: serialization failures, deadlocks), exhausted resources (53),
+/// serialization failures and deadlocks (40001, 40P01), exhausted resources (53),
 /// a server shutting down or starting (57P01–57P03), a lock not available (55P03) and a
 /// standby that cannot write yet (25006); SQLite's (extended) result codes of a busy or locked
 /// database.
 fn passes(code: &str) -> bool {
     if code.len() == 5 {
-        return matches!(&code[..2], "08" | "40" | "53")
-            || matches!(code, "57P01" | "57P02" | "57P03" | "55P03" | "25006");
+        return matches!(&code[..2], "08" | "53")
+            || matches!(
+                code,
+                "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "55P03" | "25006"
+            );
     }
     // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
     code.parse::<u32>()
