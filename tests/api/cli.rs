@@ -59,6 +59,20 @@ pub fn run(command: &mut Command) -> (i32, String, String) {
     )
 }
 
+/// [`run`] for async tests: off the test's thread, so that a Keystone running in the test's
+/// own runtime goes on serving (and releasing its locks) while the command runs. Blocking that
+/// thread froze the server, holding whatever it held: `keys revoke` then waited 30 s for the
+/// key lock and failed.
+pub fn run_beside(command: &mut Command) -> impl Future<Output = (i32, String, String)> + use<> {
+    // Taken now: the future owns it.
+    let mut command = std::mem::replace(command, Command::new("true"));
+    async move {
+        tokio::task::spawn_blocking(move || run(&mut command))
+            .await
+            .expect("the command's thread")
+    }
+}
+
 #[test]
 fn a_bad_setting_stops_the_process_naming_the_setting_and_the_value() {
     let (code, _, stderr) = run(keystone()

@@ -18,7 +18,7 @@ use secrecy::SecretString;
 use tonic::Code;
 
 use crate::{
-    cli::{keystone, run},
+    cli::{keystone, run_beside},
     helpers::{TEST_PEPPER, TestApp, reason, spawn_app_on, spawn_app_with},
 };
 
@@ -140,20 +140,26 @@ async fn keystone_keys_revoke_makes_the_tokens_of_the_key_fail() {
 
     // Without the servers' pepper, the command cannot open the stored keys: it refuses
     // rather than make a key no server could use.
-    let (code, _, stderr) = run(keystone()
-        .args(["keys", "revoke", &kid])
-        .env("KEYSTONE_DATABASE_URL", app.database_url())
-        .env(
-            "KEYSTONE_SECRETS__PEPPER",
-            "another-pepper-0123456789abcdefghijklmnop",
-        ));
+    let (code, _, stderr) = run_beside(
+        keystone()
+            .args(["keys", "revoke", &kid])
+            .env("KEYSTONE_DATABASE_URL", app.database_url())
+            .env(
+                "KEYSTONE_SECRETS__PEPPER",
+                "another-pepper-0123456789abcdefghijklmnop",
+            ),
+    )
+    .await;
     assert_ne!(code, 0);
     assert!(stderr.contains("key-encryption key"), "{stderr}");
     assert!(!stderr.contains("another-pepper"), "{stderr}");
-    let (code, stdout, stderr) = run(keystone()
-        .args(["keys", "revoke", &kid])
-        .env("KEYSTONE_DATABASE_URL", app.database_url())
-        .env("KEYSTONE_SECRETS__PEPPER", TEST_PEPPER));
+    let (code, stdout, stderr) = run_beside(
+        keystone()
+            .args(["keys", "revoke", &kid])
+            .env("KEYSTONE_DATABASE_URL", app.database_url())
+            .env("KEYSTONE_SECRETS__PEPPER", TEST_PEPPER),
+    )
+    .await;
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains(&kid));
 
@@ -180,21 +186,27 @@ async fn keystone_keys_revoke_makes_the_tokens_of_the_key_fail() {
     let fresh = app.login("lee", PASSWORD).await.unwrap().access_token;
     assert_ne!(kid_of(&fresh), kid, "a new key signs at once");
 
-    let (code, _, stderr) = run(keystone()
-        .args(["keys", "revoke", &kid])
-        .env("KEYSTONE_DATABASE_URL", app.database_url())
-        .env("KEYSTONE_SECRETS__PEPPER", TEST_PEPPER));
+    let (code, _, stderr) = run_beside(
+        keystone()
+            .args(["keys", "revoke", &kid])
+            .env("KEYSTONE_DATABASE_URL", app.database_url())
+            .env("KEYSTONE_SECRETS__PEPPER", TEST_PEPPER),
+    )
+    .await;
     assert_eq!(code, 1, "revoking twice fails: {stderr}");
     assert!(stderr.contains("no live key"), "{stderr}");
     // Without any pepper, the command does not make one up.
     let nowhere = tempfile::tempdir().unwrap();
-    let (code, _, stderr) = run(keystone()
-        .args(["keys", "rotate"])
-        .env("KEYSTONE_DATABASE_URL", app.database_url())
-        .env(
-            "KEYSTONE_SECRETS__PEPPER_FILE",
-            nowhere.path().join("keystone.pepper"),
-        ));
+    let (code, _, stderr) = run_beside(
+        keystone()
+            .args(["keys", "rotate"])
+            .env("KEYSTONE_DATABASE_URL", app.database_url())
+            .env(
+                "KEYSTONE_SECRETS__PEPPER_FILE",
+                nowhere.path().join("keystone.pepper"),
+            ),
+    )
+    .await;
     assert!(!nowhere.path().join("keystone.pepper").exists());
     assert_ne!(code, 0);
     assert!(stderr.contains("servers' pepper"), "{stderr}");
@@ -250,9 +262,9 @@ async fn private_keys_are_sealed_at_rest_and_follow_the_key_encryption_key() {
         if let Some(previous) = previous {
             command.env("KEYSTONE_SECRETS__PREVIOUS_KEY_ENCRYPTION_KEY", previous);
         }
-        run(&mut command)
+        run_beside(&mut command)
     };
-    let (code, stdout, stderr) = reseal(KEK_A, None);
+    let (code, stdout, stderr) = reseal(KEK_A, None).await;
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains(&kid), "{stdout}");
     let (_, by_a) = crate::helpers::stored_active_key(app.database_url()).await;
@@ -278,7 +290,7 @@ async fn private_keys_are_sealed_at_rest_and_follow_the_key_encryption_key() {
     })
     .await;
     assert!(app.login("kim", PASSWORD).await.is_ok());
-    let (code, _, stderr) = reseal(KEK_B, Some(KEK_A));
+    let (code, _, stderr) = reseal(KEK_B, Some(KEK_A)).await;
     assert_eq!(code, 0, "{stderr}");
     let (_, by_b) = crate::helpers::stored_active_key(app.database_url()).await;
     assert_ne!(by_b[4..12], by_a[4..12]);
