@@ -13,6 +13,18 @@ use std::{
 use http::{HeaderMap, Request};
 use ipnet::IpNet;
 
+/// The network a client is counted under (rate limits, connection caps): an IPv4 address
+/// whole, an IPv6 address by its /64, which one host usually holds whole (IPv4-mapped IPv6
+/// as IPv4).
+pub fn network_of(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(
+            u128::from(v6) & !u128::from(u64::MAX),
+        )),
+        v4 => v4,
+    }
+}
+
 /// The header read from trusted proxies.
 const FORWARDED_FOR: &str = "x-forwarded-for";
 

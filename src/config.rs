@@ -1096,20 +1096,11 @@ impl Settings {
             ));
         }
         check_positive("server.request_timeout", self.server.request_timeout)?;
-        if self.server.concurrency_limit == 0 {
-            return Err(ConfigError::invalid(
-                "server.concurrency_limit",
-                0,
-                "must be at least 1",
-            ));
-        }
-        if self.server.max_concurrent_streams == 0 {
-            return Err(ConfigError::invalid(
-                "server.max_concurrent_streams",
-                0,
-                "must be at least 1",
-            ));
-        }
+        check_at_least_one("server.concurrency_limit", self.server.concurrency_limit)?;
+        check_at_least_one(
+            "server.max_concurrent_streams",
+            self.server.max_concurrent_streams as usize,
+        )?;
         if !(1..=1_000_000).contains(&self.server.max_connections) {
             return Err(ConfigError::invalid(
                 "server.max_connections",
@@ -1117,13 +1108,10 @@ impl Settings {
                 "must be between 1 and 1000000",
             ));
         }
-        if self.server.max_connections_per_ip == 0 {
-            return Err(ConfigError::invalid(
-                "server.max_connections_per_ip",
-                0,
-                "must be at least 1",
-            ));
-        }
+        check_at_least_one(
+            "server.max_connections_per_ip",
+            self.server.max_connections_per_ip,
+        )?;
         check_positive("server.handshake_timeout", self.server.handshake_timeout)?;
         check_positive("server.http_idle_timeout", self.server.http_idle_timeout)?;
         check_positive("server.max_connection_age", self.server.max_connection_age)?;
@@ -1203,6 +1191,13 @@ fn check_quota(setting: &str, quota: &Quota) -> Result<(), ConfigError> {
             quota,
             "the rate must leave at least a microsecond between calls",
         ));
+    }
+    Ok(())
+}
+
+fn check_at_least_one(setting: &str, value: usize) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(ConfigError::invalid(setting, 0, "must be at least 1"));
     }
     Ok(())
 }

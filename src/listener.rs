@@ -17,7 +17,7 @@ use std::{
     collections::HashMap,
     future::Future as _,
     io,
-    net::{IpAddr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, SocketAddr},
     pin::Pin,
     sync::{Arc, Mutex, PoisonError},
     task::{Context, Poll},
@@ -121,25 +121,12 @@ impl Drop for Slot {
     }
 }
 
-/// The address a client is capped under: IPv4 whole, IPv6 by its /64 (IPv4-mapped as IPv4).
-fn host_of(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => ip,
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
-        },
-    }
-}
-
 impl Connection {
     /// The peer's address.
     pub fn peer(&self) -> SocketAddr {
         self.peer
     }
-}
 
-impl Connection {
     /// An error once the connection is past its hard end (the server always has a read
     /// pending, so the timer wakes it then).
     fn ended(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
@@ -318,7 +305,7 @@ fn take_slot(
     let host = if limits.trusted.trusts(ip.to_canonical()) {
         None
     } else {
-        let host = host_of(ip);
+        let host = crate::client_ip::network_of(ip);
         let mut open = hosts.lock().unwrap_or_else(PoisonError::into_inner);
         let count = open.entry(host).or_insert(0);
         if *count >= limits.max_per_ip {
@@ -368,20 +355,21 @@ fn tune(stream: &TcpStream) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client_ip::network_of;
 
     #[test]
     fn clients_are_capped_by_address_and_ipv6_by_its_64() {
         let ip = |text: &str| text.parse::<IpAddr>().unwrap();
-        assert_eq!(host_of(ip("192.0.2.7")), ip("192.0.2.7"));
-        assert_eq!(host_of(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
-        assert_eq!(host_of(ip("2001:db8:1:2:3:4:5:6")), ip("2001:db8:1:2::"));
+        assert_eq!(network_of(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(network_of(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(network_of(ip("2001:db8:1:2:3:4:5:6")), ip("2001:db8:1:2::"));
         assert_eq!(
-            host_of(ip("2001:db8:1:2:ffff::1")),
-            host_of(ip("2001:db8:1:2::9"))
+            network_of(ip("2001:db8:1:2:ffff::1")),
+            network_of(ip("2001:db8:1:2::9"))
         );
         assert_ne!(
-            host_of(ip("2001:db8:1:3::1")),
-            host_of(ip("2001:db8:1:2::1"))
+            network_of(ip("2001:db8:1:3::1")),
+            network_of(ip("2001:db8:1:2::1"))
         );
     }
 }

@@ -888,7 +888,7 @@ impl AuthService {
             .await?
             .ok_or_else(invalid_credentials)?;
         let now = self.clock.now();
-        let name = login.lockout_name.clone();
+        let name = login.lockout_name.as_str();
         let event = |outcome: Outcome, reason: &str| {
             AuditRecord::new(
                 user_id.to_string(),
@@ -901,7 +901,7 @@ impl AuthService {
         };
         if !self
             .store
-            .begin_login_attempt(&name, self.lockout, now)
+            .begin_login_attempt(name, self.lockout, now)
             .await?
         {
             self.record(event(Outcome::Denied, "locked"), now).await;
@@ -914,7 +914,7 @@ impl AuthService {
         {
             Ok(verification) => verification,
             Err(error) => {
-                self.cancel_attempt(&name).await;
+                self.cancel_attempt(name).await;
                 return Err(error);
             }
         };
@@ -922,7 +922,7 @@ impl AuthService {
             // A wrong current password counts towards the lockout like a failed login.
             self.store
                 .record_login_failure(
-                    &name,
+                    name,
                     self.lockout,
                     event(Outcome::Failure, "invalid current password"),
                     now,
@@ -936,7 +936,7 @@ impl AuthService {
         }
         // The current password was right: the failures before it are forgotten, as after a
         // login.
-        self.store.clear_login_failures(&name).await?;
+        self.store.clear_login_failures(name).await?;
         let username = crate::domain::Username::parse(&login.user.username).ok();
         let email = crate::domain::Email::parse(&login.user.email).ok();
         self.policy

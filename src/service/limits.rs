@@ -252,12 +252,9 @@ impl RateLimits {
 /// The key of a client IP: IPv4 whole, IPv6 by its /64 (IPv4-mapped IPv6 as IPv4); anything
 /// that is no IP as it is.
 fn ip_key(ip: &str) -> String {
-    match ip.parse::<IpAddr>().map(|ip| ip.to_canonical()) {
+    match ip.parse::<IpAddr>().map(crate::client_ip::network_of) {
         Ok(IpAddr::V4(ip)) => ip.to_string(),
-        Ok(IpAddr::V6(ip)) => {
-            let s = ip.segments();
-            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
-        }
+        Ok(IpAddr::V6(network)) => format!("{network}/64"),
         Err(_) => ip.to_owned(),
     }
 }

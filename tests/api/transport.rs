@@ -282,6 +282,19 @@ async fn one_address_cannot_take_every_slot_but_a_trusted_proxy_may() {
     app.stop().await.unwrap();
 }
 
+/// Checks that the server closes `stream` once a timeout of 300 ms has run, not before.
+async fn closed_by_the_timeout(stream: &mut TcpStream, what: &str) {
+    let opened = Instant::now();
+    assert!(
+        closed_within(stream, Duration::from_secs(5)).await,
+        "{what} kept its connection"
+    );
+    assert!(
+        opened.elapsed() >= Duration::from_millis(250),
+        "{what}: closed too soon"
+    );
+}
+
 #[tokio::test]
 async fn a_connection_that_sends_nothing_is_closed_after_the_handshake_timeout() {
     let app = spawn_app_with(|settings| {
@@ -291,30 +304,14 @@ async fn a_connection_that_sends_nothing_is_closed_after_the_handshake_timeout()
     .await;
     for (addr, grpc) in [(app.addr, true), (app.http_addr, false)] {
         let mut silent = TcpStream::connect(addr).await.unwrap();
-        let opened = Instant::now();
-        assert!(
-            closed_within(&mut silent, Duration::from_secs(5)).await,
-            "{addr}: a silent connection stayed open"
-        );
-        assert!(
-            opened.elapsed() >= Duration::from_millis(250),
-            "{addr}: closed too soon"
-        );
+        closed_by_the_timeout(&mut silent, &format!("{addr}: a silent connection")).await;
         // One that speaks is served.
         assert!(served(addr, grpc).await, "{addr}");
     }
     // On gRPC, the whole HTTP/2 preface must arrive in that time: a piece of it is not enough.
     let mut half = TcpStream::connect(app.addr).await.unwrap();
     half.write_all(&H2_PREFACE[..10]).await.unwrap();
-    let opened = Instant::now();
-    assert!(
-        closed_within(&mut half, Duration::from_secs(5)).await,
-        "a half-sent preface kept its connection"
-    );
-    assert!(
-        opened.elapsed() >= Duration::from_millis(250),
-        "closed too soon"
-    );
+    closed_by_the_timeout(&mut half, "a half-sent preface").await;
     // On HTTP/1.1, a request's head must arrive within `http_idle_timeout`: one byte at a
     // time does not keep a connection.
     let mut slow = TcpStream::connect(app.http_addr).await.unwrap();
