@@ -27,7 +27,7 @@ use crate::{
         ClientAdminService, UserAdminService, auth::AuthService, client_admin::ClientLimits,
         paging::Pager,
     },
-    store::Store,
+    store::{RetentionPolicy, Store},
     token::{
         keys::{KeyManager, KeyRing},
         sealing::KeySealer,
@@ -84,7 +84,7 @@ impl App {
         ) {
             // Replicas starting together race for it: one that loses finds it made.
             let made = match user_admin
-                .bootstrap_admin(username, None, Some(password.clone()))
+                .bootstrap_admin(username, None, Some(password.clone()), true)
                 .await
             {
                 Err(crate::error::Error::AlreadyExists { .. }) => Ok(None),
@@ -129,6 +129,7 @@ impl App {
                 max_secret_grace: settings.clients.max_secret_grace,
                 token_lifetime: token_lifetime(&settings),
             },
+            settings.clients.delegable_audiences.clone(),
         );
         let auth = AuthService::new(
             &settings,
@@ -228,6 +229,18 @@ impl App {
                 settings.revocation.max_staleness,
             ))
         });
+        let retention = tokio::spawn(retain(
+            store.clone(),
+            clock.clone(),
+            RetentionPolicy {
+                login_failures_kept: crate::store::FORGET_FAILURES_AFTER,
+                audit_events_kept: chrono::Duration::from_std(settings.retention.audit_events)
+                    .unwrap_or(chrono::Duration::MAX),
+                batch_size: settings.retention.batch_size,
+                max_batches: 100,
+            },
+            settings.retention.interval,
+        ));
         let redis = revocations.redis().cloned();
         let auth_for_http = auth.clone();
         let ring_for_http = keys.ring().clone();
@@ -345,6 +358,7 @@ impl App {
                 shutdown.await;
                 monitor.abort();
                 upkeep.abort();
+                retention.abort();
                 health.set(false).await;
                 let _ = draining.send(true);
                 tracing::info!("health is NOT_SERVING; draining");
@@ -523,8 +537,9 @@ pub fn key_manager(
 }
 
 /// Periodic upkeep: key lifecycle steps and reloads every `keys.reload_interval` (so key
-/// changes made elsewhere arrive without a restart), and, every minute, pruning revocations
-/// whose tokens have all expired.
+/// changes made elsewhere arrive without a restart), revocations the database could not record
+/// when asked written, and, every minute, revocations whose tokens have all expired dropped
+/// from memory, idle rate-limit state forgotten and refused admin calls counted.
 async fn upkeep(
     keys: KeyManager,
     revocations: Revocations,
@@ -545,17 +560,40 @@ async fn upkeep(
                 "cannot refresh the signing keys"
             );
         }
+        revocations.record_pending(clock.now()).await;
         record_gauges(&keys, &revocations, &clock);
         crate::metrics::run_upkeep();
         if last_prune.elapsed() >= PRUNE_EVERY {
             last_prune = tokio::time::Instant::now();
             auth.forget_idle_limits();
-            if let Err(error) = revocations.prune(clock.now()).await {
-                tracing::warn!(
-                    error = format!("{:#}", anyhow::Error::from(error)),
-                    "cannot prune revocations"
-                );
+            auth.write_ended_refusals().await;
+            revocations.prune(clock.now());
+        }
+    }
+}
+
+/// Retention (see [`crate::store::retention`]): every `every`, one replica deletes what has
+/// expired, and the rows deleted are counted in `keystone_retention_deleted_total{table}`.
+async fn retain(store: Store, clock: SharedClock, policy: RetentionPolicy, every: Duration) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        match store.delete_expired(policy, clock.now()).await {
+            Ok(Some(deleted)) => {
+                for (table, rows) in deleted {
+                    ::metrics::counter!("keystone_retention_deleted_total", "table" => table.name())
+                        .increment(rows);
+                    if rows > 0 {
+                        tracing::debug!(table = table.name(), rows, "deleted expired rows");
+                    }
+                }
             }
+            Ok(None) => {}
+            Err(error) => tracing::warn!(
+                error = format!("{:#}", anyhow::Error::from(error)),
+                "cannot delete expired rows"
+            ),
         }
     }
 }

@@ -1,5 +1,5 @@
-//! The command line: `keystone serve` (the default), `keystone migrate up|down|status`,
-//! `keystone bootstrap-admin`. Settings come from the same places for every command. The
+//! The command line: `keystone serve` (the default), `keystone migrate [up|down|status]`,
+//! `keystone keys …`, `keystone bootstrap-admin`, `keystone unlock-user`. Settings come from the same places for every command. The
 //! bootstrap password is the one secret ever printed: on purpose, once, to the operator.
 
 use std::path::PathBuf;
@@ -14,9 +14,10 @@ use secrecy::ExposeSecret as _;
 use crate::{
     App, Settings, app,
     clock::{SharedClock, SystemClock},
+    domain::ScopeSet,
     revocation::{redis::Redis, sync::Event},
     secrets::Pepper,
-    service::BootstrapOutcome,
+    service::{ADMIN_SCOPE, Actor, BootstrapOutcome, UserAdminService},
     shutdown,
     store::Store,
     token::keys::KeyManager,
@@ -45,9 +46,12 @@ pub struct Cli {
 pub enum Command {
     /// Serve gRPC until SIGTERM or Ctrl-C (the default).
     Serve,
-    /// Apply, roll back or list the database migrations.
-    #[command(subcommand)]
-    Migrate(MigrateCommand),
+    /// Apply, roll back or list the database migrations (`up` when no subcommand is given).
+    Migrate {
+        /// What to do; `up` (apply every pending migration) when omitted.
+        #[command(subcommand)]
+        command: Option<MigrateCommand>,
+    },
     /// Rotate, withdraw or list the token signing keys.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -60,6 +64,13 @@ pub enum Command {
         /// The admin's email address (default: <username>@keystone.invalid).
         #[arg(long)]
         email: Option<String>,
+    },
+    /// Break glass: unlock an account locked by failed logins or by an admin (for an admin
+    /// an attacker has locked out). Needs only the settings a server has (the database);
+    /// audited as done by `cli`.
+    UnlockUser {
+        /// The username or email of the account.
+        username: String,
     },
 }
 
@@ -111,21 +122,22 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             let app = App::build(settings).await?;
             app.run_until(shutdown::signal()).await
         }
-        Command::BootstrapAdmin { username, email } => {
-            let store = app::open_database(&settings).await?;
-            let clock: SharedClock = Arc::new(SystemClock);
-            let revocations = app::load_revocations(&settings, &store, &clock).await?;
-            let pepper = Pepper::load(&settings.secrets)?;
-            let service = app::user_admin_service(
-                &settings,
-                &store,
-                &clock,
-                app::password_hasher(&settings).await?,
-                &revocations,
-                &pepper,
+        Command::UnlockUser { username } => {
+            let (store, service) = user_admin(&settings).await?;
+            let outcome = unlock_user(&service, &store, &username).await;
+            store.close().await;
+            let record = outcome?;
+            println!(
+                "unlocked `{}` (id {}); failed logins forgotten",
+                record.user.username, record.user.id
             );
+            Ok(())
+        }
+        Command::BootstrapAdmin { username, email } => {
+            let (store, service) = user_admin(&settings).await?;
+            // An operator's own command: made even where other admins exist.
             let outcome = service
-                .bootstrap_admin(&username, email.as_deref(), None)
+                .bootstrap_admin(&username, email.as_deref(), None, false)
                 .await;
             store.close().await;
             match outcome? {
@@ -164,15 +176,53 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             }
             result
         }
-        Command::Migrate(command) => {
+        Command::Migrate { command } => {
             let store = Store::connect(&settings.database_url, &settings.database)
                 .await
                 .context("cannot connect to the database (database_url)")?;
+            let command = command.unwrap_or(MigrateCommand::Up { steps: None });
             let result = migrate(&store, command).await;
             store.close().await;
             result
         }
     }
+}
+
+/// The user administration of the database in the settings, for commands run from a shell.
+async fn user_admin(settings: &Settings) -> anyhow::Result<(Store, UserAdminService)> {
+    let store = app::open_database(settings).await?;
+    let clock: SharedClock = Arc::new(SystemClock);
+    let revocations = app::load_revocations(settings, &store, &clock).await?;
+    let pepper = Pepper::load(&settings.secrets)?;
+    let service = app::user_admin_service(
+        settings,
+        &store,
+        &clock,
+        app::password_hasher(settings).await?,
+        &revocations,
+        &pepper,
+    );
+    Ok((store, service))
+}
+
+async fn unlock_user(
+    service: &UserAdminService,
+    store: &Store,
+    username: &str,
+) -> anyhow::Result<crate::domain::UserRecord> {
+    let Some(user) = store
+        .find_user_by_login(&crate::domain::normalize(username))
+        .await?
+    else {
+        anyhow::bail!("no user has the username or email `{username}`");
+    };
+    // Whoever runs this holds the database and the settings: as much as an admin.
+    let actor = Actor {
+        subject: "cli".to_owned(),
+        scopes: ScopeSet::parse([ADMIN_SCOPE])?,
+        peer: "local shell".to_owned(),
+    };
+    Ok(service.unlock_user(&actor, &user.id.to_string()).await?)
 }
 
 async fn manage_keys(keys: &KeyManager, store: &Store, command: KeysCommand) -> anyhow::Result<()> {

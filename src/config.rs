@@ -40,6 +40,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "ext_authz",
     "secrets",
     "limits",
+    "retention",
 ];
 
 /// Top-level settings that are strings: read from the environment verbatim.
@@ -114,6 +115,8 @@ pub struct Settings {
     pub secrets: SecretSettings,
     /// Rate limits on the calls that check credentials.
     pub limits: LimitSettings,
+    /// How long rows that no longer matter are kept.
+    pub retention: RetentionSettings,
 }
 
 impl Default for Settings {
@@ -141,6 +144,7 @@ impl Default for Settings {
             ext_authz: ExtAuthzSettings::default(),
             secrets: SecretSettings::default(),
             limits: LimitSettings::default(),
+            retention: RetentionSettings::default(),
         }
     }
 }
@@ -580,6 +584,10 @@ pub struct TokenSettings {
     /// Further audiences users may ask for with the password grant (clients have their own
     /// `allowed_audiences`).
     pub user_audiences: Vec<String>,
+    /// Keystone's own audience: `UserAdmin`, `ClientAdmin`, bearer callers of `Introspect`,
+    /// `WatchRevocations` and admin reflection accept only tokens whose `aud` includes it, and
+    /// `keystone:*` scopes are granted only in tokens for it.
+    pub keystone_audience: String,
 }
 
 impl Default for TokenSettings {
@@ -593,6 +601,7 @@ impl Default for TokenSettings {
             leeway: Duration::from_secs(30),
             default_audience: "keystone".to_owned(),
             user_audiences: Vec::new(),
+            keystone_audience: "keystone".to_owned(),
         }
     }
 }
@@ -652,6 +661,11 @@ pub struct ClientSettings {
     /// failures are written whatever this says; issued tokens are counted in
     /// `keystone_tokens_issued_total` either way). A busy service mints thousands a second.
     pub audit_tokens: bool,
+    /// The audiences a `keystone:clients.write` caller may give clients. Audiences are a
+    /// power (a token for an audience passes the routes that require it): such a caller may
+    /// not change, rotate, disable or delete a client holding any other audience. A caller
+    /// holding `keystone:admin` may give and manage any.
+    pub delegable_audiences: Vec<String>,
 }
 
 impl Default for ClientSettings {
@@ -660,6 +674,7 @@ impl Default for ClientSettings {
             max_secret_grace: Duration::from_secs(7 * 24 * 3600),
             cache_ttl: Duration::from_secs(10),
             audit_tokens: true,
+            delegable_audiences: Vec::new(),
         }
     }
 }
@@ -696,6 +711,10 @@ pub struct ExtAuthzSettings {
     /// What requests need, by host and path prefix (the longest matching prefix wins; a
     /// route's `context_extensions` in Envoy add to it).
     pub routes: Vec<ExtAuthzRoute>,
+    /// The audience a request that matches no route needs; empty: any.
+    pub default_audience: String,
+    /// The scopes a request that matches no route needs; empty: a valid token is enough.
+    pub default_scopes: Vec<String>,
 }
 
 impl Default for ExtAuthzSettings {
@@ -704,6 +723,8 @@ impl Default for ExtAuthzSettings {
             header_prefix: "x-keystone-".to_owned(),
             remove_authorization: false,
             routes: Vec::new(),
+            default_audience: String::new(),
+            default_scopes: Vec::new(),
         }
     }
 }
@@ -714,12 +735,41 @@ impl Default for ExtAuthzSettings {
 pub struct ExtAuthzRoute {
     /// The `:authority` (without port); empty: any host.
     pub host: String,
-    /// The path prefix; empty: every path.
+    /// The path prefix, matched on whole segments (`/admin` covers `/admin` and `/admin/x`,
+    /// not `/administrator`); empty or `/`: every path.
     pub path_prefix: String,
+    /// Match `path_prefix` without regard to case (for upstreams that route `/ADMIN` to
+    /// `/admin`, as ASP.NET and IIS do).
+    pub case_insensitive: bool,
     /// The audience the token must carry; empty: any.
     pub audience: String,
     /// The scopes the token must hold.
     pub scopes: Vec<String>,
+}
+
+/// Retention: how long rows that no longer matter are kept, and how they are deleted.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionSettings {
+    /// How long audit events are kept.
+    #[serde(with = "humantime_serde")]
+    pub audit_events: Duration,
+    /// How often one replica deletes what has expired: ended sessions' refresh tokens,
+    /// expired revocations, settled login failures and old audit events.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Rows deleted per statement (each a short transaction of its own).
+    pub batch_size: u32,
+}
+
+impl Default for RetentionSettings {
+    fn default() -> Self {
+        Self {
+            audit_events: Duration::from_secs(400 * 24 * 3600),
+            interval: Duration::from_secs(60),
+            batch_size: 500,
+        }
+    }
 }
 
 /// The revocation set.
@@ -799,7 +849,9 @@ impl Settings {
 
     /// Extracts and validates settings from any figment (tests build their own).
     pub fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
-        let settings: Settings = figment.extract().map_err(describe_figment_error)?;
+        let settings: Settings = figment
+            .extract()
+            .map_err(|error| describe_figment_error(&figment, error))?;
         settings.validate()?;
         Ok(settings)
     }
@@ -875,16 +927,34 @@ impl Settings {
                 "must be lowercase letters, digits and '-'",
             ));
         }
-        for route in &self.ext_authz.routes {
-            if let Some(bad) = route
-                .scopes
+        for (setting, scopes) in self
+            .ext_authz
+            .routes
+            .iter()
+            .map(|route| ("ext_authz.routes.scopes", &route.scopes))
+            .chain([("ext_authz.default_scopes", &self.ext_authz.default_scopes)])
+        {
+            if let Some(bad) = scopes
                 .iter()
                 .find(|scope| crate::domain::Scope::parse(scope).is_err())
             {
                 return Err(ConfigError::invalid(
-                    "ext_authz.routes.scopes",
+                    setting,
                     bad,
                     "must be scopes of the form resource:action",
+                ));
+            }
+        }
+        for route in &self.ext_authz.routes {
+            let prefix = &route.path_prefix;
+            if !prefix.is_empty()
+                && crate::grpc::ext_authz::unambiguous_path(prefix).as_deref() != Ok(prefix)
+            {
+                return Err(ConfigError::invalid(
+                    "ext_authz.routes.path_prefix",
+                    prefix,
+                    "must begin with '/' and hold no query, '%', ';', '\\', '.' or '..' segment \
+                     or '//'",
                 ));
             }
         }
@@ -1044,12 +1114,17 @@ impl Settings {
                 "must not be shorter than auth.lockout_duration",
             ));
         }
-        if self.tokens.default_audience.is_empty() || self.tokens.default_audience.len() > 256 {
-            return Err(ConfigError::invalid(
-                "tokens.default_audience",
-                &self.tokens.default_audience,
-                "must hold 1 to 256 characters",
-            ));
+        for (setting, audience) in [
+            ("tokens.default_audience", &self.tokens.default_audience),
+            ("tokens.keystone_audience", &self.tokens.keystone_audience),
+        ] {
+            if audience.is_empty() || audience.len() > 256 || audience.contains(' ') {
+                return Err(ConfigError::invalid(
+                    setting,
+                    audience,
+                    "must hold 1 to 256 characters and no space",
+                ));
+            }
         }
         check_positive("tokens.access_ttl", self.tokens.access_ttl)?;
         check_positive("tokens.max_access_ttl", self.tokens.max_access_ttl)?;
@@ -1097,6 +1172,12 @@ impl Settings {
         }
         check_positive("server.request_timeout", self.server.request_timeout)?;
         check_at_least_one("server.concurrency_limit", self.server.concurrency_limit)?;
+        check_positive("retention.audit_events", self.retention.audit_events)?;
+        check_positive("retention.interval", self.retention.interval)?;
+        check_at_least_one(
+            "retention.batch_size",
+            usize::try_from(self.retention.batch_size).unwrap_or(usize::MAX),
+        )?;
         check_at_least_one(
             "server.max_concurrent_streams",
             self.server.max_concurrent_streams as usize,
@@ -1228,22 +1309,39 @@ fn check_at_most(setting: &str, value: Duration, max: Duration) -> Result<(), Co
 }
 
 /// Turns figment's errors into messages that name the setting, masking secret values.
-fn describe_figment_error(error: figment::Error) -> ConfigError {
+fn describe_figment_error(figment: &Figment, error: figment::Error) -> ConfigError {
     let messages: Vec<String> = error
         .into_iter()
         .map(|error| {
             let setting = error.path.join(".");
-            let source = error
-                .metadata
-                .as_ref()
-                .map(|metadata| format!(" (from {})", metadata.name))
-                .unwrap_or_default();
+            // String settings come from the environment through a provider in the code
+            // (named after a Rust type): the reader is told the variable instead.
+            let source = match error.metadata.as_ref() {
+                Some(metadata) if matches!(metadata.source, Some(figment::Source::Code(_))) => {
+                    format!(
+                    " (from the environment variable KEYSTONE_{})",
+                        setting.to_ascii_uppercase().replace('.', "__")
+                    )
+                }
+                Some(metadata) => format!(" (from {})", metadata.name),
+                None => String::new(),
+            };
             if SECRET_KEYS.contains(&setting.as_str()) {
                 format!("invalid setting `{setting}`{source}: the value is not valid (not shown: it is secret)")
             } else if setting.is_empty() {
                 format!("invalid settings{source}: {}", error.kind)
             } else {
-                format!("invalid setting `{setting}`{source}: {}", error.kind)
+                let value = figment
+                    .find_value(&setting)
+                    .ok()
+                    .map(|value| match value.as_str() {
+                        Some(text) => format!(" = `{text}`"),
+                        None => serde_json::to_string(&value)
+                            .map(|json| format!(" = `{json}`"))
+                            .unwrap_or_default(),
+                    })
+                    .unwrap_or_default();
+                format!("invalid setting `{setting}`{value}{source}: {}", error.kind)
             }
         })
         .collect();
@@ -1291,6 +1389,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("tokens.access_ttl"), "{error}");
+        assert!(error.contains("`soon`"), "{error}");
+    }
+
+    #[test]
+    fn a_bad_address_from_the_environment_names_the_variable_and_the_value() {
+        // What `Settings::load` does with KEYSTONE_GRPC_ADDR=not-an-address.
+        let error = Settings::from_figment(
+            Figment::new().merge(Serialized::default("grpc_addr", "not-an-address")),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("`grpc_addr` = `not-an-address`"), "{error}");
+        assert!(error.contains("KEYSTONE_GRPC_ADDR"), "{error}");
+        assert!(!error.contains("::"), "a Rust type in {error}");
+    }
+
+    #[test]
+    fn a_bad_secret_is_never_shown() {
+        let error = Settings::from_figment(
+            Figment::new().merge(Serialized::default("database_url", 42_u32)),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("database_url"), "{error}");
+        assert!(!error.contains("42"), "{error}");
     }
 
     #[test]

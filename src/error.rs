@@ -51,6 +51,8 @@ pub enum Reason {
     WeakPassword,
     /// Too many calls; retry after the delay given.
     RateLimited,
+    /// The request message is larger than the server accepts.
+    MessageTooLarge,
     /// The server is saturated; retry later.
     Overloaded,
     /// The thing asked for does not exist.
@@ -90,6 +92,7 @@ impl Reason {
             Reason::InvalidArgument => "INVALID_ARGUMENT",
             Reason::WeakPassword => "WEAK_PASSWORD",
             Reason::RateLimited => "RATE_LIMITED",
+            Reason::MessageTooLarge => "MESSAGE_TOO_LARGE",
             Reason::Overloaded => "OVERLOADED",
             Reason::NotFound => "NOT_FOUND",
             Reason::AlreadyExists => "ALREADY_EXISTS",

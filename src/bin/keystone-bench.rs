@@ -326,6 +326,8 @@ async fn seed(args: &Args, channel: &Channel) -> anyhow::Result<Fixtures> {
                 username: args.admin.clone(),
                 password: args.password.clone(),
             })),
+            // Keystone's own scopes are never implied: asked for by name.
+            scopes: vec!["keystone:admin".into()],
             ..Default::default()
         })
         .await
@@ -338,6 +340,9 @@ async fn seed(args: &Args, channel: &Channel) -> anyhow::Result<Fixtures> {
             client_id: client_id.clone(),
             name: "keystone-bench".into(),
             allowed_scopes: vec!["keystone:introspect".into()],
+            // Its tokens are for Keystone, so that it may see them active when it
+            // introspects them (RFC 7662 section 4).
+            allowed_audiences: vec!["keystone".into()],
             ..Default::default()
         }),
     });
@@ -495,6 +500,7 @@ async fn mint(
                 client_id: client_id.to_owned(),
                 client_secret: secret.to_owned(),
             })),
+            scopes: vec!["keystone:introspect".into()],
             ..Default::default()
         })
         .await?

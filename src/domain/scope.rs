@@ -8,6 +8,9 @@ use std::collections::BTreeSet;
 
 use super::ParseError;
 
+/// The resource of Keystone's own scopes.
+pub const KEYSTONE_RESOURCE: &str = "keystone";
+
 /// One scope, `resource:action`: the resource is 1 to 64 of `a-z 0-9 . _ -`, the action
 /// 1 to 64 of the same.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -42,6 +45,12 @@ impl Scope {
     /// The part before the colon.
     pub fn resource(&self) -> &str {
         self.0.split_once(':').map(|(r, _)| r).unwrap_or(&self.0)
+    }
+
+    /// Whether this is one of Keystone's own scopes (`keystone:…`), which are never implied:
+    /// a token carries one only when it was asked for by name, for Keystone's audience.
+    pub fn is_keystones(&self) -> bool {
+        self.resource() == KEYSTONE_RESOURCE
     }
 
     /// The part after the colon.
@@ -145,6 +154,20 @@ impl ScopeSet {
     /// The scopes as strings.
     pub fn to_strings(&self) -> Vec<String> {
         self.0.iter().map(|s| s.as_str().to_owned()).collect()
+    }
+
+    /// The set without Keystone's own scopes: what a grant that names no scope gets.
+    pub fn without_keystones(&self) -> Self {
+        self.0
+            .iter()
+            .filter(|s| !s.is_keystones())
+            .cloned()
+            .collect()
+    }
+
+    /// The first of Keystone's own scopes in the set, if any.
+    pub fn first_keystones(&self) -> Option<&Scope> {
+        self.0.iter().find(|s| s.is_keystones())
     }
 }
 

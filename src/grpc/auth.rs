@@ -3,7 +3,7 @@
 
 use std::{pin::Pin, time::Duration};
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret as _, SecretString};
 use tokio::sync::{broadcast::error::RecvError, mpsc, watch};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
@@ -14,7 +14,10 @@ use crate::{
     error::{Error, Reason},
     proto::pb,
     revocation::{Revocation, RevocationKind},
-    service::auth::{AuthService, IntrospectionCaller, PasswordLogin, Registration, TokenRequest},
+    service::auth::{
+        AuthService, INTROSPECT_SCOPE, IntrospectionCaller, PasswordLogin, Registration,
+        TokenRequest,
+    },
 };
 
 /// The gRPC adapter of the `Auth` service.
@@ -271,8 +274,9 @@ impl pb::auth_server::Auth for AuthApi {
         request: Request<pb::WatchRevocationsRequest>,
     ) -> Result<Response<RevocationStream>, Status> {
         let caller = bearer_token(request.metadata())?;
-        let required = ScopeSet::parse(["keystone:introspect"]).map_err(|e| e.on("scope"))?;
-        self.service.authenticate(&caller, &required, None)?;
+        let required = ScopeSet::parse([INTROSPECT_SCOPE]).map_err(|e| e.on("scope"))?;
+        self.service.authenticate_for_keystone(&caller, &required)?;
+        let caller = SecretString::from(caller);
         let (snapshot, mut changes) = self.service.watch_revocations();
         let (tx, rx) = mpsc::channel(256);
         let mut draining = self.draining.clone();
@@ -282,7 +286,8 @@ impl pb::auth_server::Auth for AuthApi {
             let mut snapshot_done = false;
             // The next message to send, taken from the snapshot only once the last one went.
             let mut pending: Option<pb::WatchRevocationsResponse> = None;
-            // A stale set is no set to enforce: the stream ends rather than go quiet.
+            // A stale set is no set to enforce: the stream ends rather than go quiet. Nor does
+            // it outlive the watcher's token: revoked or expired, the stream ends with it.
             let mut freshness = tokio::time::interval(Duration::from_secs(1));
             let ending = loop {
                 if pending.is_none() && !snapshot_done {
@@ -308,20 +313,29 @@ impl pb::auth_server::Auth for AuthApi {
                     },
                     change = changes.recv(), if snapshot_done && pending.is_none() => match change {
                         Ok(revocation) => pending = Some(revocation_message(&revocation)),
-                        Err(RecvError::Lagged(_)) => break "the watcher fell behind; watch again",
-                        Err(RecvError::Closed) => break "the revocation set is gone; watch again",
+                        Err(RecvError::Lagged(_)) => {
+                            break Status::unavailable("the watcher fell behind; watch again");
+                        }
+                        Err(RecvError::Closed) => {
+                            break Status::unavailable("the revocation set is gone; watch again");
+                        }
                     },
                     _ = freshness.tick() => {
                         if service.revocations_fresh().is_err() {
-                            break "the revocation set is not confirmed fresh; watch again later";
+                            break Status::unavailable(
+                                "the revocation set is not confirmed fresh; watch again later",
+                            );
+                        }
+                        if let Err(error) = service.verify(caller.expose_secret()) {
+                            break Status::from(error);
                         }
                     }
                     _ = async { draining.wait_for(|draining| *draining).await.is_ok() } => {
-                        break "the server is shutting down; watch again";
+                        break Status::unavailable("the server is shutting down; watch again");
                     }
                 }
             };
-            let _ = tx.send(Err(Status::unavailable(ending))).await;
+            let _ = tx.send(Err(ending)).await;
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

@@ -4,8 +4,14 @@
 //! client sent is replaced or removed, so none can be forged); denied ones get 401 with
 //! `WWW-Authenticate: Bearer error="invalid_token"`, or 403 with
 //! `error="insufficient_scope"`. What a request needs comes from `ext_authz.routes` (host and
-//! path prefix) and the route's `context_extensions` in Envoy (`keystone_audience`,
-//! `keystone_required_scopes`).
+//! path prefix, matched on whole segments), or `ext_authz.default_audience` and
+//! `default_scopes` where no route matches, and the route's `context_extensions` in Envoy
+//! (`keystone_audience`, `keystone_required_scopes`).
+//!
+//! A path that servers behind Envoy may read differently than Keystone does is denied with
+//! 400 before any token is looked at: one holding `;` (Tomcat and Spring path parameters, as
+//! in `/static/..;/admin`), `\`, an encoded `/` or `\` (`%2F`, `%5C`, any case), a `.` or
+//! `..` segment, `//`, or a `%` left after decoding (a double encoding).
 
 use std::collections::HashMap;
 
@@ -56,7 +62,8 @@ impl ExtAuthzApi {
         }
     }
 
-    /// The audience and scopes a request needs: the longest matching route, plus the route's
+    /// The audience and scopes a request to `path` (checked by [`unambiguous_path`]) needs:
+    /// the longest matching route's, or the defaults where none matches, plus the route's
     /// context extensions.
     fn requirements(
         &self,
@@ -69,18 +76,21 @@ impl ExtAuthzApi {
             Some(rest) => rest.split(']').next().unwrap_or(rest),
             None => host.split(':').next().unwrap_or(host),
         };
-        let path = normalize_path(path);
-        let path = path.as_str();
         let route = self
             .settings
             .routes
             .iter()
             .filter(|route| route.host.is_empty() || route.host.eq_ignore_ascii_case(host))
-            .filter(|route| path.starts_with(&route.path_prefix))
+            .filter(|route| covers(route, path))
             .max_by_key(|route| (route.path_prefix.len(), !route.host.is_empty()));
-        let mut scopes: Vec<&str> = route
-            .map(|route| route.scopes.iter().map(String::as_str).collect())
-            .unwrap_or_default();
+        let (route_audience, route_scopes) = match route {
+            Some(route) => (&route.audience, &route.scopes),
+            None => (
+                &self.settings.default_audience,
+                &self.settings.default_scopes,
+            ),
+        };
+        let mut scopes: Vec<&str> = route_scopes.iter().map(String::as_str).collect();
         if let Some(extra) = extensions.get("keystone_required_scopes") {
             scopes.extend(extra.split(' ').filter(|s| !s.is_empty()));
         }
@@ -90,11 +100,7 @@ impl ExtAuthzApi {
             .get("keystone_audience")
             .filter(|a| !a.is_empty())
             .cloned()
-            .or_else(|| {
-                route
-                    .map(|route| route.audience.clone())
-                    .filter(|a| !a.is_empty())
-            });
+            .or_else(|| Some(route_audience.clone()).filter(|a| !a.is_empty()));
         Ok((audience, scopes))
     }
 }
@@ -122,6 +128,18 @@ impl Authorization for ExtAuthzApi {
             .map(|attributes| &attributes.context_extensions)
             .unwrap_or(&empty);
 
+        let path = match unambiguous_path(path) {
+            Ok(path) => path,
+            Err(why) => {
+                return Ok(Response::new(denied(
+                    HttpStatusCode::BadRequest,
+                    Status::invalid_argument(why),
+                    "Bearer realm=\"keystone\"",
+                    "invalid_request",
+                    why,
+                )));
+            }
+        };
         let Some(token) = headers.get("authorization").and_then(|value| bearer(value)) else {
             return Ok(Response::new(denied(
                 HttpStatusCode::Unauthorized,
@@ -131,7 +149,7 @@ impl Authorization for ExtAuthzApi {
                 "send `authorization: Bearer <access token>`",
             )));
         };
-        let (audience, scopes) = match self.requirements(host, path, extensions) {
+        let (audience, scopes) = match self.requirements(host, &path, extensions) {
             Ok(requirements) => requirements,
             Err(error) => {
                 // The route's configuration is wrong, not the caller's token.
@@ -195,28 +213,57 @@ impl Authorization for ExtAuthzApi {
     }
 }
 
-/// The path as a route is matched against: without query or fragment, percent-decoded, with
-/// `//` merged and `.`/`..` segments resolved, so that `/a/../admin`, `//admin` and
-/// `/%61dmin` all meet the `/admin` route. (Envoy's `normalize_path` and `merge_slashes` do
-/// the same for what the upstream sees; turn them on.)
-fn normalize_path(raw: &str) -> String {
+/// The path as routes are matched against it (without query or fragment, percent-decoded),
+/// or why it is refused: anything a server behind Envoy might read as another path. Paths
+/// are never resolved here (`/a/../admin` is refused, not taken as `/admin`): Keystone cannot
+/// know how an upstream resolves them, so it lets none through. (Envoy's `normalize_path` and
+/// `merge_slashes` help upstreams too: turn them on.)
+pub fn unambiguous_path(raw: &str) -> Result<String, &'static str> {
     let raw = raw.split(['?', '#']).next().unwrap_or(raw);
-    let decoded = percent_encoding::percent_decode_str(raw).decode_utf8_lossy();
-    let mut segments: Vec<&str> = Vec::new();
-    for segment in decoded.split('/') {
-        match segment {
-            "" | "." => {}
-            ".." => {
-                segments.pop();
-            }
-            other => segments.push(other),
+    if raw.is_empty() {
+        return Ok("/".to_owned());
+    }
+    if !raw.starts_with('/') {
+        return Err("the path must begin with '/'");
+    }
+    let lower = raw.to_ascii_lowercase();
+    if raw.contains([';', '\\']) || lower.contains("%2f") || lower.contains("%5c") {
+        return Err("the path holds ';', '\\' or an encoded '/' or '\\'");
+    }
+    let decoded = percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| "the path is not UTF-8 once decoded")?;
+    if decoded.contains([';', '\\', '%']) || decoded.chars().any(char::is_control) {
+        return Err("the path holds ';', '\\', a control character or a double encoding");
+    }
+    let segments: Vec<&str> = decoded.split('/').skip(1).collect();
+    let last = segments.len().saturating_sub(1);
+    for (i, segment) in segments.iter().enumerate() {
+        match *segment {
+            "." | ".." => return Err("the path holds a '.' or '..' segment"),
+            "" if i != last => return Err("the path holds '//'"),
+            _ => {}
         }
     }
-    let mut path = format!("/{}", segments.join("/"));
-    if decoded.ends_with('/') && path.len() > 1 {
-        path.push('/');
+    Ok(decoded.into_owned())
+}
+
+/// Whether `route` covers `path`: its prefix on whole segments (`/admin` covers `/admin` and
+/// `/admin/x`, not `/administrator`), without regard to ASCII case if the route says so.
+fn covers(route: &crate::config::ExtAuthzRoute, path: &str) -> bool {
+    let prefix = route.path_prefix.trim_end_matches('/');
+    if prefix.is_empty() {
+        return true;
     }
-    path
+    let Some(start) = path.get(..prefix.len()) else {
+        return false;
+    };
+    let same = if route.case_insensitive {
+        start.eq_ignore_ascii_case(prefix)
+    } else {
+        start == prefix
+    };
+    same && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/'))
 }
 
 /// The token of a `Bearer` authorization header.
@@ -286,20 +333,72 @@ fn denied(
 
 #[cfg(test)]
 mod tests {
-    use super::normalize_path;
+    use super::{covers, unambiguous_path};
+    use crate::config::ExtAuthzRoute;
 
     #[test]
-    fn paths_are_normalized_before_routes_are_matched() {
-        for (raw, normal) in [
+    fn plain_paths_are_decoded_and_kept() {
+        for (raw, path) in [
             ("/admin/users", "/admin/users"),
-            ("/a/../admin", "/admin"),
-            ("//admin", "/admin"),
             ("/%61dmin/x?y=1", "/admin/x"),
-            ("/./admin/", "/admin/"),
-            ("/../../etc", "/etc"),
+            ("/admin/", "/admin/"),
             ("", "/"),
+            ("/", "/"),
+            ("/caf%C3%A9", "/café"),
         ] {
-            assert_eq!(normalize_path(raw), normal, "{raw}");
+            assert_eq!(unambiguous_path(raw).as_deref(), Ok(path), "{raw}");
         }
+    }
+
+    #[test]
+    fn paths_an_upstream_may_read_otherwise_are_refused() {
+        for raw in [
+            "/static/..;/admin",
+            "/admin;jsessionid=1",
+            "/static/%2e%2e/admin",
+            "/a/../admin",
+            "/./admin",
+            "/admin/.",
+            "/admin/..",
+            "//admin",
+            "/api//admin",
+            "/admin%2Fusers",
+            "/admin%2fusers",
+            "/admin%5Cusers",
+            "/admin%5cusers",
+            "/admin\\users",
+            "/admin%3Busers",
+            "/%252e%252e/admin",
+            "/admin%00",
+            "admin",
+            "/%ff",
+        ] {
+            assert!(unambiguous_path(raw).is_err(), "{raw} was let through");
+        }
+    }
+
+    #[test]
+    fn routes_match_whole_segments() {
+        let route = |prefix: &str, case_insensitive: bool| ExtAuthzRoute {
+            path_prefix: prefix.to_owned(),
+            case_insensitive,
+            ..ExtAuthzRoute::default()
+        };
+        let admin = route("/admin", false);
+        assert!(covers(&admin, "/admin"));
+        assert!(covers(&admin, "/admin/"));
+        assert!(covers(&admin, "/admin/users"));
+        assert!(!covers(&admin, "/administrator"));
+        assert!(!covers(&admin, "/ADMIN"));
+        assert!(!covers(&admin, "/adm"));
+        assert!(covers(&route("/api/public/", false), "/api/public"));
+        assert!(!covers(
+            &route("/api/public", false),
+            "/api/public-internal"
+        ));
+        assert!(covers(&route("/admin", true), "/ADMIN/Users"));
+        assert!(!covers(&route("/admin", true), "/ADMINISTRATOR"));
+        assert!(covers(&route("", false), "/anything"));
+        assert!(covers(&route("/", false), "/anything"));
     }
 }

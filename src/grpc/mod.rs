@@ -8,7 +8,9 @@
 //! 4. a global concurrency limit shared by all connections (a per-connection limit would let
 //!    many connections pile up work);
 //! 5. the deadline, the shorter of the caller's `grpc-timeout` and `server.request_timeout`,
-//!    answering DEADLINE_EXCEEDED.
+//!    answering DEADLINE_EXCEEDED;
+//! 6. innermost, tonic's refusal of a request over the size limit made `RESOURCE_EXHAUSTED`
+//!    (`MESSAGE_TOO_LARGE`), as gRPC's own implementations answer.
 //!
 //! Health and reflection are registered beside the services, outside any caller check.
 
@@ -20,6 +22,7 @@ pub mod convert;
 pub mod deadline;
 pub mod ext_authz;
 mod redact;
+pub mod too_large;
 pub mod user_admin;
 
 use std::future::Future;
@@ -142,6 +145,7 @@ pub async fn serve(
             settings.server.concurrency_limit,
         ))
         .layer(DeadlineLayer::new(settings.server.request_timeout))
+        .layer(too_large::TooLargeLayer)
         .into_inner();
 
     // Server reflection in both versions: grpcurl before 1.9 speaks only `v1alpha`. In `admin`
@@ -216,7 +220,7 @@ pub async fn serve(
 }
 
 /// Lets reflection calls through: all of them (`reflection = open`), or only those bearing a
-/// token with `keystone:admin` (`reflection = admin`); none or a bad one is UNAUTHENTICATED,
+/// token for Keystone's audience with `keystone:admin` (`reflection = admin`); none or a bad one is UNAUTHENTICATED,
 /// one without the scope PERMISSION_DENIED.
 #[derive(Debug, Clone)]
 struct ReflectionGuard {
@@ -229,9 +233,9 @@ impl Interceptor for ReflectionGuard {
             return Ok(request);
         };
         let token = convert::bearer_token(request.metadata())?;
-        let admin = crate::domain::ScopeSet::parse(["keystone:admin"])
+        let admin = crate::domain::ScopeSet::parse([crate::service::ADMIN_SCOPE])
             .map_err(|e| Status::from(e.on("scope")))?;
-        auth.authenticate(&token, &admin, None)?;
+        auth.authenticate_for_keystone(&token, &admin)?;
         Ok(request)
     }
 }

@@ -281,6 +281,13 @@ fn introspection_refusal(error: &Error, basic: bool) -> Response {
                 "invalid client credentials",
             )
         }
+        Error::PermissionDenied { .. } if error.reason() == Reason::AudienceMismatch => {
+            *introspection_denied(
+                StatusCode::FORBIDDEN,
+                "invalid_token",
+                "the bearer token is not meant for Keystone",
+            )
+        }
         Error::PermissionDenied { .. } => *introspection_denied(
             StatusCode::FORBIDDEN,
             "insufficient_scope",

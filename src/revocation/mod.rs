@@ -169,6 +169,16 @@ pub struct Revocations {
     unpublished: Arc<std::sync::Mutex<std::collections::VecDeque<Revocation>>>,
     /// A client change could not be published: the others must forget every client.
     clients_unpublished: Arc<std::sync::atomic::AtomicBool>,
+    /// Revocations asked for while the database could not record them, with their audit
+    /// events: refused on this replica at once, and written when the database is back.
+    unrecorded: Arc<std::sync::Mutex<std::collections::VecDeque<Unrecorded>>>,
+}
+
+/// A revocation the database could not record when it was asked for.
+#[derive(Debug, Clone)]
+struct Unrecorded {
+    revocation: Revocation,
+    event: crate::domain::AuditRecord,
 }
 
 impl Revocations {
@@ -195,6 +205,7 @@ impl Revocations {
             redis: None,
             unpublished: Arc::default(),
             clients_unpublished: Arc::default(),
+            unrecorded: Arc::default(),
         };
         revocations.freshness.confirm_database();
         Ok(revocations)
@@ -214,11 +225,58 @@ impl Revocations {
         event: &crate::domain::AuditRecord,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<(), Error> {
-        self.store
+        match self
+            .store
             .upsert_revocation_audited(&revocation, event, now)
-            .await?;
-        self.applied(&revocation);
-        Ok(())
+            .await
+        {
+            Ok(()) => {
+                self.applied(&revocation);
+                Ok(())
+            }
+            Err(error @ Error::Unavailable { .. }) => {
+                // Not recorded, and the caller is told so; but what was asked is not dropped:
+                // refused here at once, and written (then known everywhere) once the database
+                // answers again.
+                self.learn(&revocation);
+                let mut unrecorded = lock(&self.unrecorded);
+                if unrecorded.len() >= MAX_UNPUBLISHED {
+                    unrecorded.pop_front();
+                }
+                unrecorded.push_back(Unrecorded {
+                    revocation,
+                    event: event.clone(),
+                });
+                Err(error)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Writes the revocations the database could not record when they were asked for (see
+    /// [`Self::revoke_audited`]); returns how many are left.
+    pub async fn record_pending(&self, now: DateTime<Utc>) -> usize {
+        loop {
+            let Some(next) = lock(&self.unrecorded).front().cloned() else {
+                return 0;
+            };
+            if let Err(error) = self
+                .store
+                .upsert_revocation_audited(&next.revocation, &next.event, now)
+                .await
+            {
+                tracing::debug!(error = %error, "cannot record a revocation yet");
+                return lock(&self.unrecorded).len();
+            }
+            self.applied(&next.revocation);
+            let mut unrecorded = lock(&self.unrecorded);
+            if unrecorded
+                .front()
+                .is_some_and(|front| front.revocation == next.revocation)
+            {
+                unrecorded.pop_front();
+            }
+        }
     }
 
     /// Records a revocation the caller wrote inside its own transaction: memory, watchers and
@@ -398,10 +456,10 @@ impl Revocations {
         (self.memory.snapshot(), changes)
     }
 
-    /// Drops entries whose tokens have all expired, in memory and in the database.
-    pub async fn prune(&self, now: DateTime<Utc>) -> Result<u64, Error> {
+    /// Drops entries whose tokens have all expired from memory (retention deletes them from
+    /// the database: [`crate::store::retention`]).
+    pub fn prune(&self, now: DateTime<Utc>) {
         self.memory.prune(now);
-        self.store.delete_expired_revocations(now).await
     }
 
     /// How long since the set was last confirmed complete.

@@ -31,6 +31,9 @@ use crate::{
 /// The scope of the restricted token a user with a generated or reset password gets.
 pub const PASSWORD_CHANGE_SCOPE: &str = "keystone:password.change";
 
+/// The scope `Introspect` and `WatchRevocations` need.
+pub const INTROSPECT_SCOPE: &str = "keystone:introspect";
+
 /// The `client_id` of tokens from the password grant, which names no client: Keystone's own
 /// first-party login (RFC 9068 requires the claim).
 pub const FIRST_PARTY_CLIENT_ID: &str = "keystone";
@@ -117,8 +120,11 @@ pub struct AuthService {
     issuer_url: String,
     access_ttl: Duration,
     max_access_ttl: Duration,
+    /// The longest an access token issued now can be accepted: `max_access_ttl` plus leeway.
+    token_lifetime: chrono::Duration,
     default_audience: String,
     user_audiences: Vec<String>,
+    keystone_audience: String,
     pepper: Pepper,
     policy: PasswordPolicy,
     refresh_ttl: chrono::Duration,
@@ -127,6 +133,8 @@ pub struct AuthService {
     registration: bool,
     limits: RateLimits,
     audit_service_tokens: bool,
+    /// Refused admin calls, written at most once a minute per address.
+    refusals: std::sync::Arc<super::refusals::RefusalLog>,
 }
 
 /// A self-service sign-up.
@@ -169,19 +177,22 @@ impl AuthService {
                 threshold: settings.auth.lockout_threshold,
                 base: to_chrono(settings.auth.lockout_duration),
                 max: to_chrono(settings.auth.lockout_max_duration),
-                forget_after: chrono::Duration::hours(24),
+                forget_after: crate::store::FORGET_FAILURES_AFTER,
             },
             issuer_url: settings.issuer.clone(),
             access_ttl: settings.tokens.access_ttl,
             max_access_ttl: settings.tokens.max_access_ttl,
+            token_lifetime: to_chrono(settings.tokens.max_access_ttl + settings.tokens.leeway),
             default_audience: settings.tokens.default_audience.clone(),
             user_audiences: settings.tokens.user_audiences.clone(),
+            keystone_audience: settings.tokens.keystone_audience.clone(),
             pepper,
             policy: PasswordPolicy::new(settings.auth.password_min_length),
             refresh_ttl: to_chrono(settings.tokens.refresh_ttl),
             refresh_idle_ttl: to_chrono(settings.tokens.refresh_idle_ttl),
             refresh_retry_grace: to_chrono(settings.tokens.refresh_retry_grace),
             audit_service_tokens: settings.clients.audit_tokens,
+            refusals: std::sync::Arc::default(),
             registration: settings.auth.registration,
             limits: RateLimits::new(
                 &settings.limits,
@@ -195,6 +206,14 @@ impl AuthService {
     /// Forgets rate-limit state of keys that have been quiet (bounded memory).
     pub fn forget_idle_limits(&self) {
         self.limits.forget_idle();
+    }
+
+    /// Writes how many admin calls were refused from each address in the minutes that ended.
+    pub async fn write_ended_refusals(&self) {
+        let now = self.clock.now();
+        for event in self.refusals.ended(now) {
+            self.record(event, now).await;
+        }
     }
 
     /// Self-service sign-up, when `auth.registration` is on: a user with no roles and an
@@ -390,18 +409,19 @@ impl AuthService {
 
         // A user whose password was generated or reset gets one scope, good for
         // ChangePassword only, and no refresh token.
-        let scopes = if user.password_change_required {
-            ScopeSet::parse([PASSWORD_CHANGE_SCOPE]).map_err(|e| e.on("scopes"))?
-        } else {
-            narrow(&self.scopes_of(user.id).await?, requested)?
-        };
         // The restricted token carries no roles and only Keystone's own audience: it is good
         // for ChangePassword and nothing else.
-        let audience = if user.password_change_required {
+        let (scopes, audience) = if user.password_change_required {
             user.roles.clear();
-            vec![self.default_audience.clone()]
+            (
+                ScopeSet::parse([PASSWORD_CHANGE_SCOPE]).map_err(|e| e.on("scopes"))?,
+                vec![self.keystone_audience.clone()],
+            )
         } else {
-            self.audience_for_user(&request.audience)?
+            let scopes = grant(&self.scopes_of(user.id).await?, requested)?;
+            let audience = self.audience_for_user(&request.audience, &scopes)?;
+            self.check_keystone_scopes(&scopes, &audience)?;
+            (scopes, audience)
         };
         let session_id = Uuid::now_v7();
         let refresh_token = if user.password_change_required {
@@ -570,14 +590,19 @@ impl AuthService {
         };
         let allowed = ScopeSet::parse(client.allowed_scopes.iter().map(String::as_str))
             .map_err(|e| Error::internal(anyhow::anyhow!("a stored scope is invalid: {e}")))?;
-        let scopes = narrow(&allowed, requested)?;
+        let scopes = grant(&allowed, requested)?;
         let audience = if request.audience.is_empty() {
-            if client.allowed_audiences.is_empty() {
+            if scopes.first_keystones().is_some() {
+                // Keystone's own scopes, asked for by name, are for Keystone.
+                vec![self.keystone_audience.clone()]
+            } else if client.allowed_audiences.is_empty() {
                 vec![self.default_audience.clone()]
             } else {
                 client.allowed_audiences.clone()
             }
-        } else if client.allowed_audiences.contains(&request.audience) {
+        } else if client.allowed_audiences.contains(&request.audience)
+            || request.audience == self.keystone_audience
+        {
             vec![request.audience.clone()]
         } else {
             self.record(audit(Outcome::Denied, "audience not allowed"), now)
@@ -590,6 +615,14 @@ impl AuthService {
                 ),
             });
         };
+        if let Err(error) = self.check_keystone_scopes(&scopes, &audience) {
+            self.record(
+                audit(Outcome::Denied, "keystone scope for another audience"),
+                now,
+            )
+            .await;
+            return Err(error);
+        }
         let ttl = client
             .access_token_ttl
             .unwrap_or(self.access_ttl)
@@ -711,7 +744,6 @@ impl AuthService {
             .filter(|s| held.satisfies(s))
             .cloned()
             .collect();
-        let scopes = narrow(&still_held, requested.clone())?;
         let audience: Vec<String> = record.audience.split(' ').map(str::to_owned).collect();
         if !requested_audience.is_empty() && !audience.iter().any(|a| a == requested_audience) {
             return Err(Error::PermissionDenied {
@@ -719,6 +751,19 @@ impl AuthService {
                 message: "a refresh cannot change the audience".to_owned(),
             });
         }
+        // A refresh keeps the scopes of its grant (fewer if asked); Keystone's own scopes only
+        // ever for Keystone's audience (a session begun before that rule loses them).
+        let scopes = if requested.is_empty() {
+            if audience.contains(&self.keystone_audience) {
+                still_held
+            } else {
+                still_held.without_keystones()
+            }
+        } else {
+            let scopes = narrow(&still_held, requested.clone())?;
+            self.check_keystone_scopes(&scopes, &audience)?;
+            scopes
+        };
         Ok((user, scopes, audience))
     }
 
@@ -765,26 +810,19 @@ impl AuthService {
         let actor = record.user_id.map(|id| id.to_string()).unwrap_or_default();
         let event = AuditRecord::new(actor, action, record.family_id.to_string(), outcome)
             .from_peer(&context.peer);
-        self.end_session(record.family_id, record.family_expires_at, event)
-            .await
+        self.end_session(record.family_id, event).await
     }
 
     /// Ends a session: its refresh tokens and every access token carrying its `sid`.
-    async fn end_session(
-        &self,
-        family_id: Uuid,
-        family_expires_at: DateTime<Utc>,
-        event: AuditRecord,
-    ) -> Result<(), Error> {
+    async fn end_session(&self, family_id: Uuid, event: AuditRecord) -> Result<(), Error> {
         let now = self.clock.now();
         let revocation = Revocation {
             kind: RevocationKind::Session,
             key: family_id.to_string(),
             not_before: now,
-            // Access tokens of the session live at most `max_access_ttl` past its last refresh.
-            expires_at: family_expires_at
-                + chrono::Duration::from_std(self.max_access_ttl)
-                    .unwrap_or(chrono::Duration::MAX / 2),
+            // Once ended, a session mints no token: the revocation lasts as long as an access
+            // token issued now can (not the session's 30 days, held in every replica's memory).
+            expires_at: now + self.token_lifetime,
         };
         self.store
             .revoke_family(family_id, &revocation, &event, now)
@@ -812,28 +850,24 @@ impl AuthService {
                             == Some(caller.claims.sub.as_str())
                     })
                     .ok_or_else(invalid_refresh_token)?;
-                Some((record.family_id, record.family_expires_at))
+                Some(record.family_id)
             }
             None => None,
         };
-        let (family_id, family_expires_at) = match family {
+        let family_id = match family {
             Some(family) => family,
-            None => {
-                let sid = caller
-                    .claims
-                    .sid
-                    .as_deref()
-                    .and_then(|sid| Uuid::parse_str(sid).ok())
-                    .ok_or_else(|| Error::FailedPrecondition {
-                        reason: Reason::FailedPrecondition,
-                        message: "this token belongs to no session".to_owned(),
-                    })?;
-                (sid, self.clock.now() + self.refresh_ttl)
-            }
+            None => caller
+                .claims
+                .sid
+                .as_deref()
+                .and_then(|sid| Uuid::parse_str(sid).ok())
+                .ok_or_else(|| Error::FailedPrecondition {
+                    reason: Reason::FailedPrecondition,
+                    message: "this token belongs to no session".to_owned(),
+                })?,
         };
         self.end_session(
             family_id,
-            family_expires_at,
             AuditRecord::new(
                 caller.claims.sub.clone(),
                 "session.logout",
@@ -966,14 +1000,12 @@ impl AuthService {
             .sid
             .as_deref()
             .and_then(|s| Uuid::parse_str(s).ok());
-        for (family_id, family_expires_at) in self.store.live_families_of_user(user_id, now).await?
-        {
+        for (family_id, _) in self.store.live_families_of_user(user_id, now).await? {
             if Some(family_id) == current_session {
                 continue;
             }
             self.end_session(
                 family_id,
-                family_expires_at,
                 AuditRecord::new(
                     user_id.to_string(),
                     "session.end",
@@ -1068,8 +1100,10 @@ impl AuthService {
     }
 
     /// Establishes the caller of an admin RPC before anything else is looked at: `token` (the
-    /// bearer credential, or why none could be read) must be valid and unrevoked, and hold
-    /// `scope`. A refusal is recorded as an audit event (`action`, outcome `denied`).
+    /// bearer credential, or why none could be read) must be valid, unrevoked, for Keystone's
+    /// audience, and hold `scope`. A refusal is an audit event (`action`, outcome `denied`;
+    /// from one address, one a minute and then their count: see [`super::refusals`]) and
+    /// counts against the address's quota (`limits.per_ip`): past it, RATE_LIMITED.
     pub async fn admin_actor(
         &self,
         token: Result<String, Error>,
@@ -1083,14 +1117,20 @@ impl AuthService {
                 .from_peer(peer)
                 .with_detail("required_scope", scope)
                 .with_detail("reason", error.reason().as_str());
-            self.record(event, self.clock.now()).await;
-            error
+            let now = self.clock.now();
+            for event in self.refusals.refused(event, now) {
+                self.record(event, now).await;
+            }
+            match self.limits.check(&[Key::Ip(peer)]).await {
+                Ok(()) => error,
+                Err(limited) => limited,
+            }
         };
         let token = match token {
             Ok(token) => token,
             Err(error) => return Err(refused(error, String::new()).await),
         };
-        let principal = match self.authenticate(&token, &required, None) {
+        let principal = match self.authenticate_for_keystone(&token, &required) {
             Ok(principal) => principal,
             Err(error) => {
                 // A valid token without the scope names who was refused; others name no one.
@@ -1115,6 +1155,18 @@ impl AuthService {
             scopes,
             peer: peer.to_owned(),
         })
+    }
+
+    /// Checks a token presented to Keystone itself (admin RPCs, bearer callers of `Introspect`,
+    /// `WatchRevocations`, admin reflection): as [`Self::authenticate`], and its `aud` must
+    /// include `tokens.keystone_audience` (else PERMISSION_DENIED, `AUDIENCE_MISMATCH`), so a
+    /// token meant for another service cannot be replayed here.
+    pub fn authenticate_for_keystone(
+        &self,
+        token: &str,
+        required_scopes: &ScopeSet,
+    ) -> Result<Principal, Error> {
+        self.authenticate(token, required_scopes, Some(&self.keystone_audience))
     }
 
     /// Verifies a token and checks it is not revoked.
@@ -1147,30 +1199,45 @@ impl AuthService {
         Ok(Principal { claims })
     }
 
-    /// RFC 7662: the claims of `token` if it is active, `None` for anything else. The caller
-    /// must hold `keystone:introspect` (a token with it, or a client allowed it); calls are
-    /// counted per client IP and per caller. A revocation set nobody confirms is no ground
-    /// for "inactive": that is UNAVAILABLE, as for `Authenticate`.
+    /// RFC 7662: the claims of `token` if it is active *for this caller*, `None` for anything
+    /// else. The caller must hold `keystone:introspect` (a token for Keystone's audience with
+    /// it, or a client allowed it). A live token is active only to a caller it was meant for
+    /// (RFC 7662 section 4): a client whose id or `allowed_audiences` meets the token's `aud`,
+    /// or a caller holding `keystone:admin`. Calls are counted per client IP and per caller; a
+    /// client's quota only once its secret checked out. A revocation set nobody confirms is no
+    /// ground for "inactive": that is UNAVAILABLE, as for `Authenticate`.
     pub async fn introspect(
         &self,
         caller: IntrospectionCaller,
         token: &str,
         context: &CallContext,
     ) -> Result<Option<Claims>, Error> {
-        let required = ScopeSet::parse(["keystone:introspect"]).map_err(|e| e.on("scope"))?;
-        match caller {
+        let required = ScopeSet::parse([INTROSPECT_SCOPE]).map_err(|e| e.on("scope"))?;
+        let admin = Scope::parse(super::ADMIN_SCOPE).map_err(|e| e.on("scope"))?;
+        let audience = match caller {
             IntrospectionCaller::Bearer(caller) => {
                 // Checking a signature is cheap: the caller is known before it is counted.
-                let principal = self.authenticate(&caller, &required, None)?;
+                let principal = self.authenticate_for_keystone(&caller, &required)?;
+                let claims = principal.claims;
                 self.limits
-                    .check(&[Key::Ip(&context.peer), Key::Client(&principal.claims.sub)])
+                    .check(&[Key::Ip(&context.peer), Key::Client(&claims.sub)])
                     .await?;
+                let held = ScopeSet::parse_space_separated(&claims.scope).unwrap_or_default();
+                if held.satisfies(&admin) {
+                    TokenAudience::Any
+                } else if claims.kind == Kind::Service {
+                    let client = self
+                        .store
+                        .client_for_login(&claims.client_id, self.clock.now(), false)
+                        .await?
+                        .map(|(entry, _)| entry.client.clone());
+                    TokenAudience::of_client(&claims.client_id, client.as_ref())
+                } else {
+                    // A user is no resource server: only an admin sees users' tokens.
+                    TokenAudience::None
+                }
             }
             IntrospectionCaller::Client { client_id, secret } => {
-                // A secret is counted before it is checked.
-                self.limits
-                    .check(&[Key::Ip(&context.peer), Key::Client(&client_id)])
-                    .await?;
                 let client = self
                     .verify_client(&client_id, &secret, "introspect", context)
                     .await?;
@@ -1182,16 +1249,36 @@ impl AuthService {
                         message: format!("the client is not allowed `{missing}`"),
                     });
                 }
+                if allowed.satisfies(&admin) {
+                    TokenAudience::Any
+                } else {
+                    TokenAudience::of_client(&client.client_id, Some(&client))
+                }
             }
-        }
+        };
         self.revocations_fresh()?;
-        Ok(self.verify(token).ok().map(|principal| principal.claims))
+        Ok(self
+            .verify(token)
+            .ok()
+            .map(|principal| principal.claims)
+            .filter(|claims| audience.meets(&claims.aud)))
     }
 
-    /// RFC 7009: revokes the token if it is one of Keystone's live access tokens; anything
-    /// else is accepted and ignored, so the answer reveals nothing. Counted per client IP.
+    /// RFC 7009: revokes the token if it is one of Keystone's live access tokens or refresh
+    /// tokens; anything else is accepted and ignored, so the answer reveals nothing. It never
+    /// answers OK without the revocation recorded: when it cannot be (the database is down, or
+    /// the revocation set is not confirmed fresh), UNAVAILABLE (`REVOCATION_UNAVAILABLE`).
+    /// Counted per client IP.
     pub async fn revoke(&self, token: &str, context: &CallContext) -> Result<(), Error> {
         self.limits.check(&[Key::Ip(&context.peer)]).await?;
+        self.record_revocation(token, context)
+            .await
+            .map_err(revocation_unavailable)?;
+        // Recorded; but a set nobody confirms may not reach every replica in time.
+        self.revocations_fresh()
+    }
+
+    async fn record_revocation(&self, token: &str, context: &CallContext) -> Result<(), Error> {
         if is_refresh_token_shaped(token) {
             if let Some(record) = self
                 .store
@@ -1204,13 +1291,13 @@ impl AuthService {
             }
             return Ok(());
         }
-        let Ok(principal) = self.verify(token) else {
+        // The signature and lifetime only: a token already revoked is revoked again (no harm),
+        // and a stale set must not keep a live token from being revoked.
+        let now = self.clock.now();
+        let Ok(claims) = self.verifier.verify(token, now) else {
             return Ok(());
         };
-        let claims = principal.claims;
-        let expires_at =
-            DateTime::<Utc>::from_timestamp(claims.exp, 0).unwrap_or_else(|| self.clock.now());
-        let now = self.clock.now();
+        let expires_at = DateTime::<Utc>::from_timestamp(claims.exp, 0).unwrap_or(now);
         let event = AuditRecord::new(
             claims.sub.clone(),
             "token.revoke",
@@ -1229,8 +1316,7 @@ impl AuthService {
                 &event,
                 now,
             )
-            .await?;
-        Ok(())
+            .await
     }
 
     /// The revocation set and every change after it (see `Revocations::watch`).
@@ -1258,15 +1344,23 @@ impl AuthService {
         &self.issuer_url
     }
 
-    /// Users may ask for the default audience or one of `tokens.user_audiences`.
-    fn audience_for_user(&self, requested: &str) -> Result<Vec<String>, Error> {
-        if requested.is_empty() || requested == self.default_audience {
-            return Ok(vec![self.default_audience.clone()]);
+    /// Users may ask for the default audience, Keystone's own or one of
+    /// `tokens.user_audiences`; asking none, a grant of Keystone's own scopes is for Keystone,
+    /// any other for the default audience.
+    fn audience_for_user(&self, requested: &str, scopes: &ScopeSet) -> Result<Vec<String>, Error> {
+        if requested.is_empty() {
+            return Ok(vec![if scopes.first_keystones().is_some() {
+                self.keystone_audience.clone()
+            } else {
+                self.default_audience.clone()
+            }]);
         }
-        if self
-            .user_audiences
-            .iter()
-            .any(|allowed| allowed == requested)
+        if requested == self.default_audience
+            || requested == self.keystone_audience
+            || self
+                .user_audiences
+                .iter()
+                .any(|allowed| allowed == requested)
         {
             return Ok(vec![requested.to_owned()]);
         }
@@ -1274,6 +1368,23 @@ impl AuthService {
             reason: Reason::InvalidAudience,
             message: "this audience is not allowed for user tokens".to_owned(),
         })
+    }
+
+    /// Keystone's own scopes go only into tokens for Keystone: a token another service
+    /// receives must never be able to administer Keystone.
+    fn check_keystone_scopes(&self, scopes: &ScopeSet, audience: &[String]) -> Result<(), Error> {
+        match scopes.first_keystones() {
+            Some(scope) if !audience.contains(&self.keystone_audience) => {
+                Err(Error::PermissionDenied {
+                    reason: Reason::InvalidScope,
+                    message: format!(
+                        "`{scope}` is granted only in a token for Keystone's audience `{}`",
+                        self.keystone_audience
+                    ),
+                })
+            }
+            _ => Ok(()),
+        }
     }
 
     fn mint(&self, request: MintRequest, now: DateTime<Utc>) -> Result<IssuedToken, Error> {
@@ -1362,6 +1473,15 @@ struct MintRequest {
     ttl: Duration,
 }
 
+/// The scopes a grant gets: those asked, each of which must be satisfied by a held scope; when
+/// none were asked, every held scope but Keystone's own (`keystone:*` is never implied).
+fn grant(held: &ScopeSet, requested: ScopeSet) -> Result<ScopeSet, Error> {
+    if requested.is_empty() {
+        return Ok(held.without_keystones());
+    }
+    narrow(held, requested)
+}
+
 /// The scopes to grant: all that are held when none were asked, else those asked, each of which
 /// must be satisfied by a held scope.
 fn narrow(held: &ScopeSet, requested: ScopeSet) -> Result<ScopeSet, Error> {
@@ -1384,6 +1504,46 @@ fn is_refresh_token_shaped(token: &str) -> bool {
         && token[REFRESH_TOKEN_PREFIX.len()..]
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Whom a token may be shown to as active by `Introspect` (RFC 7662 section 4).
+enum TokenAudience {
+    /// Any token: the caller holds `keystone:admin`.
+    Any,
+    /// Tokens whose `aud` names one of these: a client's id and allowed audiences.
+    Of(Vec<String>),
+    /// None: the caller is no resource server.
+    None,
+}
+
+impl TokenAudience {
+    fn of_client(client_id: &str, client: Option<&crate::domain::Client>) -> Self {
+        let mut audiences = vec![client_id.to_owned()];
+        if let Some(client) = client {
+            audiences.extend(client.allowed_audiences.iter().cloned());
+        }
+        TokenAudience::Of(audiences)
+    }
+
+    fn meets(&self, aud: &Audience) -> bool {
+        match self {
+            TokenAudience::Any => true,
+            TokenAudience::Of(audiences) => audiences.iter().any(|a| aud.contains(a)),
+            TokenAudience::None => false,
+        }
+    }
+}
+
+/// What a revocation that could not be recorded answers: UNAVAILABLE, never OK.
+fn revocation_unavailable(error: Error) -> Error {
+    match error {
+        Error::Unavailable { what, source, .. } => Error::Unavailable {
+            reason: Reason::RevocationUnavailable,
+            what,
+            source,
+        },
+        other => other,
+    }
 }
 
 /// Counts a refused `Authenticate` by reason.

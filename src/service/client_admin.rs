@@ -12,7 +12,7 @@ use super::{Actor, paging::Pager, user_admin::Page};
 use crate::{
     clock::SharedClock,
     domain::{Client, ClientId, NewClient, Outcome, Scope, check_description},
-    error::Error,
+    error::{Error, Reason},
     revocation::{Revocation, Revocations},
     secrets::{CLIENT_SECRET_PREFIX, Pepper, random_token},
     store::{ChangeGuard, ClientChanges, Store},
@@ -47,6 +47,9 @@ pub struct ClientAdminService {
     pepper: Pepper,
     pager: Pager,
     limits: ClientLimits,
+    /// The audiences a caller without `keystone:admin` may give and manage
+    /// (`clients.delegable_audiences`).
+    delegable_audiences: std::sync::Arc<[String]>,
 }
 
 /// A client's fields as the caller sent them (create or update).
@@ -85,6 +88,7 @@ impl ClientAdminService {
         revocations: Revocations,
         pepper: Pepper,
         limits: ClientLimits,
+        delegable_audiences: Vec<String>,
     ) -> Self {
         Self {
             pager: Pager::new(pepper.clone()),
@@ -93,6 +97,7 @@ impl ClientAdminService {
             revocations,
             pepper,
             limits,
+            delegable_audiences: delegable_audiences.into(),
         }
     }
 
@@ -110,7 +115,10 @@ impl ClientAdminService {
         };
         let changes = self.check_fields(&fields)?;
         let allowed_scopes = changes.allowed_scopes.clone().unwrap_or_default();
-        if let Err(error) = actor.check_may_grant(allowed_scopes.iter().map(String::as_str)) {
+        if let Err(error) = actor
+            .check_may_grant(allowed_scopes.iter().map(String::as_str))
+            .and_then(|()| self.check_may_give(actor, changes.allowed_audiences.as_deref()))
+        {
             return Err(self
                 .denied(actor, "client.create", client_id.as_str(), error)
                 .await);
@@ -182,8 +190,9 @@ impl ClientAdminService {
         let client_id = ClientId::parse(&fields.client_id).map_err(|e| e.on("client.client_id"))?;
         let changes = self.check_fields(&fields)?;
         let action = "client.update";
-        if let Some(scopes) = &changes.allowed_scopes
-            && let Err(error) = actor.check_may_grant(scopes.iter().map(String::as_str))
+        if let Err(error) = actor
+            .check_may_grant(changes.allowed_scopes.iter().flatten().map(String::as_str))
+            .and_then(|()| self.check_may_give(actor, changes.allowed_audiences.as_deref()))
         {
             return Err(self.denied(actor, action, client_id.as_str(), error).await);
         }
@@ -202,7 +211,7 @@ impl ClientAdminService {
         if let Some(enabled) = changes.enabled {
             audit = audit.with_detail("enabled", enabled.to_string());
         }
-        let (permit, revocation) = self.guard_parts(actor, client_id.as_str());
+        let (permit, revocation) = (self.permit(actor), self.revocation_of(client_id.as_str()));
         let guard = ChangeGuard {
             permit: &permit,
             revoke: (changes.enabled == Some(false)).then_some(&revocation as _),
@@ -224,7 +233,7 @@ impl ClientAdminService {
     pub async fn delete_client(&self, actor: &Actor, client_id: &str) -> Result<(), Error> {
         let client_id = ClientId::parse(client_id).map_err(|e| e.on("client_id"))?;
         let action = "client.delete";
-        let (permit, revocation) = self.guard_parts(actor, client_id.as_str());
+        let (permit, revocation) = (self.permit(actor), self.revocation_of(client_id.as_str()));
         let guard = ChangeGuard {
             permit: &permit,
             revoke: Some(&revocation),
@@ -246,7 +255,7 @@ impl ClientAdminService {
     pub async fn revoke_client_tokens(&self, actor: &Actor, client_id: &str) -> Result<(), Error> {
         let client_id = ClientId::parse(client_id).map_err(|e| e.on("client_id"))?;
         let action = "client.revoke_tokens";
-        let (permit, revocation) = self.guard_parts(actor, client_id.as_str());
+        let (permit, revocation) = (self.permit(actor), self.revocation_of(client_id.as_str()));
         let guard = ChangeGuard {
             permit: &permit,
             revoke: Some(&revocation),
@@ -293,7 +302,7 @@ impl ClientAdminService {
         let audit = actor
             .event(action, client_id.as_str(), Outcome::Success)
             .with_detail("grace_seconds", grace.as_secs().to_string());
-        let (permit, _) = self.guard_parts(actor, client_id.as_str());
+        let permit = self.permit(actor);
         let guard = ChangeGuard {
             permit: &permit,
             revoke: None,
@@ -320,20 +329,56 @@ impl ClientAdminService {
     }
 
     /// What a change to a client checks inside its transaction: that the caller may manage
-    /// the client (see [`Actor::check_may_manage`]), and the revocation of its tokens,
-    /// stamped when made.
-    fn guard_parts<'a>(
+    /// the client (see [`Actor::check_may_manage`]: it holds every scope of the client, and
+    /// may give each of its audiences).
+    fn permit<'a>(
         &'a self,
         actor: &'a Actor,
-        client_id: &'a str,
-    ) -> (
-        impl Fn(&[String]) -> Result<(), Error> + Sync + 'a,
-        impl Fn() -> Revocation + Sync + 'a,
-    ) {
-        (
-            move |scopes: &[String]| actor.check_may_manage(scopes.iter().map(String::as_str)),
-            move || self.revocation(client_id, self.clock.now()),
-        )
+    ) -> impl Fn(&[String], &[String]) -> Result<(), Error> + Sync + 'a {
+        move |scopes: &[String], audiences: &[String]| {
+            actor.check_may_manage(scopes.iter().map(String::as_str))?;
+            match self.first_undelegable(actor, audiences) {
+                None => Ok(()),
+                Some(audience) => Err(Error::PermissionDenied {
+                    reason: Reason::InsufficientScope,
+                    message: format!(
+                        "the client holds the audience `{audience}`, which only a caller \
+                         holding keystone:admin may manage (clients.delegable_audiences)"
+                    ),
+                }),
+            }
+        }
+    }
+
+    /// The revocation of the client's tokens a change writes, stamped when made.
+    fn revocation_of<'a>(&'a self, client_id: &'a str) -> impl Fn() -> Revocation + Sync + 'a {
+        move || self.revocation(client_id, self.clock.now())
+    }
+
+    /// Audiences are a power: a caller without `keystone:admin` may give a client only the
+    /// audiences of `clients.delegable_audiences`.
+    fn check_may_give(&self, actor: &Actor, audiences: Option<&[String]>) -> Result<(), Error> {
+        match self.first_undelegable(actor, audiences.unwrap_or_default()) {
+            None => Ok(()),
+            Some(audience) => Err(Error::PermissionDenied {
+                reason: Reason::InsufficientScope,
+                message: format!(
+                    "you cannot give the audience `{audience}`: only a caller holding \
+                     keystone:admin may give audiences beyond clients.delegable_audiences"
+                ),
+            }),
+        }
+    }
+
+    /// The first of `audiences` the caller may not give; none for an admin.
+    fn first_undelegable<'b>(&self, actor: &Actor, audiences: &'b [String]) -> Option<&'b str> {
+        if actor.is_admin() {
+            return None;
+        }
+        audiences
+            .iter()
+            .find(|audience| !self.delegable_audiences.contains(audience))
+            .map(String::as_str)
     }
 
     /// Applies the revocation a change wrote and tells the other replicas that the client

@@ -5,6 +5,7 @@ pub mod auth;
 pub mod client_admin;
 pub mod limits;
 pub mod paging;
+pub mod refusals;
 pub mod user_admin;
 
 pub use client_admin::ClientAdminService;

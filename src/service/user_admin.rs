@@ -142,21 +142,26 @@ impl UserAdminService {
         }
     }
 
-    /// Creates an admin (role `admin`) unless a user already has the name: then `None`.
-    /// Without a password, one is generated and the admin must change it at first login.
-    /// Without an email, `<username>@keystone.invalid` (RFC 2606) stands in.
+    /// Creates an admin (role `admin`) unless a user already has the name, or, with
+    /// `only_first`, unless some user holds the role `admin` already: then `None`. So the
+    /// admin of the environment (`bootstrap_admin_username`) is made once, for a new
+    /// installation, and never comes back after it was deleted. Without a password, one is
+    /// generated and the admin must change it at first login. Without an email,
+    /// `<username>@keystone.invalid` (RFC 2606) stands in.
     pub async fn bootstrap_admin(
         &self,
         username: &str,
         email: Option<&str>,
         password: Option<SecretString>,
+        only_first: bool,
     ) -> Result<Option<BootstrapOutcome>, Error> {
         let username = Username::parse(username).map_err(|e| e.on("username"))?;
-        if self
-            .store
-            .find_user_by_login(username.normalized())
-            .await?
-            .is_some()
+        if (only_first && self.store.role_has_users(ADMIN_ROLE).await?)
+            || self
+                .store
+                .find_user_by_login(username.normalized())
+                .await?
+                .is_some()
         {
             return Ok(None);
         }
@@ -812,7 +817,9 @@ impl UserAdminService {
         let now = self.clock.now();
         let target = id.to_string();
         let event = details(actor.event(action, target.clone(), Outcome::Success));
-        let permit = |scopes: &[String]| actor.check_may_manage(scopes.iter().map(String::as_str));
+        let permit = |scopes: &[String], _: &[String]| {
+            actor.check_may_manage(scopes.iter().map(String::as_str))
+        };
         let revocation = || self.subject_revocation(&target, self.clock.now());
         let guard = ChangeGuard {
             permit: &permit,

@@ -12,7 +12,6 @@ use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveModelTrait as _, ColumnTrait as _, ConnectionTrait, DatabaseTransaction,
     EntityTrait as _, QueryFilter as _, QueryOrder as _, QuerySelect as _, Set,
-    TransactionTrait as _,
     sea_query::{Expr, ExprTrait as _},
 };
 use uuid::Uuid;
@@ -211,7 +210,7 @@ impl Store {
         audit_record: &AuditRecord,
         now: DateTime<Utc>,
     ) -> Result<Client, Error> {
-        let txn = self.db().begin().await.map_err(db_error)?;
+        let (_turn, txn) = self.begin_write().await?;
         let id = Uuid::now_v7();
         entity::client::ActiveModel {
             id: Set(id),
@@ -343,7 +342,8 @@ impl Store {
         Ok(clients)
     }
 
-    /// Changes a client in one transaction: `guard.permit` sees its allowed scopes once the
+    /// Changes a client in one transaction: `guard.permit` sees its allowed scopes and audiences
+    /// once the
     /// row is locked, then the change, the audit event and, with `guard.revoke`, the
     /// revocation of its tokens (stamped right before the commit, and returned).
     pub async fn update_client(
@@ -354,7 +354,7 @@ impl Store {
         audit_record: &AuditRecord,
         now: DateTime<Utc>,
     ) -> Result<(Client, Option<Revocation>), Error> {
-        let txn = self.db().begin().await.map_err(db_error)?;
+        let (_turn, txn) = self.begin_write().await?;
         let id = locked_client(&txn, client_id, &guard).await?;
         let mut update = entity::client::Entity::update_many()
             .col_expr(entity::client::Column::UpdatedAt, Expr::value(now))
@@ -411,7 +411,8 @@ impl Store {
         ))
     }
 
-    /// Deletes a client (`guard.permit` seeing its allowed scopes first) with the revocation
+    /// Deletes a client (`guard.permit` seeing its allowed scopes and audiences first) with the
+    /// revocation
     /// of its tokens (`guard.revoke`, returned).
     pub async fn delete_client(
         &self,
@@ -420,7 +421,7 @@ impl Store {
         audit_record: &AuditRecord,
         now: DateTime<Utc>,
     ) -> Result<Option<Revocation>, Error> {
-        let txn = self.db().begin().await.map_err(db_error)?;
+        let (_turn, txn) = self.begin_write().await?;
         let id = locked_client(&txn, client_id, &guard).await?;
         entity::client::Entity::delete_by_id(id)
             .exec(&txn)
@@ -445,7 +446,7 @@ impl Store {
         audit_record: &AuditRecord,
         now: DateTime<Utc>,
     ) -> Result<SecretRotation, Error> {
-        let txn = self.db().begin().await.map_err(db_error)?;
+        let (_turn, txn) = self.begin_write().await?;
         let id = locked_client(&txn, client_id, &guard).await?;
         let live: Vec<entity::client_secret::Model> = entity::client_secret::Entity::find()
             .filter(entity::client_secret::Column::ClientId.eq(id))
@@ -536,7 +537,7 @@ fn client_not_found(client_id: &str) -> Error {
 }
 
 /// Locks the client's row (PostgreSQL: `FOR UPDATE`; SQLite has a single writer), lets
-/// `guard.permit` judge its allowed scopes, and returns its internal id.
+/// `guard.permit` judge its allowed scopes and audiences, and returns its internal id.
 async fn locked_client(
     txn: &DatabaseTransaction,
     client_id: &str,
@@ -555,7 +556,7 @@ async fn locked_client(
     let client = client_of(txn, id)
         .await?
         .ok_or_else(|| client_not_found(client_id))?;
-    (guard.permit)(&client.allowed_scopes)?;
+    (guard.permit)(&client.allowed_scopes, &client.allowed_audiences)?;
     Ok(id)
 }
 

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveModelTrait as _, ColumnTrait as _, EntityTrait as _, QueryFilter as _, QueryOrder as _,
-    Set, TransactionTrait as _,
+    Set,
 };
 use uuid::Uuid;
 
@@ -135,7 +135,7 @@ impl Store {
         key: &StoredKey,
         audit_record: &AuditRecord,
     ) -> Result<(), Error> {
-        let txn = self.db().begin().await.map_err(db_error)?;
+        let (_turn, txn) = self.begin_write().await?;
         signing_key::ActiveModel {
             id: Set(Uuid::now_v7()),
             kid: Set(key.kid.clone()),
@@ -164,7 +164,7 @@ impl Store {
         steps: &[KeyTransition],
         audit_records: &[AuditRecord],
     ) -> Result<bool, Error> {
-        let txn = self.db().begin().await.map_err(db_error)?;
+        let (_turn, txn) = self.begin_write().await?;
         for step in steps {
             let mut update = signing_key::Entity::update_many()
                 .col_expr(signing_key::Column::State, step.to.into())
@@ -201,7 +201,7 @@ impl Store {
         at: DateTime<Utc>,
         audit_record: &AuditRecord,
     ) -> Result<bool, Error> {
-        let txn = self.db().begin().await.map_err(db_error)?;
+        let (_turn, txn) = self.begin_write().await?;
         let result = signing_key::Entity::update_many()
             .col_expr(signing_key::Column::State, "removed".into())
             .col_expr(signing_key::Column::RevokedAt, Some(at).into())

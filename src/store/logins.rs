@@ -4,7 +4,7 @@
 use chrono::{DateTime, Duration, Utc};
 use sea_orm::{
     ColumnTrait as _, Condition, ConnectionTrait as _, EntityTrait as _, QueryFilter as _,
-    Statement, TransactionTrait as _,
+    Statement,
     sea_query::{Expr, ExprTrait as _},
 };
 use uuid::Uuid;
@@ -32,6 +32,9 @@ impl std::fmt::Debug for LoginRecord {
             .finish()
     }
 }
+
+/// After this long without a failure, a name's failures are forgotten (and its row may go).
+pub const FORGET_FAILURES_AFTER: chrono::TimeDelta = chrono::TimeDelta::hours(24);
 
 /// How failed logins lock a name.
 #[derive(Debug, Clone, Copy)]
@@ -99,8 +102,7 @@ impl Store {
         audit_record: &AuditRecord,
         now: DateTime<Utc>,
     ) -> Result<(), Error> {
-        let _turn = self.write_turn().await;
-        let txn = self.db().begin().await.map_err(db_error)?;
+        let (_turn, txn) = self.begin_write().await?;
         entity::user::Entity::update_many()
             .col_expr(
                 entity::user::Column::PasswordHash,
@@ -209,8 +211,7 @@ impl Store {
         event: AuditRecord,
         now: DateTime<Utc>,
     ) -> Result<Option<DateTime<Utc>>, Error> {
-        let _turn = self.write_turn().await;
-        let txn = self.db().begin().await.map_err(db_error)?;
+        let (_turn, txn) = self.begin_write().await?;
         let locked = lock_if_due(&txn, name, policy, now).await?;
         let event = match locked {
             Some(until) => event.with_detail("locked_until", until.to_rfc3339()),
@@ -241,8 +242,7 @@ impl Store {
         event: &AuditRecord,
         now: DateTime<Utc>,
     ) -> Result<(), Error> {
-        let _turn = self.write_turn().await;
-        let txn = self.db().begin().await.map_err(db_error)?;
+        let (_turn, txn) = self.begin_write().await?;
         let mut update = entity::user::Entity::update_many()
             .col_expr(entity::user::Column::LastLoginAt, Expr::value(Some(now)))
             .filter(entity::user::Column::Id.eq(user_id));

@@ -8,6 +8,7 @@ pub mod entity;
 mod keys;
 mod logins;
 mod refresh_tokens;
+pub mod retention;
 pub(crate) mod revocations;
 mod roles;
 pub(crate) mod users;
@@ -15,8 +16,9 @@ pub(crate) mod users;
 pub use audit::AuditFilter;
 pub use clients::{CachedClient, ClientChanges, ClientSecretRecord, SecretRotation};
 pub use keys::{KeyTransition, StoredKey};
-pub use logins::{LockoutPolicy, LoginRecord};
+pub use logins::{FORGET_FAILURES_AFTER, LockoutPolicy, LoginRecord};
 pub use refresh_tokens::{NewRefreshToken, RefreshRecord, Rotation};
+pub use retention::RetentionPolicy;
 pub use roles::RoleChanges;
 pub use users::{UserChange, UserFilter};
 
@@ -36,16 +38,19 @@ use crate::{
 };
 
 /// What the service decides about a change the store applies in one transaction: whether
-/// the target may be changed (`permit`, given the target's scopes as they stand once the
-/// change holds its locks, so no concurrent grant slips between check and change), and the
+/// the target may be changed (`permit`, given the target's scopes and audiences (a client's;
+/// none for a user) as they stand once the change holds its locks, so no concurrent grant slips between check and change), and the
 /// revocation of the target's tokens (`revoke`, called right before the commit so that it
 /// covers every token issued from state read before the change).
 pub struct ChangeGuard<'a> {
-    /// Refuses the change, given the target's scopes.
-    pub permit: &'a (dyn Fn(&[String]) -> Result<(), Error> + Sync),
+    /// Refuses the change, given the target's scopes and audiences.
+    pub permit: &'a Permit<'a>,
     /// Makes the revocation of the target's tokens, stamped when called.
     pub revoke: Option<&'a (dyn Fn() -> crate::revocation::Revocation + Sync)>,
 }
+
+/// Judges a change, given the target's scopes and audiences (see [`ChangeGuard`]).
+pub type Permit<'a> = dyn Fn(&[String], &[String]) -> Result<(), Error> + Sync + 'a;
 
 impl std::fmt::Debug for ChangeGuard<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -119,6 +124,17 @@ pub enum ReplicaLock {
     Migrations,
     /// Creating, promoting and retiring signing keys.
     Keys,
+    /// Deleting expired rows (see [`retention`]).
+    Retention,
+}
+
+/// The key of `what`'s PostgreSQL advisory lock: arbitrary and fixed ("KS" and a number).
+fn advisory_key(what: ReplicaLock) -> i64 {
+    match what {
+        ReplicaLock::Migrations => 0x4B53_0001,
+        ReplicaLock::Keys => 0x4B53_0002,
+        ReplicaLock::Retention => 0x4B53_0003,
+    }
 }
 
 /// A lock held across replicas until released (a PostgreSQL advisory lock held by an open
@@ -220,6 +236,25 @@ impl Store {
         write_turn(self.writes.as_ref()).await
     }
 
+    /// A transaction that writes, with this process's turn to write on SQLite, held until
+    /// both are dropped (the transaction first: bind them as `let (_turn, txn)`). Every write
+    /// transaction takes the turn: SQLite lets a transaction that read before another
+    /// connection's commit not write at all (`SQLITE_BUSY`, without waiting), so on one file
+    /// the writers must take turns, not race.
+    pub(crate) async fn begin_write(
+        &self,
+    ) -> Result<
+        (
+            Option<tokio::sync::MutexGuard<'_, ()>>,
+            sea_orm::DatabaseTransaction,
+        ),
+        Error,
+    > {
+        let turn = self.write_turn().await;
+        let txn = self.db.begin().await.map_err(db_error)?;
+        Ok((turn, txn))
+    }
+
     /// The underlying connection, for the other store modules.
     pub(crate) fn db(&self) -> &DatabaseConnection {
         &self.db
@@ -248,11 +283,6 @@ impl Store {
         if self.db.get_database_backend() != sea_orm::DatabaseBackend::Postgres {
             return Ok(HeldLock(None));
         }
-        // Arbitrary, fixed keys of Keystone's advisory locks ("KS" and a number).
-        let key: i64 = match what {
-            ReplicaLock::Migrations => 0x4B53_0001,
-            ReplicaLock::Keys => 0x4B53_0002,
-        };
         let txn = self.db.begin().await.map_err(db_error)?;
         // A replica stuck holding the lock must not stall the others for ever.
         txn.execute_unprepared("SET LOCAL lock_timeout = '30s'")
@@ -261,11 +291,37 @@ impl Store {
         txn.execute_raw(sea_orm::Statement::from_sql_and_values(
             sea_orm::DatabaseBackend::Postgres,
             "SELECT pg_advisory_xact_lock($1)",
-            [key.into()],
+            [advisory_key(what).into()],
         ))
         .await
         .map_err(db_error)?;
         Ok(HeldLock(Some(txn)))
+    }
+
+    /// Takes `what`'s lock across replicas if no other replica holds it: `None` if one does.
+    pub async fn try_lock_replicas(&self, what: ReplicaLock) -> Result<Option<HeldLock>, Error> {
+        if self.db.get_database_backend() != sea_orm::DatabaseBackend::Postgres {
+            return Ok(Some(HeldLock(None)));
+        }
+        let txn = self.db.begin().await.map_err(db_error)?;
+        let taken: bool = txn
+            .query_one_raw(sea_orm::Statement::from_sql_and_values(
+                sea_orm::DatabaseBackend::Postgres,
+                "SELECT pg_try_advisory_xact_lock($1) AS taken",
+                [advisory_key(what).into()],
+            ))
+            .await
+            .map_err(db_error)?
+            .map(|row| row.try_get("", "taken"))
+            .transpose()
+            .map_err(db_error)?
+            .unwrap_or(false);
+        if taken {
+            Ok(Some(HeldLock(Some(txn))))
+        } else {
+            HeldLock(Some(txn)).release().await;
+            Ok(None)
+        }
     }
 
     /// Rolls back the last `steps` applied migrations.

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveModelTrait as _, ColumnTrait as _, EntityTrait as _, QueryFilter as _, QuerySelect as _,
-    Set, TransactionTrait as _, sea_query::Expr,
+    Set, sea_query::Expr,
 };
 use uuid::Uuid;
 
@@ -109,9 +109,8 @@ impl Store {
         now: DateTime<Utc>,
         idle_ttl: chrono::Duration,
     ) -> Result<Rotation, Error> {
-        let _turn = self.write_turn().await;
         let successor_id = Uuid::now_v7();
-        let txn = self.db().begin().await.map_err(db_error)?;
+        let (_turn, txn) = self.begin_write().await?;
         // The conditional write comes first: it takes the row (PostgreSQL) or the database
         // (SQLite) for this transaction, so concurrent rotations queue behind it.
         let updated = refresh_token::Entity::update_many()
@@ -196,8 +195,7 @@ impl Store {
         audit_record: &AuditRecord,
         now: DateTime<Utc>,
     ) -> Result<u64, Error> {
-        let _turn = self.write_turn().await;
-        let txn = self.db().begin().await.map_err(db_error)?;
+        let (_turn, txn) = self.begin_write().await?;
         let revoked = refresh_token::Entity::update_many()
             .col_expr(refresh_token::Column::RevokedAt, Expr::value(Some(now)))
             .filter(refresh_token::Column::FamilyId.eq(family_id))

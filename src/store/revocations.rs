@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ColumnTrait as _, Condition, ConnectionTrait, DatabaseBackend, EntityTrait as _,
-    QueryFilter as _, QueryOrder as _, QuerySelect as _, Statement, TransactionTrait as _,
+    QueryFilter as _, QueryOrder as _, QuerySelect as _, Statement,
 };
 
 use super::{Store, db_error, entity::revocation};
@@ -65,21 +65,10 @@ impl Store {
         event: &AuditRecord,
         now: DateTime<Utc>,
     ) -> Result<(), Error> {
-        let _turn = self.write_turn().await;
-        let txn = self.db().begin().await.map_err(db_error)?;
+        let (_turn, txn) = self.begin_write().await?;
         upsert(&txn, entry).await?;
         super::audit::insert(&txn, event, now).await?;
         txn.commit().await.map_err(db_error)
-    }
-
-    /// Deletes entries whose tokens have all expired.
-    pub async fn delete_expired_revocations(&self, now: DateTime<Utc>) -> Result<u64, Error> {
-        Ok(revocation::Entity::delete_many()
-            .filter(revocation::Column::ExpiresAt.lte(now))
-            .exec(self.db())
-            .await
-            .map_err(db_error)?
-            .rows_affected)
     }
 
     async fn newest_revocation_seq(&self) -> Result<i64, Error> {

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveModelTrait as _, ColumnTrait as _, ConnectionTrait, DatabaseBackend, DatabaseTransaction,
     EntityTrait as _, PaginatorTrait as _, QueryFilter as _, QueryOrder as _, QuerySelect as _,
-    Set, Statement, TransactionTrait as _, sea_query::Expr,
+    Set, Statement, sea_query::Expr,
 };
 use uuid::Uuid;
 
@@ -29,6 +29,24 @@ pub struct RoleChanges {
 }
 
 impl Store {
+    /// Whether any user holds the role `name`.
+    pub async fn role_has_users(&self, name: &str) -> Result<bool, Error> {
+        let Some(role) = entity::role::Entity::find()
+            .filter(entity::role::Column::Name.eq(name))
+            .one(self.db())
+            .await
+            .map_err(db_error)?
+        else {
+            return Ok(false);
+        };
+        let holders = entity::user_role::Entity::find()
+            .filter(entity::user_role::Column::RoleId.eq(role.id))
+            .count(self.db())
+            .await
+            .map_err(db_error)?;
+        Ok(holders > 0)
+    }
+
     /// Creates a role; its scopes must exist.
     pub async fn insert_role(
         &self,
@@ -38,7 +56,7 @@ impl Store {
         audit_record: &AuditRecord,
         now: DateTime<Utc>,
     ) -> Result<Role, Error> {
-        let txn = self.db().begin().await.map_err(db_error)?;
+        let (_turn, txn) = self.begin_write().await?;
         let id = Uuid::now_v7();
         entity::role::ActiveModel {
             id: Set(id),
@@ -110,7 +128,7 @@ impl Store {
         audit_record: &AuditRecord,
         now: DateTime<Utc>,
     ) -> Result<Role, Error> {
-        let txn = self.db().begin().await.map_err(db_error)?;
+        let (_turn, txn) = self.begin_write().await?;
         let admins = lock_admins(&txn, now).await?;
         let model = entity::role::Entity::find()
             .filter(entity::role::Column::Name.eq(name))
@@ -150,7 +168,7 @@ impl Store {
         audit_record: &AuditRecord,
         now: DateTime<Utc>,
     ) -> Result<(), Error> {
-        let txn = self.db().begin().await.map_err(db_error)?;
+        let (_turn, txn) = self.begin_write().await?;
         let admins = lock_admins(&txn, now).await?;
         let deleted = entity::role::Entity::delete_many()
             .filter(entity::role::Column::Name.eq(name))
@@ -173,7 +191,7 @@ impl Store {
         audit_record: &AuditRecord,
         now: DateTime<Utc>,
     ) -> Result<ScopeRecord, Error> {
-        let txn = self.db().begin().await.map_err(db_error)?;
+        let (_turn, txn) = self.begin_write().await?;
         entity::scope::ActiveModel {
             id: Set(Uuid::now_v7()),
             name: Set(scope.as_str().to_owned()),
@@ -226,7 +244,7 @@ impl Store {
         audit_record: &AuditRecord,
         now: DateTime<Utc>,
     ) -> Result<(), Error> {
-        let txn = self.db().begin().await.map_err(db_error)?;
+        let (_turn, txn) = self.begin_write().await?;
         let admins = lock_admins(&txn, now).await?;
         let scope = entity::scope::Entity::find()
             .filter(entity::scope::Column::Name.eq(name))

@@ -8,7 +8,6 @@ use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveModelTrait as _, ColumnTrait as _, Condition, ConnectionTrait, DatabaseTransaction,
     EntityTrait as _, QueryFilter as _, QueryOrder as _, QuerySelect as _, RelationTrait as _, Set,
-    TransactionTrait as _,
     sea_query::{Expr, ExprTrait as _, LikeExpr, Query},
 };
 use uuid::Uuid;
@@ -82,7 +81,7 @@ impl Store {
         audit_record: &AuditRecord,
         now: DateTime<Utc>,
     ) -> Result<User, Error> {
-        let txn = self.db().begin().await.map_err(db_error)?;
+        let (_turn, txn) = self.begin_write().await?;
         if super::clients::is_client_id(&txn, new.username.normalized()).await? {
             return Err(Error::AlreadyExists {
                 message: "a client has this name as its client_id; choose another".to_owned(),
@@ -273,14 +272,14 @@ impl Store {
         audit_record: &AuditRecord,
         now: DateTime<Utc>,
     ) -> Result<(Option<UserRecord>, u64, Option<Revocation>), Error> {
-        let txn = self.db().begin().await.map_err(db_error)?;
+        let (_turn, txn) = self.begin_write().await?;
         let admins = roles::lock_admins(&txn, now).await?;
         let model = entity::user::Entity::find_by_id(id)
             .one(&txn)
             .await
             .map_err(db_error)?
             .ok_or_else(|| user_not_found(&id.to_string()))?;
-        (guard.permit)(&scopes_of_user(&txn, id).await?)?;
+        (guard.permit)(&scopes_of_user(&txn, id).await?, &[])?;
         let ended = if guard.revoke.is_some() {
             end_sessions(&txn, id, now).await?
         } else {

@@ -308,10 +308,21 @@ impl KeyManager {
     }
 
     /// The private keys opened (see [`KeySealer`]). A key that cannot be opened is logged and
-    /// kept for verifying only: it signs nothing.
+    /// kept for verifying only: it signs nothing. A key stored in the clear is left out
+    /// altogether (it neither signs nor verifies): only a writer of the database, never
+    /// Keystone, puts one there.
     async fn open_keys(&self, keys: Vec<StoredKey>) -> Result<Vec<StoredKey>, Error> {
         let mut opened_keys = Vec::with_capacity(keys.len());
         for mut key in keys {
+            if !key.private_key.is_empty() && !KeySealer::is_sealed(&key.private_key) {
+                tracing::error!(
+                    kid = %key.kid,
+                    "a signing key is stored in the clear: refused, it neither signs nor \
+                     verifies (if this installation stored keys in the clear, seal them with \
+                     `keystone keys reseal`)"
+                );
+                continue;
+            }
             if !key.private_key.is_empty() {
                 match self.sealer.open(&key.kid, &key.private_key) {
                     Ok(opened) => key.private_key = opened.private_key,
@@ -346,7 +357,7 @@ impl KeyManager {
             if key.private_key.is_empty() {
                 continue;
             }
-            let opened = self.sealer.open(&key.kid, &key.private_key)?;
+            let opened = self.sealer.open_clear_too(&key.kid, &key.private_key)?;
             if opened.reseal {
                 let sealed = self.sealer.seal(&key.kid, &opened.private_key)?;
                 if self

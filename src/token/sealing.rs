@@ -127,8 +127,23 @@ impl KeySealer {
         stored.starts_with(MAGIC)
     }
 
-    /// The private key of the stored form, and whether it should be sealed again.
+    /// The private key of the stored form, and whether it should be sealed again. A key in
+    /// the clear is refused: whoever can write the database could otherwise make Keystone
+    /// sign, and accept, with a key of their own. (`keystone keys reseal` seals keys of an
+    /// installation that stored them in the clear: [`Self::open_clear_too`].)
     pub fn open(&self, kid: &str, stored: &[u8]) -> Result<Opened, Error> {
+        if !Self::is_sealed(stored) {
+            return Err(Error::internal(anyhow::anyhow!(
+                "the private key of `{kid}` is stored in the clear: refused (if this \
+                 installation stored keys in the clear, seal them with `keystone keys reseal`)"
+            )));
+        }
+        self.open_clear_too(kid, stored)
+    }
+
+    /// As [`Self::open`], but a key in the clear is taken as it is (and is to be sealed):
+    /// for the operator's `keystone keys reseal` only.
+    pub fn open_clear_too(&self, kid: &str, stored: &[u8]) -> Result<Opened, Error> {
         let Some(rest) = stored.strip_prefix(MAGIC.as_slice()) else {
             return Ok(Opened {
                 private_key: stored.to_vec(),
@@ -223,7 +238,17 @@ mod tests {
     }
 
     #[test]
-    fn keys_in_the_clear_or_under_an_older_kek_are_read_and_marked_for_resealing() {
+    fn keys_in_the_clear_are_refused_but_for_resealing() {
+        let der = b"\x30\x2e clear";
+        let sealer = KeySealer::from_settings(&settings(None, None), &pepper()).unwrap();
+        assert!(sealer.open("k", der).is_err());
+        let clear = sealer.open_clear_too("k", der).unwrap();
+        assert_eq!(clear.private_key, der);
+        assert!(clear.reseal);
+    }
+
+    #[test]
+    fn keys_under_an_older_kek_are_read_and_marked_for_resealing() {
         let der = b"\x30\x2e clear";
         let by_pepper = KeySealer::from_settings(&settings(None, None), &pepper()).unwrap();
         let by_a = KeySealer::from_settings(&settings(Some(A), None), &pepper()).unwrap();
@@ -231,9 +256,6 @@ mod tests {
             KeySealer::from_settings(&settings(Some(B), Some(A)), &pepper()).unwrap();
         let by_b = KeySealer::from_settings(&settings(Some(B), None), &pepper()).unwrap();
 
-        let clear = by_a.open("k", der).unwrap();
-        assert_eq!(clear.private_key, der);
-        assert!(clear.reseal);
         // Sealed under the pepper's key, then an explicit key set: still read.
         let opened = by_a.open("k", &by_pepper.seal("k", der).unwrap()).unwrap();
         assert!(opened.reseal);

@@ -7,7 +7,9 @@ use keystone::{config::KeyAlgorithm, proto::pb};
 use sea_orm::{ConnectionTrait as _, Database, Statement};
 use tonic::Code;
 
-use crate::helpers::{TestApp, reason, spawn_app, spawn_app_on, spawn_app_with, with_bearer};
+use crate::helpers::{
+    ADMIN_SCOPE, TestApp, reason, spawn_app, spawn_app_on, spawn_app_with, with_bearer,
+};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -59,7 +61,10 @@ async fn the_password_grant_issues_a_token_that_authenticate_accepts() {
     let app = spawn_app().await;
     let user_id = app.create_user("alice", PASSWORD, &["admin"]).await;
 
-    let token = app.login("Alice", PASSWORD).await.unwrap();
+    let token = app
+        .login_with("Alice", PASSWORD, &[ADMIN_SCOPE], "")
+        .await
+        .unwrap();
     assert_eq!(token.token_type, "Bearer");
     assert_eq!(token.expires_in, 15 * 60);
     assert_eq!(token.scopes, ["keystone:admin"]);
@@ -228,15 +233,29 @@ async fn scopes_are_narrowed_to_what_the_roles_allow() {
     let app =
         spawn_app_with(|settings| settings.tokens.user_audiences = vec!["orders".into()]).await;
     app.create_user("frank", PASSWORD, &["admin"]).await;
-    let token = app
+    // Keystone's own scopes go only into tokens for Keystone.
+    let status = app
         .login_with("frank", PASSWORD, &["keystone:users.read"], "orders")
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(reason(&status), "INVALID_SCOPE");
+    // Asked for by name, with no audience: a token for Keystone.
+    let token = app
+        .login_with("frank", PASSWORD, &["keystone:users.read"], "")
         .await
         .unwrap();
     assert_eq!(token.scopes, ["keystone:users.read"]);
-    let principal = authenticate(&app, &token.access_token, &[], "orders")
+    let principal = authenticate(&app, &token.access_token, &[], "keystone")
         .await
         .unwrap();
     assert_eq!(principal.scopes, ["keystone:users.read"]);
+    // For another audience, asking nothing: none of Keystone's scopes.
+    let orders = app
+        .login_with("frank", PASSWORD, &[], "orders")
+        .await
+        .unwrap();
+    assert!(orders.scopes.is_empty(), "{:?}", orders.scopes);
     assert_refused(
         authenticate(&app, &token.access_token, &["keystone:users.write"], "").await,
         Code::PermissionDenied,
@@ -566,7 +585,11 @@ async fn introspection_needs_the_introspect_scope_and_answers_inactive_quietly()
     let app = spawn_app().await;
     app.create_user("mia", PASSWORD, &["admin"]).await;
     app.create_user("noah", PASSWORD, &[]).await;
-    let admin = app.login("mia", PASSWORD).await.unwrap().access_token;
+    let admin = app
+        .login_with("mia", PASSWORD, &[ADMIN_SCOPE], "")
+        .await
+        .unwrap()
+        .access_token;
     let plain = app.login("noah", PASSWORD).await.unwrap().access_token;
     let introspect = |caller: Option<&str>, token: &str| {
         let message = pb::IntrospectRequest {

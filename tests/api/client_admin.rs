@@ -9,7 +9,7 @@ use keystone::proto::pb::{
 use prost_types::FieldMask;
 use tonic::Code;
 
-use crate::helpers::{TestApp, bad_field, reason, spawn_app, with_bearer};
+use crate::helpers::{TestApp, bad_field, reason, spawn_app, spawn_app_with, with_bearer};
 
 async fn create_client(app: &TestApp, token: &str, client: Client) -> (Client, String) {
     let created = app
@@ -73,7 +73,7 @@ async fn an_admin_creates_a_client_whose_secret_is_shown_once_and_works() {
     assert_eq!(client.enabled, Some(true));
     assert!(secret.starts_with("kss_"), "{secret}");
     let token = app
-        .client_token("reporting", &secret, &[], "")
+        .client_token("reporting", &secret, &["keystone:introspect"], "")
         .await
         .expect("the new secret works");
     assert_eq!(token.scopes, ["keystone:introspect"]);
@@ -424,7 +424,11 @@ async fn revoking_disabling_and_deleting_a_client_end_its_tokens_at_once() {
 
 #[tokio::test]
 async fn a_clients_write_caller_grants_only_what_it_holds_and_cannot_take_over_an_admin_client() {
-    let app = spawn_app().await;
+    // The audience of `reporting` is one such a caller may give.
+    let app = spawn_app_with(|settings| {
+        settings.clients.delegable_audiences = vec!["https://api.example.com".into()];
+    })
+    .await;
     let admin = app.admin_token().await;
     let ops = app
         .token_with_scopes("ops", &["keystone:clients.write", "keystone:introspect"])

@@ -22,12 +22,13 @@ async fn client_credentials_give_a_service_token_without_a_refresh_token() {
     let token = app.client_token("billing", &secret, &[], "").await.unwrap();
     assert!(token.refresh_token.is_empty());
     assert_eq!(token.expires_in, 300);
-    assert_eq!(token.scopes, ["keystone:introspect", "keystone:users.read"]);
+    // Keystone's own scopes are never implied: asking none gives none of them.
+    assert!(token.scopes.is_empty(), "{:?}", token.scopes);
     let principal = app
         .auth()
         .authenticate(pb::AuthenticateRequest {
             token: token.access_token.clone(),
-            required_scopes: vec!["keystone:users.read".into()],
+            required_scopes: Vec::new(),
             audience: "invoices".into(),
         })
         .await
@@ -41,11 +42,31 @@ async fn client_credentials_give_a_service_token_without_a_refresh_token() {
     assert_eq!(principal.audience, ["invoices", "orders"]);
     assert!(principal.session_id.is_empty());
 
-    let narrowed = app
+    // Asked for by name, they are for Keystone's audience only.
+    let status = app
         .client_token("billing", &secret, &["keystone:users.read"], "orders")
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(reason(&status), "INVALID_SCOPE");
+    let narrowed = app
+        .client_token("billing", &secret, &["keystone:users.read"], "")
         .await
         .unwrap();
     assert_eq!(narrowed.scopes, ["keystone:users.read"]);
+    let principal = app
+        .auth()
+        .authenticate(pb::AuthenticateRequest {
+            token: narrowed.access_token,
+            required_scopes: vec!["keystone:users.read".into()],
+            audience: "keystone".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .principal
+        .unwrap();
+    assert_eq!(principal.audience, ["keystone"]);
     app.stop().await.unwrap();
 }
 

@@ -69,6 +69,7 @@ impl Server {
                     username: ADMIN.to_owned(),
                     password: ADMIN_PASSWORD.to_owned(),
                 })),
+                scopes: vec![crate::helpers::ADMIN_SCOPE.to_owned()],
                 ..Default::default()
             })
             .await
@@ -309,10 +310,18 @@ async fn a_process_killed_mid_write_leaves_every_change_whole_or_absent() {
             || created.load(std::sync::atomic::Ordering::Relaxed) == 0
             || !answered.lock().unwrap().enough()
         {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "no work got done"
-            );
+            if started.elapsed() > Duration::from_secs(30) {
+                let answered = answered.lock().unwrap();
+                panic!(
+                    "no work got done: {} rotations, {} roles, {} logins, {} service tokens, \
+                     {} refusals",
+                    rotations.load(std::sync::atomic::Ordering::Relaxed),
+                    created.load(std::sync::atomic::Ordering::Relaxed),
+                    answered.logins.len(),
+                    answered.service.len(),
+                    answered.refused,
+                );
+            }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         tokio::time::sleep(Duration::from_millis(100 + 150 * round)).await;

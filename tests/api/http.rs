@@ -122,11 +122,14 @@ async fn the_token_endpoint_issues_what_grpc_issues_and_maps_errors_to_oauth_cod
     for (headers, body) in [
         (
             vec![("authorization", basic("reporting", &secret))],
-            "grant_type=client_credentials".to_owned(),
+            "grant_type=client_credentials&scope=keystone%3Aintrospect".to_owned(),
         ),
         (
             vec![],
-            format!("grant_type=client_credentials&client_id=reporting&client_secret={secret}"),
+            format!(
+                "grant_type=client_credentials&client_id=reporting&client_secret={secret}\
+                 &scope=keystone%3Aintrospect"
+            ),
         ),
     ] {
         let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
@@ -263,12 +266,14 @@ async fn the_token_endpoint_issues_what_grpc_issues_and_maps_errors_to_oauth_cod
 #[tokio::test]
 async fn introspection_needs_a_caller_and_revocation_works_over_http() {
     let app = spawn_app().await;
+    // The mesh serves Keystone's default audience, the one `plain`'s tokens are for: it may
+    // see them active (RFC 7662 section 4).
     let mesh = app
-        .create_client("mesh", &["keystone:introspect"], &[], None, true)
+        .create_client("mesh", &["keystone:introspect"], &["keystone"], None, true)
         .await;
     let plain = app.create_client("plain", &[], &[], None, true).await;
     let mesh_token = app
-        .client_token("mesh", &mesh, &[], "")
+        .client_token("mesh", &mesh, &["keystone:introspect"], "")
         .await
         .unwrap()
         .access_token;

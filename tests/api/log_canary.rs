@@ -113,6 +113,7 @@ async fn a_run_at_trace_level_logs_no_secret() {
                 password: password.to_owned(),
             },
         )),
+        scopes: vec![crate::helpers::ADMIN_SCOPE.to_owned()],
         ..Default::default()
     };
     let first = auth

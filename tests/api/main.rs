@@ -4,6 +4,7 @@
 mod helpers;
 
 mod auth;
+mod authority;
 mod bench;
 mod bootstrap;
 mod bulkheads;

@@ -157,13 +157,28 @@ async fn reflection_can_be_switched_off() {
 
 #[tokio::test]
 async fn admin_reflection_needs_an_admin_token() {
-    let app = spawn_app_with(|settings| settings.reflection = ReflectionMode::Admin).await;
+    let app = spawn_app_with(|settings| {
+        settings.reflection = ReflectionMode::Admin;
+        settings.tokens.user_audiences = vec!["app".into()];
+    })
+    .await;
     app.create_user("root", "correct horse battery staple", &["admin"])
         .await;
     app.create_user("plain", "correct horse battery staple", &[])
         .await;
     let admin = app
-        .login("root", "correct horse battery staple")
+        .login_with(
+            "root",
+            "correct horse battery staple",
+            &[crate::helpers::ADMIN_SCOPE],
+            "",
+        )
+        .await
+        .unwrap()
+        .access_token;
+    // The admin's token for an application cannot be replayed here.
+    let for_app = app
+        .login_with("root", "correct horse battery staple", &[], "app")
         .await
         .unwrap()
         .access_token;
@@ -184,6 +199,11 @@ async fn admin_reflection_needs_an_admin_token() {
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
     assert_eq!(reason(&status), "INSUFFICIENT_SCOPE");
+    let status = list_v1_as(app.channel.clone(), Some(&for_app))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    assert_eq!(reason(&status), "AUDIENCE_MISMATCH");
     let services = list_v1_as(app.channel.clone(), Some(&admin)).await.unwrap();
     assert!(
         services.iter().any(|s| s == "keystone.v1.Auth"),

@@ -6,7 +6,7 @@ use keystone::proto::pb;
 use sea_orm::{ConnectionTrait as _, Database, Statement};
 use tonic::Code;
 
-use crate::helpers::{TestApp, reason, spawn_app, spawn_app_with, with_bearer};
+use crate::helpers::{ADMIN_SCOPE, TestApp, reason, spawn_app, spawn_app_with, with_bearer};
 
 const PASSWORD: &str = "correct horse battery staple";
 
@@ -30,7 +30,11 @@ fn assert_reason(result: Result<impl std::fmt::Debug, tonic::Status>, code: Code
 async fn a_refresh_rotates_the_token_and_keeps_the_session() {
     let app = spawn_app().await;
     app.create_user("ann", PASSWORD, &["admin"]).await;
-    let first = app.login("ann", PASSWORD).await.unwrap();
+    // A refresh keeps the scopes of its grant, Keystone's own among them.
+    let first = app
+        .login_with("ann", PASSWORD, &[ADMIN_SCOPE], "")
+        .await
+        .unwrap();
     assert!(first.refresh_token.starts_with("ksr_"));
     let session = session_of(&app, &first.access_token).await.unwrap();
 
@@ -378,7 +382,10 @@ async fn a_required_change_unlocks_the_full_token() {
         ))
         .await
         .unwrap();
-    let full = app.login("ida", "my very own passphrase").await.unwrap();
+    let full = app
+        .login_with("ida", "my very own passphrase", &[ADMIN_SCOPE], "")
+        .await
+        .unwrap();
     assert_eq!(full.scopes, ["keystone:admin"]);
     assert!(!full.refresh_token.is_empty());
     app.stop().await.unwrap();

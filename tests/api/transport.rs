@@ -28,6 +28,13 @@ fn login(username: &str, password: &str) -> IssueTokenRequest {
     }
 }
 
+/// What gRPC's own implementations answer a message over the limit: RESOURCE_EXHAUSTED, here
+/// with the reason MESSAGE_TOO_LARGE.
+fn assert_too_large(status: &tonic::Status) {
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert_eq!(crate::helpers::reason(status), "MESSAGE_TOO_LARGE");
+}
+
 #[tokio::test]
 async fn auth_takes_small_messages_only_and_admin_services_larger_ones() {
     let app = spawn_app().await;
@@ -36,7 +43,26 @@ async fn auth_takes_small_messages_only_and_admin_services_larger_ones() {
     let mut request = login("alice", PASSWORD);
     request.scopes = vec!["a:b".repeat(1024); 33];
     let status = app.auth().issue_token(request).await.unwrap_err();
-    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert_too_large(&status);
+    // A megabyte of password, of bearer token, ten of username: the same answer.
+    let mut request = login("alice", &"p".repeat(1 << 20));
+    request.scopes.clear();
+    assert_too_large(&app.auth().issue_token(request).await.unwrap_err());
+    let status = app
+        .auth()
+        .authenticate(pb::AuthenticateRequest {
+            token: "t".repeat(1 << 20),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_too_large(&status);
+    let status = app
+        .auth()
+        .issue_token(login(&"u".repeat(10 << 20), PASSWORD))
+        .await
+        .unwrap_err();
+    assert_too_large(&status);
 
     // The same size is read by an admin service, which then judges the content.
     let admin = app.admin_token().await;

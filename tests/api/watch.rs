@@ -13,7 +13,7 @@ async fn watch_revocations_streams_the_snapshot_then_each_change_in_order() {
         .create_client("mesh", &["keystone:introspect"], &[], None, true)
         .await;
     let token = || async {
-        app.client_token("mesh", &secret, &[], "")
+        app.client_token("mesh", &secret, &["keystone:introspect"], "")
             .await
             .unwrap()
             .access_token
