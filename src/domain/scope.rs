@@ -220,6 +220,26 @@ mod tests {
     }
 
     #[test]
+    fn keystones_own_scopes_are_told_apart_and_left_out_when_implied() {
+        let set = ScopeSet::parse(["keystone:admin", "orders:read", "keystone-x:read"]).unwrap();
+        assert_eq!(
+            set.without_keystones().to_strings(),
+            ["keystone-x:read", "orders:read"]
+        );
+        assert_eq!(
+            set.first_keystones().map(Scope::as_str),
+            Some("keystone:admin")
+        );
+        assert!(
+            ScopeSet::parse(["orders:read"])
+                .unwrap()
+                .first_keystones()
+                .is_none()
+        );
+        assert!(scope("keystone:password.change").is_keystones());
+    }
+
+    #[test]
     fn sets_find_the_first_missing_scope() {
         let held = ScopeSet::parse(["orders:write", "invoices:read"]).unwrap();
         let required = ScopeSet::parse(["orders:read", "invoices:write"]).unwrap();

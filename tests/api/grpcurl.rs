@@ -135,13 +135,16 @@ async fn the_readme_admin_walkthrough_works_with_grpcurl_and_buf_curl() {
     assert!(stderr.contains("Unauthenticated"), "{stderr}");
     assert!(stderr.contains("TOKEN_MISSING"), "{stderr}");
 
-    // The bootstrap admin logs in.
+    // The bootstrap admin logs in, asking for Keystone's own scope by name (never implied).
     let login = call(
         &grpcurl,
         &addr,
         None,
         "keystone.v1.Auth/IssueToken",
-        serde_json::json!({"password": {"username": ADMIN, "password": ADMIN_PASSWORD}}),
+        serde_json::json!({
+            "password": {"username": ADMIN, "password": ADMIN_PASSWORD},
+            "scopes": ["keystone:admin"]
+        }),
     )
     .await;
     let admin = text(&login, "/accessToken").to_owned();
@@ -167,7 +170,10 @@ async fn the_readme_admin_walkthrough_works_with_grpcurl_and_buf_curl() {
         &addr,
         None,
         "keystone.v1.Auth/IssueToken",
-        serde_json::json!({"client_credentials": {"client_id": "reporting", "client_secret": secret}}),
+        serde_json::json!({
+            "client_credentials": {"client_id": "reporting", "client_secret": secret},
+            "scopes": ["keystone:introspect"]
+        }),
     )
     .await;
     let token = text(&issued, "/accessToken").to_owned();

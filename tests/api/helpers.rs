@@ -113,6 +113,7 @@ impl Drop for TestDatabase {
             server_url, name, ..
         } = self
         {
+            let left = name.clone();
             let (server_url, name) = (server_url.clone(), name.clone());
             // Drop runs inside the test's runtime, which cannot be blocked on; a thread with a
             // runtime of its own drops the database.
@@ -133,7 +134,10 @@ impl Drop for TestDatabase {
             })
             .join();
             if !matches!(dropped, Ok(Ok(()))) {
-                say_skipped("dropping a test database", "it was left behind");
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "\n*** the test database {left} could not be dropped: it was left behind ***\n"
+                );
             }
         }
     }

@@ -297,3 +297,48 @@ async fn private_keys_are_sealed_at_rest_and_follow_the_key_encryption_key() {
     assert!(app.login("kim", PASSWORD).await.is_ok());
     app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_key_planted_in_the_clear_neither_signs_nor_verifies() {
+    let app = spawn_app_with(|_| {}).await;
+    app.create_user("pat", PASSWORD, &[]).await;
+    let token = app.login("pat", PASSWORD).await.unwrap().access_token;
+    // Whoever can write the database puts a private key of their knowing in the clear (here
+    // the real one, opened: the same bytes an attacker's own key would be stored as).
+    let der = crate::helpers::active_private_key(app.database_url()).await;
+    let (kid, _) = crate::helpers::stored_active_key(app.database_url()).await;
+    {
+        use sea_orm::{ConnectionTrait as _, Database, Statement};
+        let db = Database::connect(app.database_url()).await.unwrap();
+        db.execute_raw(Statement::from_sql_and_values(
+            db.get_database_backend(),
+            "UPDATE signing_keys SET private_key = $1 WHERE kid = $2",
+            [der.into(), kid.clone().into()],
+        ))
+        .await
+        .unwrap();
+        db.close().await.unwrap();
+    }
+    let database = app.stop_keeping_database().await;
+    let app = spawn_app_on(database, |_| {}).await;
+    let status = app
+        .auth()
+        .authenticate(pb::AuthenticateRequest {
+            token,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    let jwks = app
+        .auth()
+        .get_jwks(pb::GetJwksRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        jwks.keys.iter().all(|key| key.kid != kid),
+        "a key stored in the clear is published"
+    );
+    app.stop().await.unwrap();
+}
