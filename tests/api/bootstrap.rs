@@ -8,7 +8,7 @@ use secrecy::SecretString;
 use crate::{
     cli::{keystone, run, run_beside},
     helpers::{
-        ADMIN_PASSWORD, ADMIN_SCOPE, TEST_PEPPER, TestDatabase, reason, spawn_app, spawn_app_on,
+        ADMIN_PASSWORD, ADMIN_SCOPE, TEST_PEPPER, TestDatabase, reason, spawn_app_on,
         spawn_app_with, test_settings, with_bearer,
     },
 };
