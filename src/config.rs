@@ -948,7 +948,7 @@ impl Settings {
         for route in &self.ext_authz.routes {
             let prefix = &route.path_prefix;
             if !prefix.is_empty()
-                && crate::grpc::ext_authz::unambiguous_path(prefix).as_deref() != Ok(prefix)
+                && crate::domain::unambiguous_path(prefix).as_deref() != Ok(prefix)
             {
                 return Err(ConfigError::invalid(
                     "ext_authz.routes.path_prefix",

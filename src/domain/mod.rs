@@ -6,6 +6,7 @@ mod audit;
 mod client;
 mod names;
 mod password_policy;
+mod path;
 mod scope;
 mod user;
 
@@ -13,6 +14,7 @@ pub use audit::{AuditRecord, Outcome};
 pub use client::{Client, NewClient};
 pub use names::{ClientId, Email, RoleName, Username, check_description, normalize};
 pub use password_policy::{MAX_PASSWORD_LENGTH, PasswordPolicy};
+pub use path::unambiguous_path;
 pub use scope::{Scope, ScopeSet};
 pub use user::{AuditEvent, NewUser, Role, ScopeRecord, User, UserRecord};
 
