@@ -92,6 +92,7 @@ pub fn decoders(data: &[u8]) {
         5 => {
             let _ = crate::grpc::deadline::parse_grpc_timeout(&text);
             let _ = text.parse::<crate::config::Quota>();
+            let _ = crate::domain::unambiguous_path(&text);
         }
         6 => {
             let mut headers = HeaderMap::new();
