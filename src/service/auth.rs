@@ -1000,7 +1000,7 @@ impl AuthService {
             .sid
             .as_deref()
             .and_then(|s| Uuid::parse_str(s).ok());
-        for (family_id, _) in self.store.live_families_of_user(user_id, now).await? {
+        for family_id in self.store.live_families_of_user(user_id, now).await? {
             if Some(family_id) == current_session {
                 continue;
             }

@@ -210,19 +210,18 @@ impl Store {
         Ok(revoked)
     }
 
-    /// The live sessions of a user: family ids with their absolute end.
+    /// The live sessions of a user: their family ids.
     pub async fn live_families_of_user(
         &self,
         user_id: Uuid,
         now: DateTime<Utc>,
-    ) -> Result<Vec<(Uuid, DateTime<Utc>)>, Error> {
-        let mut families: Vec<(Uuid, DateTime<Utc>)> = refresh_token::Entity::find()
+    ) -> Result<Vec<Uuid>, Error> {
+        let mut families: Vec<Uuid> = refresh_token::Entity::find()
             .filter(refresh_token::Column::UserId.eq(user_id))
             .filter(refresh_token::Column::RevokedAt.is_null())
             .filter(refresh_token::Column::FamilyExpiresAt.gt(now))
             .select_only()
             .column(refresh_token::Column::FamilyId)
-            .column(refresh_token::Column::FamilyExpiresAt)
             .into_tuple()
             .all(self.db())
             .await
