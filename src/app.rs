@@ -555,10 +555,7 @@ async fn upkeep(
     loop {
         ticker.tick().await;
         if let Err(error) = keys.refresh().await {
-            tracing::warn!(
-                error = format!("{:#}", anyhow::Error::from(error)),
-                "cannot refresh the signing keys"
-            );
+            tracing::warn!(error = error.chain(), "cannot refresh the signing keys");
         }
         revocations.record_pending(clock.now()).await;
         record_gauges(&keys, &revocations, &clock);
@@ -590,10 +587,7 @@ async fn retain(store: Store, clock: SharedClock, policy: RetentionPolicy, every
                 }
             }
             Ok(None) => {}
-            Err(error) => tracing::warn!(
-                error = format!("{:#}", anyhow::Error::from(error)),
-                "cannot delete expired rows"
-            ),
+            Err(error) => tracing::warn!(error = error.chain(), "cannot delete expired rows"),
         }
     }
 }
@@ -625,10 +619,7 @@ async fn watch_database(store: Store, health: Health, every: Duration) {
             Ok(Ok(())) => true,
             Ok(Err(error)) => {
                 if serving {
-                    tracing::warn!(
-                        error = format!("{:#}", anyhow::Error::from(error)),
-                        "the database does not answer"
-                    );
+                    tracing::warn!(error = error.chain(), "the database does not answer");
                 }
                 false
             }

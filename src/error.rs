@@ -171,6 +171,19 @@ impl Error {
         Error::Internal(source.into())
     }
 
+    /// The error with its causes on one line (`a: b: c`), as a log line wants it; never sent
+    /// to a caller.
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        text
+    }
+
     /// The machine-readable reason of this error.
     pub fn reason(&self) -> Reason {
         match self {
@@ -262,6 +275,19 @@ mod tests {
         assert_eq!(
             details.error_info().map(|i| i.domain.as_str()),
             Some(ERROR_DOMAIN)
+        );
+    }
+
+    #[test]
+    fn a_chain_names_every_cause_for_the_log() {
+        let error = Error::Unavailable {
+            reason: Reason::Unavailable,
+            what: "the database",
+            source: Some(anyhow::anyhow!("connection refused").context("cannot connect")),
+        };
+        assert_eq!(
+            error.chain(),
+            "the database is unavailable: cannot connect: connection refused"
         );
     }
 

@@ -422,7 +422,8 @@ fn context(peer: std::net::IpAddr) -> CallContext {
 
 /// The OAuth error of a failed call (RFC 6749 section 5.2), from the error gRPC callers get.
 /// `client_grant`: bad credentials are the client's (`invalid_client`), not a user's or a
-/// refresh token's (`invalid_grant`).
+/// refresh token's (`invalid_grant`). Every reason is named: a new one does not compile until
+/// it is given its OAuth error.
 fn token_error(error: &Error, client_grant: bool, used_basic: bool) -> Response {
     let description = match error {
         Error::Internal(_) | Error::Unavailable { .. } => String::new(),
@@ -433,11 +434,26 @@ fn token_error(error: &Error, client_grant: bool, used_basic: bool) -> Response 
         Reason::InvalidCredentials
         | Reason::AccountLocked
         | Reason::AccountDisabled
-        | Reason::RefreshTokenReused => (StatusCode::BAD_REQUEST, "invalid_grant"),
+        | Reason::RefreshTokenReused
+        | Reason::TokenMalformed
+        | Reason::TokenExpired
+        | Reason::TokenRevoked
+        | Reason::TokenInvalid => (StatusCode::BAD_REQUEST, "invalid_grant"),
         Reason::InvalidScope | Reason::InsufficientScope => {
             (StatusCode::BAD_REQUEST, "invalid_scope")
         }
-        Reason::InvalidAudience => (StatusCode::BAD_REQUEST, "invalid_target"),
+        Reason::InvalidAudience | Reason::AudienceMismatch => {
+            (StatusCode::BAD_REQUEST, "invalid_target")
+        }
+        Reason::MessageTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "invalid_request"),
+        Reason::TokenMissing
+        | Reason::MissingGrant
+        | Reason::InvalidArgument
+        | Reason::WeakPassword
+        | Reason::NotFound
+        | Reason::AlreadyExists
+        | Reason::FailedPrecondition
+        | Reason::RegistrationDisabled => (StatusCode::BAD_REQUEST, "invalid_request"),
         Reason::RateLimited | Reason::Overloaded => {
             (StatusCode::TOO_MANY_REQUESTS, "temporarily_unavailable")
         }
@@ -445,7 +461,6 @@ fn token_error(error: &Error, client_grant: bool, used_basic: bool) -> Response 
             (StatusCode::SERVICE_UNAVAILABLE, "temporarily_unavailable")
         }
         Reason::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
-        _ => (StatusCode::BAD_REQUEST, "invalid_request"),
     };
     if matches!(error, Error::Internal(_) | Error::Unavailable { .. }) {
         // Logged here with its cause, as gRPC's mapping does; the caller gets no detail.

@@ -174,7 +174,7 @@ async fn poll_loop(
             Ok(Err(error)) => {
                 if !database_down {
                     tracing::warn!(
-                        error = format!("{:#}", anyhow::Error::from(error)),
+                        error = error.chain(),
                         "cannot poll the database for revocations"
                     );
                     database_down = true;
@@ -255,10 +255,7 @@ async fn keys_loop(keys: KeyManager, reload: Arc<Notify>) {
     loop {
         reload.notified().await;
         if let Err(error) = keys.refresh().await {
-            tracing::warn!(
-                error = format!("{:#}", anyhow::Error::from(error)),
-                "cannot reload the signing keys"
-            );
+            tracing::warn!(error = error.chain(), "cannot reload the signing keys");
         }
     }
 }

@@ -1430,24 +1430,14 @@ impl AuthService {
     /// Takes back a login attempt whose password was never checked.
     async fn cancel_attempt(&self, name: &str) {
         if let Err(cancel) = self.store.cancel_login_attempt(name).await {
-            tracing::warn!(
-                error = format!("{:#}", anyhow::Error::from(cancel)),
-                "cannot take back a login attempt"
-            );
+            tracing::warn!(error = cancel.chain(), "cannot take back a login attempt");
         }
     }
 
     /// Records the audit event of a refusal and waits until it is committed; a failure is
     /// logged (and counted) and the refusal stands.
     async fn record(&self, event: AuditRecord, now: DateTime<Utc>) {
-        let action = event.action;
-        if let Err(error) = self.store.record_audit(event, now).await {
-            tracing::error!(
-                error = format!("{:#}", anyhow::Error::from(error)),
-                action,
-                "cannot write an audit event"
-            );
-        }
+        self.store.record_refusal(event, now).await;
     }
 }
 

@@ -139,13 +139,7 @@ async fn record_denial(
     let event = actor
         .event(action, target, Outcome::Denied)
         .with_detail("reason", error.to_string());
-    if let Err(record_error) = store.record_audit(event, now).await {
-        tracing::error!(
-            error = format!("{:#}", anyhow::Error::from(record_error)),
-            action,
-            "cannot write an audit event"
-        );
-    }
+    store.record_refusal(event, now).await;
     error
 }
 

@@ -194,11 +194,7 @@ async fn write_loop(
                 Queued::Event(pending) => match row(pending.id, &pending.record, pending.now) {
                     Ok(row) => batch.push((row, pending.receipt)),
                     Err(error) => {
-                        tracing::error!(
-                            error = format!("{:#}", anyhow::Error::from(error)),
-                            action = pending.record.action,
-                            "cannot write an audit event"
-                        );
+                        log_unwritten(pending.record.action, &error);
                         metrics::counter!("keystone_audit_events_lost_total").increment(1);
                         let _ = pending.receipt.send(Written::Refused);
                     }
@@ -255,7 +251,7 @@ async fn write_batch(
             }
             Failure::Refused if count > 1 => {
                 tracing::warn!(
-                    error = format!("{:#}", anyhow::Error::from(db_error(error))),
+                    error = db_error(error).chain(),
                     count,
                     "audit events refused as a batch; writing them one by one"
                 );
@@ -268,7 +264,7 @@ async fn write_batch(
             Failure::Refused => {
                 metrics::counter!("keystone_audit_events_lost_total").increment(count as u64);
                 tracing::error!(
-                    error = format!("{:#}", anyhow::Error::from(db_error(error))),
+                    error = db_error(error).chain(),
                     "an audit event is lost: the database refused it"
                 );
                 return vec![Written::Refused; count];
@@ -276,7 +272,7 @@ async fn write_batch(
             Failure::Transient if attempt == ATTEMPTS => {
                 metrics::counter!("keystone_audit_events_lost_total").increment(count as u64);
                 tracing::error!(
-                    error = format!("{:#}", anyhow::Error::from(db_error(error))),
+                    error = db_error(error).chain(),
                     count,
                     "audit events lost: the database could not take them"
                 );
@@ -284,7 +280,7 @@ async fn write_batch(
             }
             Failure::Transient => {
                 tracing::warn!(
-                    error = format!("{:#}", anyhow::Error::from(db_error(error))),
+                    error = db_error(error).chain(),
                     attempt,
                     count,
                     "cannot write audit events yet; retrying"
@@ -422,6 +418,11 @@ impl super::Store {
             })
             .collect())
     }
+}
+
+/// Says, once, that the event of `action` could not be written, and why.
+pub(crate) fn log_unwritten(action: &str, error: &Error) {
+    tracing::error!(error = error.chain(), action, "cannot write an audit event");
 }
 
 #[cfg(test)]

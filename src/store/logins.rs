@@ -268,6 +268,15 @@ impl Store {
         self.audit.push(record, now).await
     }
 
+    /// Records the event of a refusal and waits until it is committed; a failure is logged
+    /// and the refusal stands.
+    pub async fn record_refusal(&self, record: AuditRecord, now: DateTime<Utc>) {
+        let action = record.action;
+        if let Err(error) = self.audit.push(record, now).await {
+            audit::log_unwritten(action, &error);
+        }
+    }
+
     /// Waits until the audit events recorded so far are written.
     pub async fn flush_audit(&self) {
         self.audit.flush().await;

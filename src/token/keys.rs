@@ -329,7 +329,7 @@ impl KeyManager {
                     Err(error) => {
                         tracing::error!(
                             kid = %key.kid,
-                            error = format!("{:#}", anyhow::Error::from(error)),
+                            error = error.chain(),
                             "a signing key cannot be opened: it will not sign"
                         );
                         key.private_key.clear();
