@@ -830,6 +830,12 @@ impl Settings {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
+        if let Some(unknown) = unknown_variable(std::env::vars_os().map(|(name, _)| name)) {
+            return Err(ConfigError(format!(
+                "the environment variable {unknown} names no setting (a section's settings are \
+                 KEYSTONE_<SECTION>__<KEY>; see the README's configuration table)"
+            )));
+        }
         figment = figment.merge(Env::prefixed("KEYSTONE_").split("__").filter(|key| {
             // figment may filter before it lowercases and splits the key.
             let key = key.as_str().to_ascii_lowercase();
@@ -1309,6 +1315,32 @@ fn check_at_most(setting: &str, value: Duration, max: Duration) -> Result<(), Co
 }
 
 /// Turns figment's errors into messages that name the setting, masking secret values.
+/// The first `KEYSTONE_<SECTION>__<KEY>` variable whose section is not one of Keystone's: a
+/// typo there would leave a server running without the setting its operator believes it has.
+/// Names without `__` are left alone (`KEYSTONE_CONFIG`, the tests' variables, and those
+/// Kubernetes injects for a Service named `keystone`: `KEYSTONE_SERVICE_HOST`,
+/// `KEYSTONE_PORT_50051_TCP`, …); unknown keys within a known section are refused by the
+/// settings themselves.
+fn unknown_variable(names: impl Iterator<Item = std::ffi::OsString>) -> Option<String> {
+    names
+        .filter_map(|name| name.into_string().ok())
+        .find(|name| {
+            // figment matches the prefix without regard to case.
+            let Some(rest) = name
+                .get(.."KEYSTONE_".len())
+                .filter(|prefix| prefix.eq_ignore_ascii_case("KEYSTONE_"))
+                .and_then(|_| name.get("KEYSTONE_".len()..))
+            else {
+                return false;
+            };
+            let Some((section, _)) = rest.split_once("__") else {
+                return false;
+            };
+            let section = section.to_ascii_lowercase();
+            !TOP_LEVEL_KEYS.contains(&section.as_str()) || STRING_KEYS.contains(&section.as_str())
+        })
+}
+
 fn describe_figment_error(figment: &Figment, error: figment::Error) -> ConfigError {
     let messages: Vec<String> = error
         .into_iter()
@@ -1390,6 +1422,34 @@ mod tests {
             .to_string();
         assert!(error.contains("tokens.access_ttl"), "{error}");
         assert!(error.contains("`soon`"), "{error}");
+    }
+
+    #[test]
+    fn an_unknown_section_in_the_environment_is_refused_and_kubernetes_names_are_not() {
+        let names = |names: &[&str]| unknown_variable(names.iter().map(std::ffi::OsString::from));
+        assert_eq!(
+            names(&["KEYSTONE_TOKENS__ACCESS_TTL", "KEYSTONE_TLS__CERT_FILE"]).as_deref(),
+            Some("KEYSTONE_TLS__CERT_FILE")
+        );
+        assert_eq!(
+            names(&["KEYSTONE_GRPC_ADDR__X"]).as_deref(),
+            Some("KEYSTONE_GRPC_ADDR__X"),
+            "a plain setting has no keys"
+        );
+        assert_eq!(
+            names(&[
+                "KEYSTONE_SERVICE_HOST",
+                "KEYSTONE_SERVICE_PORT",
+                "KEYSTONE_PORT_50051_TCP",
+                "KEYSTONE_PORT_50051_TCP_ADDR",
+                "KEYSTONE_CONFIG",
+                "KEYSTONE_TEST_DATABASE_URL",
+                "KEYSTONE_LIMITS__PER_IP",
+                "keystone_tokens__x",
+                "OTHER__THING",
+            ]),
+            None
+        );
     }
 
     #[test]

@@ -115,6 +115,30 @@ fn a_bad_database_url_is_reported_without_its_password() {
 }
 
 #[test]
+fn a_variable_naming_no_setting_stops_the_start_and_kubernetes_names_do_not() {
+    let (code, _, stderr) = run(keystone()
+        .args(["migrate", "status"])
+        .env("KEYSTONE_TLS__CERT_FILE", "/etc/keystone/tls.crt"));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("KEYSTONE_TLS__CERT_FILE"), "{stderr}");
+    // What Kubernetes injects for a Service named `keystone` is no setting of Keystone's.
+    let dir = tempfile::tempdir().unwrap();
+    let (code, stdout, stderr) = run(keystone()
+        .args(["migrate", "status"])
+        .env(
+            "KEYSTONE_DATABASE_URL",
+            format!("sqlite://{}?mode=rwc", dir.path().join("k.db").display()),
+        )
+        .env("KEYSTONE_SERVICE_HOST", "10.0.0.7")
+        .env("KEYSTONE_SERVICE_PORT", "50051")
+        .env("KEYSTONE_PORT", "tcp://10.0.0.7:50051")
+        .env("KEYSTONE_PORT_50051_TCP", "tcp://10.0.0.7:50051")
+        .env("KEYSTONE_PORT_50051_TCP_ADDR", "10.0.0.7"));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("pending"), "{stdout}");
+}
+
+#[test]
 fn a_clustered_node_without_redis_refuses_to_start() {
     let (code, _, stderr) = run(keystone().env("KEYSTONE_CLUSTER__ENABLED", "true"));
     assert_eq!(code, 2, "{stderr}");
