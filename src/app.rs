@@ -574,6 +574,8 @@ async fn upkeep(
 async fn retain(store: Store, clock: SharedClock, policy: RetentionPolicy, every: Duration) {
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Not at start: the first pass comes one interval after it.
+    ticker.tick().await;
     loop {
         ticker.tick().await;
         match store.delete_expired(policy, clock.now()).await {

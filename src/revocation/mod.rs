@@ -254,11 +254,11 @@ impl Revocations {
     }
 
     /// Writes the revocations the database could not record when they were asked for (see
-    /// [`Self::revoke_audited`]); returns how many are left.
-    pub async fn record_pending(&self, now: DateTime<Utc>) -> usize {
+    /// [`Self::revoke_audited`]), until one fails again.
+    pub async fn record_pending(&self, now: DateTime<Utc>) {
         loop {
             let Some(next) = lock(&self.unrecorded).front().cloned() else {
-                return 0;
+                return;
             };
             if let Err(error) = self
                 .store
@@ -266,7 +266,7 @@ impl Revocations {
                 .await
             {
                 tracing::debug!(error = %error, "cannot record a revocation yet");
-                return lock(&self.unrecorded).len();
+                return;
             }
             self.applied(&next.revocation);
             let mut unrecorded = lock(&self.unrecorded);
