@@ -1,6 +1,8 @@
 //! The command line: `keystone serve` (the default), `keystone migrate [up|down|status]`,
 //! `keystone keys …`, `keystone bootstrap-admin`, `keystone unlock-user`. Settings come from the same places for every command. The
 //! bootstrap password is the one secret ever printed: on purpose, once, to the operator.
+//!
+//! Layer: the top, beside [`crate::app`], which it uses with the services and the store.
 
 use std::path::PathBuf;
 
@@ -14,13 +16,13 @@ use secrecy::ExposeSecret as _;
 use crate::{
     App, Settings, app,
     clock::{SharedClock, SystemClock},
+    cluster::{Event, Redis},
     domain::ScopeSet,
-    revocation::{redis::Redis, sync::Event},
     secrets::Pepper,
     service::{ADMIN_SCOPE, Actor, BootstrapOutcome, UserAdminService},
     shutdown,
     store::Store,
-    token::keys::KeyManager,
+    token::KeyManager,
 };
 
 /// Keystone: the identity service other services trust.
@@ -165,8 +167,11 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             let store = app::open_database(&settings).await?;
             let clock: SharedClock = Arc::new(SystemClock);
             // The servers' pepper, never a new one: a key sealed with another would be lost.
-            let pepper = Pepper::load_existing(&settings.secrets)
-                .context("cannot load the pepper (secrets.pepper or secrets.pepper_file)")?;
+            let pepper = Pepper::load_existing(
+                settings.secrets.pepper.as_ref(),
+                &settings.secrets.pepper_file,
+            )
+            .context("cannot load the pepper (secrets.pepper or secrets.pepper_file)")?;
             let keys = app::key_manager(&settings, &store, &clock, &pepper)?;
             let changes = !matches!(command, KeysCommand::List);
             let result = manage_keys(&keys, &store, command).await;
@@ -192,14 +197,19 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
 async fn user_admin(settings: &Settings) -> anyhow::Result<(Store, UserAdminService)> {
     let store = app::open_database(settings).await?;
     let clock: SharedClock = Arc::new(SystemClock);
-    let revocations = app::load_revocations(settings, &store, &clock).await?;
-    let pepper = Pepper::load(&settings.secrets)?;
+    let bus = app::connect_bus(settings).await?;
+    let revocations = app::load_revocations(settings, &store, &bus, &clock).await?;
+    let pepper = Pepper::load(
+        settings.secrets.pepper.as_ref(),
+        &settings.secrets.pepper_file,
+    )?;
     let service = app::user_admin_service(
         settings,
         &store,
         &clock,
         app::password_hasher(settings).await?,
         &revocations,
+        &bus,
         &pepper,
     );
     Ok((store, service))

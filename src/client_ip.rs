@@ -4,6 +4,8 @@
 //! proxies: the first address that is not one is the client. Anything a client writes itself
 //! sits further left and is never reached, so a client cannot choose the address it is
 //! counted under. From a peer that is not a trusted proxy the header is ignored.
+//!
+//! Layer: foundation. Uses nothing of Keystone's; the adapters use it.
 
 use std::{
     net::{IpAddr, SocketAddr},

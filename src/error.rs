@@ -5,6 +5,8 @@
 //! arguments add a `BadRequest` naming the field, rate limits a `RetryInfo`. Internal and
 //! unavailable errors are logged here, once, with their cause chain; the caller gets a fixed
 //! message and never driver text.
+//!
+//! Layer: foundation. Uses nothing of Keystone's; every module may use it.
 
 use std::time::Duration;
 

@@ -12,7 +12,7 @@ use crate::{
     config::KeyAlgorithm,
     domain::{Email, RoleName, Scope, ScopeSet, Username},
     proto::pb,
-    token::{TokenVerifier, keys::KeyRing},
+    token::{KeyRing, TokenVerifier},
 };
 
 /// A verifier over a key made once, and a fixed "now".
@@ -27,7 +27,7 @@ fn verifier() -> &'static (TokenVerifier, DateTime<Utc>) {
                 "https://auth.example.com".to_owned(),
                 std::time::Duration::from_secs(30),
             ),
-            Utc::now(),
+            crate::clock::system_now(),
         )
     })
 }

@@ -3,31 +3,41 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: settings from defaults, an optional TOML file and `KEYSTONE_*` variables.
-//! - [`app`]: builds the whole server from settings and runs it until shutdown.
-//! - [`grpc`]: the tonic adapters, the layer stack, health and reflection.
-//! - [`http`]: the HTTP listener: JWKS and discovery, the OAuth endpoints, probes, metrics.
-//! - [`metrics`]: Prometheus metrics and the gRPC layer that counts calls.
-//! - [`error`]: the crate error and its single mapping onto `tonic::Status`.
-//! - [`store`]: persistence over sea-orm; entities never leave it.
-//! - [`domain`]: types that only hold valid values (usernames, emails, scopes…).
-//! - [`password`]: argon2id hashing off the async runtime, and password generation.
-//! - [`service`]: the use cases; every policy decision, no transport types.
-//! - [`clock`]: the only reader of wall time.
-//! - [`token`]: signing keys, and issuing and verifying access tokens.
-//! - [`revocation`]: what is refused although signed: tokens, sessions, subjects.
-//! - [`secrets`]: the pepper and what derives from it (client-secret hashes, refresh tokens).
-//! - [`proto`]: the generated code of `proto/keystone/v1`.
-//! - [`cli`], [`telemetry`], [`shutdown`]: the process around the server.
+//! Dependencies run one way, from the adapters down; a module uses only those below it.
+//!
+//! - Top: [`app`] composes the server from settings and runs it; [`cli`], [`telemetry`] and
+//!   [`shutdown`] are the process around it.
+//! - Adapters: [`grpc`] (tonic services, the layer stack, health, reflection, Envoy `Check`),
+//!   [`http`] (JWKS, discovery, the OAuth endpoints, probes, metrics), [`listener`]
+//!   (connection limits), [`metrics`]; they translate and decide nothing.
+//! - Use cases: [`service`]: every policy decision, no transport types.
+//! - State kept in step: [`revocation`] (what is refused although signed) and [`token`]
+//!   (keys, issuing and verifying).
+//! - Infrastructure: [`store`] (sea-orm; entities never leave it) and [`cluster`] (the event
+//!   bus between replicas over Redis). Neither knows the other.
+//! - Foundations: [`domain`] (types that only hold valid values), [`config`], [`secrets`],
+//!   [`password`], [`error`], [`client_ip`], [`clock`] (the only reader of wall time), and
+//!   [`proto`] (the generated code of `proto/keystone/v1`).
+//!
+//! Each module's documentation ends with the layer it belongs to.
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::disallowed_methods
+    )
+)]
 #![warn(missing_debug_implementations)]
 
 pub mod app;
 pub mod cli;
 pub mod client_ip;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod domain;
 pub mod error;

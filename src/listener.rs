@@ -12,6 +12,9 @@
 //!   to 40 ms).
 //!
 //! On gRPC, `server.max_connection_age` then bounds how long any connection is kept.
+//!
+//! Layer: adapter. Uses [`crate::config`] and [`crate::client_ip`]; the gRPC and HTTP servers
+//! take connections through it.
 
 use std::{
     collections::HashMap,

@@ -7,11 +7,12 @@
 //! {reason}`, `keystone_password_hash_wait_seconds`, `keystone_password_hash_queue`,
 //! `keystone_revocations`, `keystone_revocation_staleness_seconds`, `keystone_database_up`,
 //! `keystone_redis_up`, `keystone_signing_key_age_seconds`.
+//!
+//! Layer: adapter. Uses nothing of Keystone's; the adapters and the app install and feed it.
 
 use std::{
     sync::OnceLock,
     task::{Context, Poll},
-    time::Instant,
 };
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -97,7 +98,7 @@ where
             .map(|part| part.rsplit('.').next().unwrap_or(part))
             .collect::<Vec<_>>()
             .join("/");
-        let started = Instant::now();
+        let started = crate::clock::monotonic();
         let call = self.inner.call(request);
         Box::pin(async move {
             let result = call.await;

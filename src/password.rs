@@ -8,6 +8,8 @@
 //! instead of queueing without bound. Unknown users are verified against a dummy hash made with the live
 //! parameters, so they take the same time as wrong passwords. Passwords are NFKC-normalized at
 //! set and at verify (NIST SP 800-63B-4 section 3.1.1.2).
+//!
+//! Layer: foundation. Uses [`crate::config`] and [`crate::error`]; the services use it.
 
 use std::sync::{
     Arc,
@@ -186,7 +188,7 @@ impl PasswordHasher {
         admission: Admission<'_>,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, Error> {
-        let queued = std::time::Instant::now();
+        let queued = crate::clock::monotonic();
         let permit = self
             .inner
             .permits

@@ -1,5 +1,7 @@
 //! The code generated from `proto/keystone/v1` by `build.rs`, and the encoded file descriptor
 //! set that server reflection serves. Nothing here is written by hand.
+//!
+//! Layer: foundation. Generated; the adapters use it.
 
 #![allow(clippy::all, missing_debug_implementations)]
 

@@ -2,6 +2,8 @@
 //! (HMAC-SHA-256, so a leaked database yields nothing usable, yet a check takes microseconds),
 //! the derivation of refresh-token successors, page tokens, and the default key-encryption key
 //! of signing keys. The pepper is never stored in the database.
+//!
+//! Layer: uses [`crate::error`] only; the settings hold its [`KeyEncryptionKey`].
 
 use std::{io::Write as _, path::Path};
 
@@ -10,7 +12,7 @@ use aws_lc_rs::{digest, hmac};
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use secrecy::{ExposeSecret as _, SecretString};
 
-use crate::{config::SecretSettings, error::Error};
+use crate::error::Error;
 
 /// The prefix of refresh tokens, so secret scanners and humans can tell them apart.
 pub const REFRESH_TOKEN_PREFIX: &str = "ksr_";
@@ -33,32 +35,30 @@ impl std::fmt::Debug for Pepper {
 }
 
 impl Pepper {
-    /// The pepper of the settings, or of the pepper file (created if absent).
-    pub fn load(settings: &SecretSettings) -> anyhow::Result<Self> {
-        let pepper = match &settings.pepper {
+    /// `pepper` (`secrets.pepper`), or else the one in `pepper_file` (`secrets.pepper_file`,
+    /// created if absent).
+    pub fn load(pepper: Option<&SecretString>, pepper_file: &Path) -> anyhow::Result<Self> {
+        let pepper = match pepper {
             Some(pepper) => pepper.clone(),
-            None => read_or_create(&settings.pepper_file)?,
+            None => read_or_create(pepper_file)?,
         };
         Ok(Self::from_secret(&pepper))
     }
 
-    /// The pepper of the settings, or of an existing pepper file (never a new one): for
-    /// commands that must use the servers' pepper.
-    pub fn load_existing(settings: &SecretSettings) -> anyhow::Result<Self> {
-        let pepper = match &settings.pepper {
-            Some(pepper) => pepper.clone(),
-            None => {
-                if !settings.pepper_file.exists() {
-                    anyhow::bail!(
-                        "no secrets.pepper, and no pepper file at {}: give this command the \
-                         servers' pepper",
-                        settings.pepper_file.display()
-                    );
-                }
-                read_or_create(&settings.pepper_file)?
-            }
-        };
-        Ok(Self::from_secret(&pepper))
+    /// As [`Self::load`], but never a new pepper file: for commands that must use the servers'
+    /// pepper.
+    pub fn load_existing(
+        pepper: Option<&SecretString>,
+        pepper_file: &Path,
+    ) -> anyhow::Result<Self> {
+        if pepper.is_none() && !pepper_file.exists() {
+            anyhow::bail!(
+                "no secrets.pepper, and no pepper file at {}: give this command the servers' \
+                 pepper",
+                pepper_file.display()
+            );
+        }
+        Self::load(pepper, pepper_file)
     }
 
     /// Keys derived from a pepper.
@@ -80,8 +80,8 @@ impl Pepper {
     }
 
     /// The key-encryption key of signing keys when `secrets.key_encryption_key` is not set.
-    pub(crate) fn key_encryption_key(&self) -> [u8; 32] {
-        self.key_encryption
+    pub fn key_encryption_key(&self) -> KeyEncryptionKey {
+        KeyEncryptionKey(self.key_encryption)
     }
 
     /// The stored form of a client secret.
@@ -114,6 +114,44 @@ impl Pepper {
     /// Whether `tag` is the tag of `payload`, compared in constant time.
     pub fn verify_page_token(&self, payload: &[u8], tag: &[u8]) -> bool {
         hmac::verify(&self.page_tokens, payload, tag).is_ok()
+    }
+}
+
+/// A key that seals private signing keys at rest (32 bytes): `secrets.key_encryption_key`,
+/// decoded once, when the settings are read, from standard base64 (`openssl rand -base64 32`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct KeyEncryptionKey([u8; 32]);
+
+impl KeyEncryptionKey {
+    /// Decodes the setting's text; the error names the rule, never the value.
+    pub fn decode(text: &str) -> Result<Self, &'static str> {
+        let text = text.trim();
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(text))
+            .map_err(|_| "must be base64 (e.g. `openssl rand -base64 32`)")?;
+        bytes
+            .try_into()
+            .map(Self)
+            .map_err(|_| "must decode to exactly 32 bytes (e.g. `openssl rand -base64 32`)")
+    }
+
+    /// The key's bytes.
+    pub fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for KeyEncryptionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyEncryptionKey([REDACTED])")
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for KeyEncryptionKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = SecretString::deserialize(deserializer)?;
+        Self::decode(text.expose_secret()).map_err(serde::de::Error::custom)
     }
 }
 
@@ -202,6 +240,21 @@ mod tests {
             other.refresh_successor("ksr_token").expose_secret()
         );
         assert!(a.expose_secret().starts_with(REFRESH_TOKEN_PREFIX));
+    }
+
+    #[test]
+    fn a_key_encryption_key_is_32_bytes_of_base64_and_never_shown() {
+        for bad in ["", "not base64!", "AAEC", &"A".repeat(64)] {
+            assert!(KeyEncryptionKey::decode(bad).is_err(), "{bad}");
+        }
+        let good = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+        let key = KeyEncryptionKey::decode(good).unwrap();
+        assert_eq!(key.bytes()[31], 31);
+        assert_eq!(
+            KeyEncryptionKey::decode(good.trim_end_matches('=')),
+            Ok(key.clone())
+        );
+        assert_eq!(format!("{key:?}"), "KeyEncryptionKey([REDACTED])");
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! A future that resolves when the process is asked to stop: SIGTERM (Kubernetes) or SIGINT
 //! (Ctrl-C). What stopping means is the App's business, not this module's.
+//!
+//! Layer: the top. Uses nothing of Keystone's.
 
 /// Resolves on the first SIGTERM or SIGINT.
 pub async fn signal() {

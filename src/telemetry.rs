@@ -2,6 +2,8 @@
 //! `log.otlp_endpoint`, spans exported to an OpenTelemetry collector (OTLP over gRPC). The
 //! output sink is a parameter so that tests can capture a whole run's logs and search them
 //! for secrets.
+//!
+//! Layer: the top. Uses [`crate::config`] only.
 
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig as _;

@@ -1,12 +1,16 @@
 //! Domain types that can only hold valid values. Adapters parse request strings into them at
 //! the edge (`parse` fails with an error naming the rule); services then trust them. None
 //! derefs to `String`: read them with `as_str`.
+//!
+//! Layer: foundation. Uses nothing of Keystone's but [`crate::error`] (to say why a value
+//! was refused); every other module may use it.
 
 mod audit;
 mod client;
 mod names;
 mod password_policy;
 mod path;
+mod revocation;
 mod scope;
 mod user;
 
@@ -15,6 +19,7 @@ pub use client::{Client, NewClient};
 pub use names::{ClientId, Email, RoleName, Username, check_description, normalize};
 pub use password_policy::{MAX_PASSWORD_LENGTH, PasswordPolicy};
 pub use path::unambiguous_path;
+pub use revocation::{Revocation, RevocationKind, TokenFacts};
 pub use scope::{Scope, ScopeSet};
 pub use user::{AuditEvent, NewUser, Role, ScopeRecord, User, UserRecord};
 

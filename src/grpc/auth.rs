@@ -10,10 +10,9 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{bearer_token, call_context, principal_to_proto, timestamp, user_to_proto};
 use crate::{
-    domain::ScopeSet,
+    domain::{Revocation, RevocationKind, ScopeSet},
     error::{Error, Reason},
     proto::pb,
-    revocation::{Revocation, RevocationKind},
     service::auth::{
         AuthService, INTROSPECT_SCOPE, IntrospectionCaller, PasswordLogin, Registration,
         TokenRequest,
@@ -127,7 +126,10 @@ impl pb::auth_server::Auth for AuthApi {
         let required = ScopeSet::parse(request.required_scopes.iter().map(String::as_str))
             .map_err(|e| e.on("required_scopes"))?;
         let audience = (!request.audience.is_empty()).then_some(request.audience.as_str());
-        let principal = self.service.authenticate(&token, &required, audience)?;
+        let principal = self
+            .service
+            .authenticator()
+            .authenticate(&token, &required, audience)?;
         Ok(Response::new(pb::AuthenticateResponse {
             principal: Some(principal_to_proto(&principal.claims)),
         }))
@@ -211,7 +213,10 @@ impl pb::auth_server::Auth for AuthApi {
         request: Request<pb::LogoutRequest>,
     ) -> Result<Response<pb::LogoutResponse>, Status> {
         let context = call_context(&request);
-        let caller = self.service.verify(&bearer_token(request.metadata())?)?;
+        let caller = self
+            .service
+            .authenticator()
+            .verify(&bearer_token(request.metadata())?)?;
         let request = request.into_inner();
         let refresh_token =
             (!request.refresh_token.is_empty()).then(|| SecretString::from(request.refresh_token));
@@ -227,7 +232,10 @@ impl pb::auth_server::Auth for AuthApi {
         request: Request<pb::ChangePasswordRequest>,
     ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
         let context = call_context(&request);
-        let caller = self.service.verify(&bearer_token(request.metadata())?)?;
+        let caller = self
+            .service
+            .authenticator()
+            .verify(&bearer_token(request.metadata())?)?;
         let request = request.into_inner();
         if request.current_password.is_empty() {
             return Err(Error::invalid_argument("current_password", "must not be empty").into());
@@ -275,9 +283,11 @@ impl pb::auth_server::Auth for AuthApi {
     ) -> Result<Response<RevocationStream>, Status> {
         let caller = bearer_token(request.metadata())?;
         let required = ScopeSet::parse([INTROSPECT_SCOPE]).map_err(|e| e.on("scope"))?;
-        self.service.authenticate_for_keystone(&caller, &required)?;
+        self.service
+            .authenticator()
+            .authenticate_for_keystone(&caller, &required)?;
         let caller = SecretString::from(caller);
-        let (snapshot, mut changes) = self.service.watch_revocations();
+        let (snapshot, mut changes) = self.service.authenticator().watch_revocations();
         let (tx, rx) = mpsc::channel(256);
         let mut draining = self.draining.clone();
         let service = self.service.clone();
@@ -321,12 +331,12 @@ impl pb::auth_server::Auth for AuthApi {
                         }
                     },
                     _ = freshness.tick() => {
-                        if service.revocations_fresh().is_err() {
+                        if service.authenticator().revocations_fresh().is_err() {
                             break Status::unavailable(
                                 "the revocation set is not confirmed fresh; watch again later",
                             );
                         }
-                        if let Err(error) = service.verify(caller.expose_secret()) {
+                        if let Err(error) = service.authenticator().verify(caller.expose_secret()) {
                             break Status::from(error);
                         }
                     }

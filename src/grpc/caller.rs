@@ -8,7 +8,7 @@ use tonic::Request;
 use super::convert::{bearer_token, call_context};
 use crate::{
     error::{Error, Reason},
-    service::{Actor, auth::AuthService},
+    service::{Actor, Authenticator},
 };
 
 /// One admin RPC: its full gRPC path, the scope it needs, and the audit action it records.
@@ -171,7 +171,7 @@ pub fn admin_rpc(path: &str) -> Option<&'static AdminRpc> {
 /// a missing scope: PERMISSION_DENIED (`INSUFFICIENT_SCOPE`); an RPC missing from the table:
 /// refused. Refusals are audit events.
 pub async fn establish<T>(
-    auth: &AuthService,
+    auth: &Authenticator,
     request: &Request<T>,
     path: &str,
 ) -> Result<Actor, Error> {

@@ -11,19 +11,19 @@ use super::{
 use crate::{
     error::Error,
     proto::pb,
-    service::{Actor, ClientAdminService, auth::AuthService, client_admin::ClientFields},
+    service::{Actor, Authenticator, ClientAdminService, client_admin::ClientFields},
 };
 
 /// The gRPC adapter of the `ClientAdmin` service.
 #[derive(Debug, Clone)]
 pub struct ClientAdminApi {
-    auth: AuthService,
+    auth: Authenticator,
     service: ClientAdminService,
 }
 
 impl ClientAdminApi {
     /// The adapter over the services.
-    pub fn new(auth: AuthService, service: ClientAdminService) -> Self {
+    pub fn new(auth: Authenticator, service: ClientAdminService) -> Self {
         Self { auth, service }
     }
 

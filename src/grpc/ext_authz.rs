@@ -25,14 +25,14 @@ use crate::{
     config::ExtAuthzSettings,
     domain::ScopeSet,
     error::{Error, Reason},
-    service::auth::AuthService,
+    service::Authenticator,
     token::Kind,
 };
 
 /// The gRPC adapter of Envoy's `Authorization` service.
 #[derive(Debug, Clone)]
 pub struct ExtAuthzApi {
-    auth: AuthService,
+    auth: Authenticator,
     settings: ExtAuthzSettings,
     /// The headers an allowed request gets, lowercase, in the order of [`OURS`].
     header_names: Vec<String>,
@@ -50,7 +50,7 @@ const OURS: [&str; 6] = [
 
 impl ExtAuthzApi {
     /// The adapter over the auth service.
-    pub fn new(auth: AuthService, settings: ExtAuthzSettings) -> Self {
+    pub fn new(auth: Authenticator, settings: ExtAuthzSettings) -> Self {
         let header_names = OURS
             .iter()
             .map(|name| format!("{}{name}", settings.header_prefix).to_ascii_lowercase())

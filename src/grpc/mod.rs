@@ -13,6 +13,8 @@
 //!    (`MESSAGE_TOO_LARGE`), as gRPC's own implementations answer.
 //!
 //! Health and reflection are registered beside the services, outside any caller check.
+//!
+//! Layer: adapter. Uses [`crate::service`] and the foundations; decides nothing itself.
 
 pub mod auth;
 pub mod caller;
@@ -152,7 +154,8 @@ pub async fn serve(
     // mode every reflection call needs a token with `keystone:admin`.
     let served = settings.reflection != ReflectionMode::Off;
     let guard = ReflectionGuard {
-        auth: (settings.reflection == ReflectionMode::Admin).then(|| apis.auth.service().clone()),
+        auth: (settings.reflection == ReflectionMode::Admin)
+            .then(|| apis.auth.service().authenticator().clone()),
     };
     let reflection = || {
         let builder = tonic_reflection::server::Builder::configure()
@@ -224,7 +227,7 @@ pub async fn serve(
 /// one without the scope PERMISSION_DENIED.
 #[derive(Debug, Clone)]
 struct ReflectionGuard {
-    auth: Option<crate::service::auth::AuthService>,
+    auth: Option<crate::service::Authenticator>,
 }
 
 impl Interceptor for ReflectionGuard {

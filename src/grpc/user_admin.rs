@@ -18,8 +18,7 @@ use crate::{
     error::Error,
     proto::pb,
     service::{
-        Actor, UserAdminService,
-        auth::AuthService,
+        Actor, Authenticator, UserAdminService,
         user_admin::{AuditQuery, CreateUser, UserLookup, UserUpdate},
     },
 };
@@ -27,14 +26,14 @@ use crate::{
 /// The gRPC adapter of the `UserAdmin` service.
 #[derive(Debug, Clone)]
 pub struct UserAdminApi {
-    auth: AuthService,
+    auth: Authenticator,
     service: UserAdminService,
     clock: SharedClock,
 }
 
 impl UserAdminApi {
     /// The adapter over the services.
-    pub fn new(auth: AuthService, service: UserAdminService, clock: SharedClock) -> Self {
+    pub fn new(auth: Authenticator, service: UserAdminService, clock: SharedClock) -> Self {
         Self {
             auth,
             service,

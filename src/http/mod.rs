@@ -1,7 +1,11 @@
 //! The HTTP listener (`http_addr`): what meshes, gateways and OAuth libraries expect beside
 //! gRPC. Discovery (`/.well-known/jwks.json`, `/.well-known/openid-configuration`), the OAuth
 //! endpoints (`/oauth2/token`, `/oauth2/introspect`, `/oauth2/revoke`) and the probes
-//! (`/healthz`, `/readyz`), and Prometheus metrics (`/metrics`). Every verdict comes from the same [`AuthService`] as gRPC's.
+//! (`/healthz`, `/readyz`), and Prometheus metrics (`/metrics`). Every verdict comes from the
+//! same [`AuthService`] as gRPC's.
+//!
+//! Layer: adapter. Uses [`crate::service`], [`crate::listener`], [`crate::store`] (for
+//! `/readyz`) and [`crate::token`] (the JWKS); decides nothing itself.
 
 pub(crate) mod oauth;
 
@@ -18,9 +22,7 @@ use axum::{
 use serde_json::json;
 use tokio::net::TcpListener;
 
-use crate::{
-    client_ip::TrustedProxies, service::auth::AuthService, store::Store, token::keys::KeyRing,
-};
+use crate::{client_ip::TrustedProxies, service::auth::AuthService, store::Store, token::KeyRing};
 
 /// What the HTTP handlers share.
 #[derive(Debug, Clone)]
@@ -236,7 +238,7 @@ async fn readyz(State(state): State<Arc<HttpState>>) -> Response {
     let draining = *state.draining.borrow();
     let database = state.store.ping().await.is_ok();
     let keys = state.ring.snapshot().signing.is_some();
-    let revocations = state.auth.revocations_fresh().is_ok();
+    let revocations = state.auth.authenticator().revocations_fresh().is_ok();
     let ready = !draining && database && keys && revocations;
     let body = json!({
         "status": if ready { "ready" } else { "not ready" },

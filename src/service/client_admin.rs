@@ -11,9 +11,10 @@ use secrecy::{ExposeSecret as _, SecretString};
 use super::{Actor, paging::Pager, user_admin::Page};
 use crate::{
     clock::SharedClock,
-    domain::{Client, ClientId, NewClient, Outcome, Scope, check_description},
+    cluster::{Bus, Event},
+    domain::{Client, ClientId, NewClient, Outcome, Revocation, Scope, check_description},
     error::{Error, Reason},
-    revocation::{Revocation, Revocations},
+    revocation::Revocations,
     secrets::{CLIENT_SECRET_PREFIX, Pepper, random_token},
     store::{ChangeGuard, ClientChanges, Store},
 };
@@ -44,6 +45,7 @@ pub struct ClientAdminService {
     store: Store,
     clock: SharedClock,
     revocations: Revocations,
+    bus: Bus,
     pepper: Pepper,
     pager: Pager,
     limits: ClientLimits,
@@ -86,6 +88,7 @@ impl ClientAdminService {
         store: Store,
         clock: SharedClock,
         revocations: Revocations,
+        bus: Bus,
         pepper: Pepper,
         limits: ClientLimits,
         delegable_audiences: Vec<String>,
@@ -95,6 +98,7 @@ impl ClientAdminService {
             store,
             clock,
             revocations,
+            bus,
             pepper,
             limits,
             delegable_audiences: delegable_audiences.into(),
@@ -391,7 +395,10 @@ impl ClientAdminService {
         result: Result<(T, Option<Revocation>), Error>,
     ) -> Result<T, Error> {
         if result.is_ok() {
-            self.revocations.announce_client_change(Some(target));
+            // The others forget their copy of the client (see `Store::client_for_login`).
+            self.bus.publish(Event::Client {
+                client_id: target.to_owned(),
+            });
         }
         super::settle(
             &self.store,

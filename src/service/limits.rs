@@ -16,9 +16,9 @@ use governor::{
 };
 
 use crate::{
+    cluster::Redis,
     config::{LimitSettings, Quota},
     error::{Error, Reason},
-    revocation::Revocations,
 };
 
 /// What a call is counted under.
@@ -123,7 +123,8 @@ struct Limits {
     client: Option<Limit>,
     username: Option<Limit>,
     registration: Option<Limit>,
-    revocations: Revocations,
+    /// The cluster's Redis, where counts are shared.
+    redis: Option<Redis>,
 }
 
 impl RateLimits {
@@ -131,7 +132,7 @@ impl RateLimits {
     pub fn new(
         settings: &LimitSettings,
         registration_per_minute: u32,
-        revocations: Revocations,
+        redis: Option<Redis>,
     ) -> Self {
         let per_minute = registration_per_minute.max(1);
         Self {
@@ -144,7 +145,7 @@ impl RateLimits {
                     per: Duration::from_secs(60),
                     burst: per_minute,
                 }),
-                revocations,
+                redis,
             }),
         }
     }
@@ -197,7 +198,7 @@ impl RateLimits {
         &self,
         counted: &[(Kind, String, &Limit)],
     ) -> Option<Option<(Kind, Duration)>> {
-        let redis = self.inner.revocations.redis()?;
+        let redis = self.inner.redis.as_ref()?;
         let limits: Vec<(String, Duration, u32)> = counted
             .iter()
             .map(|(kind, value, limit)| {

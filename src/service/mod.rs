@@ -1,22 +1,30 @@
 //! The use cases. Every policy decision lives here; nothing here knows tonic or the generated
 //! protobuf types.
+//!
+//! Layer: uses everything below the adapters ([`crate::store`], [`crate::revocation`],
+//! [`crate::cluster`], [`crate::token`], [`crate::password`], [`crate::secrets`],
+//! [`crate::domain`], [`crate::config`], [`crate::clock`]); only [`crate::grpc`],
+//! [`crate::http`], [`crate::app`] and [`crate::cli`] use it.
 
 pub mod auth;
+mod authenticator;
 pub mod client_admin;
 pub mod limits;
 pub mod paging;
 pub mod refusals;
 pub mod user_admin;
 
+pub use authenticator::Authenticator;
 pub use client_admin::ClientAdminService;
 pub use user_admin::{BootstrapOutcome, UserAdminService};
 
 use chrono::{DateTime, Utc};
 
 use crate::{
+    domain::Revocation,
     domain::{AuditRecord, Outcome, Scope, ScopeSet},
     error::{Error, Reason},
-    revocation::{Revocation, Revocations},
+    revocation::Revocations,
     store::Store,
 };
 

@@ -18,9 +18,8 @@ use uuid::Uuid;
 
 use super::{ChangeGuard, Store, audit, db_error, db_error_or_exists, entity, roles};
 use crate::{
-    domain::{AuditRecord, Client, NewClient},
+    domain::{AuditRecord, Client, NewClient, Revocation},
     error::Error,
-    revocation::Revocation,
 };
 
 /// What a client update changes; `None` leaves a field as it is.

@@ -187,7 +187,14 @@ impl Store {
             }
         }
         for record in audit_records {
-            audit::insert(&txn, record, steps.first().map_or_else(Utc::now, |s| s.at)).await?;
+            audit::insert(
+                &txn,
+                record,
+                steps
+                    .first()
+                    .map_or_else(crate::clock::system_now, |s| s.at),
+            )
+            .await?;
         }
         txn.commit().await.map_err(db_error)?;
         Ok(true)

@@ -1,6 +1,9 @@
 //! Persistence over the sea-orm connection (PostgreSQL or SQLite). Entities never leave this
 //! module: queries return domain types. `DbErr` becomes [`Error`] here, with unique violations
 //! as `AlreadyExists` and lost connections as `Unavailable`; driver text never reaches a caller.
+//!
+//! Layer: infrastructure. Uses [`crate::domain`], [`crate::config`], [`crate::error`] and
+//! [`crate::clock`]; never the revocation set, the cluster or the token code above it.
 
 mod audit;
 mod clients;
@@ -46,7 +49,7 @@ pub struct ChangeGuard<'a> {
     /// Refuses the change, given the target's scopes and audiences.
     pub permit: &'a Permit<'a>,
     /// Makes the revocation of the target's tokens, stamped when called.
-    pub revoke: Option<&'a (dyn Fn() -> crate::revocation::Revocation + Sync)>,
+    pub revoke: Option<&'a (dyn Fn() -> crate::domain::Revocation + Sync)>,
 }
 
 /// Judges a change, given the target's scopes and audiences (see [`ChangeGuard`]).
@@ -66,7 +69,7 @@ impl ChangeGuard<'_> {
     pub(crate) async fn write_revocation(
         &self,
         txn: &sea_orm::DatabaseTransaction,
-    ) -> Result<Option<crate::revocation::Revocation>, Error> {
+    ) -> Result<Option<crate::domain::Revocation>, Error> {
         let Some(make) = self.revoke else {
             return Ok(None);
         };

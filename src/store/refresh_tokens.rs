@@ -10,7 +10,10 @@ use sea_orm::{
 use uuid::Uuid;
 
 use super::{Store, audit, db_error, entity::refresh_token, revocations};
-use crate::{domain::AuditRecord, error::Error, revocation::Revocation};
+use crate::{
+    domain::{AuditRecord, Revocation},
+    error::Error,
+};
 
 /// A refresh token to store.
 #[derive(Debug, Clone)]

@@ -10,9 +10,8 @@ use sea_orm::{
 
 use super::{Store, db_error, entity::revocation};
 use crate::{
-    domain::AuditRecord,
+    domain::{AuditRecord, Revocation, RevocationKind},
     error::Error,
-    revocation::{Revocation, RevocationKind},
 };
 
 impl Store {
@@ -124,7 +123,7 @@ pub(crate) async fn upsert<C: ConnectionTrait>(db: &C, entry: &Revocation) -> Re
             entry.key.clone().into(),
             entry.not_before.into(),
             entry.expires_at.into(),
-            Utc::now().into(),
+            crate::clock::system_now().into(),
         ],
     ))
     .await

@@ -14,9 +14,8 @@ use uuid::Uuid;
 
 use super::{ChangeGuard, Store, audit, db_error, db_error_or_exists, entity, roles};
 use crate::{
-    domain::{AuditRecord, Email, NewUser, RoleName, User, UserRecord},
+    domain::{AuditRecord, Email, NewUser, Revocation, RoleName, User, UserRecord},
     error::Error,
-    revocation::Revocation,
 };
 
 /// A change an admin makes to a user.

@@ -7,10 +7,23 @@
 //! are refused outright, oversized tokens are refused before any decoding, and every RFC 9068
 //! claim must be present with its JSON type. Revocation is the caller's next step.
 //!
+//! The keys: [`ring`] is what signing and verifying read (no I/O); [`rotation`] keeps it in
+//! step with the database and rotates keys; [`sealing`] encrypts private keys at rest.
+//!
+//! Layer: uses [`crate::store`] (keys as rows), [`crate::cluster`] (reload announcements),
+//! [`crate::secrets`], [`crate::config`] and [`crate::domain`]; [`crate::service`], the HTTP
+//! JWKS and the command line use it.
+//!
 //! [`Clock`]: crate::clock::Clock
 
-pub mod keys;
+pub mod ring;
+pub mod rotation;
 pub mod sealing;
+
+pub use self::{
+    ring::{KeyRing, KeySet, PublicJwk},
+    rotation::{KeyManager, KeyReloads},
+};
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
@@ -18,8 +31,6 @@ use jsonwebtoken::{Header, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-
-use self::keys::KeyRing;
 
 /// Tokens longer than this are refused before decoding.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -332,7 +343,7 @@ mod tests {
 
     fn verifier_and_token() -> (TokenVerifier, String, DateTime<Utc>) {
         let ring = KeyRing::ephemeral(KeyAlgorithm::EdDSA).expect("an ephemeral key");
-        let now = Utc::now();
+        let now = crate::clock::system_now();
         let claims = Claims {
             iss: "https://auth.example.com".to_owned(),
             sub: "alice".to_owned(),

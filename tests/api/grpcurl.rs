@@ -1,4 +1,4 @@
-//! The README's admin walkthrough, driven by the real `grpcurl` (1.8.6: reflection v1alpha)
+//! The walkthrough of docs/walkthrough.md, driven by the real `grpcurl` (1.8.6: reflection v1alpha)
 //! and `buf curl` (reflection v1), as an admin would run it. The tools come from
 //! `KEYSTONE_TEST_GRPCURL` / `KEYSTONE_TEST_BUF` (`.ci/run` installs both in a virtualenv) or
 //! from `PATH`; without them the test says loudly that it was skipped.
@@ -226,7 +226,7 @@ async fn the_readme_admin_walkthrough_works_with_grpcurl_and_buf_curl() {
         "listings hold no secret"
     );
 
-    // A user, changed through an update mask as the README writes it.
+    // A user, changed through an update mask as docs/walkthrough.md writes it.
     let user = call(
         &grpcurl,
         &addr,

@@ -571,7 +571,8 @@ pub async fn active_private_key_sealed_with(database_url: &str, kek: Option<&str
     let (kid, stored) = stored_active_key(database_url).await;
     let pepper = keystone::secrets::Pepper::from_secret(&SecretString::from(TEST_PEPPER));
     let settings = SecretSettings {
-        key_encryption_key: kek.map(|kek| SecretString::from(kek.to_owned())),
+        key_encryption_key: kek
+            .map(|kek| keystone::secrets::KeyEncryptionKey::decode(kek).unwrap()),
         ..SecretSettings::default()
     };
     let sealer = keystone::token::sealing::KeySealer::from_settings(&settings, &pepper).unwrap();

@@ -7,12 +7,9 @@ use keystone::{
     Settings,
     clock::SharedClock,
     proto::pb,
-    secrets::Pepper,
+    secrets::{KeyEncryptionKey, Pepper},
     store::Store,
-    token::{
-        keys::{KeyManager, KeyRing},
-        sealing::KeySealer,
-    },
+    token::{KeyManager, KeyRing, sealing::KeySealer},
 };
 use secrecy::SecretString;
 use tonic::Code;
@@ -227,7 +224,7 @@ async fn authenticates(app: &TestApp, token: &str) -> bool {
 async fn private_keys_are_sealed_at_rest_and_follow_the_key_encryption_key() {
     const KEK_A: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
     const KEK_B: &str = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
-    let kek = |value: &str| Some(SecretString::from(value.to_owned()));
+    let kek = |value: &str| Some(KeyEncryptionKey::decode(value).unwrap());
 
     // Without a key-encryption key of its own, the pepper's seals the key.
     let app = spawn_app_with(|_| {}).await;

@@ -1,6 +1,5 @@
-//! Redis through fred: the event bus that keeps every replica's in-memory revocation set (and
-//! key ring) in step, and the shared counters of rate limits. Nothing else in Keystone sees
-//! fred.
+//! Redis through fred: the channel of the cluster's events, and the shared counters of rate
+//! limits (a GCRA script). Nothing else in Keystone sees fred.
 //!
 //! Redis is never the system of record (PostgreSQL is), so losing it loses nothing: every call
 //! has a short budget (`revocation.redis_timeout`, 50 ms by default), counts as failed past it,
@@ -289,7 +288,7 @@ struct Breaker {
 impl Default for Breaker {
     fn default() -> Self {
         Self {
-            started: Instant::now(),
+            started: crate::clock::monotonic(),
             failures: AtomicU32::new(0),
             open_until: AtomicU64::new(0),
         }

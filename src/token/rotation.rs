@@ -1,4 +1,4 @@
-//! Signing keys: kept in the database, held in memory, rotated here.
+//! Signing keys over time: kept in the database, rotated here, loaded into the [`KeyRing`].
 //!
 //! A key moves through `next` (published in the JWKS, not yet signing) → `active` (signing) →
 //! `retired` (published until the last token it signed has expired) → `removed`. A new key is
@@ -6,140 +6,27 @@
 //! (Istio: 20 minutes), so no verifier meets a `kid` it has not fetched. A compromised key is
 //! withdrawn at once (`keystone keys revoke KID`): it leaves the ring and its tokens fail.
 //!
-//! [`KeyRing`] is what the hot path reads: an immutable snapshot behind a lock that is only
-//! written when the keys change. [`KeyManager::refresh`] reloads it from the database and
-//! takes the lifecycle steps that are due; the server runs it on an interval, so every replica
-//! picks up changes without a restart.
+//! [`KeyManager::refresh`] reloads the ring from the database and takes the lifecycle steps
+//! that are due; the server runs it on an interval, and at once when another replica or the
+//! command line announces a change on the cluster's bus ([`KeyReloads`]).
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, PoisonError, RwLock},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
-use aws_lc_rs::{
-    rand::SystemRandom,
-    signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _},
-};
-use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
-use serde::Serialize;
+use tokio::sync::Notify;
 
-use super::sealing::KeySealer;
+use super::{
+    ring::{KeyRing, build_key_set, new_key},
+    sealing::KeySealer,
+};
 use crate::{
     clock::SharedClock,
+    cluster::{Event, Subscriber},
     config::KeyAlgorithm,
     domain::{AuditRecord, Outcome},
     error::Error,
     store::{KeyTransition, ReplicaLock, Store, StoredKey},
 };
-
-/// A public key as published in the JWKS (RFC 7517; RFC 8037 for Ed25519).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PublicJwk {
-    /// `OKP` or `EC`.
-    pub kty: &'static str,
-    /// The key id.
-    pub kid: String,
-    /// Always `sig`.
-    #[serde(rename = "use")]
-    pub use_: &'static str,
-    /// `EdDSA` or `ES256`.
-    pub alg: &'static str,
-    /// `Ed25519` or `P-256`.
-    pub crv: &'static str,
-    /// The public key (Ed25519) or x coordinate (P-256), base64url.
-    pub x: String,
-    /// The y coordinate (P-256), base64url.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub y: Option<String>,
-}
-
-/// The key that signs new tokens.
-#[derive(Clone)]
-pub struct SigningKey {
-    /// Its id, sent as the `kid` header.
-    pub kid: String,
-    /// Its algorithm.
-    pub algorithm: Algorithm,
-    /// Since when it signs.
-    pub since: Option<DateTime<Utc>>,
-    pub(crate) encoding: EncodingKey,
-}
-
-impl std::fmt::Debug for SigningKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SigningKey")
-            .field("kid", &self.kid)
-            .field("algorithm", &self.algorithm)
-            .field("encoding", &"[REDACTED]")
-            .finish()
-    }
-}
-
-/// A key tokens may be verified with.
-#[derive(Clone)]
-pub struct VerifyingKey {
-    /// The algorithm the key is pinned to: a token naming another is refused.
-    pub algorithm: Algorithm,
-    pub(crate) decoding: DecodingKey,
-}
-
-impl std::fmt::Debug for VerifyingKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VerifyingKey")
-            .field("algorithm", &self.algorithm)
-            .finish_non_exhaustive()
-    }
-}
-
-/// One consistent view of the keys.
-#[derive(Debug, Default)]
-pub struct KeySet {
-    /// The key that signs, if any.
-    pub signing: Option<SigningKey>,
-    /// Every published key by kid.
-    pub verifying: HashMap<String, VerifyingKey>,
-    /// The published keys, oldest first.
-    pub jwks: Vec<PublicJwk>,
-}
-
-/// The keys in memory, shared by the issuer, the verifier and the JWKS.
-#[derive(Debug, Clone, Default)]
-pub struct KeyRing {
-    current: Arc<RwLock<Arc<KeySet>>>,
-}
-
-impl KeySet {
-    /// Since when the signing key signs.
-    pub fn signing_since(&self) -> Option<DateTime<Utc>> {
-        self.signing.as_ref().and_then(|key| key.since)
-    }
-}
-
-impl KeyRing {
-    /// The current keys.
-    pub fn snapshot(&self) -> Arc<KeySet> {
-        self.current
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    /// A ring holding one fresh active key and nothing else, in memory only: for benchmarks
-    /// and tests of the token code, never for serving.
-    pub fn ephemeral(algorithm: KeyAlgorithm) -> Result<Self, Error> {
-        let now = Utc::now();
-        let ring = Self::default();
-        ring.replace(build_key_set(&[new_key(algorithm, "active", now, now)?])?);
-        Ok(ring)
-    }
-
-    fn replace(&self, keys: KeySet) {
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
-    }
-}
 
 /// Keeps the ring in step with the database and takes lifecycle steps.
 #[derive(Debug, Clone)]
@@ -449,167 +336,36 @@ impl KeyManager {
     }
 }
 
-/// A freshly generated key in `state`, its kid derived from the public key.
-fn new_key(
-    algorithm: KeyAlgorithm,
-    state: &str,
-    now: DateTime<Utc>,
-    activates_at: DateTime<Utc>,
-) -> Result<StoredKey, Error> {
-    let (private_key, public_key) = generate(algorithm)?;
-    Ok(StoredKey {
-        kid: kid_for(&public_key),
-        algorithm: algorithm_name(algorithm).to_owned(),
-        state: state.to_owned(),
-        private_key,
-        public_key,
-        created_at: now,
-        activates_at,
-        activated_at: (state == "active").then_some(now),
-        retired_at: None,
-        remove_after: None,
-        revoked_at: None,
-    })
-}
-
 fn key_event(action: &'static str, kid: &str) -> AuditRecord {
     AuditRecord::new("system", action, kid, Outcome::Success)
 }
 
-fn algorithm_name(algorithm: KeyAlgorithm) -> &'static str {
-    match algorithm {
-        KeyAlgorithm::EdDSA => "EdDSA",
-        KeyAlgorithm::ES256 => "ES256",
+/// Reloads the keys when the cluster says they changed (or messages may have been lost).
+#[derive(Debug, Clone, Default)]
+pub struct KeyReloads {
+    wanted: Arc<Notify>,
+}
+
+impl Subscriber for KeyReloads {
+    fn deliver(&self, event: &Event) {
+        if matches!(event, Event::Keys) {
+            self.wanted.notify_one();
+        }
+    }
+
+    fn gap(&self) {
+        self.wanted.notify_one();
     }
 }
 
-/// A new key pair: PKCS#8 DER of the private key, and the raw public key.
-fn generate(algorithm: KeyAlgorithm) -> Result<(Vec<u8>, Vec<u8>), Error> {
-    let rng = SystemRandom::new();
-    let failed = |what: &str| Error::internal(anyhow::anyhow!("cannot generate {what} key"));
-    match algorithm {
-        KeyAlgorithm::EdDSA => {
-            let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| failed("an Ed25519"))?;
-            let pair =
-                Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|_| failed("an Ed25519"))?;
-            Ok((pkcs8.as_ref().to_vec(), pair.public_key().as_ref().to_vec()))
-        }
-        KeyAlgorithm::ES256 => {
-            let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-                .map_err(|_| failed("a P-256"))?;
-            let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref())
-                .map_err(|_| failed("a P-256"))?;
-            Ok((pkcs8.as_ref().to_vec(), pair.public_key().as_ref().to_vec()))
-        }
-    }
-}
-
-/// A key id derived from the public key (its SHA-256, base64url, cut to 16 characters): the
-/// same key always has the same id, and ids reveal nothing.
-fn kid_for(public_key: &[u8]) -> String {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, public_key);
-    URL_SAFE_NO_PAD.encode(digest.as_ref())[..16].to_owned()
-}
-
-/// The in-memory view of stored keys. Keys that cannot be read are left out and logged:
-/// tokens they signed then fail, which is the safe side.
-fn build_key_set(keys: &[StoredKey]) -> Result<KeySet, Error> {
-    let mut set = KeySet::default();
-    for key in keys {
-        let (algorithm, jwk, decoding) = match public_parts(key) {
-            Ok(parts) => parts,
-            Err(error) => {
-                tracing::error!(kid = %key.kid, %error, "a stored signing key cannot be read");
-                continue;
+impl KeyReloads {
+    /// Reloads `keys` each time a reload is wanted, until aborted (at shutdown).
+    pub async fn run(self, keys: KeyManager) {
+        loop {
+            self.wanted.notified().await;
+            if let Err(error) = keys.refresh().await {
+                tracing::warn!(error = error.chain(), "cannot reload the signing keys");
             }
-        };
-        if key.state == "active" && !key.private_key.is_empty() {
-            let encoding = match algorithm {
-                Algorithm::EdDSA => EncodingKey::from_ed_der(&key.private_key),
-                _ => EncodingKey::from_ec_der(&key.private_key),
-            };
-            set.signing = Some(SigningKey {
-                kid: key.kid.clone(),
-                algorithm,
-                since: key.activated_at.or(Some(key.created_at)),
-                encoding,
-            });
-        }
-        set.verifying.insert(
-            key.kid.clone(),
-            VerifyingKey {
-                algorithm,
-                decoding,
-            },
-        );
-        set.jwks.push(jwk);
-    }
-    Ok(set)
-}
-
-fn public_parts(key: &StoredKey) -> Result<(Algorithm, PublicJwk, DecodingKey), String> {
-    match key.algorithm.as_str() {
-        "EdDSA" => {
-            if key.public_key.len() != 32 {
-                return Err("an Ed25519 public key has 32 bytes".into());
-            }
-            let x = URL_SAFE_NO_PAD.encode(&key.public_key);
-            let decoding = DecodingKey::from_ed_components(&x).map_err(|e| e.to_string())?;
-            let jwk = PublicJwk {
-                kty: "OKP",
-                kid: key.kid.clone(),
-                use_: "sig",
-                alg: "EdDSA",
-                crv: "Ed25519",
-                x,
-                y: None,
-            };
-            Ok((Algorithm::EdDSA, jwk, decoding))
-        }
-        "ES256" => {
-            // An uncompressed point: 0x04, then x and y of 32 bytes each.
-            if key.public_key.len() != 65 || key.public_key[0] != 4 {
-                return Err("a P-256 public key is an uncompressed point".into());
-            }
-            let x = URL_SAFE_NO_PAD.encode(&key.public_key[1..33]);
-            let y = URL_SAFE_NO_PAD.encode(&key.public_key[33..]);
-            let decoding = DecodingKey::from_ec_components(&x, &y).map_err(|e| e.to_string())?;
-            let jwk = PublicJwk {
-                kty: "EC",
-                kid: key.kid.clone(),
-                use_: "sig",
-                alg: "ES256",
-                crv: "P-256",
-                x,
-                y: Some(y),
-            };
-            Ok((Algorithm::ES256, jwk, decoding))
-        }
-        other => Err(format!("unknown algorithm {other}")),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn generated_keys_load_and_publish_only_public_parts() {
-        for algorithm in [KeyAlgorithm::EdDSA, KeyAlgorithm::ES256] {
-            let now = Utc::now();
-            let stored = new_key(algorithm, "active", now, now).unwrap();
-            let set = build_key_set(&[stored]).unwrap();
-            assert!(set.signing.is_some());
-            assert_eq!(set.jwks.len(), 1);
-            let json = serde_json::to_value(&set.jwks[0]).unwrap();
-            for private_member in ["d", "p", "q", "dp", "dq", "qi", "k"] {
-                assert!(
-                    json.get(private_member).is_none(),
-                    "{private_member} is published"
-                );
-            }
-            assert_eq!(json["use"], "sig");
-            assert_eq!(json["kid"].as_str().unwrap().len(), 16);
         }
     }
 }

@@ -1,0 +1,314 @@
+//! `keystone-bench`: a closed-loop gRPC load generator for Keystone. It seeds what it needs
+//! through the admin API (a client with `keystone:introspect`, users with passwords, one
+//! session per worker for refreshes), pre-mints tokens for the fresh-token scenario (enough
+//! that none is presented twice), checks the status of every response (errors are counted per
+//! code and never as throughput), and reports calls/s, latency percentiles and each scenario's
+//! ratio to `grpc.health.v1.Health/Check` measured in the same run. The password scenario is
+//! compared with the argon2 limit (cores ÷ one verification's time, measured here with the
+//! server's parameters), and `password-flood` measures `Authenticate` at a steady rate, alone
+//! and then under a flood of logins at twice that limit. With `--server-pid`, the server's CPU
+//! seconds and peak RSS are read from `/proc`.
+
+mod load;
+mod process;
+mod seed;
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, atomic::AtomicUsize},
+};
+
+use anyhow::Context as _;
+use clap::Parser;
+use tonic::transport::Channel;
+
+use crate::{
+    load::{Sample, flood, run, summarize},
+    process::{cpu_seconds_since, server_usage, startup},
+    seed::{argon2_limit, seed},
+};
+
+/// Load Keystone over gRPC and report what it sustains.
+#[derive(Debug, Parser)]
+#[command(name = "keystone-bench", version)]
+struct Args {
+    /// Keystone's gRPC address.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    addr: String,
+    /// Scenarios, comma separated: health, authenticate, authenticate-fresh, check (Envoy
+    /// ext_authz), introspect, client-credentials, password, refresh, password-flood (health
+    /// always runs, as the ceiling the others are compared to).
+    #[arg(
+        long,
+        default_value = "health,authenticate,authenticate-fresh,check,introspect,client-credentials,password,refresh,password-flood"
+    )]
+    scenarios: String,
+    /// HTTP/2 connections.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Calls in flight at once.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Seconds measured per scenario.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Each scenario's time is measured in this many rounds, each right after a round of
+    /// Health/Check as long; its ratio is to those rounds of Health/Check.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Seconds of warm-up before each scenario (not measured).
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// An admin's username (to seed the bench client through the admin API).
+    #[arg(long, env = "KEYSTONE_BENCH_ADMIN", default_value = "admin")]
+    admin: String,
+    /// The admin's password.
+    #[arg(long, env = "KEYSTONE_BENCH_PASSWORD")]
+    password: String,
+    /// Tokens minted up front for `authenticate-fresh`; each is presented once, and the
+    /// scenario ends early (measured over the time it ran) if they run out.
+    #[arg(long, default_value_t = 200_000)]
+    fresh_tokens: usize,
+    /// Users seeded for the password scenarios (logins are spread over them, so lockout's
+    /// limit on attempts in flight per name is not what is measured).
+    #[arg(long, default_value_t = 64)]
+    users: usize,
+    /// The server's argon2id memory cost in KiB (`auth.argon2.memory_kib`).
+    #[arg(long, default_value_t = 19 * 1024)]
+    argon2_memory_kib: u32,
+    /// The server's argon2id passes (`auth.argon2.iterations`).
+    #[arg(long, default_value_t = 2)]
+    argon2_iterations: u32,
+    /// The server's argon2id lanes (`auth.argon2.parallelism`).
+    #[arg(long, default_value_t = 1)]
+    argon2_parallelism: u32,
+    /// `Authenticate` calls per second in `password-flood` (alone, then under the flood).
+    #[arg(long, default_value_t = 5_000.0)]
+    flood_authenticate_rate: f64,
+    /// The server's process id, for CPU seconds and peak RSS.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Wait until the server (`--server-pid`, just started) reports SERVING, print how long
+    /// that took from its process start, and exit.
+    #[arg(long, requires = "server_pid")]
+    startup: bool,
+    /// Seed a client, print its id, its secret and one of its tokens (a line each, for HTTP
+    /// load tools), and exit.
+    #[arg(long)]
+    seed_only: bool,
+}
+
+/// What one scenario measured.
+#[derive(Debug, serde::Serialize)]
+struct Outcome {
+    scenario: String,
+    calls: u64,
+    calls_per_second: f64,
+    p50_us: u64,
+    p90_us: u64,
+    p99_us: u64,
+    p999_us: u64,
+    errors: BTreeMap<String, u64>,
+    ratio_to_health: Option<f64>,
+    /// For `password`: the argon2 limit (calls/s) and the ratio to it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    argon2_limit: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ratio_to_argon2_limit: Option<f64>,
+    /// For `password-flood`: the figures of the flood's phases.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    flood: Option<Flood>,
+    server_cpu_seconds: Option<f64>,
+    server_peak_rss_mib: Option<f64>,
+}
+
+/// `Authenticate` at a steady rate, alone and under a login flood.
+#[derive(Debug, serde::Serialize)]
+struct Flood {
+    authenticate_rate: f64,
+    login_rate: f64,
+    idle_p99_us: u64,
+    idle_errors: BTreeMap<String, u64>,
+    flood_p99_us: u64,
+    flood_errors: BTreeMap<String, u64>,
+    /// Flood p99 ÷ idle p99 (target ≤ 2).
+    p99_ratio: f64,
+    logins_ok: u64,
+    logins_refused: BTreeMap<String, u64>,
+}
+
+/// What a scenario needs: a bench client's credentials, pre-minted tokens and users.
+struct Fixtures {
+    client_id: String,
+    secret: String,
+    token: String,
+    fresh: Vec<String>,
+    /// The next fresh token to present.
+    next_fresh: AtomicUsize,
+    /// Users and their password.
+    users: Vec<String>,
+    password: String,
+}
+
+/// What a worker carries from call to call: its session's refresh token.
+#[derive(Default)]
+struct WorkerState {
+    refresh_token: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if args.startup {
+        return startup(&args).await;
+    }
+    let channels: Vec<Channel> = futures_channels(&args).await?;
+    if args.seed_only {
+        let fixtures = seed(&args, &channels[0]).await?;
+        println!(
+            "{}\n{}\n{}",
+            fixtures.client_id, fixtures.secret, fixtures.token
+        );
+        return Ok(());
+    }
+    let fixtures = Arc::new(seed(&args, &channels[0]).await?);
+    let mut scenarios: Vec<String> = args
+        .scenarios
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if !scenarios.iter().any(|s| s == "health") {
+        scenarios.insert(0, "health".to_owned());
+    }
+    let rounds = args.rounds.max(1);
+    let slice = args.duration / rounds as f64;
+    let mut outcomes = Vec::new();
+    for scenario in &scenarios {
+        let mut outcome = if scenario == "password-flood" {
+            let (cpu_before, _) = server_usage(args.server_pid);
+            let limit = argon2_limit(&args)?;
+            let mut outcome = flood(&args, &channels, &fixtures, limit).await?;
+            outcome.server_cpu_seconds = cpu_seconds_since(args.server_pid, cpu_before);
+            outcome
+        } else {
+            // Fresh tokens are each presented once: none is spent on warming up.
+            if scenario != "authenticate-fresh" {
+                run(&args, &channels, &fixtures, scenario, args.warmup).await?;
+            }
+            // In rounds, each right after a round of Health/Check as long: the ratio compares
+            // the two under the same conditions, on a machine whose speed drifts.
+            let mut sample = Sample::default();
+            let mut health = Sample::default();
+            let mut cpu = 0.0;
+            for _ in 0..rounds {
+                if scenario != "health" {
+                    health.merge(run(&args, &channels, &fixtures, "health", slice).await?);
+                }
+                let (cpu_before, _) = server_usage(args.server_pid);
+                sample.merge(run(&args, &channels, &fixtures, scenario, slice).await?);
+                cpu += cpu_seconds_since(args.server_pid, cpu_before).unwrap_or(0.0);
+            }
+            let mut outcome = summarize(scenario, sample);
+            outcome.server_cpu_seconds = args.server_pid.map(|_| cpu);
+            outcome.ratio_to_health = Some(if scenario == "health" {
+                1.0
+            } else {
+                outcome.calls_per_second / health.calls_per_second().max(f64::EPSILON)
+            });
+            outcome
+        };
+        if scenario == "password" {
+            let limit = argon2_limit(&args)?;
+            outcome.argon2_limit = Some(limit);
+            outcome.ratio_to_argon2_limit = Some(outcome.calls_per_second / limit);
+        }
+        outcome.server_peak_rss_mib = server_usage(args.server_pid).1;
+        outcomes.push(outcome);
+    }
+    // The flood is compared with the Health/Check row.
+    let health = outcomes
+        .iter()
+        .find(|o| o.scenario == "health")
+        .map(|o| o.calls_per_second);
+    for outcome in &mut outcomes {
+        if outcome.ratio_to_health.is_none() {
+            outcome.ratio_to_health = health
+                .filter(|h| *h > 0.0)
+                .map(|h| outcome.calls_per_second / h);
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&outcomes)?);
+    } else {
+        println!(
+            "{:<20} {:>10} {:>8} {:>8} {:>8} {:>9} {:>7}  errors",
+            "scenario", "calls/s", "p50 µs", "p90 µs", "p99 µs", "p99.9 µs", "ratio"
+        );
+        for o in &outcomes {
+            println!(
+                "{:<20} {:>10.0} {:>8} {:>8} {:>8} {:>9} {:>7}  {:?}",
+                o.scenario,
+                o.calls_per_second,
+                o.p50_us,
+                o.p90_us,
+                o.p99_us,
+                o.p999_us,
+                o.ratio_to_health
+                    .map(|r| format!("{r:.2}"))
+                    .unwrap_or_default(),
+                o.errors
+            );
+        }
+        for o in &outcomes {
+            if let (Some(limit), Some(ratio)) = (o.argon2_limit, o.ratio_to_argon2_limit) {
+                println!(
+                    "{}: argon2 limit {limit:.0}/s (cores ÷ one verification), ratio {ratio:.2}",
+                    o.scenario
+                );
+            }
+            if let Some(flood) = &o.flood {
+                println!(
+                    "{}: Authenticate at {:.0}/s, p99 {} µs alone {:?}, {} µs under {:.0} logins/s {:?} \
+                     (×{:.2}); logins ok {}, refused {:?}",
+                    o.scenario,
+                    flood.authenticate_rate,
+                    flood.idle_p99_us,
+                    flood.idle_errors,
+                    flood.flood_p99_us,
+                    flood.login_rate,
+                    flood.flood_errors,
+                    flood.p99_ratio,
+                    flood.logins_ok,
+                    flood.logins_refused
+                );
+            }
+        }
+        if let Some(rss) = outcomes
+            .iter()
+            .filter_map(|o| o.server_peak_rss_mib)
+            .reduce(f64::max)
+        {
+            println!("server peak RSS: {rss:.1} MiB");
+        }
+    }
+    Ok(())
+}
+
+async fn futures_channels(args: &Args) -> anyhow::Result<Vec<Channel>> {
+    let mut channels = Vec::with_capacity(args.connections.max(1));
+    for _ in 0..args.connections.max(1) {
+        channels.push(
+            Channel::from_shared(args.addr.clone())?
+                .tcp_nodelay(true)
+                .connect()
+                .await
+                .with_context(|| format!("cannot connect to {}", args.addr))?,
+        );
+    }
+    Ok(channels)
+}

@@ -1,0 +1,522 @@
+//! The rules a type cannot express. Every value that breaks one is reported, not only the
+//! first: an operator fixes them all in one go.
+
+use std::time::Duration;
+
+use secrecy::ExposeSecret as _;
+
+use super::{ConfigError, Quota, Settings};
+
+/// Every problem of `settings`, in the order of the settings table.
+pub(super) fn problems(settings: &Settings) -> Vec<ConfigError> {
+    let mut problems = Vec::new();
+
+    let database_url = settings.database_url.expose_secret();
+    if !(database_url.starts_with("sqlite:")
+        || database_url.starts_with("postgres://")
+        || database_url.starts_with("postgresql://"))
+    {
+        problems.push(ConfigError::invalid(
+            "database_url",
+            "",
+            "must start with sqlite:, postgres:// or postgresql://",
+        ));
+    }
+    if let Some(redis_url) = &settings.redis_url {
+        let redis_url = redis_url.expose_secret();
+        if ![
+            "redis://",
+            "rediss://",
+            "redis-sentinel://",
+            "rediss-sentinel://",
+            "redis-cluster://",
+            "rediss-cluster://",
+            "redis+unix://",
+        ]
+        .iter()
+        .any(|scheme| redis_url.starts_with(scheme))
+        {
+            problems.push(ConfigError::invalid(
+                "redis_url",
+                "",
+                "must start with redis://, rediss://, redis-cluster://, redis-sentinel:// or redis+unix://",
+            ));
+        }
+    }
+    if let Some(pepper) = &settings.secrets.pepper
+        && pepper.expose_secret().chars().count() < 32
+    {
+        problems.push(ConfigError::invalid(
+            "secrets.pepper",
+            "",
+            "must hold at least 32 characters",
+        ));
+    }
+    let prefix = &settings.ext_authz.header_prefix;
+    if prefix.is_empty()
+        || !prefix
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    {
+        problems.push(ConfigError::invalid(
+            "ext_authz.header_prefix",
+            prefix,
+            "must be lowercase letters, digits and '-'",
+        ));
+    }
+    for (setting, scopes) in settings
+        .ext_authz
+        .routes
+        .iter()
+        .map(|route| ("ext_authz.routes.scopes", &route.scopes))
+        .chain([(
+            "ext_authz.default_scopes",
+            &settings.ext_authz.default_scopes,
+        )])
+    {
+        if let Some(bad) = scopes
+            .iter()
+            .find(|scope| crate::domain::Scope::parse(scope).is_err())
+        {
+            problems.push(ConfigError::invalid(
+                setting,
+                bad,
+                "must be scopes of the form resource:action",
+            ));
+        }
+    }
+    for route in &settings.ext_authz.routes {
+        let prefix = &route.path_prefix;
+        if !prefix.is_empty() && crate::domain::unambiguous_path(prefix).as_deref() != Ok(prefix) {
+            problems.push(ConfigError::invalid(
+                "ext_authz.routes.path_prefix",
+                prefix,
+                "must begin with '/' and hold no query, '%', ';', '\\', '.' or '..' segment \
+                 or '//'",
+            ));
+        }
+    }
+    if settings.cluster.name.is_empty()
+        || settings.cluster.name.len() > 64
+        || !settings
+            .cluster
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        problems.push(ConfigError::invalid(
+            "cluster.name",
+            &settings.cluster.name,
+            "must hold 1 to 64 of ASCII letters, digits, '-', '_' and '.'",
+        ));
+    }
+    if settings.cluster.enabled && settings.secrets.pepper.is_none() {
+        problems.push(ConfigError::invalid(
+            "cluster.enabled",
+            true,
+            "a clustered node needs secrets.pepper (KEYSTONE_SECRETS__PEPPER), the same on every replica",
+        ));
+    }
+    if settings.cluster.enabled && settings.redis_url.is_none() {
+        problems.push(ConfigError::invalid(
+            "cluster.enabled",
+            true,
+            "a clustered node needs KEYSTONE_REDIS_URL, so that every replica sees every revocation",
+        ));
+    }
+    match url::Url::parse(&settings.issuer) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
+        _ => {
+            problems.push(ConfigError::invalid(
+                "issuer",
+                &settings.issuer,
+                "must be an absolute http(s) URL",
+            ));
+        }
+    }
+    match (
+        &settings.bootstrap_admin_username,
+        &settings.bootstrap_admin_password,
+    ) {
+        (Some(_), None) | (None, Some(_)) => {
+            problems.push(ConfigError(
+                "settings `bootstrap_admin_username` and `bootstrap_admin_password` go together: set both or neither"
+                    .to_owned(),
+            ));
+        }
+        _ => {}
+    }
+    if !(8..=128).contains(&settings.auth.password_min_length) {
+        problems.push(ConfigError::invalid(
+            "auth.password_min_length",
+            settings.auth.password_min_length,
+            "must be between 8 and 128",
+        ));
+    }
+    if settings.auth.registration_per_minute == 0 {
+        problems.push(ConfigError::invalid(
+            "auth.registration_per_minute",
+            0,
+            "must be at least 1 (turn registration off with auth.registration = false)",
+        ));
+    }
+    if !(1024..=64 * 1024 * 1024).contains(&settings.server.max_message_size) {
+        problems.push(ConfigError::invalid(
+            "server.max_message_size",
+            settings.server.max_message_size,
+            "must be between 1024 and 67108864 (64 MiB)",
+        ));
+    }
+    if !(1024..=settings.server.max_message_size).contains(&settings.server.max_auth_message_size) {
+        problems.push(ConfigError::invalid(
+            "server.max_auth_message_size",
+            settings.server.max_auth_message_size,
+            "must be between 1024 and server.max_message_size",
+        ));
+    }
+    if !(4096..=1024 * 1024).contains(&settings.server.max_header_list_size) {
+        problems.push(ConfigError::invalid(
+            "server.max_header_list_size",
+            settings.server.max_header_list_size,
+            "must be between 4096 and 1048576",
+        ));
+    }
+    for (setting, quota) in [
+        ("limits.per_ip", &settings.limits.per_ip),
+        ("limits.per_client", &settings.limits.per_client),
+        ("limits.per_username", &settings.limits.per_username),
+    ] {
+        problems.extend(check_quota(setting, quota).err());
+    }
+    if settings.auth.lockout_threshold == 0 {
+        problems.push(ConfigError::invalid(
+            "auth.lockout_threshold",
+            0,
+            "must be at least 1",
+        ));
+    }
+    let argon2 = &settings.auth.argon2;
+    if argon2.memory_kib < 8 * argon2.parallelism.max(1) || argon2.memory_kib > 4 * 1024 * 1024 {
+        problems.push(ConfigError::invalid(
+            "auth.argon2.memory_kib",
+            argon2.memory_kib,
+            "must be between 8 × parallelism and 4194304 (4 GiB)",
+        ));
+    }
+    if !(0..=19).contains(&argon2.niceness) {
+        problems.push(ConfigError::invalid(
+            "auth.argon2.niceness",
+            argon2.niceness,
+            "must be between 0 and 19",
+        ));
+    }
+    if !(1..=64).contains(&argon2.iterations) {
+        problems.push(ConfigError::invalid(
+            "auth.argon2.iterations",
+            argon2.iterations,
+            "must be between 1 and 64",
+        ));
+    }
+    if !(1..=16).contains(&argon2.parallelism) {
+        problems.push(ConfigError::invalid(
+            "auth.argon2.parallelism",
+            argon2.parallelism,
+            "must be between 1 and 16",
+        ));
+    }
+    problems.extend(check_positive("auth.lockout_duration", settings.auth.lockout_duration).err());
+    problems.extend(
+        check_positive(
+            "auth.lockout_max_duration",
+            settings.auth.lockout_max_duration,
+        )
+        .err(),
+    );
+    problems.extend(
+        check_at_most(
+            "tokens.refresh_retry_grace",
+            settings.tokens.refresh_retry_grace,
+            Duration::from_secs(300),
+        )
+        .err(),
+    );
+    problems.extend(check_positive("keys.publish_ahead", settings.keys.publish_ahead).err());
+    problems.extend(
+        check_positive(
+            "clients.max_secret_grace",
+            settings.clients.max_secret_grace,
+        )
+        .err(),
+    );
+    problems.extend(
+        check_at_most(
+            "clients.cache_ttl",
+            settings.clients.cache_ttl,
+            Duration::from_secs(3600),
+        )
+        .err(),
+    );
+    problems
+        .extend(check_at_most("server.drain_delay", settings.server.drain_delay, TEN_YEARS).err());
+    problems.extend(
+        check_at_most(
+            "server.shutdown_grace",
+            settings.server.shutdown_grace,
+            TEN_YEARS,
+        )
+        .err(),
+    );
+    if settings.auth.lockout_max_duration < settings.auth.lockout_duration {
+        problems.push(ConfigError::invalid(
+            "auth.lockout_max_duration",
+            humantime::format_duration(settings.auth.lockout_max_duration),
+            "must not be shorter than auth.lockout_duration",
+        ));
+    }
+    for (setting, audience) in [
+        ("tokens.default_audience", &settings.tokens.default_audience),
+        (
+            "tokens.keystone_audience",
+            &settings.tokens.keystone_audience,
+        ),
+    ] {
+        if audience.is_empty() || audience.len() > 256 || audience.contains(' ') {
+            problems.push(ConfigError::invalid(
+                setting,
+                audience,
+                "must hold 1 to 256 characters and no space",
+            ));
+        }
+    }
+    problems.extend(check_positive("tokens.access_ttl", settings.tokens.access_ttl).err());
+    problems.extend(check_positive("tokens.max_access_ttl", settings.tokens.max_access_ttl).err());
+    problems.extend(check_positive("tokens.refresh_ttl", settings.tokens.refresh_ttl).err());
+    problems
+        .extend(check_positive("tokens.refresh_idle_ttl", settings.tokens.refresh_idle_ttl).err());
+    if settings.tokens.access_ttl > settings.tokens.max_access_ttl {
+        problems.push(ConfigError::invalid(
+            "tokens.access_ttl",
+            humantime::format_duration(settings.tokens.access_ttl),
+            "must not exceed tokens.max_access_ttl",
+        ));
+    }
+    if settings.tokens.leeway > Duration::from_secs(300) {
+        problems.push(ConfigError::invalid(
+            "tokens.leeway",
+            humantime::format_duration(settings.tokens.leeway),
+            "must be at most 5m",
+        ));
+    }
+    problems.extend(check_positive("keys.rotate_every", settings.keys.rotate_every).err());
+    problems.extend(check_positive("keys.reload_interval", settings.keys.reload_interval).err());
+    if settings.keys.publish_ahead >= settings.keys.rotate_every {
+        problems.push(ConfigError::invalid(
+            "keys.publish_ahead",
+            humantime::format_duration(settings.keys.publish_ahead),
+            "must be shorter than keys.rotate_every",
+        ));
+    }
+    problems.extend(
+        check_positive(
+            "revocation.max_staleness",
+            settings.revocation.max_staleness,
+        )
+        .err(),
+    );
+    problems.extend(
+        check_positive(
+            "revocation.poll_interval",
+            settings.revocation.poll_interval,
+        )
+        .err(),
+    );
+    problems.extend(
+        check_positive(
+            "revocation.redis_timeout",
+            settings.revocation.redis_timeout,
+        )
+        .err(),
+    );
+    if settings.revocation.poll_interval >= settings.revocation.max_staleness {
+        problems.push(ConfigError::invalid(
+            "revocation.poll_interval",
+            humantime::format_duration(settings.revocation.poll_interval),
+            "must be shorter than revocation.max_staleness",
+        ));
+    }
+    problems
+        .extend(check_positive("server.request_timeout", settings.server.request_timeout).err());
+    problems.extend(
+        check_at_least_one(
+            "server.concurrency_limit",
+            settings.server.concurrency_limit,
+        )
+        .err(),
+    );
+    problems
+        .extend(check_positive("retention.audit_events", settings.retention.audit_events).err());
+    problems.extend(check_positive("retention.interval", settings.retention.interval).err());
+    problems.extend(
+        check_at_least_one(
+            "retention.batch_size",
+            usize::try_from(settings.retention.batch_size).unwrap_or(usize::MAX),
+        )
+        .err(),
+    );
+    problems.extend(
+        check_at_least_one(
+            "server.max_concurrent_streams",
+            settings.server.max_concurrent_streams as usize,
+        )
+        .err(),
+    );
+    if !(1..=1_000_000).contains(&settings.server.max_connections) {
+        problems.push(ConfigError::invalid(
+            "server.max_connections",
+            settings.server.max_connections,
+            "must be between 1 and 1000000",
+        ));
+    }
+    problems.extend(
+        check_at_least_one(
+            "server.max_connections_per_ip",
+            settings.server.max_connections_per_ip,
+        )
+        .err(),
+    );
+    problems.extend(
+        check_positive(
+            "server.handshake_timeout",
+            settings.server.handshake_timeout,
+        )
+        .err(),
+    );
+    problems.extend(
+        check_positive(
+            "server.http_idle_timeout",
+            settings.server.http_idle_timeout,
+        )
+        .err(),
+    );
+    problems.extend(
+        check_positive(
+            "server.max_connection_age",
+            settings.server.max_connection_age,
+        )
+        .err(),
+    );
+    problems.extend(
+        check_positive(
+            "server.keepalive_interval",
+            settings.server.keepalive_interval,
+        )
+        .err(),
+    );
+    problems.extend(
+        check_positive(
+            "server.keepalive_timeout",
+            settings.server.keepalive_timeout,
+        )
+        .err(),
+    );
+    if settings.database.max_connections < 2
+        || settings.database.min_connections > settings.database.max_connections
+    {
+        // Two at least: replicas take turns at migrations and keys through a lock held on
+        // one connection while the work runs on another.
+        problems.push(ConfigError::invalid(
+            "database.max_connections",
+            settings.database.max_connections,
+            "must be at least 2 and at least database.min_connections",
+        ));
+    }
+    if !(1..=1000).contains(&settings.database.admin_max_connections) {
+        problems.push(ConfigError::invalid(
+            "database.admin_max_connections",
+            settings.database.admin_max_connections,
+            "must be between 1 and 1000",
+        ));
+    }
+    problems.extend(
+        check_positive(
+            "database.acquire_timeout",
+            settings.database.acquire_timeout,
+        )
+        .err(),
+    );
+    problems.extend(
+        check_positive(
+            "database.connect_timeout",
+            settings.database.connect_timeout,
+        )
+        .err(),
+    );
+    problems.extend(
+        check_positive(
+            "database.health_check_interval",
+            settings.database.health_check_interval,
+        )
+        .err(),
+    );
+    problems
+}
+
+pub(super) fn check_quota(setting: &str, quota: &Quota) -> Result<(), ConfigError> {
+    if quota.rate == 0 {
+        return Ok(());
+    }
+    if quota.burst == 0 || quota.burst > 1_000_000 {
+        return Err(ConfigError::invalid(
+            setting,
+            quota,
+            "the burst must be between 1 and 1000000 (turn the limit off with `off`)",
+        ));
+    }
+    if quota.per.is_zero() || quota.per > Duration::from_secs(24 * 3600) {
+        return Err(ConfigError::invalid(
+            setting,
+            quota,
+            "the period must be more than 0 and at most 24h",
+        ));
+    }
+    if quota.per / quota.rate < Duration::from_micros(1) {
+        return Err(ConfigError::invalid(
+            setting,
+            quota,
+            "the rate must leave at least a microsecond between calls",
+        ));
+    }
+    Ok(())
+}
+
+fn check_at_least_one(setting: &str, value: usize) -> Result<(), ConfigError> {
+    if value == 0 {
+        return Err(ConfigError::invalid(setting, 0, "must be at least 1"));
+    }
+    Ok(())
+}
+
+fn check_positive(setting: &str, value: Duration) -> Result<(), ConfigError> {
+    if value.is_zero() {
+        return Err(ConfigError::invalid(
+            setting,
+            "0s",
+            "must be longer than zero",
+        ));
+    }
+    check_at_most(setting, value, TEN_YEARS)
+}
+
+/// The longest duration any setting takes: time arithmetic stays far from overflow.
+const TEN_YEARS: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+fn check_at_most(setting: &str, value: Duration, max: Duration) -> Result<(), ConfigError> {
+    if value > max {
+        return Err(ConfigError::invalid(
+            setting,
+            humantime::format_duration(value),
+            &format!("must be at most {}", humantime::format_duration(max)),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,207 @@
+//! Service clients: their credentials checked (for the client credentials grant, HTTP Basic
+//! and introspection), and the client credentials grant.
+
+use secrecy::{ExposeSecret as _, SecretString};
+
+use super::{
+    AuthService, CallContext, IssuedToken, TokenRequest, invalid_credentials,
+    mint::{MintRequest, count_issued, grant},
+};
+use crate::{
+    domain::{AuditRecord, Outcome, ScopeSet},
+    error::{Error, Reason},
+    service::limits::Key,
+    store::CachedClient,
+    token::Kind,
+};
+
+impl AuthService {
+    /// Checks a client's id and secret (HTTP Basic or form credentials, or the client
+    /// credentials grant): the client must exist, be enabled and hold a live secret equal to
+    /// `secret` (each live secret is compared, in constant time). Every failure but "disabled"
+    /// answers `INVALID_CREDENTIALS`; each is an audit event (`purpose` names the use).
+    ///
+    /// Rate limited: per client IP before the secret is checked (client ids are no secret,
+    /// so failures cannot be charged to the client without letting anyone lock it out), and
+    /// per client once it proved itself.
+    pub async fn verify_client(
+        &self,
+        client_id: &str,
+        secret: &SecretString,
+        purpose: &'static str,
+        context: &CallContext,
+    ) -> Result<crate::domain::Client, Error> {
+        self.limits.check(&[Key::Ip(&context.peer)]).await?;
+        let client = self
+            .check_client(client_id, secret, purpose, context)
+            .await?;
+        self.limits.check(&[Key::Client(client_id)]).await?;
+        Ok(client)
+    }
+
+    pub(super) async fn check_client(
+        &self,
+        client_id: &str,
+        secret: &SecretString,
+        purpose: &'static str,
+        context: &CallContext,
+    ) -> Result<crate::domain::Client, Error> {
+        if client_id.is_empty() || client_id.len() > 128 || client_id.chars().any(char::is_control)
+        {
+            return Err(Error::invalid_argument(
+                "client_credentials.client_id",
+                "must hold 1 to 128 bytes and no control characters",
+            ));
+        }
+        let now = self.clock.now();
+        let audit = |outcome: Outcome, reason: &str| {
+            AuditRecord::new(
+                client_id.to_owned(),
+                "client.authenticate",
+                client_id.to_owned(),
+                outcome,
+            )
+            .from_peer(&context.peer)
+            .with_detail("purpose", purpose)
+            .with_detail("reason", reason)
+        };
+        if secret.expose_secret().is_empty() || secret.expose_secret().len() > 256 {
+            return Err(invalid_credentials());
+        }
+        // Every live secret is checked, so the time does not tell which one matched.
+        let matching = |entry: &CachedClient| {
+            entry.secrets.iter().fold(None, |matched, candidate| {
+                let ok = self
+                    .pepper
+                    .verify_client_secret(secret.expose_secret(), &candidate.hash)
+                    && candidate.expires_at.is_none_or(|at| at > now);
+                matched.or(ok.then_some(candidate.id))
+            })
+        };
+        let mut found = self.store.client_for_login(client_id, now, false).await?;
+        // A remembered copy is read again when the client was revoked after it was read
+        // (disabled, deleted, its tokens revoked: on any replica), or when it knows no secret
+        // that matches (one rotated in on another replica). A wrong secret does not evict the
+        // copy: the fresh read replaces it, so a flood of wrong secrets cannot empty the cache.
+        if let Some((entry, true)) = &found
+            && (self
+                .revocations
+                .subject_revoked_since(client_id, entry.read_at)
+                || matching(entry).is_none())
+        {
+            found = self.store.client_for_login(client_id, now, true).await?;
+        }
+        let matched = found.as_ref().and_then(|(entry, _)| matching(entry));
+        let (Some((entry, _)), Some(secret_id)) = (found, matched) else {
+            self.record(audit(Outcome::Failure, "invalid credentials"), now)
+                .await;
+            return Err(invalid_credentials());
+        };
+        let client = &entry.client;
+        if !client.enabled {
+            self.record(audit(Outcome::Denied, "disabled"), now).await;
+            return Err(Error::PermissionDenied {
+                reason: Reason::AccountDisabled,
+                message: "the client is disabled".to_owned(),
+            });
+        }
+        if entry.last_use_due(secret_id, now) {
+            self.store
+                .touch_client_secret(client.id, secret_id, now)
+                .await?;
+        }
+        Ok(client.clone())
+    }
+
+    /// The client credentials grant (RFC 6749 section 4.4). No refresh token. An unknown client
+    /// and a wrong secret give the same answer; a secret is checked against each live secret
+    /// of the client (at most two during a rotation) with constant-time comparison.
+    pub async fn client_credentials_grant(
+        &self,
+        client_id: &str,
+        secret: SecretString,
+        request: TokenRequest,
+        context: &CallContext,
+    ) -> Result<IssuedToken, Error> {
+        let requested = ScopeSet::parse(request.scopes.iter().map(String::as_str))
+            .map_err(|e| e.on("scopes"))?;
+        // Taken before the client is read: a token stamped before a revocation of its client
+        // is refused, whatever it read.
+        let now = self.clock.now();
+        let client = self
+            .verify_client(client_id, &secret, "client_credentials", context)
+            .await?;
+        let audit = |outcome: Outcome, reason: &str| {
+            AuditRecord::new(
+                client_id.to_owned(),
+                "token.issue",
+                client_id.to_owned(),
+                outcome,
+            )
+            .from_peer(&context.peer)
+            .with_detail("grant", "client_credentials")
+            .with_detail("reason", reason)
+        };
+        let allowed = ScopeSet::parse(client.allowed_scopes.iter().map(String::as_str))
+            .map_err(|e| Error::internal(anyhow::anyhow!("a stored scope is invalid: {e}")))?;
+        let scopes = grant(&allowed, requested)?;
+        let audience = if request.audience.is_empty() {
+            if scopes.first_keystones().is_some() {
+                // Keystone's own scopes, asked for by name, are for Keystone.
+                vec![self.policy.keystone_audience.clone()]
+            } else if client.allowed_audiences.is_empty() {
+                vec![self.policy.default_audience.clone()]
+            } else {
+                client.allowed_audiences.clone()
+            }
+        } else if client.allowed_audiences.contains(&request.audience)
+            || request.audience == self.policy.keystone_audience
+        {
+            vec![request.audience.clone()]
+        } else {
+            self.record(audit(Outcome::Denied, "audience not allowed"), now)
+                .await;
+            return Err(Error::PermissionDenied {
+                reason: Reason::InvalidAudience,
+                message: format!(
+                    "the audience `{}` is not allowed for this client",
+                    request.audience
+                ),
+            });
+        };
+        if let Err(error) = self.check_keystone_scopes(&scopes, &audience) {
+            self.record(
+                audit(Outcome::Denied, "keystone scope for another audience"),
+                now,
+            )
+            .await;
+            return Err(error);
+        }
+        let ttl = client
+            .access_token_ttl
+            .unwrap_or(self.policy.access_ttl)
+            .min(self.policy.max_access_ttl);
+        let token = self.mint(
+            MintRequest {
+                subject: client.client_id.clone(),
+                kind: Kind::Service,
+                client_id: client.client_id.clone(),
+                username: None,
+                roles: Vec::new(),
+                scopes,
+                audience,
+                session_id: None,
+                ttl,
+            },
+            now,
+        )?;
+        // The token leaves only once its event is committed (with others: group commit).
+        if self.policy.audit_service_tokens {
+            let event =
+                audit(Outcome::Success, "client credentials").with_detail("jti", token.jti.clone());
+            self.store.record_audit(event, now).await?;
+        }
+        count_issued("client_credentials");
+        Ok(token)
+    }
+}
