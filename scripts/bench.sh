@@ -4,6 +4,9 @@
 # suite against it, and stops it. Extra arguments go to keystone-bench (e.g. --duration 10).
 #   scripts/bench.sh                 # table
 #   scripts/bench.sh --json          # for machines
+#   KEYSTONE_BENCH_TLS=1 scripts/bench.sh --scenarios authenticate,tls-handshake,tls-resumed
+#                                    # every listener on TLS (a CA and a certificate for
+#                                    # localhost made here with openssl); ratios to TLS Health
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
@@ -32,6 +35,20 @@ export KEYSTONE_LIMITS__PER_CLIENT="${KEYSTONE_LIMITS__PER_CLIENT:-off}"
 export KEYSTONE_LIMITS__PER_USERNAME="${KEYSTONE_LIMITS__PER_USERNAME:-off}"
 export KEYSTONE_HTTP_ADDR=127.0.0.1:${KEYSTONE_BENCH_HTTP_PORT:-8580}
 addr="http://$KEYSTONE_GRPC_ADDR"
+bench=()
+if [ "${KEYSTONE_BENCH_TLS:-0}" = 1 ]; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj /CN=keystone-bench-ca -addext basicConstraints=critical,CA:TRUE \
+    -addext keyUsage=critical,keyCertSign -keyout "$work/ca.key" -out "$work/ca.crt" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
+    -keyout "$work/tls.key" -out "$work/tls.csr" 2>/dev/null
+  printf 'subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n' >"$work/ext.cnf"
+  openssl x509 -req -in "$work/tls.csr" -CA "$work/ca.crt" -CAkey "$work/ca.key" \
+    -CAcreateserial -days 2 -extfile "$work/ext.cnf" -out "$work/tls.crt" 2>/dev/null
+  export KEYSTONE_TLS__CERT_FILE="$work/tls.crt" KEYSTONE_TLS__KEY_FILE="$work/tls.key"
+  addr="https://$KEYSTONE_GRPC_ADDR"
+  bench=(--ca-file "$work/ca.crt" --tls-name localhost)
+fi
 
 start() {
   (cd "$work" && exec "$bin/keystone" serve) >>"$work/server.log" 2>&1 &
@@ -46,19 +63,19 @@ stop() {
 # First start: migrations, the signing key and the admin. Then a start of the migrated
 # database, as a restarted replica sees it, is the one measured.
 start
-"$bin/keystone-bench" --addr "$addr" --server-pid "$server" --startup >/dev/null
+"$bin/keystone-bench" "${bench[@]}" --addr "$addr" --server-pid "$server" --startup >/dev/null
 stop
 start
-"$bin/keystone-bench" --addr "$addr" --server-pid "$server" --startup
+"$bin/keystone-bench" "${bench[@]}" --addr "$addr" --server-pid "$server" --startup
 sleep 1
 echo "server RSS after start: $(awk '/^VmRSS/ { printf "%.1f MiB", $2 / 1024 }' "/proc/$server/status")"
 
-"$bin/keystone-bench" --addr "$addr" --server-pid "$server" "$@"
+"$bin/keystone-bench" "${bench[@]}" --addr "$addr" --server-pid "$server" "$@"
 
 # The HTTP endpoints, with wrk (Debian's package `wrk`) when it is installed.
-if command -v wrk >/dev/null; then
+if command -v wrk >/dev/null && [ ${#bench[@]} = 0 ]; then
   { read -r client_id; read -r client_secret; read -r token; } < <(
-    "$bin/keystone-bench" --addr "$addr" --seed-only --fresh-tokens 1 --users 1)
+    "$bin/keystone-bench" "${bench[@]}" --addr "$addr" --seed-only --fresh-tokens 1 --users 1)
   basic="$(printf '%s:%s' "$client_id" "$client_secret" | base64 -w0)"
   http="http://$KEYSTONE_HTTP_ADDR"
   cat >"$work/token.lua" <<LUA

@@ -131,7 +131,8 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
             let record = outcome?;
             println!(
                 "unlocked `{}` (id {}); failed logins forgotten",
-                record.user.username, record.user.id
+                record.user.username.as_str(),
+                record.user.id
             );
             Ok(())
         }
@@ -147,7 +148,11 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                     user,
                     generated_password: Some(password),
                 }) => {
-                    println!("created admin `{}` (id {})", user.username, user.id);
+                    println!(
+                        "created admin `{}` (id {})",
+                        user.username.as_str(),
+                        user.id
+                    );
                     println!(
                         "password (shown once; change it at first login): {}",
                         password.expose_secret()
@@ -155,7 +160,11 @@ pub async fn run(command: Command, settings: Settings) -> anyhow::Result<()> {
                     Ok(())
                 }
                 Some(BootstrapOutcome { user, .. }) => {
-                    println!("created admin `{}` (id {})", user.username, user.id);
+                    println!(
+                        "created admin `{}` (id {})",
+                        user.username.as_str(),
+                        user.id
+                    );
                     Ok(())
                 }
                 None => {

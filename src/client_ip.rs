@@ -38,6 +38,17 @@ const MAX_HOPS: usize = 32;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientIp(pub IpAddr);
 
+/// The other end of a connection, as the listener took it: in every request's extensions, on
+/// gRPC and on HTTP.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// The client certificate chain its TLS handshake verified, the client's own first (none
+    /// on plaintext, or when it sent none).
+    pub certificates: Option<std::sync::Arc<[rustls::pki_types::CertificateDer<'static>]>>,
+}
+
 /// The proxies whose `X-Forwarded-For` is believed.
 #[derive(Debug, Clone, Default)]
 pub struct TrustedProxies {
@@ -86,13 +97,13 @@ impl TrustedProxies {
         client
     }
 
-    /// Sets the [`ClientIp`] of a request from its peer (tonic's or axum's connection info)
-    /// and headers. A request with no known peer gets none.
+    /// Sets the [`ClientIp`] of a request from its peer (the listener's [`Peer`], or axum's
+    /// connection info) and headers. A request with no known peer gets none.
     pub fn tag<B>(&self, mut request: Request<B>) -> Request<B> {
         let peer = request
             .extensions()
-            .get::<tonic::transport::server::TcpConnectInfo>()
-            .and_then(tonic::transport::server::TcpConnectInfo::remote_addr)
+            .get::<Peer>()
+            .map(|peer| peer.addr)
             .or_else(|| {
                 request
                     .extensions()

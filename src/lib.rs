@@ -15,7 +15,8 @@
 //!   (keys, issuing and verifying).
 //! - Infrastructure: [`store`] (sea-orm; entities never leave it) and [`cluster`] (the event
 //!   bus between replicas over Redis). Neither knows the other.
-//! - Foundations: [`domain`] (types that only hold valid values), [`config`], [`secrets`],
+//! - Foundations: [`domain`] (types that only hold valid values), [`config`], [`tls`]
+//!   (certificates for every listener, reloaded when they change), [`secrets`],
 //!   [`password`], [`error`], [`client_ip`], [`clock`] (the only reader of wall time), and
 //!   [`proto`] (the generated code of `proto/keystone/v1`).
 //!
@@ -55,6 +56,7 @@ pub mod service;
 pub mod shutdown;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod token;
 
 pub use app::App;

@@ -3,18 +3,21 @@
 //!   `server.max_connections_per_ip` from one client address (IPv6: one /64; the proxies in
 //!   `server.trusted_proxies` are not capped). Beyond either, a new connection is closed as
 //!   soon as it is accepted, rather than left to wait in the backlog;
-//! - a connection must open its protocol within `server.handshake_timeout`: on gRPC, the whole
-//!   HTTP/2 client preface; on HTTP, its first bytes (a request's head must then arrive within
-//!   `server.http_idle_timeout`, see [`crate::http::serve`]). Silent sockets cannot sit on the
-//!   slots;
+//! - a connection must open its protocol within `server.handshake_timeout`: with TLS, the
+//!   whole TLS handshake; without, on gRPC the whole HTTP/2 client preface, on HTTP its first
+//!   bytes (a request's head must then arrive within `server.http_idle_timeout`, see
+//!   [`crate::http::serve`]). Silent sockets cannot sit on the slots;
 //! - TCP keep-alive finds peers that vanished; `TCP_NODELAY` sends small frames at once
 //!   (Nagle's algorithm against a delayed ACK would hold a response written in pieces for up
 //!   to 40 ms).
 //!
 //! On gRPC, `server.max_connection_age` then bounds how long any connection is kept.
 //!
-//! Layer: adapter. Uses [`crate::config`] and [`crate::client_ip`]; the gRPC and HTTP servers
-//! take connections through it.
+//! Every connection carries its [`Peer`] (address, and the client certificate its handshake
+//! verified) to every request.
+//!
+//! Layer: adapter. Uses [`crate::config`], [`crate::tls`] and [`crate::client_ip`]; the gRPC
+//! and HTTP servers take connections through it.
 
 use std::{
     collections::HashMap,
@@ -31,6 +34,11 @@ use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
     sync::{OwnedSemaphorePermit, Semaphore, mpsc},
+};
+
+use crate::{
+    client_ip::Peer,
+    tls::{Protocol, Tls},
 };
 
 /// TCP keep-alive: the first probe after this long without traffic.
@@ -64,6 +72,8 @@ pub struct ConnectionLimits {
     pub http2: bool,
     /// How long a connection may live at most, if it is bounded.
     pub lifetime: Option<Duration>,
+    /// TLS, when the listeners speak it.
+    pub tls: Option<Tls>,
 }
 
 impl ConnectionLimits {
@@ -83,7 +93,14 @@ impl ConnectionLimits {
                     .max_connection_age
                     .saturating_add(MAX_CONNECTION_AGE_GRACE.min(settings.max_connection_age))
             }),
+            tls: None,
         }
+    }
+
+    /// The same limits, on TLS.
+    pub fn with_tls(mut self, tls: Option<Tls>) -> Self {
+        self.tls = tls;
+        self
     }
 }
 
@@ -91,8 +108,8 @@ impl ConnectionLimits {
 /// maximum age and its grace) every read and write fails, which closes it.
 #[derive(Debug)]
 pub struct Connection {
-    stream: TcpStream,
-    peer: SocketAddr,
+    stream: Stream,
+    peer: Peer,
     end: Option<Pin<Box<tokio::time::Sleep>>>,
     _slot: Slot,
 }
@@ -124,10 +141,17 @@ impl Drop for Slot {
     }
 }
 
+/// A connection's bytes: plain TCP, or TLS over it.
+#[derive(Debug)]
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
 impl Connection {
-    /// The peer's address.
-    pub fn peer(&self) -> SocketAddr {
-        self.peer
+    /// The peer: its address, and its verified client certificate.
+    pub fn peer(&self) -> &Peer {
+        &self.peer
     }
 
     /// An error once the connection is past its hard end (the server always has a read
@@ -145,6 +169,16 @@ impl Connection {
     }
 }
 
+/// Runs `$call` on whichever stream the connection has.
+macro_rules! on_stream {
+    ($self:ident, $stream:ident => $call:expr) => {
+        match &mut $self.stream {
+            Stream::Plain($stream) => $call,
+            Stream::Tls($stream) => $call,
+        }
+    };
+}
+
 impl AsyncRead for Connection {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -152,7 +186,7 @@ impl AsyncRead for Connection {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         self.ended(cx)?;
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        on_stream!(self, stream => Pin::new(stream).poll_read(cx, buf))
     }
 }
 
@@ -163,7 +197,7 @@ impl AsyncWrite for Connection {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         self.ended(cx)?;
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        on_stream!(self, stream => Pin::new(stream).poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -172,27 +206,30 @@ impl AsyncWrite for Connection {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         self.ended(cx)?;
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        on_stream!(self, stream => Pin::new(stream).poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        match &self.stream {
+            Stream::Plain(stream) => stream.is_write_vectored(),
+            Stream::Tls(stream) => stream.is_write_vectored(),
+        }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+        on_stream!(self, stream => Pin::new(stream).poll_flush(cx))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        on_stream!(self, stream => Pin::new(stream).poll_shutdown(cx))
     }
 }
 
 impl tonic::transport::server::Connected for Connection {
-    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+    type ConnectInfo = Peer;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
+        self.peer.clone()
     }
 }
 
@@ -258,14 +295,21 @@ async fn accept_loop(
         }
         let sender = sender.clone();
         let (timeout, http2, lifetime) = (limits.handshake_timeout, limits.http2, limits.lifetime);
+        let tls = limits.tls.as_ref().map(|tls| {
+            tls.config(if http2 {
+                Protocol::Grpc
+            } else {
+                Protocol::Http
+            })
+        });
         tokio::spawn(async move {
             let opened = tokio::select! {
                 // The server stopped: nothing waits for this connection any more.
                 () = sender.closed() => return,
-                opened = tokio::time::timeout(timeout, opening(&stream, http2)) => opened,
+                opened = tokio::time::timeout(timeout, open(stream, peer, http2, tls)) => opened,
             };
             match opened {
-                Ok(Ok(true)) => {
+                Ok(Some((stream, peer))) => {
                     let connection = Connection {
                         stream,
                         peer,
@@ -275,8 +319,8 @@ async fn accept_loop(
                     // Refused only when the server has stopped.
                     let _ = sender.send(connection).await;
                 }
-                // Closed or failed before it said anything.
-                Ok(_) => {}
+                // Closed, failed, or refused in the TLS handshake before it said anything.
+                Ok(None) => {}
                 Err(_) => {
                     metrics::counter!("keystone_connections_refused_total", "listener" => name, "reason" => "silent")
                         .increment(1);
@@ -284,6 +328,45 @@ async fn accept_loop(
                 }
             }
         });
+    }
+}
+
+/// Opens a connection: the TLS handshake when the listener speaks TLS (the client certificate
+/// it verified goes into the [`Peer`]), else the protocol's opening bytes. `None` when it
+/// closed or failed first.
+async fn open(
+    stream: TcpStream,
+    addr: SocketAddr,
+    http2: bool,
+    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+) -> Option<(Stream, Peer)> {
+    let Some(config) = tls else {
+        return match opening(&stream, http2).await {
+            Ok(true) => Some((
+                Stream::Plain(stream),
+                Peer {
+                    addr,
+                    certificates: None,
+                },
+            )),
+            Ok(false) | Err(_) => None,
+        };
+    };
+    match tokio_rustls::TlsAcceptor::from(config).accept(stream).await {
+        Ok(stream) => {
+            let certificates = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .filter(|chain| !chain.is_empty())
+                .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect());
+            Some((Stream::Tls(Box::new(stream)), Peer { addr, certificates }))
+        }
+        Err(error) => {
+            metrics::counter!("keystone_tls_handshake_failures_total").increment(1);
+            tracing::debug!(%addr, error = %error, "TLS handshake failed");
+            None
+        }
     }
 }
 

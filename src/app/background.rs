@@ -13,6 +13,7 @@ use crate::{
     revocation::{self, Revocations},
     service::auth::AuthService,
     store::{RetentionPolicy, Store},
+    tls::Tls,
     token::{KeyManager, KeyReloads},
 };
 
@@ -45,6 +46,8 @@ pub struct Parts {
     pub auth: AuthService,
     /// Health, turned off while the database does not answer.
     pub health: Health,
+    /// TLS, whose files are read again on an interval.
+    pub tls: Option<Tls>,
 }
 
 impl Background {
@@ -59,6 +62,7 @@ impl Background {
             bus,
             auth,
             health,
+            tls,
         } = parts;
         let monitor = tokio::spawn(watch_database(
             store.clone(),
@@ -96,10 +100,11 @@ impl Background {
             clock,
             settings.keys.reload_interval,
         ));
-        Self {
-            early: vec![monitor, upkeep, retention],
-            follower,
+        let mut early = vec![monitor, upkeep, retention];
+        if let Some(tls) = tls {
+            early.push(tokio::spawn(tls.follow_files()));
         }
+        Self { early, follower }
     }
 
     /// Stops what is not needed while draining.

@@ -14,6 +14,7 @@ use crate::{
     config::Settings,
     grpc::{self, Apis, Health},
     http::{HttpState, Routes},
+    tls::Tls,
 };
 
 /// The bound listeners, not yet serving.
@@ -40,6 +41,8 @@ pub struct Served {
     pub http: HttpState,
     /// Told when draining begins, so that streams end.
     pub draining: tokio::sync::watch::Sender<bool>,
+    /// TLS, when the listeners speak it.
+    pub tls: Option<Tls>,
 }
 
 impl Listeners {
@@ -99,6 +102,7 @@ impl Listeners {
             health,
             http,
             draining,
+            tls,
         } = served;
         // Every listener but the main gRPC one stops when draining begins, after the delay.
         let drained = || {
@@ -137,8 +141,13 @@ impl Listeners {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(admin_grpc_addr = %addr, "Keystone is serving the admin APIs on {addr}");
             }
-            let (settings, apis, health, stop) =
-                (settings.clone(), apis.clone(), health.clone(), drained());
+            let (settings, apis, health, stop, tls) = (
+                settings.clone(),
+                apis.clone(),
+                health.clone(),
+                drained(),
+                tls.clone(),
+            );
             others.push((
                 "admin gRPC",
                 tokio::spawn(async move {
@@ -146,6 +155,7 @@ impl Listeners {
                         listener,
                         grpc::Listener::Admin,
                         &settings,
+                        tls.as_ref(),
                         apis,
                         &health,
                         stop,
@@ -186,7 +196,15 @@ impl Listeners {
             }
         };
 
-        let serve = grpc::serve(self.grpc, grpc_role, settings, apis, &health, signalled);
+        let serve = grpc::serve(
+            self.grpc,
+            grpc_role,
+            settings,
+            tls.as_ref(),
+            apis,
+            &health,
+            signalled,
+        );
         let served = tokio::select! {
             result = serve => result.context("the gRPC server failed"),
             () = grace_expired => {

@@ -36,6 +36,7 @@ use crate::{
         paging::Pager,
     },
     store::Store,
+    tls::Tls,
     token::{KeyManager, KeyRing, TokenVerifier, sealing::KeySealer},
 };
 
@@ -51,6 +52,7 @@ pub struct App {
     auth: AuthService,
     apis: Apis,
     listeners: Listeners,
+    tls: Option<Tls>,
     health: Health,
     /// Told when shutdown begins, so that streams end.
     draining: tokio::sync::watch::Sender<bool>,
@@ -83,6 +85,7 @@ impl App {
             &pepper,
         );
         bootstrap_admin(&settings, &user_admin).await?;
+        let tls = Tls::load(&settings.tls).context("cannot set up TLS")?;
         let listeners = Listeners::bind(&settings).await?;
 
         let keys = key_manager(&settings, &store, &clock, &pepper)?;
@@ -141,6 +144,7 @@ impl App {
             auth,
             apis,
             listeners,
+            tls,
             health,
             draining,
         })
@@ -183,6 +187,7 @@ impl App {
             auth,
             apis,
             listeners,
+            tls,
             health,
             draining,
         } = self;
@@ -206,7 +211,8 @@ impl App {
             trusted_proxies: crate::client_ip::TrustedProxies::new(
                 &settings.server.trusted_proxies,
             ),
-            connection_limits: crate::listener::ConnectionLimits::new(&settings.server, false),
+            connection_limits: crate::listener::ConnectionLimits::new(&settings.server, false)
+                .with_tls(tls.clone()),
             http_idle_timeout: settings.server.http_idle_timeout,
             metrics: crate::metrics::install(),
         };
@@ -219,6 +225,7 @@ impl App {
             bus: bus.clone(),
             auth,
             health: health.clone(),
+            tls: tls.clone(),
         });
         let served = listeners
             .serve(
@@ -228,6 +235,7 @@ impl App {
                     health,
                     http,
                     draining,
+                    tls,
                 },
                 shutdown,
                 || background.stop_early(),
@@ -269,7 +277,7 @@ async fn bootstrap_admin(settings: &Settings, user_admin: &UserAdminService) -> 
     match made.context("cannot create the bootstrap admin (bootstrap_admin_username/_password)")? {
         Some(outcome) => tracing::info!(
             user_id = %outcome.user.id,
-            username = %outcome.user.username,
+            username = %outcome.user.username.as_str(),
             "created the bootstrap admin"
         ),
         None => tracing::info!(

@@ -18,11 +18,15 @@ use figment::{
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-pub use self::sections::*;
+pub use self::{
+    sections::*,
+    tls::{ClientAuth, TlsSettings},
+};
 
 mod sections;
 #[cfg(test)]
 mod tests;
+mod tls;
 mod validate;
 
 /// Top-level keys: the only `KEYSTONE_*` variables read as settings (others, such as
@@ -51,6 +55,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "secrets",
     "limits",
     "retention",
+    "tls",
 ];
 
 /// Top-level settings that are strings: read from the environment verbatim.
@@ -119,6 +124,8 @@ pub struct Settings {
     pub cluster: ClusterSettings,
     /// The revocation set.
     pub revocation: RevocationSettings,
+    /// TLS on every listener.
+    pub tls: TlsSettings,
     /// Envoy external authorization.
     pub ext_authz: ExtAuthzSettings,
     /// Server-side secrets.
@@ -151,6 +158,7 @@ impl Default for Settings {
             clients: ClientSettings::default(),
             cluster: ClusterSettings::default(),
             revocation: RevocationSettings::default(),
+            tls: TlsSettings::default(),
             ext_authz: ExtAuthzSettings::default(),
             secrets: SecretSettings::default(),
             limits: LimitSettings::default(),

@@ -74,8 +74,8 @@ fn every_bad_value_is_reported_at_once() {
 fn an_unknown_section_in_the_environment_is_refused_and_kubernetes_names_are_not() {
     let names = |names: &[&str]| unknown_variable(names.iter().map(std::ffi::OsString::from));
     assert_eq!(
-        names(&["KEYSTONE_TOKENS__ACCESS_TTL", "KEYSTONE_TLS__CERT_FILE"]).as_deref(),
-        Some("KEYSTONE_TLS__CERT_FILE")
+        names(&["KEYSTONE_TOKENS__ACCESS_TTL", "KEYSTONE_TSL__CERT_FILE"]).as_deref(),
+        Some("KEYSTONE_TSL__CERT_FILE")
     );
     assert_eq!(
         names(&["KEYSTONE_GRPC_ADDR__X"]).as_deref(),

@@ -458,6 +458,28 @@ pub(super) fn problems(settings: &Settings) -> Vec<ConfigError> {
         )
         .err(),
     );
+    let tls = &settings.tls;
+    if tls.cert_file.is_some() != tls.key_file.is_some() {
+        problems.push(ConfigError(
+            "settings `tls.cert_file` and `tls.key_file` go together: set both or neither"
+                .to_owned(),
+        ));
+    }
+    if tls.client_ca_file.is_some() && !tls.enabled() {
+        problems.push(ConfigError(
+            "setting `tls.client_ca_file` needs `tls.cert_file` and `tls.key_file`: client \
+             certificates are asked for in a TLS handshake"
+                .to_owned(),
+        ));
+    }
+    if tls.client_auth() != super::ClientAuth::Off && tls.client_ca_file.is_none() {
+        problems.push(ConfigError(
+            "setting `tls.client_auth` asks for client certificates: give the CA they chain to \
+             as `tls.client_ca_file`"
+                .to_owned(),
+        ));
+    }
+    problems.extend(check_positive("tls.reload_interval", tls.reload_interval).err());
     problems
 }
 

@@ -11,13 +11,13 @@ pub struct Client {
     /// The internal id.
     pub id: Uuid,
     /// The public identifier callers send.
-    pub client_id: String,
+    pub client_id: super::ClientId,
     /// A display name.
     pub name: String,
     /// What it is for.
     pub description: String,
-    /// Scopes it may be granted, sorted.
-    pub allowed_scopes: Vec<String>,
+    /// Scopes it may be granted.
+    pub allowed_scopes: super::ScopeSet,
     /// Audiences it may ask for, sorted.
     pub allowed_audiences: Vec<String>,
     /// Its access tokens' lifetime; `None`: the server default.

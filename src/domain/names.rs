@@ -68,6 +68,15 @@ impl Username {
         })
     }
 
+    /// A username as the database holds it, both forms: it was checked when it was written
+    /// (and a rule added since must not lock its owner out).
+    pub(crate) fn stored(display: String, normalized: String) -> Self {
+        Self {
+            display,
+            normalized,
+        }
+    }
+
     /// The UTS #39 skeleton of the normalized name: two names with the same skeleton look
     /// alike (`bob` and `b0b`, `paypal` and `pаypal`), and only one of them may exist.
     pub fn skeleton(&self) -> String {
@@ -141,6 +150,14 @@ impl Email {
             display,
             normalized,
         })
+    }
+
+    /// An address as the database holds it, both forms: it was checked when it was written.
+    pub(crate) fn stored(display: String, normalized: String) -> Self {
+        Self {
+            display,
+            normalized,
+        }
     }
 
     /// The address as given (after NFKC).

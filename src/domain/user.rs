@@ -8,10 +8,10 @@ use uuid::Uuid;
 pub struct User {
     /// The id.
     pub id: Uuid,
-    /// The username as given.
-    pub username: String,
-    /// The email as given.
-    pub email: String,
+    /// The username.
+    pub username: super::Username,
+    /// The email address.
+    pub email: super::Email,
     /// Whether the user may log in.
     pub enabled: bool,
     /// Whether the email address is verified.
@@ -85,8 +85,8 @@ pub struct Role {
     pub name: String,
     /// What it is for.
     pub description: String,
-    /// The scopes it grants, sorted.
-    pub scopes: Vec<String>,
+    /// The scopes it grants.
+    pub scopes: super::ScopeSet,
 }
 
 /// A scope as stored.

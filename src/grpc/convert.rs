@@ -55,7 +55,12 @@ pub fn call_context<T>(request: &tonic::Request<T>) -> CallContext {
         .extensions()
         .get::<crate::client_ip::ClientIp>()
         .map(|ip| ip.0)
-        .or_else(|| request.remote_addr().map(|addr| addr.ip()));
+        .or_else(|| {
+            request
+                .extensions()
+                .get::<crate::client_ip::Peer>()
+                .map(|peer| peer.addr.ip())
+        });
     CallContext {
         peer: ip.map(|ip| ip.to_string()).unwrap_or_default(),
     }
@@ -91,8 +96,8 @@ pub fn principal_to_proto(claims: &Claims) -> pb::Principal {
 pub fn user_to_proto(user: &crate::domain::User, failed_login_attempts: i32) -> pb::User {
     pb::User {
         id: user.id.to_string(),
-        username: user.username.clone(),
-        email: user.email.clone(),
+        username: user.username.as_str().to_owned(),
+        email: user.email.as_str().to_owned(),
         enabled: Some(user.enabled),
         locked: user.locked,
         locked_until: user.locked_until.map(timestamp),
@@ -121,17 +126,17 @@ pub fn role_to_proto(role: crate::domain::Role) -> pb::Role {
     pb::Role {
         name: role.name,
         description: role.description,
-        scopes: role.scopes,
+        scopes: role.scopes.to_strings(),
     }
 }
 
 /// The `Client` message. Never a secret.
 pub fn client_to_proto(client: crate::domain::Client) -> pb::Client {
     pb::Client {
-        client_id: client.client_id,
+        client_id: client.client_id.as_str().to_owned(),
         name: client.name,
         description: client.description,
-        allowed_scopes: client.allowed_scopes,
+        allowed_scopes: client.allowed_scopes.to_strings(),
         allowed_audiences: client.allowed_audiences,
         access_token_ttl: client.access_token_ttl.map(duration),
         enabled: Some(client.enabled),

@@ -129,6 +129,7 @@ pub async fn serve(
     listener: TcpListener,
     role: Listener,
     settings: &Settings,
+    tls: Option<&crate::tls::Tls>,
     apis: Apis,
     health: &Health,
     shutdown: impl Future<Output = ()>,
@@ -213,7 +214,8 @@ pub async fn serve(
                 } else {
                     "grpc"
                 },
-                crate::listener::ConnectionLimits::new(&settings.server, true),
+                crate::listener::ConnectionLimits::new(&settings.server, true)
+                    .with_tls(tls.cloned()),
             )
             .into_stream(),
             shutdown,

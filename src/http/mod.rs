@@ -144,11 +144,14 @@ pub async fn serve(
             connection = connections.next() => connection,
         };
         while serving.try_join_next().is_some() {}
-        let peer = axum::extract::ConnectInfo(connection.peer());
+        let peer = connection.peer().clone();
         let service = tower::ServiceExt::map_request(
             app.clone(),
             move |mut request: http::Request<hyper::body::Incoming>| {
-                request.extensions_mut().insert(peer);
+                request
+                    .extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer.addr));
+                request.extensions_mut().insert(peer.clone());
                 request
             },
         );

@@ -12,7 +12,9 @@ use super::{Actor, paging::Pager, user_admin::Page};
 use crate::{
     clock::SharedClock,
     cluster::{Bus, Event},
-    domain::{Client, ClientId, NewClient, Outcome, Revocation, Scope, check_description},
+    domain::{
+        Client, ClientId, NewClient, Outcome, Revocation, Scope, ScopeSet, check_description,
+    },
     error::{Error, Reason},
     revocation::Revocations,
     secrets::{CLIENT_SECRET_PREFIX, Pepper, random_token},
@@ -176,9 +178,9 @@ impl ClientAdminService {
             .store
             .list_clients(page.after.as_deref(), page.size + 1)
             .await?;
-        let (items, next_page_token) = self
-            .pager
-            .finish(clients, &page, "clients", |c| c.client_id.clone());
+        let (items, next_page_token) = self.pager.finish(clients, &page, "clients", |c| {
+            c.client_id.as_str().to_owned()
+        });
         Ok(Page {
             items,
             next_page_token,
@@ -338,9 +340,9 @@ impl ClientAdminService {
     fn permit<'a>(
         &'a self,
         actor: &'a Actor,
-    ) -> impl Fn(&[String], &[String]) -> Result<(), Error> + Sync + 'a {
-        move |scopes: &[String], audiences: &[String]| {
-            actor.check_may_manage(scopes.iter().map(String::as_str))?;
+    ) -> impl Fn(&ScopeSet, &[String]) -> Result<(), Error> + Sync + 'a {
+        move |scopes: &ScopeSet, audiences: &[String]| {
+            actor.check_may_manage(scopes.iter().map(Scope::as_str))?;
             match self.first_undelegable(actor, audiences) {
                 None => Ok(()),
                 Some(audience) => Err(Error::PermissionDenied {

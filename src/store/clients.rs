@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use super::{ChangeGuard, Store, audit, db_error, db_error_or_exists, entity, roles};
 use crate::{
-    domain::{AuditRecord, Client, NewClient, Revocation},
+    domain::{AuditRecord, Client, ClientId, NewClient, Revocation},
     error::Error,
 };
 
@@ -641,7 +641,7 @@ pub(crate) async fn client_of<C: ConnectionTrait>(
     else {
         return Ok(None);
     };
-    let mut allowed_scopes: Vec<String> = entity::scope::Entity::find()
+    let allowed_scopes: Vec<String> = entity::scope::Entity::find()
         .inner_join(entity::client_scope::Entity)
         .filter(entity::client_scope::Column::ClientId.eq(id))
         .select_only()
@@ -650,7 +650,7 @@ pub(crate) async fn client_of<C: ConnectionTrait>(
         .all(db)
         .await
         .map_err(db_error)?;
-    allowed_scopes.sort();
+    let allowed_scopes = super::stored_scopes(&allowed_scopes)?;
     let mut allowed_audiences: Vec<String> = entity::client_audience::Entity::find()
         .filter(entity::client_audience::Column::ClientId.eq(id))
         .select_only()
@@ -662,7 +662,9 @@ pub(crate) async fn client_of<C: ConnectionTrait>(
     allowed_audiences.sort();
     Ok(Some(Client {
         id: model.id,
-        client_id: model.client_id,
+        client_id: ClientId::parse(&model.client_id).map_err(|error| {
+            Error::internal(anyhow::anyhow!("a stored client id is invalid: {error}"))
+        })?,
         name: model.name,
         description: model.description,
         allowed_scopes,

@@ -258,7 +258,7 @@ impl Store {
     }
 
     /// The scopes granted by a user's roles, sorted and without duplicates.
-    pub async fn scopes_of_user(&self, user_id: Uuid) -> Result<Vec<String>, Error> {
+    pub async fn scopes_of_user(&self, user_id: Uuid) -> Result<crate::domain::ScopeSet, Error> {
         super::users::scopes_of_user(self.db(), user_id).await
     }
 

@@ -37,6 +37,7 @@ use secrecy::ExposeSecret;
 
 use crate::{
     config::DatabaseSettings,
+    domain::ScopeSet,
     error::{Error, Reason},
 };
 
@@ -53,7 +54,14 @@ pub struct ChangeGuard<'a> {
 }
 
 /// Judges a change, given the target's scopes and audiences (see [`ChangeGuard`]).
-pub type Permit<'a> = dyn Fn(&[String], &[String]) -> Result<(), Error> + Sync + 'a;
+pub type Permit<'a> = dyn Fn(&ScopeSet, &[String]) -> Result<(), Error> + Sync + 'a;
+
+/// Scopes as stored, read into a set: each was checked on its way in, so one that does not
+/// parse now is a fault of the database, not of the caller.
+pub(crate) fn stored_scopes(names: &[String]) -> Result<ScopeSet, Error> {
+    ScopeSet::parse(names.iter().map(String::as_str))
+        .map_err(|error| Error::internal(anyhow::anyhow!("a stored scope is invalid: {error}")))
+}
 
 impl std::fmt::Debug for ChangeGuard<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

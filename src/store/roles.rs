@@ -100,7 +100,7 @@ impl Store {
             roles.push(Role {
                 name: model.name,
                 description: model.description,
-                scopes,
+                scopes: super::stored_scopes(&scopes)?,
             });
         }
         Ok(roles)
@@ -113,7 +113,7 @@ impl Store {
             let role = role_by_name(self.db(), name.as_str())
                 .await?
                 .ok_or_else(|| role_not_found(name.as_str()))?;
-            scopes.extend(role.scopes);
+            scopes.extend(role.scopes.to_strings());
         }
         scopes.sort();
         scopes.dedup();
@@ -326,7 +326,7 @@ async fn role_by_name<C: ConnectionTrait>(db: &C, name: &str) -> Result<Option<R
     Ok(Some(Role {
         name: model.name,
         description: model.description,
-        scopes,
+        scopes: super::stored_scopes(&scopes)?,
     }))
 }
 

@@ -14,7 +14,9 @@ use uuid::Uuid;
 
 use super::{ChangeGuard, Store, audit, db_error, db_error_or_exists, entity, roles};
 use crate::{
-    domain::{AuditRecord, Email, NewUser, Revocation, RoleName, User, UserRecord},
+    domain::{
+        AuditRecord, Email, NewUser, Revocation, RoleName, ScopeSet, User, UserRecord, Username,
+    },
     error::Error,
 };
 
@@ -412,12 +414,12 @@ async fn apply(
     Ok(())
 }
 
-/// The scopes a user's roles grant, sorted and without duplicates.
+/// The scopes a user's roles grant.
 pub(crate) async fn scopes_of_user<C: ConnectionTrait>(
     db: &C,
     user_id: Uuid,
-) -> Result<Vec<String>, Error> {
-    let mut scopes: Vec<String> = entity::scope::Entity::find()
+) -> Result<ScopeSet, Error> {
+    let scopes: Vec<String> = entity::scope::Entity::find()
         .inner_join(entity::role_scope::Entity)
         .join(
             sea_orm::JoinType::InnerJoin,
@@ -434,9 +436,7 @@ pub(crate) async fn scopes_of_user<C: ConnectionTrait>(
         .all(db)
         .await
         .map_err(db_error)?;
-    scopes.sort();
-    scopes.dedup();
-    Ok(scopes)
+    super::stored_scopes(&scopes)
 }
 
 /// Revokes every live refresh token of the user; returns how many sessions that ended.
@@ -589,8 +589,8 @@ pub(crate) async fn with_roles<C: ConnectionTrait>(
 pub(crate) fn without_roles(model: entity::user::Model) -> User {
     User {
         id: model.id,
-        username: model.username,
-        email: model.email,
+        username: Username::stored(model.username, model.username_normalized),
+        email: Email::stored(model.email, model.email_normalized),
         enabled: model.enabled,
         email_verified: model.email_verified,
         password_change_required: model.password_change_required,

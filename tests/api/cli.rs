@@ -118,9 +118,9 @@ fn a_bad_database_url_is_reported_without_its_password() {
 fn a_variable_naming_no_setting_stops_the_start_and_kubernetes_names_do_not() {
     let (code, _, stderr) = run(keystone()
         .args(["migrate", "status"])
-        .env("KEYSTONE_TLS__CERT_FILE", "/etc/keystone/tls.crt"));
+        .env("KEYSTONE_TSL__CERT_FILE", "/etc/keystone/tls.crt"));
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("KEYSTONE_TLS__CERT_FILE"), "{stderr}");
+    assert!(stderr.contains("KEYSTONE_TSL__CERT_FILE"), "{stderr}");
     // What Kubernetes injects for a Service named `keystone` is no setting of Keystone's.
     let dir = tempfile::tempdir().unwrap();
     let (code, stdout, stderr) = run(keystone()

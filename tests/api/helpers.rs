@@ -211,6 +211,27 @@ pub async fn spawn_app_at(
     now: chrono::DateTime<Utc>,
     configure: impl FnOnce(&mut Settings),
 ) -> TestApp {
+    spawn(database, now, configure, None).await
+}
+
+/// Starts Keystone speaking TLS (`configure` sets `tls.*`); its channel connects to
+/// `localhost` with `client` (the CA to trust, and a client certificate if any).
+#[allow(dead_code)]
+pub async fn spawn_app_tls(
+    configure: impl FnOnce(&mut Settings),
+    client: tonic::transport::ClientTlsConfig,
+) -> TestApp {
+    let database = TestDatabase::fresh().await;
+    let now = Utc.with_ymd_and_hms(2026, 1, 1, 12, 0, 0).unwrap();
+    spawn(database, now, configure, Some(client)).await
+}
+
+async fn spawn(
+    database: TestDatabase,
+    now: chrono::DateTime<Utc>,
+    configure: impl FnOnce(&mut Settings),
+    client_tls: Option<tonic::transport::ClientTlsConfig>,
+) -> TestApp {
     let mut settings = test_settings(database.url());
     configure(&mut settings);
     settings.validate().expect("test settings are valid");
@@ -226,11 +247,20 @@ pub async fn spawn_app_at(
     let server = tokio::spawn(app.run_until(async {
         let _ = shutdown_rx.await;
     }));
-    let channel = Channel::from_shared(format!("http://{addr}"))
-        .expect("a valid URI")
-        .connect()
-        .await
-        .expect("Keystone accepts connections");
+    let channel = match client_tls {
+        None => Channel::from_shared(format!("http://{addr}"))
+            .expect("a valid URI")
+            .connect()
+            .await
+            .expect("Keystone accepts connections"),
+        Some(tls) => Channel::from_shared(format!("https://localhost:{}", addr.port()))
+            .expect("a valid URI")
+            .tls_config(tls)
+            .expect("a TLS client")
+            .connect()
+            .await
+            .expect("Keystone accepts TLS connections"),
+    };
     TestApp {
         addr,
         http_addr,
@@ -642,7 +672,8 @@ impl HttpResponse {
     }
 }
 
-/// One HTTP/1.1 request over a fresh connection (enough for tests; no client library).
+/// One HTTP/1.1 request over a fresh connection, through hyper's client (so chunked and
+/// length-delimited bodies are read as any client reads them).
 #[allow(dead_code)]
 pub async fn http(
     addr: SocketAddr,
@@ -651,36 +682,43 @@ pub async fn http(
     headers: &[(&str, &str)],
     body: &str,
 ) -> HttpResponse {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut request = format!(
-        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
-        body.len()
-    );
+    use http_body_util::{BodyExt as _, Full};
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(async move {
+        // The server may close first (it answered, or refused): nothing to do then.
+        let _ = connection.await;
+    });
+    let mut request = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
     for (name, value) in headers {
-        request.push_str(&format!("{name}: {value}\r\n"));
+        request = request.header(*name, *value);
     }
-    request.push_str("\r\n");
-    request.push_str(body);
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.unwrap();
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|line| line.split(' ').nth(1))
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(n, v)| (n.trim().to_lowercase(), v.trim().to_owned()))
+    let request = request
+        .body(Full::new(bytes::Bytes::from(body.to_owned())))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(name, value)| {
+            (
+                name.as_str().to_owned(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
+        })
         .collect();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
     HttpResponse {
         status,
         headers,
-        body: body.to_owned(),
+        body: String::from_utf8_lossy(&body).into_owned(),
     }
 }
 

@@ -14,6 +14,7 @@ const LAYERS: &[&str] = &[
     "domain",
     "secrets",
     "config",
+    "tls",
     "password",
     "store",
     "cluster",

@@ -34,6 +34,7 @@ mod reflection;
 mod register;
 mod sessions;
 mod shutdown;
+mod tls;
 mod transport;
 mod user_admin;
 mod watch;

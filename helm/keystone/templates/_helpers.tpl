@@ -63,6 +63,15 @@ Redis; a Redis URL holding a password belongs in a Secret.
 {{- fail (printf "config sets `%s`: secrets come from Secrets named in database, redis and secrets, never from values" .) }}
 {{- end }}
 {{- end }}
+{{- if eq .Values.tls.clientAuth "required" }}
+{{- fail "tls.clientAuth required would refuse the kubelet's probes, which carry no client certificate: use optional (certificates are still checked when sent, and required per client)" }}
+{{- end }}
+{{- if and .Values.tls.certManager.enabled (not .Values.tls.certManager.issuerRef.name) }}
+{{- fail "tls.certManager.enabled needs tls.certManager.issuerRef.name" }}
+{{- end }}
+{{- if and .Values.tls.clientCaSecret (not (include "keystone.tlsSecret" .)) }}
+{{- fail "tls.clientCaSecret needs the server's certificate: tls.existingSecret or tls.certManager.enabled" }}
+{{- end }}
 {{- if le (int .Values.terminationGracePeriodSeconds) (int .Values.preStopSleepSeconds) }}
 {{- fail "terminationGracePeriodSeconds must exceed preStopSleepSeconds (plus server.drain_delay and server.shutdown_grace)" }}
 {{- end }}
@@ -90,4 +99,22 @@ Redis; a Redis URL holding a password belongs in a Secret.
 - name: KEYSTONE_DATABASE_URL
   value: {{ printf "postgres://%s:$(DATABASE_PASSWORD)@%s:%d/%s%s" .Values.database.user .Values.database.host (int .Values.database.port) .Values.database.name (ternary (printf "?%s" .Values.database.options) "" (ne .Values.database.options "")) | quote }}
 {{- end }}
+{{- end }}
+
+{{/*
+The Secret holding the server's TLS certificate, if the listeners speak TLS.
+*/}}
+{{- define "keystone.tlsSecret" -}}
+{{- if .Values.tls.existingSecret }}
+{{- .Values.tls.existingSecret }}
+{{- else if .Values.tls.certManager.enabled }}
+{{- printf "%s-tls" (include "keystone.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The probes' scheme: HTTPS when the listeners speak TLS.
+*/}}
+{{- define "keystone.probeScheme" -}}
+{{- if include "keystone.tlsSecret" . }}HTTPS{{ else }}HTTP{{ end }}
 {{- end }}

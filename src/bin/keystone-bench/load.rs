@@ -332,6 +332,23 @@ pub(crate) async fn call_once(
             .await
             .map(|_| ()),
         "password" => login(&mut auth, fixtures, n).await.map(|_| ()),
+        "tls-handshake" | "tls-resumed" => {
+            let Some(tls) = &fixtures.tls else {
+                return Err(tonic::Code::FailedPrecondition);
+            };
+            let resuming = if scenario == "tls-resumed" {
+                // `prepare` made it.
+                Some(
+                    state
+                        .tls_resuming
+                        .as_ref()
+                        .ok_or(tonic::Code::FailedPrecondition)?,
+                )
+            } else {
+                None
+            };
+            return tls.handshake(resuming).await.map(|()| true);
+        }
         "refresh" => {
             // Each worker keeps one session going (see `prepare`).
             let Some(refresh_token) = state.refresh_token.take() else {
@@ -367,6 +384,18 @@ pub(crate) async fn prepare(
             .await
             .map_err(|status| status.code())?;
         state.refresh_token = Some(tokens.refresh_token);
+    }
+    if scenario == "tls-resumed"
+        && state.tls_resuming.is_none()
+        && let Some(tls) = &fixtures.tls
+    {
+        // A first, full handshake gives the worker a session to resume.
+        let resuming = tls.resuming().map_err(|_| tonic::Code::Internal)?;
+        match tls.handshake(Some(&resuming)).await {
+            Ok(()) | Err(tonic::Code::FailedPrecondition) => {}
+            Err(code) => return Err(code),
+        }
+        state.tls_resuming = Some(resuming);
     }
     Ok(())
 }

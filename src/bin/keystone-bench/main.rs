@@ -12,6 +12,7 @@
 mod load;
 mod process;
 mod seed;
+mod tls;
 
 use std::{
     collections::BTreeMap,
@@ -99,6 +100,13 @@ struct Args {
     /// load tools), and exit.
     #[arg(long)]
     seed_only: bool,
+    /// Speak TLS (with an `https://` address), trusting the CA certificates in this PEM file;
+    /// also what the `tls-handshake` and `tls-resumed` scenarios need.
+    #[arg(long)]
+    ca_file: Option<std::path::PathBuf>,
+    /// The name the server's certificate is checked against.
+    #[arg(long, default_value = "localhost")]
+    tls_name: String,
 }
 
 /// What one scenario measured.
@@ -151,12 +159,16 @@ struct Fixtures {
     /// Users and their password.
     users: Vec<String>,
     password: String,
+    /// TLS, for the handshake scenarios.
+    tls: Option<Arc<tls::TlsClient>>,
 }
 
 /// What a worker carries from call to call: its session's refresh token.
 #[derive(Default)]
 struct WorkerState {
     refresh_token: Option<String>,
+    /// For `tls-resumed`: the worker's own session cache.
+    tls_resuming: Option<tokio_rustls::TlsConnector>,
 }
 
 #[tokio::main]
@@ -300,15 +312,47 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn futures_channels(args: &Args) -> anyhow::Result<Vec<Channel>> {
+    let endpoint = endpoint(args)?;
     let mut channels = Vec::with_capacity(args.connections.max(1));
     for _ in 0..args.connections.max(1) {
         channels.push(
-            Channel::from_shared(args.addr.clone())?
-                .tcp_nodelay(true)
+            endpoint
                 .connect()
                 .await
                 .with_context(|| format!("cannot connect to {}", args.addr))?,
         );
     }
     Ok(channels)
+}
+
+/// Where the channels connect: `--addr`, over TLS with `--ca-file`.
+pub(crate) fn endpoint(args: &Args) -> anyhow::Result<tonic::transport::Endpoint> {
+    let endpoint = Channel::from_shared(args.addr.clone())?.tcp_nodelay(true);
+    Ok(match tls_client(args)? {
+        Some(tls) => endpoint.tls_config(
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(&tls.ca_pem))
+                .domain_name(args.tls_name.clone()),
+        )?,
+        None => endpoint,
+    })
+}
+
+/// The TLS client of `--ca-file`, if given.
+fn tls_client(args: &Args) -> anyhow::Result<Option<Arc<tls::TlsClient>>> {
+    let Some(ca_file) = &args.ca_file else {
+        return Ok(None);
+    };
+    let url = url::Url::parse(&args.addr).context("--addr")?;
+    let addr = url
+        .socket_addrs(|| Some(50051))
+        .context("--addr")?
+        .into_iter()
+        .next()
+        .context("--addr names no address")?;
+    Ok(Some(Arc::new(tls::TlsClient::new(
+        ca_file,
+        &args.tls_name,
+        addr,
+    )?)))
 }

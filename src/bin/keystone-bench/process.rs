@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::Args;
@@ -23,7 +22,7 @@ pub(crate) async fn startup(args: &Args) -> anyhow::Result<()> {
             keystone::clock::monotonic() < deadline,
             "the server did not report SERVING in 30 s"
         );
-        let serving = match Channel::from_shared(args.addr.clone())?.connect().await {
+        let serving = match crate::endpoint(args)?.connect().await {
             Ok(channel) => HealthClient::new(channel)
                 .check(HealthCheckRequest {
                     service: String::new(),

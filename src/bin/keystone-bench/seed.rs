@@ -89,6 +89,7 @@ pub(crate) async fn seed(args: &Args, channel: &Channel) -> anyhow::Result<Fixtu
         next_fresh: AtomicUsize::new(0),
         users,
         password,
+        tls: crate::tls_client(args)?,
     })
 }
 

@@ -57,8 +57,7 @@ impl AuthService {
                 let client = self
                     .verify_client(&client_id, &secret, "introspect", context)
                     .await?;
-                let allowed = ScopeSet::parse(client.allowed_scopes.iter().map(String::as_str))
-                    .unwrap_or_default();
+                let allowed = &client.allowed_scopes;
                 if let Some(missing) = required.iter().find(|scope| !allowed.satisfies(scope)) {
                     return Err(Error::PermissionDenied {
                         reason: Reason::InsufficientScope,
@@ -68,7 +67,7 @@ impl AuthService {
                 if allowed.satisfies(&admin) {
                     TokenAudience::Any
                 } else {
-                    TokenAudience::of_client(&client.client_id, Some(&client))
+                    TokenAudience::of_client(client.client_id.as_str(), Some(&client))
                 }
             }
         };

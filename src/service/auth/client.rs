@@ -142,9 +142,7 @@ impl AuthService {
             .with_detail("grant", "client_credentials")
             .with_detail("reason", reason)
         };
-        let allowed = ScopeSet::parse(client.allowed_scopes.iter().map(String::as_str))
-            .map_err(|e| Error::internal(anyhow::anyhow!("a stored scope is invalid: {e}")))?;
-        let scopes = grant(&allowed, requested)?;
+        let scopes = grant(&client.allowed_scopes, requested)?;
         let audience = if request.audience.is_empty() {
             if scopes.first_keystones().is_some() {
                 // Keystone's own scopes, asked for by name, are for Keystone.
@@ -183,9 +181,9 @@ impl AuthService {
             .min(self.policy.max_access_ttl);
         let token = self.mint(
             MintRequest {
-                subject: client.client_id.clone(),
+                subject: client.client_id.as_str().to_owned(),
                 kind: Kind::Service,
-                client_id: client.client_id.clone(),
+                client_id: client.client_id.as_str().to_owned(),
                 username: None,
                 roles: Vec::new(),
                 scopes,

@@ -14,14 +14,7 @@ use crate::{
 
 impl AuthService {
     pub(super) async fn scopes_of(&self, user_id: Uuid) -> Result<ScopeSet, Error> {
-        ScopeSet::parse(
-            self.store
-                .scopes_of_user(user_id)
-                .await?
-                .iter()
-                .map(String::as_str),
-        )
-        .map_err(|e| Error::internal(anyhow::anyhow!("a stored scope is invalid: {e}")))
+        self.store.scopes_of_user(user_id).await
     }
 
     pub(super) fn mint_for_user(
@@ -37,7 +30,7 @@ impl AuthService {
                 subject: user.id.to_string(),
                 kind: Kind::User,
                 client_id: FIRST_PARTY_CLIENT_ID.to_owned(),
-                username: Some(user.username.clone()),
+                username: Some(user.username.as_str().to_owned()),
                 roles: user.roles.clone(),
                 scopes,
                 audience,

@@ -361,11 +361,9 @@ impl AuthService {
         // The current password was right: the failures before it are forgotten, as after a
         // login.
         self.store.clear_login_failures(name).await?;
-        let username = crate::domain::Username::parse(&login.user.username).ok();
-        let email = crate::domain::Email::parse(&login.user.email).ok();
         self.policy
             .password
-            .check(&new, username.as_ref(), email.as_ref())
+            .check(&new, Some(&login.user.username), Some(&login.user.email))
             .map_err(|e| Error::InvalidArgument {
                 field: "new_password".to_owned(),
                 reason: Reason::WeakPassword,

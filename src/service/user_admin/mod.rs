@@ -24,7 +24,10 @@ use super::{
 use crate::{
     clock::SharedClock,
     cluster::Bus,
-    domain::{AuditRecord, Outcome, PasswordPolicy, Revocation, RoleName, Scope, User, UserRecord},
+    domain::{
+        AuditRecord, Outcome, PasswordPolicy, Revocation, RoleName, Scope, ScopeSet, User,
+        UserRecord,
+    },
     error::{Error, Reason},
     password::PasswordHasher,
     revocation::Revocations,
@@ -181,8 +184,8 @@ impl UserAdminService {
         let now = self.clock.now();
         let target = id.to_string();
         let event = details(actor.event(action, target.clone(), Outcome::Success));
-        let permit = |scopes: &[String], _: &[String]| {
-            actor.check_may_manage(scopes.iter().map(String::as_str))
+        let permit = |scopes: &ScopeSet, _: &[String]| {
+            actor.check_may_manage(scopes.iter().map(Scope::as_str))
         };
         let revocation = || self.subject_revocation(&target, self.clock.now());
         let guard = ChangeGuard {
@@ -220,7 +223,7 @@ impl UserAdminService {
             .await?
             .ok_or_else(|| not_found_id(&id.to_string()))?;
         let scopes = self.store.scopes_of_user(id).await?;
-        if let Err(error) = actor.check_may_manage(scopes.iter().map(String::as_str)) {
+        if let Err(error) = actor.check_may_manage(scopes.iter().map(Scope::as_str)) {
             return Err(self.denied(actor, action, &id.to_string(), error).await);
         }
         Ok(target)

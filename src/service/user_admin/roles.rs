@@ -77,7 +77,7 @@ impl UserAdminService {
             .ok_or_else(|| role_not_found(name.as_str()))?;
         let new_scopes = scopes.iter().flatten().map(Scope::as_str);
         if let Err(error) =
-            actor.check_may_grant(current.scopes.iter().map(String::as_str).chain(new_scopes))
+            actor.check_may_grant(current.scopes.iter().map(Scope::as_str).chain(new_scopes))
         {
             return Err(self
                 .denied(actor, "role.update", name.as_str(), error)
@@ -111,7 +111,7 @@ impl UserAdminService {
             .find_role(name.as_str())
             .await?
             .ok_or_else(|| role_not_found(name.as_str()))?;
-        if let Err(error) = actor.check_may_grant(current.scopes.iter().map(String::as_str)) {
+        if let Err(error) = actor.check_may_grant(current.scopes.iter().map(Scope::as_str)) {
             return Err(self
                 .denied(actor, "role.delete", name.as_str(), error)
                 .await);

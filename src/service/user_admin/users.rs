@@ -205,7 +205,9 @@ impl UserAdminService {
             .store
             .list_users(&filter, page.after.as_deref(), page.size + 1)
             .await?;
-        Ok(self.page(users, &page, &listing, |u| normalize(&u.user.username)))
+        Ok(self.page(users, &page, &listing, |u| {
+            u.user.username.normalized().to_owned()
+        }))
     }
 
     /// `UpdateUser`: email, enabled, email_verified. Disabling revokes the user's tokens.
@@ -286,10 +288,12 @@ impl UserAdminService {
         let target = self.check_target(actor, uuid, "user.set_password").await?;
         let (password, generated) = match password {
             Some(password) => {
-                let username = Username::parse(&target.user.username).ok();
-                let email = Email::parse(&target.user.email).ok();
                 self.policy
-                    .check(&password, username.as_ref(), email.as_ref())
+                    .check(
+                        &password,
+                        Some(&target.user.username),
+                        Some(&target.user.email),
+                    )
                     .map_err(|e| weak_password("password", e.0))?;
                 (password, false)
             }

@@ -1,0 +1,291 @@
+//! TLS for every listener, with rustls on aws-lc-rs: TLS 1.2 and 1.3, ALPN `h2` on gRPC and
+//! `http/1.1` on HTTP, client certificates checked against `tls.client_ca_file`, and sessions
+//! resumed with stateless tickets.
+//!
+//! The files are read again every `tls.reload_interval`. When any changed (cert-manager or a
+//! Kubernetes Secret rotating them), new handshakes use the new certificate, key and client CA
+//! from then on; open connections keep theirs. A change that cannot be used (a key that does
+//! not match, a file half written) is logged and the previous files stay in use. At start, the
+//! same faults stop the process with a message naming the file.
+//!
+//! Layer: foundation of the adapters. Uses [`crate::config`] and [`crate::clock`]; the
+//! listeners use it.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, RwLock},
+};
+
+use rustls::{
+    RootCertStore, ServerConfig,
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _},
+    server::WebPkiClientVerifier,
+    sign::CertifiedKey,
+};
+
+use crate::config::{ClientAuth, TlsSettings};
+
+/// Why TLS cannot be set up from the files.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("cannot read {setting} `{path}`: {source}")]
+    Unreadable {
+        /// The setting naming the file.
+        setting: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A file holds no usable PEM of the kind the setting needs.
+    #[error("{setting} `{path}`: {why}")]
+    Invalid {
+        /// The setting naming the file.
+        setting: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+}
+
+/// Which protocol a listener speaks, for ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// gRPC: `h2`.
+    Grpc,
+    /// HTTP/1.1: `http/1.1`.
+    Http,
+}
+
+/// The TLS configurations of the listeners, replaced when the files change; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Tls {
+    settings: Arc<TlsSettings>,
+    current: Arc<RwLock<Configs>>,
+}
+
+/// One configuration per protocol, built from the same files.
+#[derive(Debug)]
+struct Configs {
+    grpc: Arc<ServerConfig>,
+    http: Arc<ServerConfig>,
+    /// The files as read, to tell when they change.
+    files: Vec<Vec<u8>>,
+}
+
+impl Tls {
+    /// TLS from `settings`, or `None` when the listeners speak plaintext. Fails, naming the
+    /// file, when a file cannot be read or used.
+    pub fn load(settings: &TlsSettings) -> Result<Option<Self>, TlsError> {
+        if !settings.enabled() {
+            return Ok(None);
+        }
+        let files = read_files(settings)?;
+        let configs = build(settings, files)?;
+        Ok(Some(Self {
+            settings: Arc::new(settings.clone()),
+            current: Arc::new(RwLock::new(configs)),
+        }))
+    }
+
+    /// The configuration new handshakes of `protocol` use.
+    pub fn config(&self, protocol: Protocol) -> Arc<ServerConfig> {
+        let configs = self
+            .current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match protocol {
+            Protocol::Grpc => configs.grpc.clone(),
+            Protocol::Http => configs.http.clone(),
+        }
+    }
+
+    /// Reads the files again; when they changed and can be used, new handshakes use them.
+    /// Returns whether the configuration changed.
+    pub fn reload(&self) -> Result<bool, TlsError> {
+        let files = read_files(&self.settings)?;
+        if self
+            .current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .files
+            == files
+        {
+            return Ok(false);
+        }
+        let configs = build(&self.settings, files)?;
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = configs;
+        Ok(true)
+    }
+
+    /// Reloads every `tls.reload_interval` until aborted (at shutdown).
+    pub async fn follow_files(self) {
+        let mut ticker = tokio::time::interval(self.settings.reload_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        let mut failing = false;
+        loop {
+            ticker.tick().await;
+            let tls = self.clone();
+            let reloaded = tokio::task::spawn_blocking(move || tls.reload()).await;
+            match reloaded {
+                Ok(Ok(changed)) => {
+                    if changed {
+                        tracing::info!(
+                            "the TLS certificate files changed: new connections use them"
+                        );
+                        ::metrics::counter!("keystone_tls_reloads_total").increment(1);
+                    }
+                    failing = false;
+                }
+                Ok(Err(error)) => {
+                    if !failing {
+                        tracing::warn!(
+                            error = %error,
+                            "cannot use the TLS files as they are now; the previous ones stay in use"
+                        );
+                    }
+                    failing = true;
+                }
+                Err(error) => tracing::warn!(error = %error, "the TLS reload task failed"),
+            }
+        }
+    }
+}
+
+/// The bytes of every file, in a fixed order: certificate, key, client CA.
+fn read_files(settings: &TlsSettings) -> Result<Vec<Vec<u8>>, TlsError> {
+    let mut files = Vec::with_capacity(3);
+    for (setting, path) in [
+        ("tls.cert_file", &settings.cert_file),
+        ("tls.key_file", &settings.key_file),
+        ("tls.client_ca_file", &settings.client_ca_file),
+    ] {
+        if let Some(path) = path {
+            files.push(read(setting, path)?);
+        }
+    }
+    Ok(files)
+}
+
+fn read(setting: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Unreadable {
+        setting,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn build(settings: &TlsSettings, files: Vec<Vec<u8>>) -> Result<Configs, TlsError> {
+    let invalid = |setting: &'static str, path: &Option<PathBuf>, why: String| TlsError::Invalid {
+        setting,
+        path: path.clone().unwrap_or_default(),
+        why,
+    };
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let (Some(cert_pem), Some(key_pem)) = (files.first(), files.get(1)) else {
+        return Err(invalid(
+            "tls.cert_file",
+            &settings.cert_file,
+            "not set".to_owned(),
+        ));
+    };
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| invalid("tls.cert_file", &settings.cert_file, error.to_string()))?;
+    if chain.is_empty() {
+        return Err(invalid(
+            "tls.cert_file",
+            &settings.cert_file,
+            "holds no PEM certificate".to_owned(),
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|error| {
+        invalid(
+            "tls.key_file",
+            &settings.key_file,
+            format!("holds no usable PEM private key ({error})"),
+        )
+    })?;
+    let certified = CertifiedKey::from_der(chain, key, &provider).map_err(|error| {
+        invalid(
+            "tls.key_file",
+            &settings.key_file,
+            format!("does not go with tls.cert_file ({error})"),
+        )
+    })?;
+    let certified = Arc::new(certified);
+    let verifier = match (settings.client_auth(), files.get(2)) {
+        (ClientAuth::Off, _) | (_, None) => None,
+        (mode, Some(ca_pem)) => {
+            let mut roots = RootCertStore::empty();
+            for ca in CertificateDer::pem_slice_iter(ca_pem) {
+                let ca = ca.map_err(|error| {
+                    invalid(
+                        "tls.client_ca_file",
+                        &settings.client_ca_file,
+                        error.to_string(),
+                    )
+                })?;
+                roots.add(ca).map_err(|error| {
+                    invalid(
+                        "tls.client_ca_file",
+                        &settings.client_ca_file,
+                        error.to_string(),
+                    )
+                })?;
+            }
+            let builder =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+            let builder = if mode == ClientAuth::Optional {
+                builder.allow_unauthenticated()
+            } else {
+                builder
+            };
+            Some(builder.build().map_err(|error| {
+                invalid(
+                    "tls.client_ca_file",
+                    &settings.client_ca_file,
+                    error.to_string(),
+                )
+            })?)
+        }
+    };
+    // Stateless session tickets (keys random per process, rotated every 6 hours): a client
+    // reconnecting resumes its session without the server keeping any, however many clients.
+    let ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()
+        .map_err(|error| invalid("tls.cert_file", &settings.cert_file, error.to_string()))?;
+    let config = |alpn: &[u8]| -> Result<Arc<ServerConfig>, TlsError> {
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|error| invalid("tls.cert_file", &settings.cert_file, error.to_string()))?;
+        let builder = match &verifier {
+            Some(verifier) => builder.with_client_cert_verifier(verifier.clone()),
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder.with_cert_resolver(Arc::new(
+            rustls::sign::SingleCertAndKey::from(certified.clone()),
+        ));
+        config.alpn_protocols = vec![alpn.to_vec()];
+        config.ticketer = ticketer.clone();
+        Ok(Arc::new(config))
+    };
+    Ok(Configs {
+        grpc: config(b"h2")?,
+        http: config(b"http/1.1")?,
+        files,
+    })
+}
+
+/// The SHA-256 of a certificate's DER (RFC 8705's `x5t#S256`, before base64url).
+pub fn thumbprint(certificate: &CertificateDer<'_>) -> [u8; 32] {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, certificate.as_ref());
+    let mut bytes = [0_u8; 32];
+    bytes.copy_from_slice(digest.as_ref());
+    bytes
+}
