@@ -141,11 +141,16 @@ impl Drop for Slot {
     }
 }
 
-/// A connection's bytes: plain TCP, or TLS over it.
+/// A connection's bytes: plain TCP, or TLS over it (with what was read of it to check the
+/// HTTP/2 preface, handed to the server first).
 #[derive(Debug)]
 enum Stream {
     Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    Tls {
+        stream: Box<tokio_rustls::server::TlsStream<TcpStream>>,
+        replay: Vec<u8>,
+        replayed: usize,
+    },
 }
 
 impl Connection {
@@ -174,7 +179,9 @@ macro_rules! on_stream {
     ($self:ident, $stream:ident => $call:expr) => {
         match &mut $self.stream {
             Stream::Plain($stream) => $call,
-            Stream::Tls($stream) => $call,
+            Stream::Tls {
+                stream: $stream, ..
+            } => $call,
         }
     };
 }
@@ -186,6 +193,16 @@ impl AsyncRead for Connection {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         self.ended(cx)?;
+        if let Stream::Tls {
+            replay, replayed, ..
+        } = &mut self.stream
+            && *replayed < replay.len()
+        {
+            let take = (replay.len() - *replayed).min(buf.remaining());
+            buf.put_slice(&replay[*replayed..*replayed + take]);
+            *replayed += take;
+            return Poll::Ready(Ok(()));
+        }
         on_stream!(self, stream => Pin::new(stream).poll_read(cx, buf))
     }
 }
@@ -212,7 +229,7 @@ impl AsyncWrite for Connection {
     fn is_write_vectored(&self) -> bool {
         match &self.stream {
             Stream::Plain(stream) => stream.is_write_vectored(),
-            Stream::Tls(stream) => stream.is_write_vectored(),
+            Stream::Tls { stream, .. } => stream.is_write_vectored(),
         }
     }
 
@@ -306,7 +323,7 @@ async fn accept_loop(
             let opened = tokio::select! {
                 // The server stopped: nothing waits for this connection any more.
                 () = sender.closed() => return,
-                opened = tokio::time::timeout(timeout, open(stream, peer, http2, tls)) => opened,
+                opened = tokio::time::timeout(timeout, open(stream, peer, http2, tls, name)) => opened,
             };
             match opened {
                 Ok(Some((stream, peer))) => {
@@ -331,15 +348,17 @@ async fn accept_loop(
     }
 }
 
-/// Opens a connection: the TLS handshake when the listener speaks TLS (the client certificate
-/// it verified goes into the [`Peer`]), else the protocol's opening bytes. `None` when it
-/// closed or failed first.
+/// Opens a connection: with TLS, the handshake (the client certificate it verified goes into
+/// the [`Peer`]) and then, on HTTP/2, the client preface read through it; without, the
+/// protocol's opening bytes. `None` when it closed or failed first.
 async fn open(
     stream: TcpStream,
     addr: SocketAddr,
     http2: bool,
     tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    listener: &'static str,
 ) -> Option<(Stream, Peer)> {
+    use tokio::io::AsyncReadExt as _;
     let Some(config) = tls else {
         return match opening(&stream, http2).await {
             Ok(true) => Some((
@@ -352,22 +371,45 @@ async fn open(
             Ok(false) | Err(_) => None,
         };
     };
-    match tokio_rustls::TlsAcceptor::from(config).accept(stream).await {
-        Ok(stream) => {
-            let certificates = stream
-                .get_ref()
-                .1
-                .peer_certificates()
-                .filter(|chain| !chain.is_empty())
-                .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect());
-            Some((Stream::Tls(Box::new(stream)), Peer { addr, certificates }))
-        }
+    let mut stream = match tokio_rustls::TlsAcceptor::from(config).accept(stream).await {
+        Ok(stream) => stream,
+        // Closed before a ClientHello (a TCP probe, a port scan): no handshake failed.
+        Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => return None,
         Err(error) => {
-            metrics::counter!("keystone_tls_handshake_failures_total").increment(1);
-            tracing::debug!(%addr, error = %error, "TLS handshake failed");
-            None
+            metrics::counter!("keystone_tls_handshake_failures_total", "listener" => listener)
+                .increment(1);
+            tracing::debug!(listener, %addr, error = %error, "TLS handshake failed");
+            return None;
+        }
+    };
+    let certificates = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .filter(|chain| !chain.is_empty())
+        .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect());
+    // The HTTP/2 preface in time, as on plaintext (or as much of it as shows it is something
+    // else, which the server then refuses).
+    let mut replay = Vec::with_capacity(H2_PREFACE.len());
+    while http2 && replay.len() < H2_PREFACE.len() {
+        let mut chunk = [0_u8; H2_PREFACE.len()];
+        let want = H2_PREFACE.len() - replay.len();
+        match stream.read(&mut chunk[..want]).await {
+            Ok(0) | Err(_) => return None,
+            Ok(read) => replay.extend_from_slice(&chunk[..read]),
+        }
+        if replay[..] != H2_PREFACE[..replay.len()] {
+            break;
         }
     }
+    Some((
+        Stream::Tls {
+            stream: Box::new(stream),
+            replay,
+            replayed: 0,
+        },
+        Peer { addr, certificates },
+    ))
 }
 
 /// A slot for a connection from `ip`, if the listener and the address have one free.

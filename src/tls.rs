@@ -71,8 +71,9 @@ pub struct Tls {
 struct Configs {
     grpc: Arc<ServerConfig>,
     http: Arc<ServerConfig>,
-    /// The files as read, to tell when they change.
-    files: Vec<Vec<u8>>,
+    /// The SHA-256 of each file as read, to tell when they change (never the bytes: one is
+    /// the private key).
+    digests: Vec<[u8; 32]>,
 }
 
 impl Tls {
@@ -110,8 +111,8 @@ impl Tls {
             .current
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .files
-            == files
+            .digests
+            == digests(&files)
         {
             return Ok(false);
         }
@@ -128,7 +129,8 @@ impl Tls {
         let mut ticker = tokio::time::interval(self.settings.reload_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
-        let mut failing = false;
+        // The last failure logged: a different one is logged again.
+        let mut failing: Option<String> = None;
         loop {
             ticker.tick().await;
             let tls = self.clone();
@@ -141,16 +143,17 @@ impl Tls {
                         );
                         ::metrics::counter!("keystone_tls_reloads_total").increment(1);
                     }
-                    failing = false;
+                    failing = None;
                 }
                 Ok(Err(error)) => {
-                    if !failing {
+                    let error = error.to_string();
+                    if failing.as_ref() != Some(&error) {
                         tracing::warn!(
                             error = %error,
                             "cannot use the TLS files as they are now; the previous ones stay in use"
                         );
+                        failing = Some(error);
                     }
-                    failing = true;
                 }
                 Err(error) => tracing::warn!(error = %error, "the TLS reload task failed"),
             }
@@ -171,6 +174,19 @@ fn read_files(settings: &TlsSettings) -> Result<Vec<Vec<u8>>, TlsError> {
         }
     }
     Ok(files)
+}
+
+fn digests(files: &[Vec<u8>]) -> Vec<[u8; 32]> {
+    files
+        .iter()
+        .map(|file| {
+            let mut bytes = [0_u8; 32];
+            bytes.copy_from_slice(
+                aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, file).as_ref(),
+            );
+            bytes
+        })
+        .collect()
 }
 
 fn read(setting: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -278,14 +294,6 @@ fn build(settings: &TlsSettings, files: Vec<Vec<u8>>) -> Result<Configs, TlsErro
     Ok(Configs {
         grpc: config(b"h2")?,
         http: config(b"http/1.1")?,
-        files,
+        digests: digests(&files),
     })
-}
-
-/// The SHA-256 of a certificate's DER (RFC 8705's `x5t#S256`, before base64url).
-pub fn thumbprint(certificate: &CertificateDer<'_>) -> [u8; 32] {
-    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, certificate.as_ref());
-    let mut bytes = [0_u8; 32];
-    bytes.copy_from_slice(digest.as_ref());
-    bytes
 }

@@ -146,11 +146,17 @@ fn follow_cluster(
         settings.revocation.max_staleness,
     );
     async move {
-        tokio::join!(
-            cluster::follow(bus, subscribers),
-            database,
-            reloads.run(keys)
-        );
+        // Each on a task of its own: one that fails leaves the others following. Dropping the
+        // set (when this is aborted, at shutdown) aborts them.
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(cluster::follow(bus, subscribers));
+        tasks.spawn(database);
+        tasks.spawn(reloads.run(keys));
+        while let Some(ended) = tasks.join_next().await {
+            if let Err(error) = ended {
+                tracing::error!(error = %error, "a task following the cluster failed");
+            }
+        }
     }
 }
 

@@ -205,6 +205,12 @@ impl ClientId {
         Ok(Self(value.to_owned()))
     }
 
+    /// A client id as the database holds it: it was checked when it was written (and a rule
+    /// added since must not lock its client out).
+    pub(crate) fn stored(value: String) -> Self {
+        Self(value)
+    }
+
     /// The id.
     pub fn as_str(&self) -> &str {
         &self.0

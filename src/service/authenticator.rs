@@ -6,6 +6,8 @@
 
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
+
 use crate::{
     clock::SharedClock,
     domain::{AuditRecord, Outcome, Revocation, Scope, ScopeSet, TokenFacts},
@@ -232,9 +234,9 @@ impl Authenticator {
         &self.limits
     }
 
-    /// The signature and lifetime only, revoked or not (for revoking a token again).
-    pub(crate) fn verify_signature(&self, token: &str) -> Option<Claims> {
-        self.verifier.verify(token, self.clock.now()).ok()
+    /// The signature and lifetime at `now` only, revoked or not (for revoking a token again).
+    pub(crate) fn verify_signature(&self, token: &str, now: DateTime<Utc>) -> Option<Claims> {
+        self.verifier.verify(token, now).ok()
     }
 
     /// Writes how many admin calls were refused from each address in the minutes that ended.

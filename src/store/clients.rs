@@ -650,7 +650,7 @@ pub(crate) async fn client_of<C: ConnectionTrait>(
         .all(db)
         .await
         .map_err(db_error)?;
-    let allowed_scopes = super::stored_scopes(&allowed_scopes)?;
+    let allowed_scopes = super::stored_scopes(&allowed_scopes);
     let mut allowed_audiences: Vec<String> = entity::client_audience::Entity::find()
         .filter(entity::client_audience::Column::ClientId.eq(id))
         .select_only()
@@ -662,9 +662,7 @@ pub(crate) async fn client_of<C: ConnectionTrait>(
     allowed_audiences.sort();
     Ok(Some(Client {
         id: model.id,
-        client_id: ClientId::parse(&model.client_id).map_err(|error| {
-            Error::internal(anyhow::anyhow!("a stored client id is invalid: {error}"))
-        })?,
+        client_id: ClientId::stored(model.client_id),
         name: model.name,
         description: model.description,
         allowed_scopes,

@@ -56,11 +56,20 @@ pub struct ChangeGuard<'a> {
 /// Judges a change, given the target's scopes and audiences (see [`ChangeGuard`]).
 pub type Permit<'a> = dyn Fn(&ScopeSet, &[String]) -> Result<(), Error> + Sync + 'a;
 
-/// Scopes as stored, read into a set: each was checked on its way in, so one that does not
-/// parse now is a fault of the database, not of the caller.
-pub(crate) fn stored_scopes(names: &[String]) -> Result<ScopeSet, Error> {
-    ScopeSet::parse(names.iter().map(String::as_str))
-        .map_err(|error| Error::internal(anyhow::anyhow!("a stored scope is invalid: {error}")))
+/// Scopes as stored, read into a set. Each was checked on its way in; one that does not parse
+/// now (a rule added since, a row written by hand) is logged and left out: it is never
+/// granted, and it locks no one out of the rest.
+pub(crate) fn stored_scopes(names: &[String]) -> ScopeSet {
+    let mut scopes = ScopeSet::default();
+    for name in names {
+        match crate::domain::Scope::parse(name) {
+            Ok(scope) => scopes.insert(scope),
+            Err(error) => {
+                tracing::error!(scope = %name, %error, "a stored scope is invalid: left out");
+            }
+        }
+    }
+    scopes
 }
 
 impl std::fmt::Debug for ChangeGuard<'_> {
@@ -479,6 +488,13 @@ pub(crate) fn db_error(error: DbErr) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stored_scope_that_no_longer_parses_is_left_out_not_granted() {
+        let stored = ["orders:read", "Not A Scope", "keystone:admin"].map(str::to_owned);
+        let scopes = stored_scopes(&stored);
+        assert_eq!(scopes.to_strings(), ["keystone:admin", "orders:read"]);
+    }
 
     #[test]
     fn a_postgres_password_leaves_the_url() {

@@ -100,7 +100,7 @@ impl Store {
             roles.push(Role {
                 name: model.name,
                 description: model.description,
-                scopes: super::stored_scopes(&scopes)?,
+                scopes: super::stored_scopes(&scopes),
             });
         }
         Ok(roles)
@@ -326,7 +326,7 @@ async fn role_by_name<C: ConnectionTrait>(db: &C, name: &str) -> Result<Option<R
     Ok(Some(Role {
         name: model.name,
         description: model.description,
-        scopes: super::stored_scopes(&scopes)?,
+        scopes: super::stored_scopes(&scopes),
     }))
 }
 

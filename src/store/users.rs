@@ -436,7 +436,7 @@ pub(crate) async fn scopes_of_user<C: ConnectionTrait>(
         .all(db)
         .await
         .map_err(db_error)?;
-    super::stored_scopes(&scopes)
+    Ok(super::stored_scopes(&scopes))
 }
 
 /// Revokes every live refresh token of the user; returns how many sessions that ended.

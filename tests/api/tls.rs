@@ -409,6 +409,19 @@ async fn a_tls_handshake_must_finish_within_the_handshake_timeout() {
             );
         }
     }
+    // On gRPC, a finished handshake is not enough: the HTTP/2 preface must follow in time.
+    let mut idle = handshake(app.addr, &ca, b"h2").await.unwrap();
+    let started = tokio::time::Instant::now();
+    let mut byte = [0_u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(5), idle.read(&mut byte))
+        .await
+        .expect("the server closes the connection");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
     // A whole handshake in time is served.
     assert_eq!(check_over(app.addr, trusting(&ca)).await, Ok(1));
     app.stop().await.unwrap();

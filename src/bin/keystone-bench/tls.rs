@@ -55,16 +55,18 @@ impl TlsClient {
         connector(&self.roots, true)
     }
 
-    /// One handshake, full or resumed, on a new connection, until the server's first HTTP/2
-    /// frame arrives: the connection is ready for calls then, and the session tickets the
-    /// server sent with the handshake have been read (a later handshake resumes with one).
+    /// One handshake, full or resumed, on a new connection, then the HTTP/2 client preface and
+    /// an empty SETTINGS frame, until the server's first frame arrives: the connection is ready
+    /// for calls then, and the session tickets the server sent with the handshake have been
+    /// read (a later handshake resumes with one).
     /// With `resuming` (see [`Self::resuming`]), a handshake that was not resumed is an error
     /// (`FailedPrecondition`).
     pub(crate) async fn handshake(
         &self,
         resuming: Option<&tokio_rustls::TlsConnector>,
     ) -> Result<(), tonic::Code> {
-        use tokio::io::AsyncReadExt as _;
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        const OPENING: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
         let stream = tokio::net::TcpStream::connect(self.addr)
             .await
             .map_err(|_| tonic::Code::Unavailable)?;
@@ -75,6 +77,9 @@ impl TlsClient {
             .await
             .map_err(|_| tonic::Code::Unavailable)?;
         let kind = tls.get_ref().1.handshake_kind();
+        tls.write_all(OPENING)
+            .await
+            .map_err(|_| tonic::Code::Unavailable)?;
         let mut frame = [0_u8; 9];
         match tokio::time::timeout(std::time::Duration::from_secs(2), tls.read(&mut frame)).await {
             Ok(Ok(read)) if read > 0 => {}

@@ -114,7 +114,7 @@ impl AuthService {
         // The signature and lifetime only: a token already revoked is revoked again (no harm),
         // and a stale set must not keep a live token from being revoked.
         let now = self.clock.now();
-        let Some(claims) = self.authenticator.verify_signature(token) else {
+        let Some(claims) = self.authenticator.verify_signature(token, now) else {
             return Ok(());
         };
         let expires_at = DateTime::<Utc>::from_timestamp(claims.exp, 0).unwrap_or(now);
