@@ -197,6 +197,7 @@ impl AsyncRead for Connection {
             replay, replayed, ..
         } = &mut self.stream
             && *replayed < replay.len()
+            && buf.remaining() > 0
         {
             let take = (replay.len() - *replayed).min(buf.remaining());
             buf.put_slice(&replay[*replayed..*replayed + take]);
