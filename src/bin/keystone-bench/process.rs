@@ -17,12 +17,14 @@ pub(crate) fn cpu_seconds_since(pid: Option<u32>, before: Option<f64>) -> Option
 pub(crate) async fn startup(args: &Args) -> anyhow::Result<()> {
     let pid = args.server_pid.context("--startup needs --server-pid")?;
     let deadline = keystone::clock::monotonic() + Duration::from_secs(30);
+    // Built once: with --ca-file it reads the CA, which polling every 2 ms need not repeat.
+    let endpoint = crate::endpoint(args)?;
     loop {
         anyhow::ensure!(
             keystone::clock::monotonic() < deadline,
             "the server did not report SERVING in 30 s"
         );
-        let serving = match crate::endpoint(args)?.connect().await {
+        let serving = match endpoint.connect().await {
             Ok(channel) => HealthClient::new(channel)
                 .check(HealthCheckRequest {
                     service: String::new(),
