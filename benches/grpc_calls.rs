@@ -95,7 +95,7 @@ fn calls(c: &mut Criterion) {
                 .block_on(auth.authenticate(pb::AuthenticateRequest {
                     token: black_box(token.clone()),
                     required_scopes: vec!["keystone:users.read".into()],
-                    audience: String::new(),
+                    ..Default::default()
                 }))
                 .expect("authenticated")
         })
@@ -159,8 +159,10 @@ async fn seed(database_url: &str) {
                 allowed_audiences: Vec::new(),
                 access_token_ttl: None,
                 enabled: true,
+                certificate: Default::default(),
+                certificate_bound_tokens: false,
             },
-            Pepper::from_secret(&SecretString::from(PEPPER)).hash_client_secret(SECRET),
+            Some(Pepper::from_secret(&SecretString::from(PEPPER)).hash_client_secret(SECRET)),
             &AuditRecord::new("bench", "client.create", "bench-client", Outcome::Success),
             now,
         )

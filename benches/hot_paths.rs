@@ -38,6 +38,7 @@ fn claims() -> Claims {
         roles: vec!["clerk".into()],
         sid: Some("0193f0c4-7b6e-7c1a-9d0e-2f1a3b4c5d70".into()),
         preferred_username: Some("alice".into()),
+        cnf: None,
     }
 }
 

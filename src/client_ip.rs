@@ -5,6 +5,11 @@
 //! sits further left and is never reached, so a client cannot choose the address it is
 //! counted under. From a peer that is not a trusted proxy the header is ignored.
 //!
+//! The caller's TLS client certificate likewise: its own connection's, or, from a trusted
+//! proxy that terminated the client's TLS, the `Hash=` of the last element of
+//! `X-Forwarded-Client-Cert` (Envoy's header; the element its nearest proxy wrote). A trusted
+//! proxy's own certificate never speaks for the caller.
+//!
 //! Layer: foundation. Uses nothing of Keystone's; the adapters use it.
 
 use std::{
@@ -47,6 +52,29 @@ pub struct Peer {
     /// The client certificate chain its TLS handshake verified, the client's own first (none
     /// on plaintext, or when it sent none).
     pub certificates: Option<std::sync::Arc<[rustls::pki_types::CertificateDer<'static>]>>,
+    /// Whether that chain leads to `tls.client_ca_file` (else it is an accepted self-signed
+    /// certificate).
+    pub issued_by_client_ca: bool,
+}
+
+/// The header a trusted proxy forwards the client's certificate in (Envoy's).
+const FORWARDED_CLIENT_CERT: &str = "x-forwarded-client-cert";
+
+/// The client certificate that speaks for the caller of a request, set by
+/// [`TrustedProxies::tag`] when there is one.
+#[derive(Debug, Clone)]
+pub enum CallerCertificate {
+    /// The certificate the peer presented on its own TLS connection (the peer is not a
+    /// trusted proxy).
+    Connection {
+        /// The chain, the client's own first.
+        chain: Arc<[rustls::pki_types::CertificateDer<'static>]>,
+        /// Whether it leads to `tls.client_ca_file`.
+        issued_by_client_ca: bool,
+    },
+    /// The SHA-256 of the certificate's DER, as a trusted proxy forwarded it
+    /// (`X-Forwarded-Client-Cert` `Hash=`).
+    Forwarded([u8; 32]),
 }
 
 /// The proxies whose `X-Forwarded-For` is believed.
@@ -113,9 +141,68 @@ impl TrustedProxies {
         if let Some(peer) = peer {
             let ip = self.client_ip(peer.ip(), request.headers());
             request.extensions_mut().insert(ClientIp(ip));
+            let certificate = if self.trusts(peer.ip().to_canonical()) {
+                forwarded_certificate(request.headers()).map(CallerCertificate::Forwarded)
+            } else {
+                request.extensions().get::<Peer>().and_then(|peer| {
+                    peer.certificates
+                        .clone()
+                        .map(|chain| CallerCertificate::Connection {
+                            chain,
+                            issued_by_client_ca: peer.issued_by_client_ca,
+                        })
+                })
+            };
+            if let Some(certificate) = certificate {
+                request.extensions_mut().insert(certificate);
+            }
         }
         request
     }
+}
+
+/// The `Hash=` of the last element of the last `X-Forwarded-Client-Cert` header: the
+/// certificate the nearest proxy's client presented. `None` when there is none, or it is not
+/// 64 hex digits.
+fn forwarded_certificate(headers: &HeaderMap) -> Option<[u8; 32]> {
+    let value = headers.get_all(FORWARDED_CLIENT_CERT).iter().next_back()?;
+    let value = value.to_str().ok()?;
+    let element = split_outside_quotes(value, ',').pop()?;
+    let hash = split_outside_quotes(element, ';')
+        .into_iter()
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(key, _)| key.trim().eq_ignore_ascii_case("hash"))?
+        .1
+        .trim()
+        .trim_matches('"');
+    if hash.len() != 64 || !hash.is_ascii() {
+        return None;
+    }
+    let mut bytes = [0_u8; 32];
+    for (at, byte) in bytes.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hash.get(at * 2..at * 2 + 2)?, 16).ok()?;
+    }
+    Some(bytes)
+}
+
+/// Splits on `separator` outside double quotes (a `\` inside quotes escapes the next byte).
+fn split_outside_quotes(value: &str, separator: char) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let (mut quoted, mut escaped, mut start) = (false, false, 0);
+    for (at, c) in value.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            c if c == separator && !quoted => {
+                parts.push(&value[start..at]);
+                start = at + c.len_utf8();
+            }
+            _ => {}
+        }
+    }
+    parts.push(&value[start..]);
+    parts
 }
 
 /// One `X-Forwarded-For` entry: an address, maybe with a port or in brackets.
@@ -161,6 +248,42 @@ mod tests {
 
     fn ip(text: &str) -> IpAddr {
         text.parse().expect("an address")
+    }
+
+    #[test]
+    fn the_forwarded_certificate_is_the_hash_of_the_last_element() {
+        let hash = "a".repeat(64);
+        let other = "b".repeat(64);
+        let mut headers = HeaderMap::new();
+        headers.append(
+            FORWARDED_CLIENT_CERT,
+            HeaderValue::from_str(&format!(
+                "By=spiffe://a;Hash={other};Subject=\"CN=x,O=y;z\",By=spiffe://b;Hash={hash};URI=spiffe://c"
+            ))
+            .expect("a header value"),
+        );
+        assert_eq!(forwarded_certificate(&headers), Some([0xaa; 32]));
+        let mut quoted = HeaderMap::new();
+        quoted.append(
+            FORWARDED_CLIENT_CERT,
+            HeaderValue::from_str(&format!("Subject=\"a,b\";hash=\"{other}\""))
+                .expect("a header value"),
+        );
+        assert_eq!(forwarded_certificate(&quoted), Some([0xbb; 32]));
+        for bad in [
+            "",
+            "Hash=",
+            "Hash=abc",
+            "By=x",
+            &format!("Hash={}", "g".repeat(64)),
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.append(
+                FORWARDED_CLIENT_CERT,
+                HeaderValue::from_str(bad).expect("a header value"),
+            );
+            assert_eq!(forwarded_certificate(&headers), None, "{bad}");
+        }
     }
 
     #[test]

@@ -29,6 +29,11 @@ pub enum Reason {
     TokenInvalid,
     /// No bearer token was sent where one is needed.
     TokenMissing,
+    /// A bound token came without the certificate (or proof) it is bound to.
+    TokenBindingMismatch,
+    /// A DPoP proof sent to the token endpoint is malformed, stale, replayed, or not by the
+    /// key the session is bound to (RFC 9449 `invalid_dpop_proof`).
+    InvalidDpopProof,
     /// The token lacks a scope the call needs.
     InsufficientScope,
     /// The token is not meant for the audience asked about.
@@ -78,6 +83,8 @@ impl Reason {
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::TokenMalformed => "TOKEN_MALFORMED",
+            Reason::TokenBindingMismatch => "TOKEN_BINDING_MISMATCH",
+            Reason::InvalidDpopProof => "INVALID_DPOP_PROOF",
             Reason::TokenExpired => "TOKEN_EXPIRED",
             Reason::TokenRevoked => "TOKEN_REVOKED",
             Reason::TokenInvalid => "TOKEN_INVALID",

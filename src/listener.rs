@@ -314,7 +314,7 @@ async fn accept_loop(
         let sender = sender.clone();
         let (timeout, http2, lifetime) = (limits.handshake_timeout, limits.http2, limits.lifetime);
         let tls = limits.tls.as_ref().map(|tls| {
-            tls.config(if http2 {
+            tls.handshake(if http2 {
                 Protocol::Grpc
             } else {
                 Protocol::Http
@@ -356,23 +356,27 @@ async fn open(
     stream: TcpStream,
     addr: SocketAddr,
     http2: bool,
-    tls: Option<std::sync::Arc<rustls::ServerConfig>>,
+    tls: Option<crate::tls::Handshake>,
     listener: &'static str,
 ) -> Option<(Stream, Peer)> {
     use tokio::io::AsyncReadExt as _;
-    let Some(config) = tls else {
+    let Some(handshake) = tls else {
         return match opening(&stream, http2).await {
             Ok(true) => Some((
                 Stream::Plain(stream),
                 Peer {
                     addr,
                     certificates: None,
+                    issued_by_client_ca: false,
                 },
             )),
             Ok(false) | Err(_) => None,
         };
     };
-    let mut stream = match tokio_rustls::TlsAcceptor::from(config).accept(stream).await {
+    let mut stream = match tokio_rustls::TlsAcceptor::from(handshake.config.clone())
+        .accept(stream)
+        .await
+    {
         Ok(stream) => stream,
         // Closed before a ClientHello (a TCP probe, a port scan): no handshake failed.
         Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => return None,
@@ -383,12 +387,15 @@ async fn open(
             return None;
         }
     };
-    let certificates = stream
+    let certificates: Option<std::sync::Arc<[_]>> = stream
         .get_ref()
         .1
         .peer_certificates()
         .filter(|chain| !chain.is_empty())
         .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect());
+    let issued_by_client_ca = certificates
+        .as_deref()
+        .is_some_and(|chain| handshake.issued_by_client_ca(chain));
     // The HTTP/2 preface in time, as on plaintext (or as much of it as shows it is something
     // else, which the server then refuses).
     let mut replay = Vec::with_capacity(H2_PREFACE.len());
@@ -409,7 +416,11 @@ async fn open(
             replay,
             replayed: 0,
         },
-        Peer { addr, certificates },
+        Peer {
+            addr,
+            certificates,
+            issued_by_client_ca,
+        },
     ))
 }
 

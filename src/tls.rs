@@ -1,6 +1,9 @@
 //! TLS for every listener, with rustls on aws-lc-rs: TLS 1.2 and 1.3, ALPN `h2` on gRPC and
-//! `http/1.1` on HTTP, client certificates checked against `tls.client_ca_file`, and sessions
-//! resumed with stateless tickets.
+//! `http/1.1` on HTTP, client certificates checked against `tls.client_ca_file` (and, with
+//! `tls.self_signed_client_certificates`, lone self-signed ones taken for what they are), and
+//! sessions resumed with stateless tickets. Each connection learns whether its client's chain
+//! leads to the client CA ([`Handshake::issued_by_client_ca`]): only such a certificate can
+//! prove a name (RFC 8705 `tls_client_auth`).
 //!
 //! The files are read again every `tls.reload_interval`. When any changed (cert-manager or a
 //! Kubernetes Secret rotating them), new handshakes use the new certificate, key and client CA
@@ -8,8 +11,8 @@
 //! not match, a file half written) is logged and the previous files stay in use. At start, the
 //! same faults stop the process with a message naming the file.
 //!
-//! Layer: foundation of the adapters. Uses [`crate::config`] and [`crate::clock`]; the
-//! listeners use it.
+//! Layer: foundation of the adapters. Uses [`crate::config`], [`crate::domain`] and
+//! [`crate::clock`]; the listeners use it.
 
 use std::{
     path::{Path, PathBuf},
@@ -17,13 +20,21 @@ use std::{
 };
 
 use rustls::{
-    RootCertStore, ServerConfig,
-    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _},
-    server::WebPkiClientVerifier,
+    DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
+    client::danger::HandshakeSignatureValid,
+    crypto::{WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature},
+    pki_types::{CertificateDer, PrivateKeyDer, UnixTime, pem::PemObject as _},
+    server::{
+        WebPkiClientVerifier,
+        danger::{ClientCertVerified, ClientCertVerifier},
+    },
     sign::CertifiedKey,
 };
 
-use crate::config::{ClientAuth, TlsSettings};
+use crate::{
+    config::{ClientAuth, TlsSettings},
+    domain::is_self_signed_and_current,
+};
 
 /// Why TLS cannot be set up from the files.
 #[derive(Debug, thiserror::Error)]
@@ -66,11 +77,36 @@ pub struct Tls {
     current: Arc<RwLock<Configs>>,
 }
 
+/// What a listener's handshakes use: the configuration, and the client CA to tell a
+/// certificate that chains to it from an accepted self-signed one.
+#[derive(Debug, Clone)]
+pub struct Handshake {
+    /// The server configuration.
+    pub config: Arc<ServerConfig>,
+    client_ca: Option<Arc<dyn ClientCertVerifier>>,
+}
+
+impl Handshake {
+    /// Whether a client chain the handshake accepted leads to `tls.client_ca_file` (else it
+    /// is a self-signed certificate, accepted with `tls.self_signed_client_certificates`).
+    pub fn issued_by_client_ca(&self, chain: &[CertificateDer<'static>]) -> bool {
+        let (Some(client_ca), Some((end_entity, intermediates))) =
+            (&self.client_ca, chain.split_first())
+        else {
+            return false;
+        };
+        client_ca
+            .verify_client_cert(end_entity, intermediates, unix_now())
+            .is_ok()
+    }
+}
+
 /// One configuration per protocol, built from the same files.
 #[derive(Debug)]
 struct Configs {
     grpc: Arc<ServerConfig>,
     http: Arc<ServerConfig>,
+    client_ca: Option<Arc<dyn ClientCertVerifier>>,
     /// The SHA-256 of each file as read, to tell when they change (never the bytes: one is
     /// the private key).
     digests: Vec<[u8; 32]>,
@@ -91,15 +127,18 @@ impl Tls {
         }))
     }
 
-    /// The configuration new handshakes of `protocol` use.
-    pub fn config(&self, protocol: Protocol) -> Arc<ServerConfig> {
+    /// What new handshakes of `protocol` use.
+    pub fn handshake(&self, protocol: Protocol) -> Handshake {
         let configs = self
             .current
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match protocol {
-            Protocol::Grpc => configs.grpc.clone(),
-            Protocol::Http => configs.http.clone(),
+        Handshake {
+            config: match protocol {
+                Protocol::Grpc => configs.grpc.clone(),
+                Protocol::Http => configs.http.clone(),
+            },
+            client_ca: configs.client_ca.clone(),
         }
     }
 
@@ -236,41 +275,49 @@ fn build(settings: &TlsSettings, files: Vec<Vec<u8>>) -> Result<Configs, TlsErro
         )
     })?;
     let certified = Arc::new(certified);
-    let verifier = match (settings.client_auth(), files.get(2)) {
-        (ClientAuth::Off, _) | (_, None) => None,
-        (mode, Some(ca_pem)) => {
-            let mut roots = RootCertStore::empty();
-            for ca in CertificateDer::pem_slice_iter(ca_pem) {
-                let ca = ca.map_err(|error| {
-                    invalid(
-                        "tls.client_ca_file",
-                        &settings.client_ca_file,
-                        error.to_string(),
-                    )
-                })?;
-                roots.add(ca).map_err(|error| {
-                    invalid(
-                        "tls.client_ca_file",
-                        &settings.client_ca_file,
-                        error.to_string(),
-                    )
-                })?;
+    let client_ca: Option<Arc<dyn ClientCertVerifier>> =
+        match (settings.client_auth(), files.get(2)) {
+            (ClientAuth::Off, _) | (_, None) => None,
+            (_, Some(ca_pem)) => {
+                let mut roots = RootCertStore::empty();
+                for ca in CertificateDer::pem_slice_iter(ca_pem) {
+                    let ca = ca.map_err(|error| {
+                        invalid(
+                            "tls.client_ca_file",
+                            &settings.client_ca_file,
+                            error.to_string(),
+                        )
+                    })?;
+                    roots.add(ca).map_err(|error| {
+                        invalid(
+                            "tls.client_ca_file",
+                            &settings.client_ca_file,
+                            error.to_string(),
+                        )
+                    })?;
+                }
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                        .allow_unauthenticated()
+                        .build()
+                        .map_err(|error| {
+                            invalid(
+                                "tls.client_ca_file",
+                                &settings.client_ca_file,
+                                error.to_string(),
+                            )
+                        })?;
+                Some(verifier)
             }
-            let builder =
-                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
-            let builder = if mode == ClientAuth::Optional {
-                builder.allow_unauthenticated()
-            } else {
-                builder
-            };
-            Some(builder.build().map_err(|error| {
-                invalid(
-                    "tls.client_ca_file",
-                    &settings.client_ca_file,
-                    error.to_string(),
-                )
-            })?)
-        }
+        };
+    let verifier: Option<Arc<dyn ClientCertVerifier>> = match settings.client_auth() {
+        ClientAuth::Off => None,
+        mode => Some(Arc::new(ClientCertificates {
+            client_ca: client_ca.clone(),
+            self_signed: settings.self_signed_client_certificates,
+            mandatory: mode == ClientAuth::Required,
+            algorithms: provider.signature_verification_algorithms,
+        })),
     };
     // Stateless session tickets (keys random per process, rotated every 6 hours): a client
     // reconnecting resumes its session without the server keeping any, however many clients.
@@ -294,6 +341,92 @@ fn build(settings: &TlsSettings, files: Vec<Vec<u8>>) -> Result<Configs, TlsErro
     Ok(Configs {
         grpc: config(b"h2")?,
         http: config(b"http/1.1")?,
+        client_ca,
         digests: digests(&files),
     })
+}
+
+/// The time now, as rustls takes it.
+fn unix_now() -> UnixTime {
+    let now = crate::clock::system_now();
+    UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+        u64::try_from(now.timestamp()).unwrap_or(0),
+    ))
+}
+
+/// The client certificates a handshake takes: those chaining to `tls.client_ca_file` and,
+/// with `tls.self_signed_client_certificates`, a lone self-signed certificate that is current
+/// (proving nothing but itself). Anything else, an expired certificate or one from another
+/// CA, is refused in the handshake. The client proves it holds the certificate's key either
+/// way (its handshake signature is checked against the certificate).
+#[derive(Debug)]
+struct ClientCertificates {
+    client_ca: Option<Arc<dyn ClientCertVerifier>>,
+    self_signed: bool,
+    mandatory: bool,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ClientCertVerifier for ClientCertificates {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.mandatory
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // No hints when self-signed certificates are taken: a client must not leave its
+        // certificate out because its issuer is not among them.
+        match &self.client_ca {
+            Some(client_ca) if !self.self_signed => client_ca.root_hint_subjects(),
+            _ => &[],
+        }
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let refused = match &self.client_ca {
+            Some(client_ca) => match client_ca.verify_client_cert(end_entity, intermediates, now) {
+                Ok(verified) => return Ok(verified),
+                Err(error) => error,
+            },
+            None => rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        };
+        let now = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+        if self.self_signed
+            && intermediates.is_empty()
+            && is_self_signed_and_current(end_entity.as_ref(), now)
+        {
+            return Ok(ClientCertVerified::assertion());
+        }
+        Err(refused)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
 }

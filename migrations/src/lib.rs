@@ -14,6 +14,8 @@ mod m20261128_000003_seed_scopes_and_admin_role;
 mod m20261128_000004_create_revocations;
 mod m20261128_000005_add_username_skeletons;
 mod m20261128_000006_index_revocations_by_write_time;
+mod m20261206_000007_add_client_certificates;
+mod m20261206_000008_add_refresh_token_dpop_keys;
 
 /// The ordered list of Keystone's migrations.
 pub struct Migrator;
@@ -28,6 +30,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000004_create_revocations::Migration),
             Box::new(m20261128_000005_add_username_skeletons::Migration),
             Box::new(m20261128_000006_index_revocations_by_write_time::Migration),
+            Box::new(m20261206_000007_add_client_certificates::Migration),
+            Box::new(m20261206_000008_add_refresh_token_dpop_keys::Migration),
         ]
     }
 }

@@ -208,6 +208,9 @@ async fn upkeep(
         if last_prune.elapsed() >= PRUNE_EVERY {
             last_prune = tokio::time::Instant::now();
             auth.forget_idle_limits();
+            auth.authenticator()
+                .used_proofs()
+                .forget_expired(clock.now());
             auth.authenticator().write_ended_refusals().await;
             revocations.prune(clock.now());
         }

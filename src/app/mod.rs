@@ -117,7 +117,8 @@ impl App {
                 settings.auth.registration_per_minute,
                 bus.redis().cloned(),
             ),
-        );
+        )
+        .with_dpop(settings.tokens.dpop_proof_max_age, bus.redis().cloned());
         let auth = AuthService::new(
             authenticator.clone(),
             store.clone(),

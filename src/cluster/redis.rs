@@ -1,5 +1,6 @@
-//! Redis through fred: the channel of the cluster's events, and the shared counters of rate
-//! limits (a GCRA script). Nothing else in Keystone sees fred.
+//! Redis through fred: the channel of the cluster's events, the shared counters of rate
+//! limits (a GCRA script), and the marks of things used once (DPoP proofs). Nothing else in
+//! Keystone sees fred.
 //!
 //! Redis is never the system of record (PostgreSQL is), so losing it loses nothing: every call
 //! has a short budget (`revocation.redis_timeout`, 50 ms by default), counts as failed past it,
@@ -241,6 +242,27 @@ impl Redis {
             }
             _ => None,
         })
+    }
+
+    /// Marks `key` used for `ttl`: `Ok(true)` the first time, `Ok(false)` while it stays
+    /// marked (a DPoP proof's `jti` seen on any replica). One `SET NX PX`.
+    pub async fn first_use(&self, key: &str, ttl: Duration) -> Result<bool, RedisError> {
+        const SCRIPT: &str = r"
+            if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[1]) then return 1 end
+            return 0";
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let first: i64 = self
+            .call(async {
+                self.client
+                    .eval(
+                        SCRIPT,
+                        vec![format!("{{{}:used}}:{key}", self.namespace)],
+                        vec![ttl_ms.to_string()],
+                    )
+                    .await
+            })
+            .await?;
+        Ok(first == 1)
     }
 
     /// Whether both connections are up.

@@ -447,6 +447,10 @@ pub struct TokenSettings {
     /// `WatchRevocations` and admin reflection accept only tokens whose `aud` includes it, and
     /// `keystone:*` scopes are granted only in tokens for it.
     pub keystone_audience: String,
+    /// How old a DPoP proof may be (its `iat`, give or take `leeway`); its `jti` is
+    /// remembered that long, so a proof is used once.
+    #[serde(with = "humantime_serde")]
+    pub dpop_proof_max_age: Duration,
 }
 
 impl Default for TokenSettings {
@@ -461,6 +465,7 @@ impl Default for TokenSettings {
             default_audience: "keystone".to_owned(),
             user_audiences: Vec::new(),
             keystone_audience: "keystone".to_owned(),
+            dpop_proof_max_age: Duration::from_secs(60),
         }
     }
 }

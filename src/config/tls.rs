@@ -11,10 +11,10 @@ pub enum ClientAuth {
     /// Never asked.
     Off,
     /// Asked; a connection without one is served, one with a certificate that does not chain
-    /// to `tls.client_ca_file` is refused.
+    /// to `tls.client_ca_file` (and is not an accepted self-signed one) is refused.
     Optional,
-    /// Required: a connection without a certificate chaining to `tls.client_ca_file` is
-    /// refused in the handshake.
+    /// Required: a connection without a certificate chaining to `tls.client_ca_file` (or an
+    /// accepted self-signed one) is refused in the handshake.
     Required,
 }
 
@@ -29,8 +29,13 @@ pub struct TlsSettings {
     pub key_file: Option<PathBuf>,
     /// The CA certificates (PEM) client certificates must chain to.
     pub client_ca_file: Option<PathBuf>,
-    /// `off`, `optional` or `required`; unset: `optional` with a client CA, else `off`.
+    /// `off`, `optional` or `required`; unset: `optional` with a client CA or self-signed
+    /// client certificates, else `off`.
     pub client_auth: Option<ClientAuth>,
+    /// Whether the handshake also takes self-signed client certificates (current, and alone:
+    /// no chain). Such a certificate proves nothing but itself: it authenticates only a
+    /// client that registered its thumbprint (RFC 8705 `self_signed_tls_client_auth`).
+    pub self_signed_client_certificates: bool,
     /// How often the files are read again: a changed certificate, key or client CA is used
     /// for new connections from then on (open ones keep theirs).
     #[serde(with = "humantime_serde")]
@@ -44,6 +49,7 @@ impl Default for TlsSettings {
             key_file: None,
             client_ca_file: None,
             client_auth: None,
+            self_signed_client_certificates: false,
             reload_interval: Duration::from_secs(10),
         }
     }
@@ -57,10 +63,12 @@ impl TlsSettings {
 
     /// Whether client certificates are asked for, and how.
     pub fn client_auth(&self) -> ClientAuth {
-        match (self.client_auth, &self.client_ca_file) {
-            (Some(mode), _) => mode,
-            (None, Some(_)) => ClientAuth::Optional,
-            (None, None) => ClientAuth::Off,
+        match self.client_auth {
+            Some(mode) => mode,
+            None if self.client_ca_file.is_some() || self.self_signed_client_certificates => {
+                ClientAuth::Optional
+            }
+            None => ClientAuth::Off,
         }
     }
 }

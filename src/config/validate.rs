@@ -307,6 +307,20 @@ pub(super) fn problems(settings: &Settings) -> Vec<ConfigError> {
             "must be at most 5m",
         ));
     }
+    problems.extend(
+        check_positive(
+            "tokens.dpop_proof_max_age",
+            settings.tokens.dpop_proof_max_age,
+        )
+        .err(),
+    );
+    if settings.tokens.dpop_proof_max_age > Duration::from_secs(600) {
+        problems.push(ConfigError::invalid(
+            "tokens.dpop_proof_max_age",
+            humantime::format_duration(settings.tokens.dpop_proof_max_age),
+            "must be at most 10m: a proof is for one request, made just before it",
+        ));
+    }
     problems.extend(check_positive("keys.rotate_every", settings.keys.rotate_every).err());
     problems.extend(check_positive("keys.reload_interval", settings.keys.reload_interval).err());
     if settings.keys.publish_ahead >= settings.keys.rotate_every {
@@ -472,10 +486,21 @@ pub(super) fn problems(settings: &Settings) -> Vec<ConfigError> {
                 .to_owned(),
         ));
     }
-    if tls.client_auth() != super::ClientAuth::Off && tls.client_ca_file.is_none() {
+    if tls.self_signed_client_certificates && !tls.enabled() {
+        problems.push(ConfigError(
+            "setting `tls.self_signed_client_certificates` needs `tls.cert_file` and \
+             `tls.key_file`: client certificates are asked for in a TLS handshake"
+                .to_owned(),
+        ));
+    }
+    if tls.client_auth() != super::ClientAuth::Off
+        && tls.client_ca_file.is_none()
+        && !tls.self_signed_client_certificates
+    {
         problems.push(ConfigError(
             "setting `tls.client_auth` asks for client certificates: give the CA they chain to \
-             as `tls.client_ca_file`"
+             as `tls.client_ca_file` (or accept self-signed ones with \
+             `tls.self_signed_client_certificates`)"
                 .to_owned(),
         ));
     }

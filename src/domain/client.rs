@@ -32,6 +32,11 @@ pub struct Client {
     pub secret_rotated_at: Option<DateTime<Utc>>,
     /// Last use of one of its secrets.
     pub secret_last_used_at: Option<DateTime<Utc>>,
+    /// What its TLS client certificate must show; when set, it authenticates by certificate
+    /// and holds no secret.
+    pub certificate: super::CertificateIdentity,
+    /// Whether its tokens are bound to the certificate it presents (`cnf.x5t#S256`).
+    pub certificate_bound_tokens: bool,
 }
 
 /// A client to create; its secret is already hashed.
@@ -51,4 +56,8 @@ pub struct NewClient {
     pub access_token_ttl: Option<Duration>,
     /// Whether it may get tokens.
     pub enabled: bool,
+    /// What its TLS client certificate must show (set: no secret).
+    pub certificate: super::CertificateIdentity,
+    /// Whether its tokens are bound to its certificate.
+    pub certificate_bound_tokens: bool,
 }

@@ -6,6 +6,7 @@
 //! was refused); every other module may use it.
 
 mod audit;
+mod certificate;
 mod client;
 mod names;
 mod password_policy;
@@ -15,6 +16,10 @@ mod scope;
 mod user;
 
 pub use audit::{AuditRecord, Outcome};
+pub use certificate::{
+    CertificateIdentity, ClientCertificate, DistinguishedName, PresentedCertificate,
+    SubjectAltName, Thumbprint, is_self_signed_and_current,
+};
 pub use client::{Client, NewClient};
 pub use names::{ClientId, Email, RoleName, Username, check_description, normalize};
 pub use password_policy::{MAX_PASSWORD_LENGTH, PasswordPolicy};

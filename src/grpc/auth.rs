@@ -10,12 +10,15 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{bearer_token, call_context, principal_to_proto, timestamp, user_to_proto};
 use crate::{
-    domain::{Revocation, RevocationKind, ScopeSet},
+    domain::{Revocation, RevocationKind, ScopeSet, Thumbprint},
     error::{Error, Reason},
     proto::pb,
-    service::auth::{
-        AuthService, INTROSPECT_SCOPE, IntrospectionCaller, PasswordLogin, Registration,
-        TokenRequest,
+    service::{
+        DpopPresented,
+        auth::{
+            AuthService, INTROSPECT_SCOPE, IntrospectionCaller, PasswordLogin, Registration,
+            TokenRequest,
+        },
     },
 };
 
@@ -55,6 +58,8 @@ impl pb::auth_server::Auth for AuthApi {
         let token_request = TokenRequest {
             scopes: request.scopes,
             audience: request.audience,
+            // DPoP is an HTTP matter (RFC 9449): proofs come to /oauth2/token.
+            dpop_jkt: None,
         };
         let issued = match request.grant {
             Some(pb::issue_token_request::Grant::Password(grant)) => {
@@ -73,7 +78,8 @@ impl pb::auth_server::Auth for AuthApi {
                 self.service
                     .client_credentials_grant(
                         &grant.client_id,
-                        SecretString::from(grant.client_secret),
+                        (!grant.client_secret.is_empty())
+                            .then(|| SecretString::from(grant.client_secret)),
                         token_request,
                         &context,
                     )
@@ -100,7 +106,7 @@ impl pb::auth_server::Auth for AuthApi {
         };
         Ok(Response::new(pb::TokenResponse {
             access_token: issued.access_token,
-            token_type: "Bearer".to_owned(),
+            token_type: issued.token_type.to_owned(),
             expires_in: issued.expires_in,
             refresh_token: issued
                 .refresh_token
@@ -117,11 +123,41 @@ impl pb::auth_server::Auth for AuthApi {
         request: Request<pb::AuthenticateRequest>,
     ) -> Result<Response<pb::AuthenticateResponse>, Status> {
         let from_metadata = bearer_token(request.metadata());
+        let mut presented = call_context(&request).presented();
         let request = request.into_inner();
         let token = if request.token.is_empty() {
             from_metadata?
         } else {
             request.token
+        };
+        // A resource server that terminated its caller's TLS says which certificate it saw.
+        if !request.certificate_thumbprint.is_empty() {
+            presented.certificate = Some(
+                Thumbprint::parse(&request.certificate_thumbprint)
+                    .map_err(|e| e.on("certificate_thumbprint"))?,
+            );
+        }
+        let proof = if request.dpop_proof.is_empty() {
+            None
+        } else {
+            for (field, value) in [
+                ("http_method", &request.http_method),
+                ("http_uri", &request.http_uri),
+            ] {
+                if value.is_empty() {
+                    return Err(Error::invalid_argument(
+                        field,
+                        "a DPoP proof is checked against the request it came with: give its \
+                         method and URI",
+                    )
+                    .into());
+                }
+            }
+            Some(DpopPresented {
+                proof: request.dpop_proof,
+                method: request.http_method,
+                uri: request.http_uri,
+            })
         };
         let required = ScopeSet::parse(request.required_scopes.iter().map(String::as_str))
             .map_err(|e| e.on("required_scopes"))?;
@@ -129,7 +165,8 @@ impl pb::auth_server::Auth for AuthApi {
         let principal = self
             .service
             .authenticator()
-            .authenticate(&token, &required, audience)?;
+            .authenticate_with_proof(&token, &presented, proof.as_ref(), &required, audience)
+            .await?;
         Ok(Response::new(pb::AuthenticateResponse {
             principal: Some(principal_to_proto(&principal.claims)),
         }))
@@ -167,6 +204,10 @@ impl pb::auth_server::Auth for AuthApi {
             iss: claims.iss.clone(),
             jti: claims.jti.clone(),
             roles: claims.roles.clone(),
+            cnf: claims.cnf.as_ref().map(|cnf| pb::Confirmation {
+                x5t_s256: cnf.x5t_s256.clone().unwrap_or_default(),
+                jkt: cnf.jkt.clone().unwrap_or_default(),
+            }),
         }))
     }
 
@@ -216,7 +257,7 @@ impl pb::auth_server::Auth for AuthApi {
         let caller = self
             .service
             .authenticator()
-            .verify(&bearer_token(request.metadata())?)?;
+            .verify(&bearer_token(request.metadata())?, &context.presented())?;
         let request = request.into_inner();
         let refresh_token =
             (!request.refresh_token.is_empty()).then(|| SecretString::from(request.refresh_token));
@@ -235,7 +276,7 @@ impl pb::auth_server::Auth for AuthApi {
         let caller = self
             .service
             .authenticator()
-            .verify(&bearer_token(request.metadata())?)?;
+            .verify(&bearer_token(request.metadata())?, &context.presented())?;
         let request = request.into_inner();
         if request.current_password.is_empty() {
             return Err(Error::invalid_argument("current_password", "must not be empty").into());
@@ -282,10 +323,11 @@ impl pb::auth_server::Auth for AuthApi {
         request: Request<pb::WatchRevocationsRequest>,
     ) -> Result<Response<RevocationStream>, Status> {
         let caller = bearer_token(request.metadata())?;
+        let presented = call_context(&request).presented();
         let required = ScopeSet::parse([INTROSPECT_SCOPE]).map_err(|e| e.on("scope"))?;
         self.service
             .authenticator()
-            .authenticate_for_keystone(&caller, &required)?;
+            .authenticate_for_keystone(&caller, &presented, &required)?;
         let caller = SecretString::from(caller);
         let (snapshot, mut changes) = self.service.authenticator().watch_revocations();
         let (tx, rx) = mpsc::channel(256);
@@ -336,7 +378,7 @@ impl pb::auth_server::Auth for AuthApi {
                                 "the revocation set is not confirmed fresh; watch again later",
                             );
                         }
-                        if let Err(error) = service.authenticator().verify(caller.expose_secret()) {
+                        if let Err(error) = service.authenticator().verify(caller.expose_secret(), &presented) {
                             break Status::from(error);
                         }
                     }

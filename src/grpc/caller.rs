@@ -181,12 +181,13 @@ pub async fn establish<T>(
             message: "this call is not open to any scope".to_owned(),
         });
     };
-    let peer = call_context(request).peer;
+    let context = call_context(request);
     auth.admin_actor(
         bearer_token(request.metadata()),
+        &context.presented(),
         rpc.scope,
         rpc.action,
-        &peer,
+        &context.peer,
     )
     .await
 }

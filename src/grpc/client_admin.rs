@@ -65,11 +65,17 @@ impl pb::client_admin_server::ClientAdmin for ClientAdminApi {
             allowed_scopes: Some(client.allowed_scopes),
             allowed_audiences: Some(client.allowed_audiences),
             enabled: Some(client.enabled.unwrap_or(true)),
+            tls_client_auth_subject_dn: Some(client.tls_client_auth_subject_dn),
+            tls_client_auth_sans: Some(client.tls_client_auth_sans),
+            tls_client_certificate_sha256: Some(client.tls_client_certificate_sha256),
+            certificate_bound_tokens: Some(client.certificate_bound_tokens),
         };
         let (client, secret) = self.service.create_client(&actor, fields).await?;
         Ok(Response::new(pb::CreateClientResponse {
             client: Some(client_to_proto(client)),
-            client_secret: secret.expose_secret().to_owned(),
+            client_secret: secret
+                .map(|secret| secret.expose_secret().to_owned())
+                .unwrap_or_default(),
         }))
     }
 
@@ -123,6 +129,10 @@ impl pb::client_admin_server::ClientAdmin for ClientAdminApi {
                 "allowed_audiences",
                 "access_token_ttl",
                 "enabled",
+                "tls_client_auth_subject_dn",
+                "tls_client_auth_sans",
+                "tls_client_certificate_sha256",
+                "certificate_bound_tokens",
             ],
             &[
                 "created_at",
@@ -145,6 +155,20 @@ impl pb::client_admin_server::ClientAdmin for ClientAdminApi {
                     fields.allowed_audiences = Some(client.allowed_audiences.clone());
                 }
                 "access_token_ttl" => fields.access_token_ttl = Some(ttl(&client)?),
+                "tls_client_auth_subject_dn" => {
+                    fields.tls_client_auth_subject_dn =
+                        Some(client.tls_client_auth_subject_dn.clone());
+                }
+                "tls_client_auth_sans" => {
+                    fields.tls_client_auth_sans = Some(client.tls_client_auth_sans.clone());
+                }
+                "tls_client_certificate_sha256" => {
+                    fields.tls_client_certificate_sha256 =
+                        Some(client.tls_client_certificate_sha256.clone());
+                }
+                "certificate_bound_tokens" => {
+                    fields.certificate_bound_tokens = Some(client.certificate_bound_tokens);
+                }
                 _ => {
                     fields.enabled = Some(client.enabled.ok_or_else(|| {
                         Error::invalid_argument("client.enabled", "set it to true or false")

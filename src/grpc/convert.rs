@@ -61,9 +61,12 @@ pub fn call_context<T>(request: &tonic::Request<T>) -> CallContext {
                 .get::<crate::client_ip::Peer>()
                 .map(|peer| peer.addr.ip())
         });
-    CallContext {
-        peer: ip.map(|ip| ip.to_string()).unwrap_or_default(),
-    }
+    CallContext::new(
+        ip.map(|ip| ip.to_string()).unwrap_or_default(),
+        request
+            .extensions()
+            .get::<crate::client_ip::CallerCertificate>(),
+    )
 }
 
 /// The `Principal` message of verified claims.
@@ -89,6 +92,16 @@ pub fn principal_to_proto(claims: &Claims) -> pb::Principal {
         session_id: claims.sid.clone().unwrap_or_default(),
         issued_at: Some(timestamp_from_seconds(claims.iat)),
         expires_at: Some(timestamp_from_seconds(claims.exp)),
+        certificate_thumbprint: claims
+            .cnf
+            .as_ref()
+            .and_then(|cnf| cnf.x5t_s256.clone())
+            .unwrap_or_default(),
+        dpop_key_thumbprint: claims
+            .cnf
+            .as_ref()
+            .and_then(|cnf| cnf.jkt.clone())
+            .unwrap_or_default(),
     }
 }
 
@@ -144,6 +157,25 @@ pub fn client_to_proto(client: crate::domain::Client) -> pb::Client {
         updated_at: Some(timestamp(client.updated_at)),
         secret_rotated_at: client.secret_rotated_at.map(timestamp),
         secret_last_used_at: client.secret_last_used_at.map(timestamp),
+        tls_client_auth_subject_dn: client
+            .certificate
+            .subject_dn
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        tls_client_auth_sans: client
+            .certificate
+            .sans
+            .iter()
+            .map(crate::domain::SubjectAltName::as_string)
+            .collect(),
+        tls_client_certificate_sha256: client
+            .certificate
+            .thumbprints
+            .iter()
+            .map(|thumbprint| thumbprint.to_hex())
+            .collect(),
+        certificate_bound_tokens: client.certificate_bound_tokens,
     }
 }
 

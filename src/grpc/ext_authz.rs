@@ -23,9 +23,9 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     config::ExtAuthzSettings,
-    domain::ScopeSet,
+    domain::{ScopeSet, Thumbprint},
     error::{Error, Reason},
-    service::Authenticator,
+    service::{Authenticator, DpopPresented, Presented},
     token::Kind,
 };
 
@@ -164,7 +164,35 @@ impl Authorization for ExtAuthzApi {
                 )));
             }
         };
-        let verdict = self.auth.authenticate(token, &scopes, audience.as_deref());
+        // The certificate Envoy's downstream presented (Envoy terminated its TLS).
+        let presented = Presented {
+            certificate: request
+                .attributes
+                .as_ref()
+                .and_then(|attributes| attributes.source.as_ref())
+                .and_then(|source| source_certificate(&source.certificate)),
+        };
+        // A DPoP proof is for the request as the client made it.
+        let proof = headers.get("dpop").map(|proof| DpopPresented {
+            proof: proof.clone(),
+            method: http.map(|http| http.method.clone()).unwrap_or_default(),
+            uri: format!(
+                "{}://{host}{path}",
+                http.map(|http| http.scheme.as_str())
+                    .filter(|scheme| !scheme.is_empty())
+                    .unwrap_or("https")
+            ),
+        });
+        let verdict = self
+            .auth
+            .authenticate_with_proof(
+                token,
+                &presented,
+                proof.as_ref(),
+                &scopes,
+                audience.as_deref(),
+            )
+            .await;
         let principal = match verdict {
             Ok(principal) => principal,
             Err(error) => return Ok(Response::new(refusal(&error))),
@@ -232,11 +260,23 @@ fn covers(route: &crate::config::ExtAuthzRoute, path: &str) -> bool {
     same && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/'))
 }
 
-/// The token of a `Bearer` authorization header.
+/// The thumbprint of `attributes.source.certificate`: the peer's certificate as URL-encoded
+/// PEM. `None` when empty or unreadable (a bound token then finds no certificate).
+fn source_certificate(encoded: &str) -> Option<Thumbprint> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+    if encoded.is_empty() {
+        return None;
+    }
+    let pem = percent_encoding::percent_decode_str(encoded).collect::<Vec<u8>>();
+    let der = CertificateDer::from_pem_slice(&pem).ok()?;
+    Some(Thumbprint::of(der.as_ref()))
+}
+
+/// The token of a `Bearer` or `DPoP` (RFC 9449 section 7.1) authorization header. Either way
+/// a DPoP-bound token needs its proof.
 fn bearer(value: &str) -> Option<&str> {
     let (scheme, token) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
+    (scheme.eq_ignore_ascii_case("bearer") || scheme.eq_ignore_ascii_case("dpop"))
         .then(|| token.trim())
         .filter(|token| !token.is_empty())
 }

@@ -240,7 +240,11 @@ impl Interceptor for ReflectionGuard {
         let token = convert::bearer_token(request.metadata())?;
         let admin = crate::domain::ScopeSet::parse([crate::service::ADMIN_SCOPE])
             .map_err(|e| Status::from(e.on("scope")))?;
-        auth.authenticate_for_keystone(&token, &admin)?;
+        auth.authenticate_for_keystone(
+            &token,
+            &convert::call_context(&request).presented(),
+            &admin,
+        )?;
         Ok(request)
     }
 }

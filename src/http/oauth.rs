@@ -18,9 +18,12 @@ use serde_json::json;
 
 use super::HttpState;
 use crate::{
-    client_ip::ClientIp,
+    client_ip::{CallerCertificate, ClientIp},
     error::{Error, Reason},
-    service::auth::{CallContext, IntrospectionCaller, PasswordLogin, TokenRequest},
+    service::{
+        DpopPresented,
+        auth::{CallContext, IntrospectionCaller, PasswordLogin, TokenRequest},
+    },
 };
 
 /// An answer that ends a request early (boxed: a response is large).
@@ -33,11 +36,12 @@ const MAX_FORM: usize = 16 * 1024;
 pub async fn token(
     State(state): State<Arc<HttpState>>,
     Extension(ClientIp(peer)): Extension<ClientIp>,
+    certificate: Option<Extension<CallerCertificate>>,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let context = context(peer);
+    let context = context(peer, certificate);
     let form = match read_form(&uri, &headers, &body) {
         Ok(form) => form,
         Err(error) => return *error,
@@ -46,7 +50,42 @@ pub async fn token(
         Ok(basic) => basic,
         Err(error) => return *error,
     };
+    // A DPoP proof (RFC 9449 section 5) binds the token to its key: made for a POST to the
+    // token endpoint as the discovery document publishes it, and used once.
+    let dpop_jkt = match headers
+        .get_all("dpop")
+        .iter()
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        [] => None,
+        [proof] => {
+            let proof = DpopPresented {
+                proof: proof.to_str().unwrap_or_default().to_owned(),
+                method: "POST".to_owned(),
+                uri: format!("{}/oauth2/token", state.auth.issuer().trim_end_matches('/')),
+            };
+            match state
+                .auth
+                .authenticator()
+                .use_proof(&proof, None, Reason::InvalidDpopProof)
+                .await
+            {
+                Ok(jkt) => Some(jkt),
+                Err(error) => return token_error(&error, false, false),
+            }
+        }
+        _ => {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_dpop_proof",
+                "send one DPoP header",
+                false,
+            );
+        }
+    };
     let request = TokenRequest {
+        dpop_jkt,
         scopes: form
             .get("scope")
             .map(|scope| {
@@ -79,7 +118,7 @@ pub async fn token(
         && let Some((client_id, secret)) = &basic
         && let Err(error) = state
             .auth
-            .verify_client(client_id, secret, "token", &context)
+            .verify_client(client_id, Some(secret), "token", &context)
             .await
     {
         return token_error(&error, true, true);
@@ -87,14 +126,20 @@ pub async fn token(
     let issued = match form.get("grant_type").map(String::as_str) {
         Some("client_credentials") => {
             let (client_id, secret) = match basic {
-                Some(credentials) => credentials,
+                Some((client_id, secret)) => (client_id, Some(secret)),
                 None => match (form.get("client_id"), form.get("client_secret")) {
-                    (Some(id), Some(secret)) => (id.clone(), SecretString::from(secret.clone())),
+                    (Some(id), Some(secret)) => {
+                        (id.clone(), Some(SecretString::from(secret.clone())))
+                    }
+                    // RFC 8705 section 2: a client that authenticates by its TLS certificate
+                    // sends its id alone.
+                    (Some(id), None) if context.certificate.is_some() => (id.clone(), None),
                     _ => {
                         return oauth_error(
                             StatusCode::UNAUTHORIZED,
                             "invalid_client",
-                            "authenticate the client with HTTP Basic or client_id and client_secret",
+                            "authenticate the client with HTTP Basic, client_id and client_secret, \
+                             or client_id and its TLS client certificate",
                             true,
                         );
                     }
@@ -162,7 +207,7 @@ pub async fn token(
         Ok(issued) => {
             let mut body = json!({
                 "access_token": issued.access_token,
-                "token_type": "Bearer",
+                "token_type": issued.token_type,
                 "expires_in": issued.expires_in,
                 "scope": issued.scopes.to_space_separated(),
             });
@@ -180,11 +225,12 @@ pub async fn token(
 pub async fn introspect(
     State(state): State<Arc<HttpState>>,
     Extension(ClientIp(peer)): Extension<ClientIp>,
+    certificate: Option<Extension<CallerCertificate>>,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let context = context(peer);
+    let context = context(peer, certificate);
     let form = match read_form(&uri, &headers, &body) {
         Ok(form) => form,
         Err(error) => return *error,
@@ -213,7 +259,12 @@ pub async fn introspect(
             "scope": claims.scope,
             "client_id": claims.client_id,
             "username": claims.preferred_username,
-            "token_type": "Bearer",
+            // RFC 9449 section 6.2.
+            "token_type": if claims.cnf.as_ref().is_some_and(|cnf| cnf.jkt.is_some()) {
+                "DPoP"
+            } else {
+                "Bearer"
+            },
             "exp": claims.exp,
             "iat": claims.iat,
             "nbf": claims.nbf,
@@ -222,6 +273,7 @@ pub async fn introspect(
             "iss": claims.iss,
             "jti": claims.jti,
             "roles": claims.roles,
+            "cnf": claims.cnf,
         }),
         None => json!({ "active": false }),
     };
@@ -233,11 +285,12 @@ pub async fn introspect(
 pub async fn revoke(
     State(state): State<Arc<HttpState>>,
     Extension(ClientIp(peer)): Extension<ClientIp>,
+    certificate: Option<Extension<CallerCertificate>>,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let context = context(peer);
+    let context = context(peer, certificate);
     let form = match read_form(&uri, &headers, &body) {
         Ok(form) => form,
         Err(error) => return *error,
@@ -414,10 +467,16 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
         .filter(|token| !token.is_empty())
 }
 
-fn context(peer: std::net::IpAddr) -> CallContext {
-    CallContext {
-        peer: peer.to_string(),
-    }
+fn context(
+    peer: std::net::IpAddr,
+    certificate: Option<Extension<CallerCertificate>>,
+) -> CallContext {
+    CallContext::new(
+        peer.to_string(),
+        certificate
+            .as_ref()
+            .map(|Extension(certificate)| certificate),
+    )
 }
 
 /// The OAuth error of a failed call (RFC 6749 section 5.2), from the error gRPC callers get.
@@ -438,7 +497,9 @@ fn token_error(error: &Error, client_grant: bool, used_basic: bool) -> Response 
         | Reason::TokenMalformed
         | Reason::TokenExpired
         | Reason::TokenRevoked
-        | Reason::TokenInvalid => (StatusCode::BAD_REQUEST, "invalid_grant"),
+        | Reason::TokenInvalid
+        | Reason::TokenBindingMismatch => (StatusCode::BAD_REQUEST, "invalid_grant"),
+        Reason::InvalidDpopProof => (StatusCode::BAD_REQUEST, "invalid_dpop_proof"),
         Reason::InvalidScope | Reason::InsufficientScope => {
             (StatusCode::BAD_REQUEST, "invalid_scope")
         }

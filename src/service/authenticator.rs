@@ -1,6 +1,7 @@
 //! The Authenticator: whether a bearer token may be trusted, and for what. It verifies the
-//! signature and claims, asks the revocation set (memory only), checks the scopes and audience
-//! asked for, and writes the audit event of a refused admin call. The admin adapters, server
+//! signature and claims, asks the revocation set (memory only), checks that whoever presents
+//! a bound token holds what it is bound to, checks the scopes and audience asked for, and
+//! writes the audit event of a refused admin call. The admin adapters, server
 //! reflection, Envoy's `Check` and the HTTP endpoints hold it rather than the whole
 //! [`AuthService`](super::auth::AuthService).
 
@@ -10,17 +11,41 @@ use chrono::{DateTime, Utc};
 
 use crate::{
     clock::SharedClock,
-    domain::{AuditRecord, Outcome, Revocation, Scope, ScopeSet, TokenFacts},
+    cluster::Redis,
+    domain::{AuditRecord, Outcome, Revocation, Scope, ScopeSet, Thumbprint, TokenFacts},
     error::{Error, Reason},
     revocation::Revocations,
     service::{
         auth::{PASSWORD_CHANGE_SCOPE, Principal},
         limits::{Key, RateLimits},
+        proofs::UsedProofs,
         refusals::RefusalLog,
     },
     store::Store,
-    token::{Claims, TokenVerifier, VerifyError},
+    token::{
+        Claims, TokenVerifier, VerifyError,
+        dpop::{self, ProofRequest, ProofWindow},
+    },
 };
+
+/// What came with a bearer token: what a bound token must be presented with.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Presented {
+    /// The thumbprint of the presenter's TLS client certificate (its own connection's, or
+    /// one a trusted proxy forwarded).
+    pub certificate: Option<Thumbprint>,
+}
+
+/// A DPoP proof that came with a token, and the request it must be for.
+#[derive(Debug, Clone)]
+pub struct DpopPresented {
+    /// The proof (the `DPoP` header).
+    pub proof: String,
+    /// The request's method.
+    pub method: String,
+    /// The request's URI.
+    pub uri: String,
+}
 
 /// Checks bearer tokens; cheap to clone.
 #[derive(Debug, Clone)]
@@ -34,6 +59,10 @@ pub struct Authenticator {
     keystone_audience: Arc<str>,
     /// Refused admin calls, written at most once a minute per address.
     refusals: Arc<RefusalLog>,
+    /// DPoP proofs used so far.
+    proofs: UsedProofs,
+    /// How old a DPoP proof may be.
+    proof_window: ProofWindow,
 }
 
 impl Authenticator {
@@ -48,6 +77,10 @@ impl Authenticator {
         revocations: Revocations,
         limits: RateLimits,
     ) -> Self {
+        let proof_window = ProofWindow {
+            max_age: chrono::Duration::seconds(60),
+            leeway: chrono::Duration::seconds(verifier.leeway_seconds()),
+        };
         Self {
             verifier,
             revocations,
@@ -56,18 +89,121 @@ impl Authenticator {
             limits,
             keystone_audience: keystone_audience.into(),
             refusals: Arc::default(),
+            proofs: UsedProofs::new(None, proof_window.replay_horizon()),
+            proof_window,
         }
     }
 
-    /// Checks a token: signature, claims, revocation, then the scopes and audience asked for.
-    /// Memory only: no database round trip.
+    /// DPoP proofs may be `max_age` old, and are remembered (used once) through `redis` when
+    /// there is one.
+    pub fn with_dpop(mut self, max_age: std::time::Duration, redis: Option<Redis>) -> Self {
+        self.proof_window.max_age =
+            chrono::Duration::from_std(max_age).unwrap_or(chrono::Duration::seconds(60));
+        self.proofs = UsedProofs::new(redis, self.proof_window.replay_horizon());
+        self
+    }
+
+    /// The DPoP proofs used so far.
+    pub fn used_proofs(&self) -> &UsedProofs {
+        &self.proofs
+    }
+
+    /// Checks a DPoP proof made for `method` and `uri` (and `access_token`, unless at the
+    /// token endpoint), and uses it up: the key thumbprint it proves. A bad or used proof is
+    /// `reason` with a sentence saying why.
+    pub async fn use_proof(
+        &self,
+        proof: &DpopPresented,
+        access_token: Option<&str>,
+        reason: Reason,
+    ) -> Result<String, Error> {
+        let now = self.clock.now();
+        let verified = dpop::verify(
+            &proof.proof,
+            ProofRequest {
+                method: &proof.method,
+                uri: &proof.uri,
+                access_token,
+            },
+            self.proof_window,
+            now,
+        )
+        .map_err(|error| Error::Unauthenticated {
+            reason,
+            message: error.to_string(),
+        })?;
+        self.proofs
+            .claim(&verified, now)
+            .await
+            .map_err(|error| match error {
+                Error::Unauthenticated { message, .. } => {
+                    Error::Unauthenticated { reason, message }
+                }
+                other => other,
+            })?;
+        Ok(verified.jkt)
+    }
+
+    /// Checks a token: signature, claims, revocation, its binding to what was `presented`,
+    /// then the scopes and audience asked for. Memory only: no database round trip.
     pub fn authenticate(
         &self,
         token: &str,
+        presented: &Presented,
         required_scopes: &ScopeSet,
         audience: Option<&str>,
     ) -> Result<Principal, Error> {
-        let principal = self.verify(token).inspect_err(count_failure)?;
+        let principal = self.verify(token, presented).inspect_err(count_failure)?;
+        self.authorize(principal, required_scopes, audience)
+    }
+
+    /// As [`Self::authenticate`], and a token bound to a DPoP key (`cnf.jkt`) must come with
+    /// `proof`: a fresh proof by that key for this request and token, used once (RFC 9449
+    /// section 7). `Authenticate` and Envoy's `Check` take proofs; elsewhere a DPoP-bound
+    /// token is refused.
+    pub async fn authenticate_with_proof(
+        &self,
+        token: &str,
+        presented: &Presented,
+        proof: Option<&DpopPresented>,
+        required_scopes: &ScopeSet,
+        audience: Option<&str>,
+    ) -> Result<Principal, Error> {
+        let principal = async {
+            let principal = self.verify_issued(token)?;
+            check_certificate(&principal.claims, presented)?;
+            if let Some(jkt) = principal
+                .claims
+                .cnf
+                .as_ref()
+                .and_then(|cnf| cnf.jkt.as_deref())
+            {
+                let proof = proof.ok_or_else(|| {
+                    binding_mismatch("the token is bound to a DPoP key: send a DPoP proof")
+                })?;
+                let proved = self
+                    .use_proof(proof, Some(token), Reason::TokenBindingMismatch)
+                    .await?;
+                if proved != jkt {
+                    return Err(binding_mismatch(
+                        "the DPoP proof is signed by another key than the token is bound to",
+                    ));
+                }
+            }
+            Ok(principal)
+        }
+        .await
+        .inspect_err(count_failure)?;
+        self.authorize(principal, required_scopes, audience)
+    }
+
+    /// The audience and scopes asked of a verified token.
+    fn authorize(
+        &self,
+        principal: Principal,
+        required_scopes: &ScopeSet,
+        audience: Option<&str>,
+    ) -> Result<Principal, Error> {
         if let Some(audience) = audience
             && !principal.claims.aud.contains(audience)
         {
@@ -112,6 +248,7 @@ impl Authenticator {
     pub async fn admin_actor(
         &self,
         token: Result<String, Error>,
+        presented: &Presented,
         scope: &str,
         action: &'static str,
         peer: &str,
@@ -135,13 +272,13 @@ impl Authenticator {
             Ok(token) => token,
             Err(error) => return Err(refused(error, String::new()).await),
         };
-        let principal = match self.authenticate_for_keystone(&token, &required) {
+        let principal = match self.authenticate_for_keystone(&token, presented, &required) {
             Ok(principal) => principal,
             Err(error) => {
                 // A valid token without the scope names who was refused; others name no one.
                 let subject = match error {
                     Error::PermissionDenied { .. } => self
-                        .verify(&token)
+                        .verify(&token, presented)
                         .map(|principal| principal.claims.sub)
                         .unwrap_or_default(),
                     _ => String::new(),
@@ -169,13 +306,28 @@ impl Authenticator {
     pub fn authenticate_for_keystone(
         &self,
         token: &str,
+        presented: &Presented,
         required_scopes: &ScopeSet,
     ) -> Result<Principal, Error> {
-        self.authenticate(token, required_scopes, Some(&self.keystone_audience))
+        self.authenticate(
+            token,
+            presented,
+            required_scopes,
+            Some(&self.keystone_audience),
+        )
     }
 
-    /// Verifies a token and checks it is not revoked.
-    pub fn verify(&self, token: &str) -> Result<Principal, Error> {
+    /// Verifies a token, checks it is not revoked, and that a bound token came with what it
+    /// is bound to.
+    pub fn verify(&self, token: &str, presented: &Presented) -> Result<Principal, Error> {
+        let principal = self.verify_issued(token)?;
+        check_binding(&principal.claims, presented)?;
+        Ok(principal)
+    }
+
+    /// Verifies a token and checks it is not revoked, whoever holds it: for introspection,
+    /// which shows a binding (`cnf`) to the resource server rather than checking it.
+    pub fn verify_issued(&self, token: &str) -> Result<Principal, Error> {
         let now = self.clock.now();
         let claims = self.verifier.verify(token, now).map_err(|error| {
             let (reason, message) = match error {
@@ -245,6 +397,41 @@ impl Authenticator {
         for event in self.refusals.ended(now) {
             self.store.record_refusal(event, now).await;
         }
+    }
+}
+
+/// A bound token is good only with what it is bound to; a DPoP proof is taken only where
+/// [`Authenticator::authenticate_with_proof`] is used.
+fn check_binding(claims: &Claims, presented: &Presented) -> Result<(), Error> {
+    check_certificate(claims, presented)?;
+    if claims.cnf.as_ref().is_some_and(|cnf| cnf.jkt.is_some()) {
+        return Err(binding_mismatch(
+            "the token is bound to a DPoP key, and this call takes no DPoP proof",
+        ));
+    }
+    Ok(())
+}
+
+/// A token bound to a certificate (`cnf.x5t#S256`) is good only with that certificate.
+fn check_certificate(claims: &Claims, presented: &Presented) -> Result<(), Error> {
+    let Some(bound) = claims.cnf.as_ref().and_then(|cnf| cnf.x5t_s256.as_deref()) else {
+        return Ok(());
+    };
+    match presented.certificate {
+        Some(certificate) if certificate.to_base64url() == bound => Ok(()),
+        Some(_) => Err(binding_mismatch(
+            "the token is bound to another TLS client certificate",
+        )),
+        None => Err(binding_mismatch(
+            "the token is bound to a TLS client certificate: present it",
+        )),
+    }
+}
+
+fn binding_mismatch(message: &str) -> Error {
+    Error::Unauthenticated {
+        reason: Reason::TokenBindingMismatch,
+        message: message.to_owned(),
     }
 }
 

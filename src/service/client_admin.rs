@@ -13,12 +13,13 @@ use crate::{
     clock::SharedClock,
     cluster::{Bus, Event},
     domain::{
-        Client, ClientId, NewClient, Outcome, Revocation, Scope, ScopeSet, check_description,
+        CertificateIdentity, Client, ClientId, DistinguishedName, NewClient, Outcome, Revocation,
+        Scope, SubjectAltName, Thumbprint, check_description,
     },
     error::{Error, Reason},
     revocation::Revocations,
     secrets::{CLIENT_SECRET_PREFIX, Pepper, random_token},
-    store::{ChangeGuard, ClientChanges, Store},
+    store::{ChangeGuard, ClientChanges, Holdings, Store},
 };
 
 /// Longest client name, in characters.
@@ -73,6 +74,15 @@ pub struct ClientFields {
     pub access_token_ttl: Option<Option<Duration>>,
     /// Enabled.
     pub enabled: Option<bool>,
+    /// `tls_client_auth`: the subject DN its certificate must show (empty: none).
+    pub tls_client_auth_subject_dn: Option<String>,
+    /// `tls_client_auth`: names (DNS, URI such as SPIFFE IDs, IP, email) of which its
+    /// certificate must carry one.
+    pub tls_client_auth_sans: Option<Vec<String>>,
+    /// `self_signed_tls_client_auth`: SHA-256 thumbprints of its self-signed certificates.
+    pub tls_client_certificate_sha256: Option<Vec<String>>,
+    /// Whether its tokens are bound to its certificate.
+    pub certificate_bound_tokens: Option<bool>,
 }
 
 /// A rotated secret.
@@ -108,12 +118,13 @@ impl ClientAdminService {
     }
 
     /// `CreateClient`: generates the id when none is given (never a user's id or username)
-    /// and a secret, returned this once.
+    /// and a secret, returned this once; a client that authenticates by certificate gets
+    /// none.
     pub async fn create_client(
         &self,
         actor: &Actor,
         fields: ClientFields,
-    ) -> Result<(Client, SecretString), Error> {
+    ) -> Result<(Client, Option<SecretString>), Error> {
         let client_id = if fields.client_id.is_empty() {
             generated_client_id()?
         } else {
@@ -124,6 +135,7 @@ impl ClientAdminService {
         if let Err(error) = actor
             .check_may_grant(allowed_scopes.iter().map(String::as_str))
             .and_then(|()| self.check_may_give(actor, changes.allowed_audiences.as_deref()))
+            .and_then(|()| check_may_give_certificate(actor, &changes))
         {
             return Err(self
                 .denied(actor, "client.create", client_id.as_str(), error)
@@ -134,10 +146,27 @@ impl ClientAdminService {
                 message: "a user has this id or username; a client_id must differ".to_owned(),
             });
         }
-        let secret = random_token(CLIENT_SECRET_PREFIX)?;
+        let certificate = CertificateIdentity {
+            subject_dn: changes.subject_dn.clone().flatten(),
+            sans: changes.sans.clone().unwrap_or_default(),
+            thumbprints: changes.thumbprints.clone().unwrap_or_default(),
+        };
+        let secret = if certificate.is_set() {
+            None
+        } else {
+            Some(random_token(CLIENT_SECRET_PREFIX)?)
+        };
         let audit = actor
             .event("client.create", client_id.as_str(), Outcome::Success)
-            .with_detail("allowed_scopes", allowed_scopes.join(","));
+            .with_detail("allowed_scopes", allowed_scopes.join(","))
+            .with_detail(
+                "authentication",
+                if certificate.is_set() {
+                    "certificate"
+                } else {
+                    "secret"
+                },
+            );
         let client = self
             .store
             .insert_client(
@@ -149,8 +178,12 @@ impl ClientAdminService {
                     allowed_audiences: changes.allowed_audiences.unwrap_or_default(),
                     access_token_ttl: changes.access_token_ttl.flatten(),
                     enabled: changes.enabled.unwrap_or(true),
+                    certificate,
+                    certificate_bound_tokens: changes.certificate_bound_tokens.unwrap_or(false),
                 },
-                self.pepper.hash_client_secret(secret.expose_secret()),
+                secret
+                    .as_ref()
+                    .map(|secret| self.pepper.hash_client_secret(secret.expose_secret())),
                 &audit,
                 self.clock.now(),
             )
@@ -199,6 +232,7 @@ impl ClientAdminService {
         if let Err(error) = actor
             .check_may_grant(changes.allowed_scopes.iter().flatten().map(String::as_str))
             .and_then(|()| self.check_may_give(actor, changes.allowed_audiences.as_deref()))
+            .and_then(|()| check_may_give_certificate(actor, &changes))
         {
             return Err(self.denied(actor, action, client_id.as_str(), error).await);
         }
@@ -209,6 +243,12 @@ impl ClientAdminService {
             ("allowed_scopes", changes.allowed_scopes.is_some()),
             ("allowed_audiences", changes.allowed_audiences.is_some()),
             ("access_token_ttl", changes.access_token_ttl.is_some()),
+            ("tls_client_auth_subject_dn", changes.subject_dn.is_some()),
+            ("tls_client_auth_sans", changes.sans.is_some()),
+            (
+                "tls_client_certificate_sha256",
+                changes.thumbprints.is_some(),
+            ),
         ] {
             if changed {
                 audit = audit.with_detail(field, "changed");
@@ -216,6 +256,9 @@ impl ClientAdminService {
         }
         if let Some(enabled) = changes.enabled {
             audit = audit.with_detail("enabled", enabled.to_string());
+        }
+        if let Some(bound) = changes.certificate_bound_tokens {
+            audit = audit.with_detail("certificate_bound_tokens", bound.to_string());
         }
         let (permit, revocation) = (self.permit(actor), self.revocation_of(client_id.as_str()));
         let guard = ChangeGuard {
@@ -336,23 +379,31 @@ impl ClientAdminService {
 
     /// What a change to a client checks inside its transaction: that the caller may manage
     /// the client (see [`Actor::check_may_manage`]: it holds every scope of the client, and
-    /// may give each of its audiences).
+    /// may give each of its audiences and its certificate identity).
     fn permit<'a>(
         &'a self,
         actor: &'a Actor,
-    ) -> impl Fn(&ScopeSet, &[String]) -> Result<(), Error> + Sync + 'a {
-        move |scopes: &ScopeSet, audiences: &[String]| {
-            actor.check_may_manage(scopes.iter().map(Scope::as_str))?;
-            match self.first_undelegable(actor, audiences) {
-                None => Ok(()),
-                Some(audience) => Err(Error::PermissionDenied {
+    ) -> impl Fn(&Holdings<'_>) -> Result<(), Error> + Sync + 'a {
+        move |target: &Holdings<'_>| {
+            actor.check_may_manage(target.scopes.iter().map(Scope::as_str))?;
+            if let Some(audience) = self.first_undelegable(actor, target.audiences) {
+                return Err(Error::PermissionDenied {
                     reason: Reason::InsufficientScope,
                     message: format!(
                         "the client holds the audience `{audience}`, which only a caller \
                          holding keystone:admin may manage (clients.delegable_audiences)"
                     ),
-                }),
+                });
             }
+            if target.certificate && !actor.is_admin() {
+                return Err(Error::PermissionDenied {
+                    reason: Reason::InsufficientScope,
+                    message: "the client authenticates by TLS certificate: only a caller \
+                              holding keystone:admin may manage it"
+                        .to_owned(),
+                });
+            }
+            Ok(())
         }
     }
 
@@ -475,6 +526,39 @@ impl ClientAdminService {
                 Ok(parsed)
             })
             .transpose()?;
+        let subject_dn = fields
+            .tls_client_auth_subject_dn
+            .as_ref()
+            .map(|dn| {
+                (!dn.is_empty())
+                    .then(|| DistinguishedName::parse(dn))
+                    .transpose()
+                    .map_err(|e| e.on("client.tls_client_auth_subject_dn"))
+            })
+            .transpose()?;
+        let sans = fields
+            .tls_client_auth_sans
+            .as_ref()
+            .map(|names| {
+                let mut parsed =
+                    parse_list(names, "client.tls_client_auth_sans", SubjectAltName::parse)?;
+                parsed.sort();
+                Ok::<_, Error>(parsed)
+            })
+            .transpose()?;
+        let thumbprints = fields
+            .tls_client_certificate_sha256
+            .as_ref()
+            .map(|thumbprints| {
+                let mut parsed = parse_list(
+                    thumbprints,
+                    "client.tls_client_certificate_sha256",
+                    Thumbprint::parse,
+                )?;
+                parsed.sort();
+                Ok::<_, Error>(parsed)
+            })
+            .transpose()?;
         if let Some(Some(ttl)) = fields.access_token_ttl
             && (ttl.is_zero() || ttl > self.limits.max_access_ttl)
         {
@@ -493,6 +577,10 @@ impl ClientAdminService {
             allowed_audiences,
             access_token_ttl: fields.access_token_ttl,
             enabled: fields.enabled,
+            subject_dn,
+            sans,
+            thumbprints,
+            certificate_bound_tokens: fields.certificate_bound_tokens,
         })
     }
 
@@ -511,6 +599,50 @@ impl ClientAdminService {
     fn revocation(&self, client_id: &str, now: DateTime<Utc>) -> Revocation {
         Revocation::of_subject(client_id, now, self.limits.token_lifetime)
     }
+}
+
+/// Who may act as a client is a power, as where it may go is: only a caller holding
+/// `keystone:admin` gives or changes what a client's certificate must show (the same rule as
+/// audiences beyond `clients.delegable_audiences`).
+fn check_may_give_certificate(actor: &Actor, changes: &ClientChanges) -> Result<(), Error> {
+    let touched = changes.subject_dn.as_ref().is_some_and(Option::is_some)
+        || changes.sans.as_ref().is_some_and(|sans| !sans.is_empty())
+        || changes
+            .thumbprints
+            .as_ref()
+            .is_some_and(|thumbprints| !thumbprints.is_empty());
+    if touched && !actor.is_admin() {
+        return Err(Error::PermissionDenied {
+            reason: Reason::InsufficientScope,
+            message: "only a caller holding keystone:admin may give a client a certificate \
+                      identity (tls_client_auth_*, tls_client_certificate_sha256)"
+                .to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Parses each entry of a list field (at most [`MAX_ENTRIES`], duplicates dropped), naming the
+/// entry that fails.
+fn parse_list<T: PartialEq>(
+    values: &[String],
+    field: &str,
+    parse: impl Fn(&str) -> Result<T, crate::domain::ParseError>,
+) -> Result<Vec<T>, Error> {
+    if values.len() > MAX_ENTRIES {
+        return Err(Error::invalid_argument(
+            field,
+            format!("at most {MAX_ENTRIES} entries"),
+        ));
+    }
+    let mut parsed: Vec<T> = Vec::with_capacity(values.len());
+    for (i, value) in values.iter().enumerate() {
+        let value = parse(value).map_err(|e| e.on(&format!("{field}[{i}]")))?;
+        if !parsed.contains(&value) {
+            parsed.push(value);
+        }
+    }
+    Ok(parsed)
 }
 
 /// A generated client id: `kc_` and 16 lowercase letters and digits (82 bits).

@@ -11,10 +11,11 @@ mod authenticator;
 pub mod client_admin;
 pub mod limits;
 pub mod paging;
+pub mod proofs;
 pub mod refusals;
 pub mod user_admin;
 
-pub use authenticator::Authenticator;
+pub use authenticator::{Authenticator, DpopPresented, Presented};
 pub use client_admin::ClientAdminService;
 pub use user_admin::{BootstrapOutcome, UserAdminService};
 

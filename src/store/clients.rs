@@ -18,7 +18,10 @@ use uuid::Uuid;
 
 use super::{ChangeGuard, Store, audit, db_error, db_error_or_exists, entity, roles};
 use crate::{
-    domain::{AuditRecord, Client, ClientId, NewClient, Revocation},
+    domain::{
+        AuditRecord, CertificateIdentity, Client, ClientId, DistinguishedName, NewClient,
+        Revocation, SubjectAltName, Thumbprint,
+    },
     error::Error,
 };
 
@@ -37,6 +40,38 @@ pub struct ClientChanges {
     pub access_token_ttl: Option<Option<Duration>>,
     /// Enable or disable.
     pub enabled: Option<bool>,
+    /// The subject DN its certificate must show (`Some(None)`: none). Any certificate field
+    /// that leaves the client authenticating by certificate deletes its secrets.
+    pub subject_dn: Option<Option<DistinguishedName>>,
+    /// The names of which its certificate must carry one.
+    pub sans: Option<Vec<SubjectAltName>>,
+    /// The thumbprints of its self-signed certificates.
+    pub thumbprints: Option<Vec<Thumbprint>>,
+    /// Whether its tokens are bound to its certificate.
+    pub certificate_bound_tokens: Option<bool>,
+}
+
+impl ClientChanges {
+    /// The certificate identity `current` has after the change, when the change touches it.
+    fn certificate_of(&self, current: &Client) -> Option<CertificateIdentity> {
+        if self.subject_dn.is_none() && self.sans.is_none() && self.thumbprints.is_none() {
+            return None;
+        }
+        Some(CertificateIdentity {
+            subject_dn: self
+                .subject_dn
+                .clone()
+                .unwrap_or_else(|| current.certificate.subject_dn.clone()),
+            sans: self
+                .sans
+                .clone()
+                .unwrap_or_else(|| current.certificate.sans.clone()),
+            thumbprints: self
+                .thumbprints
+                .clone()
+                .unwrap_or_else(|| current.certificate.thumbprints.clone()),
+        })
+    }
 }
 
 /// What a client's secret rotation did.
@@ -201,11 +236,12 @@ impl Store {
         self.clients.forget_all();
     }
 
-    /// Creates a client with its first secret, in one transaction with its audit event.
+    /// Creates a client with its first secret (none for a client that authenticates by
+    /// certificate), in one transaction with its audit event.
     pub async fn insert_client(
         &self,
         new: NewClient,
-        secret_hash: Vec<u8>,
+        secret_hash: Option<Vec<u8>>,
         audit_record: &AuditRecord,
         now: DateTime<Utc>,
     ) -> Result<Client, Error> {
@@ -223,6 +259,12 @@ impl Store {
             secret_last_used_at: Set(None),
             created_at: Set(now),
             updated_at: Set(now),
+            tls_client_auth_subject_dn: Set(new
+                .certificate
+                .subject_dn
+                .as_ref()
+                .map(ToString::to_string)),
+            certificate_bound_tokens: Set(new.certificate_bound_tokens),
         }
         .insert(&txn)
         .await
@@ -232,7 +274,10 @@ impl Store {
         )))?;
         set_allowed_scopes(&txn, id, &new.allowed_scopes).await?;
         set_allowed_audiences(&txn, id, &new.allowed_audiences).await?;
-        insert_secret(&txn, id, secret_hash, now).await?;
+        set_certificate_names(&txn, id, &new.certificate).await?;
+        if let Some(secret_hash) = secret_hash {
+            insert_secret(&txn, id, secret_hash, now).await?;
+        }
         audit::insert(&txn, audit_record, now).await?;
         let client = client_of(&txn, id).await?;
         txn.commit().await.map_err(db_error)?;
@@ -354,7 +399,8 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<(Client, Option<Revocation>), Error> {
         let (_turn, txn) = self.begin_write().await?;
-        let id = locked_client(&txn, client_id, &guard).await?;
+        let (id, current) = locked_client(&txn, client_id, &guard).await?;
+        let certificate = changes.certificate_of(&current);
         let mut update = entity::client::Entity::update_many()
             .col_expr(entity::client::Column::UpdatedAt, Expr::value(now))
             .filter(entity::client::Column::Id.eq(id));
@@ -375,6 +421,18 @@ impl Store {
         }
         if let Some(enabled) = changes.enabled {
             update = update.col_expr(entity::client::Column::Enabled, Expr::value(enabled));
+        }
+        if let Some(bound) = changes.certificate_bound_tokens {
+            update = update.col_expr(
+                entity::client::Column::CertificateBoundTokens,
+                Expr::value(bound),
+            );
+        }
+        if let Some(certificate) = &certificate {
+            update = update.col_expr(
+                entity::client::Column::TlsClientAuthSubjectDn,
+                Expr::value(certificate.subject_dn.as_ref().map(ToString::to_string)),
+            );
         }
         if guard.revoke.is_some() {
             update = update.col_expr(
@@ -399,6 +457,23 @@ impl Store {
                 .map_err(db_error)?;
             set_allowed_audiences(&txn, id, audiences).await?;
         }
+        if let Some(certificate) = &certificate {
+            entity::client_certificate_name::Entity::delete_many()
+                .filter(entity::client_certificate_name::Column::ClientId.eq(id))
+                .exec(&txn)
+                .await
+                .map_err(db_error)?;
+            set_certificate_names(&txn, id, certificate).await?;
+            // A client that authenticates by certificate has no secret: one left over could
+            // still be used, or come back to life when the certificate is taken off.
+            if certificate.is_set() {
+                entity::client_secret::Entity::delete_many()
+                    .filter(entity::client_secret::Column::ClientId.eq(id))
+                    .exec(&txn)
+                    .await
+                    .map_err(db_error)?;
+            }
+        }
         audit::insert(&txn, audit_record, now).await?;
         let revocation = guard.write_revocation(&txn).await?;
         let client = client_of(&txn, id).await?;
@@ -421,7 +496,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Option<Revocation>, Error> {
         let (_turn, txn) = self.begin_write().await?;
-        let id = locked_client(&txn, client_id, &guard).await?;
+        let (id, _) = locked_client(&txn, client_id, &guard).await?;
         entity::client::Entity::delete_by_id(id)
             .exec(&txn)
             .await
@@ -446,7 +521,16 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<SecretRotation, Error> {
         let (_turn, txn) = self.begin_write().await?;
-        let id = locked_client(&txn, client_id, &guard).await?;
+        let (id, client) = locked_client(&txn, client_id, &guard).await?;
+        if client.certificate.is_set() {
+            return Err(Error::FailedPrecondition {
+                reason: crate::error::Reason::FailedPrecondition,
+                message: format!(
+                    "the client `{client_id}` authenticates by its TLS certificate and holds no \
+                     secret; clear its certificate fields first to give it one"
+                ),
+            });
+        }
         let live: Vec<entity::client_secret::Model> = entity::client_secret::Entity::find()
             .filter(entity::client_secret::Column::ClientId.eq(id))
             .order_by_desc(entity::client_secret::Column::CreatedAt)
@@ -536,12 +620,12 @@ fn client_not_found(client_id: &str) -> Error {
 }
 
 /// Locks the client's row (PostgreSQL: `FOR UPDATE`; SQLite has a single writer), lets
-/// `guard.permit` judge its allowed scopes and audiences, and returns its internal id.
+/// `guard.permit` judge what it holds, and returns its internal id and the client.
 async fn locked_client(
     txn: &DatabaseTransaction,
     client_id: &str,
     guard: &ChangeGuard<'_>,
-) -> Result<Uuid, Error> {
+) -> Result<(Uuid, Client), Error> {
     let id: Uuid = entity::client::Entity::find()
         .filter(entity::client::Column::ClientId.eq(client_id))
         .select_only()
@@ -555,8 +639,12 @@ async fn locked_client(
     let client = client_of(txn, id)
         .await?
         .ok_or_else(|| client_not_found(client_id))?;
-    (guard.permit)(&client.allowed_scopes, &client.allowed_audiences)?;
-    Ok(id)
+    (guard.permit)(&super::Holdings {
+        scopes: &client.allowed_scopes,
+        audiences: &client.allowed_audiences,
+        certificate: client.certificate.is_set(),
+    })?;
+    Ok((id, client))
 }
 
 /// The internal id of the client with this public id.
@@ -629,6 +717,80 @@ async fn set_allowed_audiences<C: ConnectionTrait>(
     Ok(())
 }
 
+/// Registers what a client's certificate may show: its names and self-signed thumbprints.
+async fn set_certificate_names<C: ConnectionTrait>(
+    db: &C,
+    id: Uuid,
+    certificate: &CertificateIdentity,
+) -> Result<(), Error> {
+    let names = certificate
+        .sans
+        .iter()
+        .map(|san| (SAN, san.as_string()))
+        .chain(
+            certificate
+                .thumbprints
+                .iter()
+                .map(|thumbprint| (SHA256, thumbprint.to_hex())),
+        );
+    for (kind, value) in names {
+        entity::client_certificate_name::ActiveModel {
+            client_id: Set(id),
+            kind: Set(kind.to_owned()),
+            value: Set(value),
+        }
+        .insert(db)
+        .await
+        .map_err(db_error)?;
+    }
+    Ok(())
+}
+
+/// `client_certificate_names.kind` of a subject alternative name.
+const SAN: &str = "san";
+/// `client_certificate_names.kind` of a self-signed certificate's thumbprint.
+const SHA256: &str = "sha256";
+
+/// What a client's certificate must show, as stored. Each value was checked on its way in;
+/// one that does not parse now is logged and left out (it then matches nothing).
+async fn certificate_of<C: ConnectionTrait>(
+    db: &C,
+    model: &entity::client::Model,
+) -> Result<CertificateIdentity, Error> {
+    let names = entity::client_certificate_name::Entity::find()
+        .filter(entity::client_certificate_name::Column::ClientId.eq(model.id))
+        .all(db)
+        .await
+        .map_err(db_error)?;
+    let mut certificate = CertificateIdentity {
+        subject_dn: model.tls_client_auth_subject_dn.as_deref().and_then(|dn| {
+            DistinguishedName::parse(dn)
+                .inspect_err(|error| {
+                    tracing::error!(client = %model.client_id, %error, "a stored subject DN is invalid: left out");
+                })
+                .ok()
+        }),
+        ..CertificateIdentity::default()
+    };
+    for name in names {
+        let parsed = match name.kind.as_str() {
+            SAN => SubjectAltName::parse(&name.value).map(|san| certificate.sans.push(san)),
+            SHA256 => Thumbprint::parse(&name.value)
+                .map(|thumbprint| certificate.thumbprints.push(thumbprint)),
+            _ => Err(crate::domain::ParseError(format!(
+                "unknown kind `{}`",
+                name.kind
+            ))),
+        };
+        if let Err(error) = parsed {
+            tracing::error!(client = %model.client_id, %error, "a stored certificate name is invalid: left out");
+        }
+    }
+    certificate.sans.sort();
+    certificate.thumbprints.sort();
+    Ok(certificate)
+}
+
 /// The domain client with this internal id.
 pub(crate) async fn client_of<C: ConnectionTrait>(
     db: &C,
@@ -660,6 +822,7 @@ pub(crate) async fn client_of<C: ConnectionTrait>(
         .await
         .map_err(db_error)?;
     allowed_audiences.sort();
+    let certificate = certificate_of(db, &model).await?;
     Ok(Some(Client {
         id: model.id,
         client_id: ClientId::stored(model.client_id),
@@ -676,5 +839,7 @@ pub(crate) async fn client_of<C: ConnectionTrait>(
         updated_at: model.updated_at,
         secret_rotated_at: model.secret_rotated_at,
         secret_last_used_at: model.secret_last_used_at,
+        certificate,
+        certificate_bound_tokens: model.certificate_bound_tokens,
     }))
 }

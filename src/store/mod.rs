@@ -47,14 +47,26 @@ use crate::{
 /// revocation of the target's tokens (`revoke`, called right before the commit so that it
 /// covers every token issued from state read before the change).
 pub struct ChangeGuard<'a> {
-    /// Refuses the change, given the target's scopes and audiences.
+    /// Refuses the change, given what the target holds.
     pub permit: &'a Permit<'a>,
     /// Makes the revocation of the target's tokens, stamped when called.
     pub revoke: Option<&'a (dyn Fn() -> crate::domain::Revocation + Sync)>,
 }
 
-/// Judges a change, given the target's scopes and audiences (see [`ChangeGuard`]).
-pub type Permit<'a> = dyn Fn(&ScopeSet, &[String]) -> Result<(), Error> + Sync + 'a;
+/// Judges a change, given what the target holds (see [`ChangeGuard`]).
+pub type Permit<'a> = dyn Fn(&Holdings<'_>) -> Result<(), Error> + Sync + 'a;
+
+/// What the target of a change holds, as read under its lock: the powers a caller must have
+/// to change it.
+#[derive(Debug, Clone, Copy)]
+pub struct Holdings<'a> {
+    /// Its scopes (a user's through roles, a client's allowed ones).
+    pub scopes: &'a ScopeSet,
+    /// A client's allowed audiences.
+    pub audiences: &'a [String],
+    /// Whether a client authenticates by TLS certificate.
+    pub certificate: bool,
+}
 
 /// Scopes as stored, read into a set. Each was checked on its way in; one that does not parse
 /// now (a rule added since, a row written by hand) is logged and left out: it is never

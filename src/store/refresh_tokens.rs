@@ -34,6 +34,8 @@ pub struct NewRefreshToken {
     pub expires_at: DateTime<Utc>,
     /// The session's absolute end.
     pub family_expires_at: DateTime<Utc>,
+    /// The DPoP key the session is bound to.
+    pub dpop_jkt: Option<String>,
 }
 
 /// A stored refresh token (never the token itself).
@@ -61,6 +63,8 @@ pub struct RefreshRecord {
     pub revoked_at: Option<DateTime<Utc>>,
     /// The token it was rotated into.
     pub successor_id: Option<Uuid>,
+    /// The DPoP key the session is bound to.
+    pub dpop_jkt: Option<String>,
 }
 
 impl From<refresh_token::Model> for RefreshRecord {
@@ -77,6 +81,7 @@ impl From<refresh_token::Model> for RefreshRecord {
             used_at: model.used_at,
             revoked_at: model.revoked_at,
             successor_id: model.successor_id,
+            dpop_jkt: model.dpop_jkt,
         }
     }
 }
@@ -158,6 +163,7 @@ impl Store {
             issued_at: now,
             expires_at: (now + idle_ttl).min(row.family_expires_at),
             family_expires_at: row.family_expires_at,
+            dpop_jkt: row.dpop_jkt.clone(),
         };
         model(&successor, successor_id, Some(row.id))
             .insert(&txn)
@@ -251,5 +257,6 @@ fn model(new: &NewRefreshToken, id: Uuid, parent_id: Option<Uuid>) -> refresh_to
         family_expires_at: Set(new.family_expires_at),
         used_at: Set(None),
         revoked_at: Set(None),
+        dpop_jkt: Set(new.dpop_jkt.clone()),
     }
 }

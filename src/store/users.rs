@@ -280,7 +280,11 @@ impl Store {
             .await
             .map_err(db_error)?
             .ok_or_else(|| user_not_found(&id.to_string()))?;
-        (guard.permit)(&scopes_of_user(&txn, id).await?, &[])?;
+        (guard.permit)(&super::Holdings {
+            scopes: &scopes_of_user(&txn, id).await?,
+            audiences: &[],
+            certificate: false,
+        })?;
         let ended = if guard.revoke.is_some() {
             end_sessions(&txn, id, now).await?
         } else {

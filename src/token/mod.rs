@@ -16,6 +16,7 @@
 //!
 //! [`Clock`]: crate::clock::Clock
 
+pub mod dpop;
 pub mod ring;
 pub mod rotation;
 pub mod sealing;
@@ -108,6 +109,23 @@ pub struct Claims {
     /// The username of a user token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preferred_username: Option<String>,
+    /// What the token is bound to (RFC 7800): it is accepted only from a caller proving it
+    /// holds that.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Confirmation>,
+}
+
+/// `cnf`: the key a token is bound to. A member Keystone does not know makes the token
+/// invalid (never a token bound to nothing).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Confirmation {
+    /// `x5t#S256`: the base64url SHA-256 of the TLS client certificate (RFC 8705 section 3.1).
+    #[serde(rename = "x5t#S256", default, skip_serializing_if = "Option::is_none")]
+    pub x5t_s256: Option<String>,
+    /// `jkt`: the base64url RFC 7638 thumbprint of a DPoP key (RFC 9449 section 6.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jkt: Option<String>,
 }
 
 /// Why a token was refused.
@@ -206,6 +224,11 @@ impl TokenVerifier {
             leeway: i64::try_from(leeway.as_secs()).unwrap_or(i64::MAX),
             verified: std::sync::Arc::new(quick_cache::sync::Cache::new(VERIFIED_CACHE_SIZE)),
         }
+    }
+
+    /// The clock skew tolerated, in seconds.
+    pub fn leeway_seconds(&self) -> i64 {
+        self.leeway
     }
 
     /// Checks the signature and the claims at `now`.
@@ -358,6 +381,7 @@ mod tests {
             roles: Vec::new(),
             sid: None,
             preferred_username: None,
+            cnf: None,
         };
         let token = TokenIssuer::new(ring.clone())
             .sign(&claims)

@@ -24,6 +24,7 @@ async fn authenticate(
             token: token.to_owned(),
             required_scopes: required_scopes.iter().map(|s| (*s).to_owned()).collect(),
             audience: audience.to_owned(),
+            ..Default::default()
         })
         .await
         .map(|response| response.into_inner().principal.expect("a principal"))

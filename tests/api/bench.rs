@@ -105,3 +105,97 @@ async fn keystone_bench_runs_every_scenario_without_errors() {
     }
     app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn keystone_bench_runs_the_tls_scenarios_without_errors() {
+    use crate::tls::{Ca, Files, presenting, trusting};
+
+    let (ca, workloads) = (Ca::new("keystone test CA"), Ca::new("workloads CA"));
+    let files = Files::new(&ca.server(), Some(&workloads));
+    let leaf = workloads.client("keystone-bench");
+    std::fs::write(files.path("ca.pem"), &ca.pem).unwrap();
+    std::fs::write(files.path("bench.crt"), &leaf.cert).unwrap();
+    std::fs::write(files.path("bench.key"), &leaf.key).unwrap();
+    let app = crate::helpers::spawn_app_tls(
+        |settings| {
+            files.configure(settings, Some(keystone::config::ClientAuth::Optional));
+            settings.bootstrap_admin_username = Some("admin".into());
+            settings.bootstrap_admin_password =
+                Some("correct horse battery staple".to_owned().into());
+            settings.limits = keystone::config::LimitSettings::off();
+        },
+        presenting(trusting(&ca), &leaf),
+    )
+    .await;
+    // The bench dates its DPoP proofs by the machine's clock.
+    app.clock.set(chrono::Utc::now());
+    let (addr, http_addr) = (
+        format!("https://localhost:{}", app.addr.port()),
+        format!("https://localhost:{}", app.http_addr.port()),
+    );
+    let (ca_file, cert_file, key_file) = (
+        files.path("ca.pem"),
+        files.path("bench.crt"),
+        files.path("bench.key"),
+    );
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_keystone-bench"))
+            .args(["--addr", &addr, "--http-addr", &http_addr])
+            .arg("--ca-file")
+            .arg(&ca_file)
+            .arg("--cert-file")
+            .arg(&cert_file)
+            .arg("--key-file")
+            .arg(&key_file)
+            .args([
+                "--scenarios",
+                "tls-handshake,tls-resumed,client-credentials-mtls,authenticate-dpop",
+                "--password",
+                "correct horse battery staple",
+                "--duration",
+                "0.3",
+                "--warmup",
+                "0.1",
+                "--connections",
+                "1",
+                "--concurrency",
+                "2",
+                "--fresh-tokens",
+                "200",
+                "--users",
+                "1",
+                "--json",
+            ])
+            .output()
+            .expect("keystone-bench runs")
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let scenarios: Vec<&str> = report
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["scenario"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        scenarios,
+        [
+            "health",
+            "tls-handshake",
+            "tls-resumed",
+            "client-credentials-mtls",
+            "authenticate-dpop",
+        ]
+    );
+    for outcome in report.as_array().unwrap() {
+        assert!(outcome["calls"].as_u64().unwrap() > 0, "{outcome}");
+        assert_eq!(outcome["errors"], serde_json::json!({}), "{outcome}");
+    }
+    app.stop().await.unwrap();
+}

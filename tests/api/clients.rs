@@ -30,6 +30,7 @@ async fn client_credentials_give_a_service_token_without_a_refresh_token() {
             token: token.access_token.clone(),
             required_scopes: Vec::new(),
             audience: "invoices".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -60,6 +61,7 @@ async fn client_credentials_give_a_service_token_without_a_refresh_token() {
             token: narrowed.access_token,
             required_scopes: vec!["keystone:users.read".into()],
             audience: "keystone".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

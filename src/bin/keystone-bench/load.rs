@@ -331,6 +331,44 @@ pub(crate) async fn call_once(
             })
             .await
             .map(|_| ()),
+        "client-credentials-mtls" => {
+            let Some(client_id) = &fixtures.mtls_client_id else {
+                return Err(tonic::Code::FailedPrecondition);
+            };
+            auth.issue_token(IssueTokenRequest {
+                grant: Some(Grant::ClientCredentials(ClientCredentialsGrant {
+                    client_id: client_id.clone(),
+                    client_secret: String::new(),
+                })),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+        }
+        "authenticate-dpop" => {
+            let Some(dpop) = &fixtures.dpop else {
+                return Err(tonic::Code::FailedPrecondition);
+            };
+            let next = dpop.next.fetch_add(1, Ordering::Relaxed);
+            let Some(proof) = dpop
+                .proofs
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(next)
+                .cloned()
+            else {
+                return Ok(false);
+            };
+            auth.authenticate(AuthenticateRequest {
+                token: dpop.token.clone(),
+                dpop_proof: proof,
+                http_method: "GET".to_owned(),
+                http_uri: crate::dpop::RESOURCE.to_owned(),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+        }
         "password" => login(&mut auth, fixtures, n).await.map(|_| ()),
         "tls-handshake" | "tls-resumed" => {
             let Some(tls) = &fixtures.tls else {

@@ -9,6 +9,7 @@
 //! and then under a flood of logins at twice that limit. With `--server-pid`, the server's CPU
 //! seconds and peak RSS are read from `/proc`.
 
+mod dpop;
 mod load;
 mod process;
 mod seed;
@@ -37,8 +38,10 @@ struct Args {
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     addr: String,
     /// Scenarios, comma separated: health, authenticate, authenticate-fresh, check (Envoy
-    /// ext_authz), introspect, client-credentials, password, refresh, password-flood (health
-    /// always runs, as the ceiling the others are compared to).
+    /// ext_authz), introspect, client-credentials, password, refresh, password-flood;
+    /// tls-handshake and tls-resumed (with --ca-file), client-credentials-mtls (with
+    /// --cert-file), authenticate-dpop (a DPoP-bound token, from --http-addr). Health always
+    /// runs, as the ceiling the others are compared to.
     #[arg(
         long,
         default_value = "health,authenticate,authenticate-fresh,check,introspect,client-credentials,password,refresh,password-flood"
@@ -107,6 +110,17 @@ struct Args {
     /// The name the server's certificate is checked against.
     #[arg(long, default_value = "localhost")]
     tls_name: String,
+    /// A client certificate (PEM) every connection presents; a client authenticating by it
+    /// (its thumbprint registered) is seeded for `client-credentials-mtls`.
+    #[arg(long, requires = "key_file")]
+    cert_file: Option<std::path::PathBuf>,
+    /// The key of `--cert-file` (PEM).
+    #[arg(long, requires = "cert_file")]
+    key_file: Option<std::path::PathBuf>,
+    /// Keystone's HTTP address, where `authenticate-dpop` gets its token
+    /// (`https://` with `--ca-file`).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    http_addr: String,
 }
 
 /// What one scenario measured.
@@ -161,6 +175,19 @@ struct Fixtures {
     password: String,
     /// TLS, for the handshake scenarios.
     tls: Option<Arc<tls::TlsClient>>,
+    /// For `client-credentials-mtls`: the client that authenticates by `--cert-file`.
+    mtls_client_id: Option<String>,
+    /// For `authenticate-dpop`.
+    dpop: Option<Dpop>,
+}
+
+/// A DPoP key, a token bound to it, and proofs made right before the scenario runs (each used
+/// once).
+struct Dpop {
+    key: dpop::DpopKey,
+    token: String,
+    proofs: std::sync::RwLock<Vec<String>>,
+    next: AtomicUsize,
 }
 
 /// What a worker carries from call to call: its session's refresh token.
@@ -186,7 +213,6 @@ async fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let fixtures = Arc::new(seed(&args, &channels[0]).await?);
     let mut scenarios: Vec<String> = args
         .scenarios
         .split(',')
@@ -194,6 +220,26 @@ async fn main() -> anyhow::Result<()> {
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
         .collect();
+    let mut fixtures = seed(&args, &channels[0]).await?;
+    if scenarios.iter().any(|s| s == "authenticate-dpop") {
+        let key = dpop::DpopKey::new()?;
+        let token = dpop::bound_token(
+            &args,
+            fixtures.tls.as_ref(),
+            &key,
+            &fixtures.client_id,
+            &fixtures.secret,
+        )
+        .await
+        .context("cannot get a DPoP-bound token")?;
+        fixtures.dpop = Some(Dpop {
+            key,
+            token,
+            proofs: std::sync::RwLock::default(),
+            next: AtomicUsize::new(0),
+        });
+    }
+    let fixtures = Arc::new(fixtures);
     if !scenarios.iter().any(|s| s == "health") {
         scenarios.insert(0, "health".to_owned());
     }
@@ -208,8 +254,19 @@ async fn main() -> anyhow::Result<()> {
             outcome.server_cpu_seconds = cpu_seconds_since(args.server_pid, cpu_before);
             outcome
         } else {
-            // Fresh tokens are each presented once: none is spent on warming up.
-            if scenario != "authenticate-fresh" {
+            // Proofs are good for a minute: made right before they are used, untimed.
+            if scenario == "authenticate-dpop"
+                && let Some(dpop) = &fixtures.dpop
+            {
+                let proofs = dpop.key.proofs(&dpop.token, args.fresh_tokens)?;
+                *dpop
+                    .proofs
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = proofs;
+                dpop.next.store(0, std::sync::atomic::Ordering::Relaxed);
+            }
+            // Fresh tokens and proofs are each presented once: none is spent on warming up.
+            if scenario != "authenticate-fresh" && scenario != "authenticate-dpop" {
                 run(&args, &channels, &fixtures, scenario, args.warmup).await?;
             }
             // In rounds, each right after a round of Health/Check as long: the ratio compares
@@ -329,11 +386,20 @@ async fn futures_channels(args: &Args) -> anyhow::Result<Vec<Channel>> {
 pub(crate) fn endpoint(args: &Args) -> anyhow::Result<tonic::transport::Endpoint> {
     let endpoint = Channel::from_shared(args.addr.clone())?.tcp_nodelay(true);
     Ok(match tls_client(args)? {
-        Some(tls) => endpoint.tls_config(
-            tonic::transport::ClientTlsConfig::new()
+        Some(tls) => {
+            let mut config = tonic::transport::ClientTlsConfig::new()
                 .ca_certificate(tonic::transport::Certificate::from_pem(&tls.ca_pem))
-                .domain_name(args.tls_name.clone()),
-        )?,
+                .domain_name(args.tls_name.clone());
+            if let (Some(cert), Some(key)) = (&args.cert_file, &args.key_file) {
+                config = config.identity(tonic::transport::Identity::from_pem(
+                    std::fs::read(cert)
+                        .with_context(|| format!("cannot read --cert-file {}", cert.display()))?,
+                    std::fs::read(key)
+                        .with_context(|| format!("cannot read --key-file {}", key.display()))?,
+                ));
+            }
+            endpoint.tls_config(config)?
+        }
         None => endpoint,
     })
 }

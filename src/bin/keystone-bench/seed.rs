@@ -81,7 +81,13 @@ pub(crate) async fn seed(args: &Args, channel: &Channel) -> anyhow::Result<Fixtu
             .context("cannot create a bench user")?;
         users.push(username);
     }
+    let mtls_client_id = match &args.cert_file {
+        Some(cert) => Some(seed_mtls_client(channel, &admin, cert).await?),
+        None => None,
+    };
     Ok(Fixtures {
+        mtls_client_id,
+        dpop: None,
         client_id,
         secret,
         token,
@@ -91,6 +97,41 @@ pub(crate) async fn seed(args: &Args, channel: &Channel) -> anyhow::Result<Fixtu
         password,
         tls: crate::tls_client(args)?,
     })
+}
+
+/// A client that authenticates by the bench's certificate (its thumbprint registered: RFC 8705
+/// `self_signed_tls_client_auth`, which also takes a certificate of the client CA).
+async fn seed_mtls_client(
+    channel: &Channel,
+    admin: &str,
+    cert: &std::path::Path,
+) -> anyhow::Result<String> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+    let pem = std::fs::read(cert)
+        .with_context(|| format!("cannot read --cert-file {}", cert.display()))?;
+    let der = CertificateDer::from_pem_slice(&pem).context("--cert-file holds no certificate")?;
+    let thumbprint: String = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der.as_ref())
+        .as_ref()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    let client_id = format!("bench-mtls-{}", uuid::Uuid::new_v4().simple());
+    let mut request = tonic::Request::new(CreateClientRequest {
+        client: Some(Client {
+            client_id: client_id.clone(),
+            name: "keystone-bench (mTLS)".into(),
+            tls_client_certificate_sha256: vec![thumbprint],
+            ..Default::default()
+        }),
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {admin}").parse()?);
+    ClientAdminClient::new(channel.clone())
+        .create_client(request)
+        .await
+        .context("cannot create the bench's mTLS client")?;
+    Ok(client_id)
 }
 
 /// Mints `count` tokens with `workers` calls in flight.

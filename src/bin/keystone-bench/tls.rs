@@ -93,6 +93,25 @@ impl TlsClient {
     }
 }
 
+impl TlsClient {
+    /// A TLS connection for HTTP/1.1 on `stream` (the DPoP scenario's token request).
+    pub(crate) async fn http_connect(
+        &self,
+        stream: tokio::net::TcpStream,
+    ) -> anyhow::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(self.roots.clone())
+        .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(self.name.clone(), stream)
+            .await?)
+    }
+}
+
 fn connector(
     roots: &rustls::RootCertStore,
     resume: bool,

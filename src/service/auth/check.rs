@@ -31,9 +31,11 @@ impl AuthService {
         let audience = match caller {
             IntrospectionCaller::Bearer(caller) => {
                 // Checking a signature is cheap: the caller is known before it is counted.
-                let principal = self
-                    .authenticator
-                    .authenticate_for_keystone(&caller, &required)?;
+                let principal = self.authenticator.authenticate_for_keystone(
+                    &caller,
+                    &context.presented(),
+                    &required,
+                )?;
                 let claims = principal.claims;
                 self.limits
                     .check(&[Key::Ip(&context.peer), Key::Client(&claims.sub)])
@@ -55,7 +57,7 @@ impl AuthService {
             }
             IntrospectionCaller::Client { client_id, secret } => {
                 let client = self
-                    .verify_client(&client_id, &secret, "introspect", context)
+                    .verify_client(&client_id, Some(&secret), "introspect", context)
                     .await?;
                 let allowed = &client.allowed_scopes;
                 if let Some(missing) = required.iter().find(|scope| !allowed.satisfies(scope)) {
@@ -74,7 +76,7 @@ impl AuthService {
         self.authenticator.revocations_fresh()?;
         Ok(self
             .authenticator
-            .verify(token)
+            .verify_issued(token)
             .ok()
             .map(|principal| principal.claims)
             .filter(|claims| audience.meets(&claims.aud)))

@@ -1,5 +1,9 @@
 //! Service clients: their credentials checked (for the client credentials grant, HTTP Basic
 //! and introspection), and the client credentials grant.
+//!
+//! A client proves itself with a secret, or, when it registered what its TLS client
+//! certificate shows (RFC 8705 section 2), with that certificate on its own connection: then
+//! it has no secret, and a secret sent along proves nothing.
 
 use secrecy::{ExposeSecret as _, SecretString};
 
@@ -8,12 +12,21 @@ use super::{
     mint::{MintRequest, count_issued, grant},
 };
 use crate::{
-    domain::{AuditRecord, Outcome, ScopeSet},
+    domain::{AuditRecord, Outcome, PresentedCertificate, ScopeSet},
     error::{Error, Reason},
     service::limits::Key,
     store::CachedClient,
-    token::Kind,
+    token::{Confirmation, Kind},
 };
+
+/// How a client proved itself.
+#[derive(Debug, Clone, Copy)]
+enum Proof {
+    /// With this live secret.
+    Secret(uuid::Uuid),
+    /// With the TLS certificate it registered.
+    Certificate,
+}
 
 impl AuthService {
     /// Checks a client's id and secret (HTTP Basic or form credentials, or the client
@@ -27,7 +40,7 @@ impl AuthService {
     pub async fn verify_client(
         &self,
         client_id: &str,
-        secret: &SecretString,
+        secret: Option<&SecretString>,
         purpose: &'static str,
         context: &CallContext,
     ) -> Result<crate::domain::Client, Error> {
@@ -42,7 +55,7 @@ impl AuthService {
     pub(super) async fn check_client(
         &self,
         client_id: &str,
-        secret: &SecretString,
+        secret: Option<&SecretString>,
         purpose: &'static str,
         context: &CallContext,
     ) -> Result<crate::domain::Client, Error> {
@@ -65,18 +78,35 @@ impl AuthService {
             .with_detail("purpose", purpose)
             .with_detail("reason", reason)
         };
-        if secret.expose_secret().is_empty() || secret.expose_secret().len() > 256 {
+        let secret = secret.filter(|secret| !secret.expose_secret().is_empty());
+        if secret.is_some_and(|secret| secret.expose_secret().len() > 256) {
             return Err(invalid_credentials());
         }
-        // Every live secret is checked, so the time does not tell which one matched.
+        // The certificate of the caller's own connection (one a proxy forwarded is known by
+        // its hash alone, which proves no name).
+        let certificate = match &context.certificate {
+            Some(PresentedCertificate::Connection(certificate)) => Some(certificate),
+            _ => None,
+        };
         let matching = |entry: &CachedClient| {
-            entry.secrets.iter().fold(None, |matched, candidate| {
-                let ok = self
-                    .pepper
-                    .verify_client_secret(secret.expose_secret(), &candidate.hash)
-                    && candidate.expires_at.is_none_or(|at| at > now);
-                matched.or(ok.then_some(candidate.id))
-            })
+            if entry.client.certificate.is_set() {
+                return certificate
+                    .filter(|certificate| entry.client.certificate.matched_by(certificate))
+                    .map(|_| Proof::Certificate);
+            }
+            let secret = secret?;
+            // Every live secret is checked, so the time does not tell which one matched.
+            entry
+                .secrets
+                .iter()
+                .fold(None, |matched, candidate| {
+                    let ok = self
+                        .pepper
+                        .verify_client_secret(secret.expose_secret(), &candidate.hash)
+                        && candidate.expires_at.is_none_or(|at| at > now);
+                    matched.or(ok.then_some(candidate.id))
+                })
+                .map(Proof::Secret)
         };
         let mut found = self.store.client_for_login(client_id, now, false).await?;
         // A remembered copy is read again when the client was revoked after it was read
@@ -92,7 +122,7 @@ impl AuthService {
             found = self.store.client_for_login(client_id, now, true).await?;
         }
         let matched = found.as_ref().and_then(|(entry, _)| matching(entry));
-        let (Some((entry, _)), Some(secret_id)) = (found, matched) else {
+        let (Some((entry, _)), Some(proof)) = (found, matched) else {
             self.record(audit(Outcome::Failure, "invalid credentials"), now)
                 .await;
             return Err(invalid_credentials());
@@ -105,7 +135,9 @@ impl AuthService {
                 message: "the client is disabled".to_owned(),
             });
         }
-        if entry.last_use_due(secret_id, now) {
+        if let Proof::Secret(secret_id) = proof
+            && entry.last_use_due(secret_id, now)
+        {
             self.store
                 .touch_client_secret(client.id, secret_id, now)
                 .await?;
@@ -119,7 +151,7 @@ impl AuthService {
     pub async fn client_credentials_grant(
         &self,
         client_id: &str,
-        secret: SecretString,
+        secret: Option<SecretString>,
         request: TokenRequest,
         context: &CallContext,
     ) -> Result<IssuedToken, Error> {
@@ -129,7 +161,7 @@ impl AuthService {
         // is refused, whatever it read.
         let now = self.clock.now();
         let client = self
-            .verify_client(client_id, &secret, "client_credentials", context)
+            .verify_client(client_id, secret.as_ref(), "client_credentials", context)
             .await?;
         let audit = |outcome: Outcome, reason: &str| {
             AuditRecord::new(
@@ -175,6 +207,28 @@ impl AuthService {
             .await;
             return Err(error);
         }
+        // Bound to the certificate the client presents now (RFC 8705 section 3.1), and to the
+        // DPoP key it proved (RFC 9449).
+        let x5t_s256 = if client.certificate_bound_tokens {
+            let Some(certificate) = &context.certificate else {
+                self.record(audit(Outcome::Denied, "no certificate to bind to"), now)
+                    .await;
+                return Err(Error::Unauthenticated {
+                    reason: Reason::InvalidCredentials,
+                    message: "this client's tokens are bound to its TLS client certificate: \
+                              present one"
+                        .to_owned(),
+                });
+            };
+            Some(certificate.thumbprint().to_base64url())
+        } else {
+            None
+        };
+        let confirmation =
+            (x5t_s256.is_some() || request.dpop_jkt.is_some()).then(|| Confirmation {
+                x5t_s256,
+                jkt: request.dpop_jkt.clone(),
+            });
         let ttl = client
             .access_token_ttl
             .unwrap_or(self.policy.access_ttl)
@@ -190,6 +244,7 @@ impl AuthService {
                 audience,
                 session_id: None,
                 ttl,
+                confirmation,
             },
             now,
         )?;

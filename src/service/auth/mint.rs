@@ -9,7 +9,7 @@ use super::{AuthService, FIRST_PARTY_CLIENT_ID, IssuedToken};
 use crate::{
     domain::ScopeSet,
     error::{Error, Reason},
-    token::{Audience, Claims, Kind},
+    token::{Audience, Claims, Confirmation, Kind},
 };
 
 impl AuthService {
@@ -23,6 +23,7 @@ impl AuthService {
         scopes: ScopeSet,
         audience: Vec<String>,
         session_id: Uuid,
+        dpop_jkt: Option<String>,
         now: DateTime<Utc>,
     ) -> Result<IssuedToken, Error> {
         self.mint(
@@ -36,6 +37,10 @@ impl AuthService {
                 audience,
                 session_id: Some(session_id.to_string()),
                 ttl: self.policy.access_ttl.min(self.policy.max_access_ttl),
+                confirmation: dpop_jkt.map(|jkt| Confirmation {
+                    x5t_s256: None,
+                    jkt: Some(jkt),
+                }),
             },
             now,
         )
@@ -125,10 +130,17 @@ impl AuthService {
             roles: request.roles,
             sid: request.session_id,
             preferred_username: request.username,
+            cnf: request.confirmation,
         };
         let access_token = self.issuer.sign(&claims)?;
+        let token_type = if claims.cnf.as_ref().is_some_and(|cnf| cnf.jkt.is_some()) {
+            "DPoP"
+        } else {
+            "Bearer"
+        };
         Ok(IssuedToken {
             access_token,
+            token_type,
             jti: claims.jti,
             refresh_token: None,
             scopes: request.scopes,
@@ -158,6 +170,8 @@ pub(super) struct MintRequest {
     pub(super) session_id: Option<String>,
     /// How long it lives.
     pub(super) ttl: Duration,
+    /// `cnf`: what it is bound to.
+    pub(super) confirmation: Option<Confirmation>,
 }
 
 /// The scopes a grant gets: those asked, each of which must be satisfied by a held scope; when

@@ -23,14 +23,17 @@ use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 
 use crate::{
+    client_ip::CallerCertificate,
     clock::SharedClock,
     config::Settings,
-    domain::{AuditRecord, PasswordPolicy, ScopeSet},
+    domain::{
+        AuditRecord, ClientCertificate, PasswordPolicy, PresentedCertificate, ScopeSet, Thumbprint,
+    },
     error::{Error, Reason},
     password::PasswordHasher,
     revocation::Revocations,
     secrets::Pepper,
-    service::{Authenticator, limits::RateLimits},
+    service::{Authenticator, Presented, limits::RateLimits},
     store::{LockoutPolicy, Store},
     token::{Claims, KeyRing, PublicJwk, TokenIssuer},
 };
@@ -55,6 +58,39 @@ const MAX_LOGIN_PASSWORD: usize = 1024;
 pub struct CallContext {
     /// The client's IP: the peer's, or the one a trusted proxy forwarded.
     pub peer: String,
+    /// The client certificate that came with the call: its own TLS connection's, or the one
+    /// a trusted proxy forwarded.
+    pub certificate: Option<PresentedCertificate>,
+}
+
+impl CallContext {
+    /// The context of a call from `peer` (its client IP) with the certificate the transport
+    /// established, if any.
+    pub fn new(peer: String, certificate: Option<&CallerCertificate>) -> Self {
+        let certificate = certificate.map(|certificate| match certificate {
+            CallerCertificate::Connection {
+                chain,
+                issued_by_client_ca,
+            } => PresentedCertificate::Connection(ClientCertificate {
+                chain: chain.clone(),
+                issued_by_client_ca: *issued_by_client_ca,
+            }),
+            CallerCertificate::Forwarded(hash) => {
+                PresentedCertificate::Forwarded(Thumbprint::from_bytes(*hash))
+            }
+        });
+        Self { peer, certificate }
+    }
+
+    /// What came with a bearer token in this call.
+    pub fn presented(&self) -> Presented {
+        Presented {
+            certificate: self
+                .certificate
+                .as_ref()
+                .map(PresentedCertificate::thumbprint),
+        }
+    }
 }
 
 /// Who calls `Introspect`.
@@ -87,6 +123,8 @@ pub struct TokenRequest {
     pub scopes: Vec<String>,
     /// Audience asked for; empty: the default.
     pub audience: String,
+    /// The DPoP key the request proved it holds (RFC 9449): the token is bound to it.
+    pub dpop_jkt: Option<String>,
 }
 
 /// An issued token.
@@ -104,6 +142,8 @@ pub struct IssuedToken {
     pub expires_in: i64,
     /// The access token's id (`jti`), for the audit trail.
     pub jti: String,
+    /// `Bearer`, or `DPoP` for a token bound to a DPoP key.
+    pub token_type: &'static str,
 }
 
 /// A verified, unrevoked token's principal.

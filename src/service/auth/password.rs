@@ -245,10 +245,19 @@ impl AuthService {
                 issued_at: now,
                 expires_at: (now + self.policy.refresh_idle_ttl).min(family_expires_at),
                 family_expires_at,
+                // Bound with the access token: only the same key refreshes the session.
+                dpop_jkt: request.dpop_jkt.clone(),
             };
             Some((refresh_token, stored))
         };
-        let mut token = self.mint_for_user(&user, scopes, audience, session_id, now)?;
+        let mut token = self.mint_for_user(
+            &user,
+            scopes,
+            audience,
+            session_id,
+            request.dpop_jkt.clone(),
+            now,
+        )?;
         let event = audit(Outcome::Success, "password")
             .with_detail("user_id", user.id.to_string())
             .with_detail("session_id", session_id.to_string())

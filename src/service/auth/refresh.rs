@@ -45,7 +45,7 @@ impl AuthService {
             && record.revoked_at.is_none()
             && record.expires_at > now
         {
-            self.refresh_grant_for(&record, &requested, &request.audience, now)
+            self.refresh_grant_for(&record, &requested, &request, now)
                 .await?;
         }
         let successor = self.pepper.refresh_successor(presented);
@@ -75,9 +75,16 @@ impl AuthService {
             return Err(invalid_refresh_token());
         }
         let (user, scopes, audience) = self
-            .refresh_grant_for(&record, &requested, &request.audience, now)
+            .refresh_grant_for(&record, &requested, &request, now)
             .await?;
-        let mut token = self.mint_for_user(&user, scopes, audience, record.family_id, now)?;
+        let mut token = self.mint_for_user(
+            &user,
+            scopes,
+            audience,
+            record.family_id,
+            request.dpop_jkt.clone(),
+            now,
+        )?;
         token.refresh_token = Some(successor);
         count_issued("refresh_token");
         Ok(token)
@@ -85,14 +92,26 @@ impl AuthService {
 
     /// What a refresh of `record` grants: the user (still enabled and unlocked), the scopes of
     /// the original grant less any the user no longer holds (a refresh may ask for fewer, never
-    /// more: RFC 6749 section 6), and the original audience.
+    /// more: RFC 6749 section 6), and the original audience. A session bound to a DPoP key is
+    /// refreshed only by a request proving that key (RFC 9449 section 5).
     pub(super) async fn refresh_grant_for(
         &self,
         record: &RefreshRecord,
         requested: &ScopeSet,
-        requested_audience: &str,
+        request: &TokenRequest,
         now: DateTime<Utc>,
     ) -> Result<(crate::domain::User, ScopeSet, Vec<String>), Error> {
+        if let Some(bound) = &record.dpop_jkt
+            && request.dpop_jkt.as_ref() != Some(bound)
+        {
+            return Err(Error::Unauthenticated {
+                reason: Reason::InvalidDpopProof,
+                message: "this session is bound to a DPoP key: refresh it with a proof by \
+                          that key"
+                    .to_owned(),
+            });
+        }
+        let requested_audience = request.audience.as_str();
         let Some(user_id) = record.user_id else {
             return Err(invalid_refresh_token());
         };

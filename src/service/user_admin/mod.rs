@@ -24,14 +24,11 @@ use super::{
 use crate::{
     clock::SharedClock,
     cluster::Bus,
-    domain::{
-        AuditRecord, Outcome, PasswordPolicy, Revocation, RoleName, Scope, ScopeSet, User,
-        UserRecord,
-    },
+    domain::{AuditRecord, Outcome, PasswordPolicy, Revocation, RoleName, Scope, User, UserRecord},
     error::{Error, Reason},
     password::PasswordHasher,
     revocation::Revocations,
-    store::{ChangeGuard, Store, UserChange},
+    store::{ChangeGuard, Holdings, Store, UserChange},
 };
 
 /// The role the bootstrap admin gets (seeded by the migrations, holding `keystone:admin`).
@@ -184,9 +181,8 @@ impl UserAdminService {
         let now = self.clock.now();
         let target = id.to_string();
         let event = details(actor.event(action, target.clone(), Outcome::Success));
-        let permit = |scopes: &ScopeSet, _: &[String]| {
-            actor.check_may_manage(scopes.iter().map(Scope::as_str))
-        };
+        let permit =
+            |target: &Holdings<'_>| actor.check_may_manage(target.scopes.iter().map(Scope::as_str));
         let revocation = || self.subject_revocation(&target, self.clock.now());
         let guard = ChangeGuard {
             permit: &permit,

@@ -17,6 +17,8 @@ pub struct Model {
     pub secret_last_used_at: Option<DateTimeUtc>,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
+    pub tls_client_auth_subject_dn: Option<String>,
+    pub certificate_bound_tokens: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
@@ -27,6 +29,8 @@ pub enum Relation {
     ClientScope,
     #[sea_orm(has_many = "super::client_audience::Entity")]
     ClientAudience,
+    #[sea_orm(has_many = "super::client_certificate_name::Entity")]
+    ClientCertificateName,
 }
 
 impl Related<super::client_secret::Entity> for Entity {
@@ -44,6 +48,12 @@ impl Related<super::client_scope::Entity> for Entity {
 impl Related<super::client_audience::Entity> for Entity {
     fn to() -> RelationDef {
         Relation::ClientAudience.def()
+    }
+}
+
+impl Related<super::client_certificate_name::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::ClientCertificateName.def()
     }
 }
 

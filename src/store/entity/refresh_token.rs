@@ -22,6 +22,8 @@ pub struct Model {
     pub family_expires_at: DateTimeUtc,
     pub used_at: Option<DateTimeUtc>,
     pub revoked_at: Option<DateTimeUtc>,
+    /// The DPoP key the session is bound to (`cnf.jkt`), if any.
+    pub dpop_jkt: Option<String>,
 }
 
 impl std::fmt::Debug for Model {
