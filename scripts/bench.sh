@@ -4,9 +4,11 @@
 # suite against it, and stops it. Extra arguments go to keystone-bench (e.g. --duration 10).
 #   scripts/bench.sh                 # table
 #   scripts/bench.sh --json          # for machines
-#   KEYSTONE_BENCH_TLS=1 scripts/bench.sh --scenarios authenticate,tls-handshake,tls-resumed
-#                                    # every listener on TLS (a CA and a certificate for
-#                                    # localhost made here with openssl); ratios to TLS Health
+#   KEYSTONE_BENCH_TLS=1 scripts/bench.sh --scenarios \
+#     authenticate,tls-handshake,tls-resumed,client-credentials-mtls,authenticate-dpop
+#                                    # every listener on TLS (a CA, a certificate for localhost
+#                                    # and a client certificate made here with openssl; the
+#                                    # bench presents it); ratios to TLS Health
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
@@ -45,9 +47,16 @@ if [ "${KEYSTONE_BENCH_TLS:-0}" = 1 ]; then
   printf 'subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n' >"$work/ext.cnf"
   openssl x509 -req -in "$work/tls.csr" -CA "$work/ca.crt" -CAkey "$work/ca.key" \
     -CAcreateserial -days 2 -extfile "$work/ext.cnf" -out "$work/tls.crt" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=keystone-bench \
+    -keyout "$work/client.key" -out "$work/client.csr" 2>/dev/null
+  printf 'extendedKeyUsage=clientAuth\n' >"$work/client.cnf"
+  openssl x509 -req -in "$work/client.csr" -CA "$work/ca.crt" -CAkey "$work/ca.key" \
+    -CAcreateserial -days 2 -extfile "$work/client.cnf" -out "$work/client.crt" 2>/dev/null
   export KEYSTONE_TLS__CERT_FILE="$work/tls.crt" KEYSTONE_TLS__KEY_FILE="$work/tls.key"
+  export KEYSTONE_TLS__CLIENT_CA_FILE="$work/ca.crt"
   addr="https://$KEYSTONE_GRPC_ADDR"
-  bench=(--ca-file "$work/ca.crt" --tls-name localhost)
+  bench=(--ca-file "$work/ca.crt" --tls-name localhost --cert-file "$work/client.crt"
+    --key-file "$work/client.key" --http-addr "https://localhost:${KEYSTONE_HTTP_ADDR##*:}")
 fi
 
 start() {

@@ -5,10 +5,12 @@
 //! sits further left and is never reached, so a client cannot choose the address it is
 //! counted under. From a peer that is not a trusted proxy the header is ignored.
 //!
-//! The caller's TLS client certificate likewise: its own connection's, or, from a trusted
-//! proxy that terminated the client's TLS, the `Hash=` of the last element of
-//! `X-Forwarded-Client-Cert` (Envoy's header; the element its nearest proxy wrote). A trusted
-//! proxy's own certificate never speaks for the caller.
+//! The caller's TLS client certificate: its own connection's, or, from one of the proxies of
+//! `server.client_certificate_proxies` (a list of its own: naming a certificate is a greater
+//! power than naming an address), the `Hash=` of `X-Forwarded-Client-Cert` (Envoy's header),
+//! read strictly: one header, its last element, well formed throughout, with one `Hash`; at
+//! any doubt (an open quote, a second `Hash`) there is none. Such a proxy's own certificate
+//! never speaks for the caller.
 //!
 //! Layer: foundation. Uses nothing of Keystone's; the adapters use it.
 
@@ -77,10 +79,12 @@ pub enum CallerCertificate {
     Forwarded([u8; 32]),
 }
 
-/// The proxies whose `X-Forwarded-For` is believed.
+/// The proxies whose `X-Forwarded-For` is believed, and those whose
+/// `X-Forwarded-Client-Cert` is.
 #[derive(Debug, Clone, Default)]
 pub struct TrustedProxies {
     nets: Arc<[IpNet]>,
+    certificate_nets: Arc<[IpNet]>,
 }
 
 impl TrustedProxies {
@@ -88,7 +92,14 @@ impl TrustedProxies {
     pub fn new(nets: &[IpNet]) -> Self {
         Self {
             nets: nets.iter().map(IpNet::trunc).collect(),
+            certificate_nets: Arc::default(),
         }
+    }
+
+    /// Believes the client certificates that the proxies in `nets` forward.
+    pub fn with_certificate_proxies(mut self, nets: &[IpNet]) -> Self {
+        self.certificate_nets = nets.iter().map(IpNet::trunc).collect();
+        self
     }
 
     /// Whether `ip` is one of the proxies.
@@ -141,7 +152,8 @@ impl TrustedProxies {
         if let Some(peer) = peer {
             let ip = self.client_ip(peer.ip(), request.headers());
             request.extensions_mut().insert(ClientIp(ip));
-            let certificate = if self.trusts(peer.ip().to_canonical()) {
+            let from = peer.ip().to_canonical();
+            let certificate = if self.certificate_nets.iter().any(|net| net.contains(&from)) {
                 forwarded_certificate(request.headers()).map(CallerCertificate::Forwarded)
             } else {
                 request.extensions().get::<Peer>().and_then(|peer| {
@@ -161,21 +173,31 @@ impl TrustedProxies {
     }
 }
 
-/// The `Hash=` of the last element of the last `X-Forwarded-Client-Cert` header: the
-/// certificate the nearest proxy's client presented. `None` when there is none, or it is not
-/// 64 hex digits.
+/// The `Hash=` of the last element of `X-Forwarded-Client-Cert` (one header): the certificate
+/// the nearest proxy's client presented. `None` when there is none, when the header is not
+/// well formed throughout (an open quote, a pair without `=`), when the element names `Hash`
+/// twice, or when it is not 64 hex digits.
 fn forwarded_certificate(headers: &HeaderMap) -> Option<[u8; 32]> {
-    let value = headers.get_all(FORWARDED_CLIENT_CERT).iter().next_back()?;
-    let value = value.to_str().ok()?;
-    let element = split_outside_quotes(value, ',').pop()?;
-    let hash = split_outside_quotes(element, ';')
+    let mut values = headers.get_all(FORWARDED_CLIENT_CERT).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return None;
+    };
+    let element = split_outside_quotes(value.to_str().ok()?, ',')?.pop()?;
+    let mut hashes = split_outside_quotes(element, ';')?
         .into_iter()
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(key, _)| key.trim().eq_ignore_ascii_case("hash"))?
-        .1
-        .trim()
-        .trim_matches('"');
-    if hash.len() != 64 || !hash.is_ascii() {
+        .map(|pair| pair.split_once('='))
+        .collect::<Option<Vec<_>>>()?
+        .into_iter()
+        .filter(|(key, _)| key.trim().eq_ignore_ascii_case("hash"));
+    let (Some((_, hash)), None) = (hashes.next(), hashes.next()) else {
+        return None;
+    };
+    let hash = hash.trim();
+    let hash = hash
+        .strip_prefix('"')
+        .and_then(|inner| inner.strip_suffix('"'))
+        .unwrap_or(hash);
+    if hash.len() != 64 || !hash.bytes().all(|byte| byte.is_ascii_hexdigit()) {
         return None;
     }
     let mut bytes = [0_u8; 32];
@@ -185,8 +207,9 @@ fn forwarded_certificate(headers: &HeaderMap) -> Option<[u8; 32]> {
     Some(bytes)
 }
 
-/// Splits on `separator` outside double quotes (a `\` inside quotes escapes the next byte).
-fn split_outside_quotes(value: &str, separator: char) -> Vec<&str> {
+/// Splits on `separator` outside double quotes (a `\` inside quotes escapes the next byte);
+/// `None` when a quote is left open.
+fn split_outside_quotes(value: &str, separator: char) -> Option<Vec<&str>> {
     let mut parts = Vec::new();
     let (mut quoted, mut escaped, mut start) = (false, false, 0);
     for (at, c) in value.char_indices() {
@@ -195,14 +218,17 @@ fn split_outside_quotes(value: &str, separator: char) -> Vec<&str> {
             '\\' if quoted => escaped = true,
             '"' => quoted = !quoted,
             c if c == separator && !quoted => {
-                parts.push(&value[start..at]);
+                parts.push(value.get(start..at)?);
                 start = at + c.len_utf8();
             }
             _ => {}
         }
     }
-    parts.push(&value[start..]);
-    parts
+    if quoted || escaped {
+        return None;
+    }
+    parts.push(value.get(start..)?);
+    Some(parts)
 }
 
 /// One `X-Forwarded-For` entry: an address, maybe with a port or in brackets.
@@ -270,12 +296,20 @@ mod tests {
                 .expect("a header value"),
         );
         assert_eq!(forwarded_certificate(&quoted), Some([0xbb; 32]));
+        let open_quote =
+            format!("Hash={other};Subject=\",By=spiffe://proxy;Hash={hash};URI=spiffe://c");
+        let twice = format!("Hash={other};Hash={hash}");
+        let plus = format!("Hash=+a{}", "a".repeat(62));
         for bad in [
             "",
             "Hash=",
             "Hash=abc",
             "By=x",
             &format!("Hash={}", "g".repeat(64)),
+            &open_quote,
+            &twice,
+            &plus,
+            "Hash",
         ] {
             let mut headers = HeaderMap::new();
             headers.append(

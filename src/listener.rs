@@ -393,9 +393,19 @@ async fn open(
         .peer_certificates()
         .filter(|chain| !chain.is_empty())
         .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect());
-    let issued_by_client_ca = certificates
-        .as_deref()
-        .is_some_and(|chain| handshake.issued_by_client_ca(chain));
+    let issued_by_client_ca = match certificates.as_deref() {
+        None => false,
+        Some(chain) => match handshake.client_certificate(chain) {
+            Some(issued_by_client_ca) => issued_by_client_ca,
+            // Resumed with a certificate that would not be taken now.
+            None => {
+                metrics::counter!("keystone_tls_handshake_failures_total", "listener" => listener)
+                    .increment(1);
+                tracing::debug!(listener, %addr, "a resumed TLS session's certificate is no longer accepted");
+                return None;
+            }
+        },
+    };
     // The HTTP/2 preface in time, as on plaintext (or as much of it as shows it is something
     // else, which the server then refuses).
     let mut replay = Vec::with_capacity(H2_PREFACE.len());

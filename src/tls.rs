@@ -84,20 +84,31 @@ pub struct Handshake {
     /// The server configuration.
     pub config: Arc<ServerConfig>,
     client_ca: Option<Arc<dyn ClientCertVerifier>>,
+    /// `tls.self_signed_client_certificates`.
+    self_signed: bool,
 }
 
 impl Handshake {
-    /// Whether a client chain the handshake accepted leads to `tls.client_ca_file` (else it
-    /// is a self-signed certificate, accepted with `tls.self_signed_client_certificates`).
-    pub fn issued_by_client_ca(&self, chain: &[CertificateDer<'static>]) -> bool {
-        let (Some(client_ca), Some((end_entity, intermediates))) =
-            (&self.client_ca, chain.split_first())
-        else {
-            return false;
-        };
-        client_ca
-            .verify_client_cert(end_entity, intermediates, unix_now())
-            .is_ok()
+    /// What a client chain the handshake took is, checked now: `Some(true)` when it leads to
+    /// `tls.client_ca_file`, `Some(false)` for a lone, current, self-signed certificate
+    /// taken with `tls.self_signed_client_certificates`, `None` when it is neither (a session
+    /// resumed from a ticket brings its certificate back unchecked: it may have expired
+    /// since, or the setting changed).
+    pub fn client_certificate(&self, chain: &[CertificateDer<'static>]) -> Option<bool> {
+        let (end_entity, intermediates) = chain.split_first()?;
+        let now = unix_now();
+        if self.client_ca.as_ref().is_some_and(|client_ca| {
+            client_ca
+                .verify_client_cert(end_entity, intermediates, now)
+                .is_ok()
+        }) {
+            return Some(true);
+        }
+        let seconds = i64::try_from(now.as_secs()).unwrap_or(i64::MAX);
+        (self.self_signed
+            && intermediates.is_empty()
+            && is_self_signed_and_current(end_entity.as_ref(), seconds))
+        .then_some(false)
     }
 }
 
@@ -139,6 +150,7 @@ impl Tls {
                 Protocol::Http => configs.http.clone(),
             },
             client_ca: configs.client_ca.clone(),
+            self_signed: self.settings.self_signed_client_certificates,
         }
     }
 

@@ -211,7 +211,8 @@ impl App {
             request_timeout: settings.server.request_timeout,
             trusted_proxies: crate::client_ip::TrustedProxies::new(
                 &settings.server.trusted_proxies,
-            ),
+            )
+            .with_certificate_proxies(&settings.server.client_certificate_proxies),
             connection_limits: crate::listener::ConnectionLimits::new(&settings.server, false)
                 .with_tls(tls.clone()),
             http_idle_timeout: settings.server.http_idle_timeout,

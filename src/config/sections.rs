@@ -280,6 +280,13 @@ pub struct ServerSettings {
     /// is ignored and the client IP is the peer's. A bare address is that one address.
     #[serde(deserialize_with = "proxies_from_text")]
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Proxies (addresses or CIDR blocks) that terminate their clients' TLS and whose
+    /// `X-Forwarded-Client-Cert` `Hash=` is believed as the caller's certificate (a resource
+    /// server that terminated its caller's TLS and calls `Authenticate` is one). Keep it to
+    /// those very hosts: whoever sends from here can name any certificate. Their own
+    /// certificate never speaks for the caller.
+    #[serde(deserialize_with = "proxies_from_text")]
+    pub client_certificate_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Default for ServerSettings {
@@ -301,6 +308,7 @@ impl Default for ServerSettings {
             drain_delay: Duration::ZERO,
             shutdown_grace: Duration::from_secs(20),
             trusted_proxies: Vec::new(),
+            client_certificate_proxies: Vec::new(),
         }
     }
 }

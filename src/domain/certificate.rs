@@ -596,6 +596,39 @@ mod tests {
     }
 
     #[test]
+    fn only_a_current_self_signed_certificate_is_taken_for_one() {
+        let now = crate::clock::system_now().timestamp();
+        let self_signed = |from: i32, until: i32| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let mut params = rcgen::CertificateParams::new(vec!["batch".to_owned()]).unwrap();
+            params.not_before = rcgen::date_time_ymd(from, 1, 1);
+            params.not_after = rcgen::date_time_ymd(until, 1, 1);
+            (params.self_signed(&key).unwrap(), key, params)
+        };
+        let (current, ca_key, ca_params) = self_signed(2020, 2090);
+        assert!(is_self_signed_and_current(current.der(), now));
+        assert!(!is_self_signed_and_current(
+            self_signed(2020, 2021).0.der(),
+            now
+        ));
+        assert!(!is_self_signed_and_current(
+            self_signed(2090, 2091).0.der(),
+            now
+        ));
+        // Issued by another (its issuer is not its subject).
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let mut leaf = rcgen::CertificateParams::new(vec!["leaf".to_owned()]).unwrap();
+        leaf.distinguished_name = rcgen::DistinguishedName::new();
+        leaf.distinguished_name
+            .push(rcgen::DnType::CommonName, "leaf");
+        let leaf = leaf
+            .signed_by(&rcgen::KeyPair::generate().unwrap(), &issuer)
+            .unwrap();
+        assert!(!is_self_signed_and_current(leaf.der(), now));
+        assert!(!is_self_signed_and_current(b"not a certificate", now));
+    }
+
+    #[test]
     fn distinguished_names_compare_in_one_canonical_form() {
         let a =
             DistinguishedName::parse("CN=payments, OU=Services,O=Example\\, Inc.,C=DE").unwrap();

@@ -10,7 +10,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{bearer_token, call_context, principal_to_proto, timestamp, user_to_proto};
 use crate::{
-    domain::{Revocation, RevocationKind, ScopeSet, Thumbprint},
+    domain::{Revocation, RevocationKind, ScopeSet},
     error::{Error, Reason},
     proto::pb,
     service::{
@@ -59,7 +59,7 @@ impl pb::auth_server::Auth for AuthApi {
             scopes: request.scopes,
             audience: request.audience,
             // DPoP is an HTTP matter (RFC 9449): proofs come to /oauth2/token.
-            dpop_jkt: None,
+            dpop: None,
         };
         let issued = match request.grant {
             Some(pb::issue_token_request::Grant::Password(grant)) => {
@@ -123,20 +123,13 @@ impl pb::auth_server::Auth for AuthApi {
         request: Request<pb::AuthenticateRequest>,
     ) -> Result<Response<pb::AuthenticateResponse>, Status> {
         let from_metadata = bearer_token(request.metadata());
-        let mut presented = call_context(&request).presented();
+        let presented = call_context(&request).presented();
         let request = request.into_inner();
         let token = if request.token.is_empty() {
             from_metadata?
         } else {
             request.token
         };
-        // A resource server that terminated its caller's TLS says which certificate it saw.
-        if !request.certificate_thumbprint.is_empty() {
-            presented.certificate = Some(
-                Thumbprint::parse(&request.certificate_thumbprint)
-                    .map_err(|e| e.on("certificate_thumbprint"))?,
-            );
-        }
         let proof = if request.dpop_proof.is_empty() {
             None
         } else {

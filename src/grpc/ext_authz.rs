@@ -123,6 +123,8 @@ impl Authorization for ExtAuthzApi {
             .and_then(|request| request.http.as_ref());
         let host = http.map(|http| http.host.as_str()).unwrap_or_default();
         let path = http.map(|http| http.path.as_str()).unwrap_or_default();
+        // A DPoP proof names the URI as sent, encodings and all.
+        let raw_path = path;
         let extensions = request
             .attributes
             .as_ref()
@@ -177,7 +179,7 @@ impl Authorization for ExtAuthzApi {
             proof: proof.clone(),
             method: http.map(|http| http.method.clone()).unwrap_or_default(),
             uri: format!(
-                "{}://{host}{path}",
+                "{}://{host}{raw_path}",
                 http.map(|http| http.scheme.as_str())
                     .filter(|scheme| !scheme.is_empty())
                     .unwrap_or("https")

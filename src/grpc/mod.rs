@@ -138,7 +138,8 @@ pub async fn serve(
     let admin = role != Listener::Public;
     let max_message = settings.server.max_message_size;
     let max_auth_message = settings.server.max_auth_message_size;
-    let proxies = TrustedProxies::new(&settings.server.trusted_proxies);
+    let proxies = TrustedProxies::new(&settings.server.trusted_proxies)
+        .with_certificate_proxies(&settings.server.client_certificate_proxies);
     let layers = tower::ServiceBuilder::new()
         // Outermost, so that shed and refused calls are counted too.
         .layer(crate::metrics::GrpcMetricsLayer)

@@ -51,30 +51,20 @@ pub async fn token(
         Err(error) => return *error,
     };
     // A DPoP proof (RFC 9449 section 5) binds the token to its key: made for a POST to the
-    // token endpoint as the discovery document publishes it, and used once.
-    let dpop_jkt = match headers
+    // token endpoint as the discovery document publishes it; the grant checks it (and uses it
+    // up) once the caller is known.
+    let dpop = match headers
         .get_all("dpop")
         .iter()
         .collect::<Vec<_>>()
         .as_slice()
     {
         [] => None,
-        [proof] => {
-            let proof = DpopPresented {
-                proof: proof.to_str().unwrap_or_default().to_owned(),
-                method: "POST".to_owned(),
-                uri: format!("{}/oauth2/token", state.auth.issuer().trim_end_matches('/')),
-            };
-            match state
-                .auth
-                .authenticator()
-                .use_proof(&proof, None, Reason::InvalidDpopProof)
-                .await
-            {
-                Ok(jkt) => Some(jkt),
-                Err(error) => return token_error(&error, false, false),
-            }
-        }
+        [proof] => Some(DpopPresented {
+            proof: proof.to_str().unwrap_or_default().to_owned(),
+            method: "POST".to_owned(),
+            uri: format!("{}/oauth2/token", state.auth.issuer().trim_end_matches('/')),
+        }),
         _ => {
             return oauth_error(
                 StatusCode::BAD_REQUEST,
@@ -85,7 +75,7 @@ pub async fn token(
         }
     };
     let request = TokenRequest {
-        dpop_jkt,
+        dpop,
         scopes: form
             .get("scope")
             .map(|scope| {

@@ -220,7 +220,8 @@ impl ClientAdminService {
         })
     }
 
-    /// `UpdateClient`: the fields set in `fields`; disabling revokes the client's tokens.
+    /// `UpdateClient`: the fields set in `fields`; disabling it, or changing what its
+    /// certificate must show or whether its tokens are bound, revokes the client's tokens.
     pub async fn update_client(
         &self,
         actor: &Actor,
@@ -263,7 +264,14 @@ impl ClientAdminService {
         let (permit, revocation) = (self.permit(actor), self.revocation_of(client_id.as_str()));
         let guard = ChangeGuard {
             permit: &permit,
-            revoke: (changes.enabled == Some(false)).then_some(&revocation as _),
+            // Disabled, or who may act as it or how its tokens are bound changed: the tokens
+            // it holds were given under the old terms.
+            revoke: (changes.enabled == Some(false)
+                || changes.subject_dn.is_some()
+                || changes.sans.is_some()
+                || changes.thumbprints.is_some()
+                || changes.certificate_bound_tokens.is_some())
+            .then_some(&revocation as _),
         };
         let result = self
             .store

@@ -1,10 +1,15 @@
-//! DPoP proofs used once (RFC 9449 section 11.1): each proof's `jti` is remembered for as long
-//! as the proof could be accepted, so the same proof is refused the second time, on any
-//! replica: marked in Redis when clustered (`SET NX`), and always in this process. While Redis
-//! fails, the mark is this process's alone (as rate limits are), which the README says.
+//! DPoP proofs used once (RFC 9449 section 11.1): each proof is remembered for as long as it
+//! could be accepted, so the same proof is refused the second time, on any replica: marked in
+//! Redis when clustered (`SET NX`), and always in this process. When Redis cannot say whether
+//! a proof is new, the proof is refused (`UNAVAILABLE`): "used once" is not weakened to "used
+//! once per replica".
+//!
+//! In memory, proofs are kept by the SHA-256 of key thumbprint and `jti` (32 bytes each,
+//! whatever the `jti`), in buckets by the second they may be forgotten, so that forgetting
+//! drops whole buckets and no call scans the set.
 
 use std::{
-    collections::HashMap,
+    collections::{HashSet, VecDeque},
     sync::{Arc, Mutex, PoisonError},
 };
 
@@ -20,14 +25,70 @@ use crate::{
 /// rather than a used one forgotten.
 const MAX_REMEMBERED: usize = 1_000_000;
 
+/// How many seconds of expiries share a bucket.
+const BUCKET_SECONDS: i64 = 10;
+
 /// The proofs used so far; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct UsedProofs {
     redis: Option<Redis>,
-    /// `jkt:jti` to when it may be forgotten.
-    local: Arc<Mutex<HashMap<String, DateTime<Utc>>>>,
+    local: Arc<Mutex<Buckets>>,
     /// How long a proof stays acceptable (its `iat` window).
     horizon: chrono::Duration,
+}
+
+/// Remembered proofs, by the bucket of the time they may be forgotten, oldest first.
+#[derive(Debug, Default)]
+struct Buckets {
+    buckets: VecDeque<(i64, HashSet<[u8; 32]>)>,
+    count: usize,
+}
+
+impl Buckets {
+    /// Drops the buckets whose every proof may be forgotten at `now`.
+    fn forget_expired(&mut self, now: DateTime<Utc>) {
+        let current = now.timestamp().div_euclid(BUCKET_SECONDS);
+        while let Some((bucket, proofs)) = self.buckets.front() {
+            if *bucket >= current {
+                break;
+            }
+            self.count -= proofs.len();
+            self.buckets.pop_front();
+        }
+    }
+
+    /// Marks `key`, kept until `until`; `Ok(false)` when it was marked already.
+    fn mark(
+        &mut self,
+        key: [u8; 32],
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, Error> {
+        self.forget_expired(now);
+        if self.buckets.iter().any(|(_, proofs)| proofs.contains(&key)) {
+            return Ok(false);
+        }
+        if self.count >= MAX_REMEMBERED {
+            return Err(Error::ResourceExhausted {
+                reason: Reason::Overloaded,
+                message: "too many DPoP proofs in flight; retry later".to_owned(),
+                retry_after: Some(std::time::Duration::from_secs(1)),
+            });
+        }
+        // Kept to the end of the bucket of `until`: a little longer, never shorter.
+        let bucket = until.timestamp().div_euclid(BUCKET_SECONDS);
+        let at = self
+            .buckets
+            .partition_point(|(existing, _)| *existing < bucket);
+        match self.buckets.get_mut(at) {
+            Some((existing, proofs)) if *existing == bucket => {
+                proofs.insert(key);
+            }
+            _ => self.buckets.insert(at, (bucket, HashSet::from([key]))),
+        }
+        self.count += 1;
+        Ok(true)
+    }
 }
 
 impl UsedProofs {
@@ -41,55 +102,38 @@ impl UsedProofs {
     }
 
     /// Uses `proof`: fails with `UNAUTHENTICATED` (`TOKEN_BINDING_MISMATCH`) when it was used
-    /// before.
+    /// before, `UNAVAILABLE` when Redis cannot tell.
     pub async fn claim(&self, proof: &VerifiedProof, now: DateTime<Utc>) -> Result<(), Error> {
-        let key = format!("{}:{}", proof.jkt, proof.jti);
+        let key = key_of(proof);
         // Remembered until the proof's own window has passed.
         let until = proof.issued_at + self.horizon;
-        if !self.claim_locally(&key, until, now)? {
+        let first = self
+            .local
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .mark(key, until, now)?;
+        if !first {
             return Err(replayed());
         }
         if let Some(redis) = &self.redis {
             let ttl = (until - now)
                 .to_std()
                 .unwrap_or(std::time::Duration::from_secs(1));
-            match redis.first_use(&key, ttl).await {
+            let hex: String = key.iter().map(|byte| format!("{byte:02x}")).collect();
+            match redis.first_use(&format!("dpop:{hex}"), ttl).await {
                 Ok(true) => {}
                 Ok(false) => return Err(replayed()),
                 Err(error) => {
-                    ::metrics::counter!("keystone_dpop_replay_checks_local_total").increment(1);
-                    tracing::debug!(error = %error, "a DPoP proof was marked used in this process only");
+                    ::metrics::counter!("keystone_dpop_proofs_unconfirmed_total").increment(1);
+                    return Err(Error::Unavailable {
+                        reason: Reason::Unavailable,
+                        what: "the cluster's record of used DPoP proofs",
+                        source: Some(anyhow::Error::new(error)),
+                    });
                 }
             }
         }
         Ok(())
-    }
-
-    /// Marks `key` in this process; `false` when it was marked already.
-    fn claim_locally(
-        &self,
-        key: &str,
-        until: DateTime<Utc>,
-        now: DateTime<Utc>,
-    ) -> Result<bool, Error> {
-        let mut local = self.local.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(expires) = local.get(key)
-            && *expires > now
-        {
-            return Ok(false);
-        }
-        if local.len() >= MAX_REMEMBERED {
-            local.retain(|_, expires| *expires > now);
-            if local.len() >= MAX_REMEMBERED {
-                return Err(Error::ResourceExhausted {
-                    reason: Reason::Overloaded,
-                    message: "too many DPoP proofs in flight; retry later".to_owned(),
-                    retry_after: Some(std::time::Duration::from_secs(1)),
-                });
-            }
-        }
-        local.insert(key.to_owned(), until);
-        Ok(true)
     }
 
     /// Forgets proofs whose window has passed (bounded memory).
@@ -97,8 +141,19 @@ impl UsedProofs {
         self.local
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .retain(|_, expires| *expires > now);
+            .forget_expired(now);
     }
+}
+
+/// What a proof is remembered by: the SHA-256 of its key's thumbprint and its `jti`.
+fn key_of(proof: &VerifiedProof) -> [u8; 32] {
+    let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    context.update(proof.jkt.as_bytes());
+    context.update(b"\0");
+    context.update(proof.jti.as_bytes());
+    let mut key = [0_u8; 32];
+    key.copy_from_slice(context.finish().as_ref());
+    key
 }
 
 fn replayed() -> Error {
@@ -124,13 +179,19 @@ mod tests {
         proofs.claim(&proof, now).await.unwrap();
         let again = proofs.claim(&proof, now).await.unwrap_err();
         assert_eq!(again.reason(), Reason::TokenBindingMismatch);
+        // Still refused just before its window ends.
+        let again = proofs
+            .claim(&proof, now + chrono::Duration::seconds(69))
+            .await
+            .unwrap_err();
+        assert_eq!(again.reason(), Reason::TokenBindingMismatch);
         let other_key = VerifiedProof {
             jkt: "other".to_owned(),
             ..proof.clone()
         };
         proofs.claim(&other_key, now).await.unwrap();
-        let later = now + chrono::Duration::seconds(71);
-        proofs.forget_expired(later);
-        assert!(proofs.local.lock().unwrap().is_empty());
+        proofs.forget_expired(now + chrono::Duration::seconds(70 + BUCKET_SECONDS + 1));
+        let local = proofs.local.lock().unwrap();
+        assert_eq!((local.count, local.buckets.len()), (0, 0));
     }
 }

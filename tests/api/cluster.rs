@@ -753,3 +753,76 @@ async fn rate_limits_are_counted_once_for_the_cluster_and_locally_while_redis_is
     let status = b.login("trudy", "guess guess guess").await.unwrap_err();
     assert_eq!(reason(&status), "RATE_LIMITED", "{status:?}");
 }
+
+#[tokio::test]
+async fn a_dpop_proof_used_on_one_replica_is_refused_on_another() {
+    use crate::dpop::{DpopKey, RESOURCE};
+
+    let test = "a_dpop_proof_used_on_one_replica_is_refused_on_another";
+    let Some((postgres, redis)) = backends(test) else {
+        return;
+    };
+    let database = TestDatabase::fresh_postgres(&postgres).await;
+    let port = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let http_addr = format!("127.0.0.1:{port}");
+    let cluster = cluster_name();
+    let a = Replica::start(
+        &cluster,
+        database.url(),
+        &redis,
+        &[("KEYSTONE_HTTP_ADDR", &http_addr)],
+    )
+    .await;
+    let b = Replica::start(&cluster, database.url(), &redis, &[]).await;
+
+    let key = DpopKey::new();
+    let now = || chrono::Utc::now().timestamp();
+    let issuer = keystone::Settings::default().issuer;
+    let proof = key.proof("POST", &format!("{issuer}/oauth2/token"), now(), None);
+    let form = format!(
+        "grant_type=password&username={ADMIN}&password={}",
+        ADMIN_PASSWORD.replace(' ', "+")
+    );
+    let issued = crate::helpers::http(
+        http_addr.parse().unwrap(),
+        "POST",
+        "/oauth2/token",
+        &[
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("dpop", &proof),
+        ],
+        &form,
+    )
+    .await;
+    assert_eq!(issued.status, 200, "{}", issued.body);
+    let token = issued.json()["access_token"].as_str().unwrap().to_owned();
+
+    let authenticate = |replica: &Replica, proof: String| {
+        let mut auth = replica.auth();
+        let token = token.clone();
+        async move {
+            auth.authenticate(AuthenticateRequest {
+                token,
+                dpop_proof: proof,
+                http_method: "GET".to_owned(),
+                http_uri: RESOURCE.to_owned(),
+                ..Default::default()
+            })
+            .await
+        }
+    };
+    let proof = key.proof("GET", RESOURCE, now(), Some(&token));
+    authenticate(&a, proof.clone()).await.unwrap();
+    let status = authenticate(&b, proof).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(reason(&status), "TOKEN_BINDING_MISMATCH", "{status:?}");
+    // A fresh proof is good on either.
+    authenticate(&b, key.proof("GET", RESOURCE, now(), Some(&token)))
+        .await
+        .unwrap();
+}

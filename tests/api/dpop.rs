@@ -16,16 +16,16 @@ use tonic::Code;
 
 use crate::helpers::{TestApp, http, reason, spawn_app, with_bearer};
 
-const RESOURCE: &str = "https://api.example.com/orders";
+pub(crate) const RESOURCE: &str = "https://api.example.com/orders";
 
 /// A caller's P-256 key.
-struct DpopKey {
+pub(crate) struct DpopKey {
     signing: EncodingKey,
     jwk: serde_json::Value,
 }
 
 impl DpopKey {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let pkcs8 =
             EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
                 .unwrap();
@@ -56,7 +56,7 @@ impl DpopKey {
     }
 
     /// A proof for `method uri` at `iat`, for `token` if given.
-    fn proof(&self, method: &str, uri: &str, iat: i64, token: Option<&str>) -> String {
+    pub(crate) fn proof(&self, method: &str, uri: &str, iat: i64, token: Option<&str>) -> String {
         let mut header = Header::new(Algorithm::ES256);
         header.typ = Some("dpop+jwt".to_owned());
         header.jwk = Some(serde_json::from_value(self.jwk.clone()).unwrap());

@@ -462,7 +462,7 @@ async fn envoy_terminating_mtls_lets_a_certificate_bound_token_through_only_with
     // Keystone behind the mesh: the proxy in front of it (here the test, on loopback) forwards
     // the certificate of whoever asks for a token.
     let app = spawn_app_with(|s| {
-        s.server.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+        s.server.client_certificate_proxies = vec!["127.0.0.1/32".parse().unwrap()];
     })
     .await;
     let (_envoy, envoy_addr, _dir) = start_envoy_with(envoy, &app, Some(&termination)).await;

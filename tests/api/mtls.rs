@@ -97,19 +97,25 @@ async fn by_certificate(
         .map(tonic::Response::into_inner)
 }
 
-/// `Authenticate` of `token` (in the request) on `channel`, with a thumbprint the caller vouches
-/// for.
+/// `Authenticate` of `token` (in the request) on `channel`, with an `x-forwarded-client-cert`
+/// naming the certificate of `hash` if given.
 async fn authenticate(
     channel: &Channel,
     token: &str,
-    thumbprint: &str,
+    hash: Option<[u8; 32]>,
 ) -> Result<pb::Principal, tonic::Status> {
+    let mut request = tonic::Request::new(AuthenticateRequest {
+        token: token.to_owned(),
+        ..Default::default()
+    });
+    if let Some(hash) = hash {
+        request.metadata_mut().insert(
+            "x-forwarded-client-cert",
+            format!("Hash={}", hex(&hash)).parse().unwrap(),
+        );
+    }
     AuthClient::new(channel.clone())
-        .authenticate(AuthenticateRequest {
-            token: token.to_owned(),
-            certificate_thumbprint: thumbprint.to_owned(),
-            ..Default::default()
-        })
+        .authenticate(request)
         .await
         .map(|response| response.into_inner().principal.unwrap())
 }
@@ -149,38 +155,34 @@ async fn a_client_authenticates_by_its_spiffe_id_and_its_tokens_are_bound_to_its
         serde_json::json!({ "x5t#S256": URL_SAFE_NO_PAD.encode(thumbprint) })
     );
 
-    // Accepted with its certificate: on its own connection, or on a resource server's word.
-    let principal = authenticate(&own, &issued.access_token, "").await.unwrap();
+    // Accepted with its certificate, on its own connection.
+    let principal = authenticate(&own, &issued.access_token, None)
+        .await
+        .unwrap();
     assert_eq!(principal.client_id, "payments");
     assert_eq!(
         principal.certificate_thumbprint,
         URL_SAFE_NO_PAD.encode(thumbprint)
     );
     let plain = connect(app.addr, trusting(&ca)).await.unwrap();
-    authenticate(&plain, &issued.access_token, &hex(&thumbprint))
-        .await
-        .unwrap();
 
-    // Refused without it, or with another one.
+    // Refused without it, or with another one, or with a header naming it from a peer that is
+    // no `server.client_certificate_proxies`.
     let other = clients.workload("api", "Payments", "spiffe://example.org/ns/other/sa/api");
     let elsewhere = connect(app.addr, presenting(trusting(&ca), &other))
         .await
         .unwrap();
-    for (channel, vouched, what) in [
-        (&plain, String::new(), "no certificate"),
-        (&elsewhere, String::new(), "another certificate"),
-        (&plain, hex(&sha256(&other.der())), "another vouched for"),
+    for (channel, forwarded, what) in [
+        (&plain, None, "no certificate"),
+        (&elsewhere, None, "another certificate"),
+        (&plain, Some(thumbprint), "a header from anyone"),
     ] {
-        let status = authenticate(channel, &issued.access_token, &vouched)
+        let status = authenticate(channel, &issued.access_token, forwarded)
             .await
             .expect_err(what);
         assert_eq!(status.code(), Code::Unauthenticated, "{what}");
         assert_eq!(reason(&status), "TOKEN_BINDING_MISMATCH", "{what}");
     }
-    let bad = authenticate(&plain, &issued.access_token, "not a thumbprint")
-        .await
-        .unwrap_err();
-    assert_eq!(bad_field(&bad), "certificate_thumbprint");
 
     // Only its certificate gets it a token.
     for (channel, what) in [(&plain, "no certificate"), (&elsewhere, "another name")] {
@@ -312,13 +314,24 @@ async fn a_subject_dn_or_a_self_signed_thumbprint_names_a_client() {
         .unwrap_err();
     assert_eq!(reason(&status), "INVALID_CREDENTIALS");
 
-    // A certificate of another CA is still refused in the handshake.
+    // A certificate of another CA is still refused in the handshake, and so are an expired
+    // and a not yet valid one of the client CA.
     let stranger = Ca::new("another CA").client("billing");
-    assert!(
-        check_over(app.addr, presenting(trusting(&ca), &stranger))
-            .await
-            .is_err()
-    );
+    for (leaf, what) in [
+        (&stranger, "another CA"),
+        (&clients.client_valid("billing", 2020, 2021), "expired"),
+        (
+            &clients.client_valid("billing", 2090, 2091),
+            "not yet valid",
+        ),
+    ] {
+        assert!(
+            check_over(app.addr, presenting(trusting(&ca), leaf))
+                .await
+                .is_err(),
+            "{what}"
+        );
+    }
     assert_eq!(
         check_over(app.addr, presenting(trusting(&ca), &lone)).await,
         Ok(1)
@@ -369,9 +382,11 @@ async fn who_may_act_as_a_client_is_keystone_admins_to_say() {
     )
     .await
     .unwrap();
-    app.client_token("migrating", &created.client_secret, &[], "orders")
+    let before = app
+        .client_token("migrating", &created.client_secret, &[], "orders")
         .await
-        .unwrap();
+        .unwrap()
+        .access_token;
     let update = |token: &str, paths: &[&str], client: pb::Client| {
         let mut admin = app.client_admin();
         let request = with_bearer(
@@ -418,6 +433,10 @@ async fn who_may_act_as_a_client_is_keystone_admins_to_say() {
         .await
         .unwrap_err();
     assert_eq!(reason(&status), "INVALID_CREDENTIALS", "its secret is gone");
+    // And so are the tokens its secret got: they were given under the old terms.
+    let plain = app.channel.clone();
+    let status = authenticate(&plain, &before, None).await.unwrap_err();
+    assert_eq!(reason(&status), "TOKEN_REVOKED");
 
     // Now only an admin manages it, and it gets no secret.
     let status = update(
@@ -512,7 +531,7 @@ async fn a_trusted_proxy_forwards_the_certificate_and_an_untrusted_one_is_ignore
 
     // Behind a trusted proxy: the token is bound to the forwarded certificate.
     let app = spawn_app_with(|s| {
-        s.server.trusted_proxies =
+        s.server.client_certificate_proxies =
             vec!["127.0.0.1/32".parse().unwrap(), "::1/128".parse().unwrap()];
     })
     .await;
@@ -609,8 +628,13 @@ async fn a_trusted_proxy_forwards_the_certificate_and_an_untrusted_one_is_ignore
     }
     app.stop().await.unwrap();
 
-    // From a peer that is no trusted proxy, the header is nobody's word.
-    let app = spawn_app_with(|_| {}).await;
+    // From a peer that is no `server.client_certificate_proxies`, the header is nobody's word,
+    // even one whose `X-Forwarded-For` is believed.
+    let app = spawn_app_with(|s| {
+        s.server.trusted_proxies =
+            vec!["127.0.0.1/32".parse().unwrap(), "::1/128".parse().unwrap()];
+    })
+    .await;
     let secret = bound_reports_client(&app).await;
     let status = app
         .auth()

@@ -103,11 +103,33 @@ impl Ca {
         }
     }
 
+    /// A client certificate valid only from `from` to `until` (years).
+    pub(crate) fn client_valid(&self, name: &str, from: i32, until: i32) -> Leaf {
+        self.leaf_valid(
+            &[name],
+            ExtendedKeyUsagePurpose::ClientAuth,
+            Some((from, until)),
+        )
+    }
+
     fn leaf(&self, names: &[&str], usage: ExtendedKeyUsagePurpose) -> Leaf {
+        self.leaf_valid(names, usage, None)
+    }
+
+    fn leaf_valid(
+        &self,
+        names: &[&str],
+        usage: ExtendedKeyUsagePurpose,
+        years: Option<(i32, i32)>,
+    ) -> Leaf {
         let key = KeyPair::generate().unwrap();
         let mut params =
             CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
                 .unwrap();
+        if let Some((from, until)) = years {
+            params.not_before = rcgen::date_time_ymd(from, 1, 1);
+            params.not_after = rcgen::date_time_ymd(until, 1, 1);
+        }
         params.distinguished_name.push(DnType::CommonName, names[0]);
         params.extended_key_usages = vec![usage];
         let cert = params.signed_by(&key, &self.issuer).unwrap();

@@ -163,6 +163,7 @@ impl AuthService {
         let client = self
             .verify_client(client_id, secret.as_ref(), "client_credentials", context)
             .await?;
+        let dpop_jkt = self.proven_dpop_key(&request).await?;
         let audit = |outcome: Outcome, reason: &str| {
             AuditRecord::new(
                 client_id.to_owned(),
@@ -224,11 +225,10 @@ impl AuthService {
         } else {
             None
         };
-        let confirmation =
-            (x5t_s256.is_some() || request.dpop_jkt.is_some()).then(|| Confirmation {
-                x5t_s256,
-                jkt: request.dpop_jkt.clone(),
-            });
+        let confirmation = (x5t_s256.is_some() || dpop_jkt.is_some()).then_some(Confirmation {
+            x5t_s256,
+            jkt: dpop_jkt,
+        });
         let ttl = client
             .access_token_ttl
             .unwrap_or(self.policy.access_ttl)

@@ -123,8 +123,8 @@ pub struct TokenRequest {
     pub scopes: Vec<String>,
     /// Audience asked for; empty: the default.
     pub audience: String,
-    /// The DPoP key the request proved it holds (RFC 9449): the token is bound to it.
-    pub dpop_jkt: Option<String>,
+    /// The DPoP proof that came with the request (RFC 9449): the token is bound to its key.
+    pub dpop: Option<crate::service::DpopPresented>,
 }
 
 /// An issued token.
@@ -287,6 +287,20 @@ impl AuthService {
     /// The issuer URL.
     pub fn issuer(&self) -> &str {
         &self.policy.issuer
+    }
+
+    /// The key the request's DPoP proof proves (RFC 9449 section 5), the proof checked and used
+    /// up: called by each grant once the caller is known (counted, authenticated), so that
+    /// nobody can fill the set of used proofs without credentials.
+    async fn proven_dpop_key(&self, request: &TokenRequest) -> Result<Option<String>, Error> {
+        match &request.dpop {
+            None => Ok(None),
+            Some(proof) => self
+                .authenticator
+                .use_proof(proof, None, Reason::InvalidDpopProof)
+                .await
+                .map(Some),
+        }
     }
 
     /// Takes back a login attempt whose password was never checked.

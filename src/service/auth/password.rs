@@ -207,6 +207,7 @@ impl AuthService {
                 message: "the account is disabled".to_owned(),
             });
         }
+        let dpop_jkt = self.proven_dpop_key(&request).await?;
         user.roles = self.store.role_names_of(user.id).await?;
         let new_hash = if needs_rehash {
             Some(self.hasher.hash(&login.password).await?)
@@ -246,18 +247,11 @@ impl AuthService {
                 expires_at: (now + self.policy.refresh_idle_ttl).min(family_expires_at),
                 family_expires_at,
                 // Bound with the access token: only the same key refreshes the session.
-                dpop_jkt: request.dpop_jkt.clone(),
+                dpop_jkt: dpop_jkt.clone(),
             };
             Some((refresh_token, stored))
         };
-        let mut token = self.mint_for_user(
-            &user,
-            scopes,
-            audience,
-            session_id,
-            request.dpop_jkt.clone(),
-            now,
-        )?;
+        let mut token = self.mint_for_user(&user, scopes, audience, session_id, dpop_jkt, now)?;
         let event = audit(Outcome::Success, "password")
             .with_detail("user_id", user.id.to_string())
             .with_detail("session_id", session_id.to_string())

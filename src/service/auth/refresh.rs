@@ -35,6 +35,7 @@ impl AuthService {
         }
         let requested = ScopeSet::parse(request.scopes.iter().map(String::as_str))
             .map_err(|e| e.on("scopes"))?;
+        let dpop_jkt = self.proven_dpop_key(&request).await?;
         let now = self.clock.now();
         let token_hash = hash_refresh_token(presented);
         // Everything that can refuse a live token is decided before the token is consumed:
@@ -45,7 +46,7 @@ impl AuthService {
             && record.revoked_at.is_none()
             && record.expires_at > now
         {
-            self.refresh_grant_for(&record, &requested, &request, now)
+            self.refresh_grant_for(&record, &requested, &request, dpop_jkt.as_deref(), now)
                 .await?;
         }
         let successor = self.pepper.refresh_successor(presented);
@@ -75,16 +76,10 @@ impl AuthService {
             return Err(invalid_refresh_token());
         }
         let (user, scopes, audience) = self
-            .refresh_grant_for(&record, &requested, &request, now)
+            .refresh_grant_for(&record, &requested, &request, dpop_jkt.as_deref(), now)
             .await?;
-        let mut token = self.mint_for_user(
-            &user,
-            scopes,
-            audience,
-            record.family_id,
-            request.dpop_jkt.clone(),
-            now,
-        )?;
+        let mut token =
+            self.mint_for_user(&user, scopes, audience, record.family_id, dpop_jkt, now)?;
         token.refresh_token = Some(successor);
         count_issued("refresh_token");
         Ok(token)
@@ -99,10 +94,11 @@ impl AuthService {
         record: &RefreshRecord,
         requested: &ScopeSet,
         request: &TokenRequest,
+        dpop_jkt: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<(crate::domain::User, ScopeSet, Vec<String>), Error> {
         if let Some(bound) = &record.dpop_jkt
-            && request.dpop_jkt.as_ref() != Some(bound)
+            && dpop_jkt != Some(bound.as_str())
         {
             return Err(Error::Unauthenticated {
                 reason: Reason::InvalidDpopProof,
