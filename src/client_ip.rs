@@ -8,8 +8,8 @@
 //! The caller's TLS client certificate: its own connection's, or, from one of the proxies of
 //! `server.client_certificate_proxies` (a list of its own: naming a certificate is a greater
 //! power than naming an address), the `Hash=` of `X-Forwarded-Client-Cert` (Envoy's header),
-//! read strictly: one header, its last element, well formed throughout, with one `Hash`; at
-//! any doubt (an open quote, a second `Hash`) there is none. Such a proxy's own certificate
+//! read strictly: one header, no quote left open, its last element well formed with one
+//! `Hash`; at any doubt there is none. Such a proxy's own certificate
 //! never speaks for the caller.
 //!
 //! Layer: foundation. Uses nothing of Keystone's; the adapters use it.
@@ -174,9 +174,9 @@ impl TrustedProxies {
 }
 
 /// The `Hash=` of the last element of `X-Forwarded-Client-Cert` (one header): the certificate
-/// the nearest proxy's client presented. `None` when there is none, when the header is not
-/// well formed throughout (an open quote, a pair without `=`), when the element names `Hash`
-/// twice, or when it is not 64 hex digits.
+/// the nearest proxy's client presented. `None` when there is none, when a quote is left open
+/// anywhere in the header, when that element holds a pair without `=` or names `Hash` twice,
+/// or when it is not 64 hex digits.
 fn forwarded_certificate(headers: &HeaderMap) -> Option<[u8; 32]> {
     let mut values = headers.get_all(FORWARDED_CLIENT_CERT).iter();
     let (Some(value), None) = (values.next(), values.next()) else {

@@ -297,7 +297,10 @@ fn refusal(error: &Error) -> CheckResponse {
             "insufficient_scope",
             &description,
         ),
-        Reason::Unavailable | Reason::RevocationUnavailable | Reason::Internal => {
+        Reason::Unavailable
+        | Reason::RevocationUnavailable
+        | Reason::Overloaded
+        | Reason::Internal => {
             tracing::warn!(error = ?error, "an ext_authz check could not be decided");
             denied(
                 HttpStatusCode::ServiceUnavailable,

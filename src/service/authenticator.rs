@@ -24,7 +24,7 @@ use crate::{
     store::Store,
     token::{
         Claims, TokenVerifier, VerifyError,
-        dpop::{self, ProofRequest, ProofWindow},
+        dpop::{self, ProofRequest, ProofWindow, VerifiedProof},
     },
 };
 
@@ -117,8 +117,20 @@ impl Authenticator {
         access_token: Option<&str>,
         reason: Reason,
     ) -> Result<String, Error> {
-        let now = self.clock.now();
-        let verified = dpop::verify(
+        let verified = self.check_proof(proof, access_token, reason)?;
+        self.claim_proof(&verified, reason).await?;
+        Ok(verified.jkt)
+    }
+
+    /// Checks a DPoP proof for its request (and `access_token`), storing nothing: what a
+    /// caller not yet authenticated may be told. [`Self::claim_proof`] uses it up.
+    pub fn check_proof(
+        &self,
+        proof: &DpopPresented,
+        access_token: Option<&str>,
+        reason: Reason,
+    ) -> Result<VerifiedProof, Error> {
+        dpop::verify(
             &proof.proof,
             ProofRequest {
                 method: &proof.method,
@@ -126,22 +138,25 @@ impl Authenticator {
                 access_token,
             },
             self.proof_window,
-            now,
+            self.clock.now(),
         )
         .map_err(|error| Error::Unauthenticated {
             reason,
             message: error.to_string(),
-        })?;
+        })
+    }
+
+    /// Uses up a checked proof: refused (`reason`) when it was used before.
+    pub async fn claim_proof(&self, proof: &VerifiedProof, reason: Reason) -> Result<(), Error> {
         self.proofs
-            .claim(&verified, now)
+            .claim(proof, self.clock.now())
             .await
             .map_err(|error| match error {
                 Error::Unauthenticated { message, .. } => {
                     Error::Unauthenticated { reason, message }
                 }
                 other => other,
-            })?;
-        Ok(verified.jkt)
+            })
     }
 
     /// Checks a token: signature, claims, revocation, its binding to what was `presented`,

@@ -157,13 +157,14 @@ impl AuthService {
     ) -> Result<IssuedToken, Error> {
         let requested = ScopeSet::parse(request.scopes.iter().map(String::as_str))
             .map_err(|e| e.on("scopes"))?;
+        // A bad proof is refused before the credentials are looked at: it tells nothing of them.
+        let proof = self.checked_dpop_proof(&request)?;
         // Taken before the client is read: a token stamped before a revocation of its client
         // is refused, whatever it read.
         let now = self.clock.now();
         let client = self
             .verify_client(client_id, secret.as_ref(), "client_credentials", context)
             .await?;
-        let dpop_jkt = self.proven_dpop_key(&request).await?;
         let audit = |outcome: Outcome, reason: &str| {
             AuditRecord::new(
                 client_id.to_owned(),
@@ -208,6 +209,14 @@ impl AuthService {
             .await;
             return Err(error);
         }
+        let dpop_jkt = match self.claim_dpop_proof(proof).await {
+            Ok(jkt) => jkt,
+            Err(error) => {
+                self.record(audit(Outcome::Denied, "DPoP proof used before"), now)
+                    .await;
+                return Err(error);
+            }
+        };
         // Bound to the certificate the client presents now (RFC 8705 section 3.1), and to the
         // DPoP key it proved (RFC 9449).
         let x5t_s256 = if client.certificate_bound_tokens {

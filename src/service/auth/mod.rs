@@ -35,7 +35,7 @@ use crate::{
     secrets::Pepper,
     service::{Authenticator, Presented, limits::RateLimits},
     store::{LockoutPolicy, Store},
-    token::{Claims, KeyRing, PublicJwk, TokenIssuer},
+    token::{Claims, KeyRing, PublicJwk, TokenIssuer, dpop::VerifiedProof},
 };
 
 /// The scope of the restricted token a user with a generated or reset password gets.
@@ -289,18 +289,32 @@ impl AuthService {
         &self.policy.issuer
     }
 
-    /// The key the request's DPoP proof proves (RFC 9449 section 5), the proof checked and used
-    /// up: called by each grant once the caller is known (counted, authenticated), so that
-    /// nobody can fill the set of used proofs without credentials.
-    async fn proven_dpop_key(&self, request: &TokenRequest) -> Result<Option<String>, Error> {
-        match &request.dpop {
-            None => Ok(None),
-            Some(proof) => self
-                .authenticator
-                .use_proof(proof, None, Reason::InvalidDpopProof)
-                .await
-                .map(Some),
-        }
+    /// The request's DPoP proof (RFC 9449 section 5), checked but not yet used up: each grant
+    /// checks it first, before any credential, so that a bad proof tells nothing of them.
+    fn checked_dpop_proof(&self, request: &TokenRequest) -> Result<Option<VerifiedProof>, Error> {
+        request
+            .dpop
+            .as_ref()
+            .map(|proof| {
+                self.authenticator
+                    .check_proof(proof, None, Reason::InvalidDpopProof)
+            })
+            .transpose()
+    }
+
+    /// Uses up a checked proof, once the caller proved who it is (so that nobody can fill the
+    /// set of used proofs without credentials): the key the token is bound to.
+    async fn claim_dpop_proof(
+        &self,
+        proof: Option<VerifiedProof>,
+    ) -> Result<Option<String>, Error> {
+        let Some(proof) = proof else {
+            return Ok(None);
+        };
+        self.authenticator
+            .claim_proof(&proof, Reason::InvalidDpopProof)
+            .await?;
+        Ok(Some(proof.jkt))
     }
 
     /// Takes back a login attempt whose password was never checked.

@@ -119,6 +119,8 @@ impl AuthService {
         }
         let requested = ScopeSet::parse(request.scopes.iter().map(String::as_str))
             .map_err(|e| e.on("scopes"))?;
+        // A bad proof is refused before the password is looked at: it tells nothing of it.
+        let proof = self.checked_dpop_proof(&request)?;
         let name = normalize(&login.username);
         self.limits
             .check(&[Key::Ip(&context.peer), Key::Username(&name)])
@@ -207,7 +209,14 @@ impl AuthService {
                 message: "the account is disabled".to_owned(),
             });
         }
-        let dpop_jkt = self.proven_dpop_key(&request).await?;
+        let dpop_jkt = match self.claim_dpop_proof(proof).await {
+            Ok(jkt) => jkt,
+            Err(error) => {
+                self.record(audit(Outcome::Denied, "DPoP proof used before"), now)
+                    .await;
+                return Err(error);
+            }
+        };
         user.roles = self.store.role_names_of(user.id).await?;
         let new_hash = if needs_rehash {
             Some(self.hasher.hash(&login.password).await?)

@@ -35,18 +35,20 @@ impl AuthService {
         }
         let requested = ScopeSet::parse(request.scopes.iter().map(String::as_str))
             .map_err(|e| e.on("scopes"))?;
-        let dpop_jkt = self.proven_dpop_key(&request).await?;
+        let proof = self.checked_dpop_proof(&request)?;
         let now = self.clock.now();
         let token_hash = hash_refresh_token(presented);
+        // A token Keystone never issued is refused before its proof is used up: nobody fills
+        // the set of used proofs without a refresh token.
+        let Some(found) = self.store.find_refresh_token(&token_hash).await? else {
+            return Err(invalid_refresh_token());
+        };
+        let dpop_jkt = self.claim_dpop_proof(proof).await?;
         // Everything that can refuse a live token is decided before the token is consumed:
         // a refused refresh must leave the token usable, or the client's next try would look
         // like a reuse and end the session.
-        if let Some(record) = self.store.find_refresh_token(&token_hash).await?
-            && record.used_at.is_none()
-            && record.revoked_at.is_none()
-            && record.expires_at > now
-        {
-            self.refresh_grant_for(&record, &requested, &request, dpop_jkt.as_deref(), now)
+        if found.used_at.is_none() && found.revoked_at.is_none() && found.expires_at > now {
+            self.refresh_grant_for(&found, &requested, &request, dpop_jkt.as_deref(), now)
                 .await?;
         }
         let successor = self.pepper.refresh_successor(presented);
