@@ -177,7 +177,7 @@ impl TrustedProxies {
 /// the nearest proxy's client presented. `None` when there is none, when a quote is left open
 /// anywhere in the header, when that element holds a pair without `=` or names `Hash` twice,
 /// or when it is not 64 hex digits.
-fn forwarded_certificate(headers: &HeaderMap) -> Option<[u8; 32]> {
+pub(crate) fn forwarded_certificate(headers: &HeaderMap) -> Option<[u8; 32]> {
     let mut values = headers.get_all(FORWARDED_CLIENT_CERT).iter();
     let (Some(value), None) = (values.next(), values.next()) else {
         return None;

@@ -43,7 +43,8 @@ pub fn token_verifier(data: &[u8]) {
 }
 
 /// The request decoders: protobuf requests and the validation behind them, OAuth forms and
-/// their credentials, page tokens, `grpc-timeout` and `X-Forwarded-For`. The first byte picks
+/// their credentials, page tokens, `grpc-timeout`, `X-Forwarded-For` and
+/// `X-Forwarded-Client-Cert`, client certificate names, DPoP proofs. The first byte picks
 /// one.
 pub fn decoders(data: &[u8]) {
     let Some((&which, rest)) = data.split_first() else {
@@ -93,12 +94,30 @@ pub fn decoders(data: &[u8]) {
             let _ = crate::grpc::deadline::parse_grpc_timeout(&text);
             let _ = text.parse::<crate::config::Quota>();
             let _ = crate::domain::unambiguous_path(&text);
+            let _ = crate::domain::DistinguishedName::parse(&text);
+            let _ = crate::domain::SubjectAltName::parse(&text);
+            let _ = crate::domain::Thumbprint::parse(&text);
+            let _ = crate::token::dpop::verify(
+                &text,
+                crate::token::dpop::ProofRequest {
+                    method: "GET",
+                    uri: "https://api.example.com/orders",
+                    access_token: Some("token"),
+                },
+                crate::token::dpop::ProofWindow {
+                    max_age: chrono::Duration::seconds(60),
+                    leeway: chrono::Duration::seconds(30),
+                },
+                verifier().1,
+            );
         }
         6 => {
             let mut headers = HeaderMap::new();
             if let Ok(value) = HeaderValue::from_bytes(rest) {
-                headers.insert("x-forwarded-for", value);
+                headers.insert("x-forwarded-for", value.clone());
+                headers.insert("x-forwarded-client-cert", value);
             }
+            let _ = crate::client_ip::forwarded_certificate(&headers);
             let proxies = crate::client_ip::TrustedProxies::new(&[ipnet::IpNet::V4(
                 ipnet::Ipv4Net::new(std::net::Ipv4Addr::new(10, 0, 0, 0), 8)
                     .unwrap_or_else(|_| std::process::abort()),
