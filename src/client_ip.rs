@@ -57,6 +57,8 @@ pub struct Peer {
     /// Whether that chain leads to `tls.client_ca_file` (else it is an accepted self-signed
     /// certificate).
     pub issued_by_client_ca: bool,
+    /// The SHA-256 of the client's own certificate, taken once per connection.
+    pub thumbprint: Option<[u8; 32]>,
 }
 
 /// The header a trusted proxy forwards the client's certificate in (Envoy's).
@@ -73,6 +75,8 @@ pub enum CallerCertificate {
         chain: Arc<[rustls::pki_types::CertificateDer<'static>]>,
         /// Whether it leads to `tls.client_ca_file`.
         issued_by_client_ca: bool,
+        /// The SHA-256 of the client's own certificate.
+        thumbprint: [u8; 32],
     },
     /// The SHA-256 of the certificate's DER, as a trusted proxy forwarded it
     /// (`X-Forwarded-Client-Cert` `Hash=`).
@@ -157,12 +161,11 @@ impl TrustedProxies {
                 forwarded_certificate(request.headers()).map(CallerCertificate::Forwarded)
             } else {
                 request.extensions().get::<Peer>().and_then(|peer| {
-                    peer.certificates
-                        .clone()
-                        .map(|chain| CallerCertificate::Connection {
-                            chain,
-                            issued_by_client_ca: peer.issued_by_client_ca,
-                        })
+                    Some(CallerCertificate::Connection {
+                        chain: peer.certificates.clone()?,
+                        issued_by_client_ca: peer.issued_by_client_ca,
+                        thumbprint: peer.thumbprint?,
+                    })
                 })
             };
             if let Some(certificate) = certificate {

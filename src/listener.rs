@@ -368,6 +368,7 @@ async fn open(
                     addr,
                     certificates: None,
                     issued_by_client_ca: false,
+                    thumbprint: None,
                 },
             )),
             Ok(false) | Err(_) => None,
@@ -393,6 +394,14 @@ async fn open(
         .peer_certificates()
         .filter(|chain| !chain.is_empty())
         .map(|chain| chain.iter().map(|c| c.clone().into_owned()).collect());
+    // Taken once here, not on every call that checks a bound token.
+    let thumbprint = certificates.as_deref().and_then(<[_]>::first).map(|der| {
+        let mut bytes = [0_u8; 32];
+        bytes.copy_from_slice(
+            aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der.as_ref()).as_ref(),
+        );
+        bytes
+    });
     let issued_by_client_ca = match certificates.as_deref() {
         None => false,
         Some(chain) => match handshake.client_certificate(chain) {
@@ -430,6 +439,7 @@ async fn open(
             addr,
             certificates,
             issued_by_client_ca,
+            thumbprint,
         },
     ))
 }

@@ -423,6 +423,8 @@ pub struct ClientCertificate {
     /// Whether the chain leads to `tls.client_ca_file` (else it is a self-signed one, accepted
     /// with `tls.self_signed_client_certificates`, good only for a registered thumbprint).
     pub issued_by_client_ca: bool,
+    /// The thumbprint of the client's own certificate (taken once, by the listener).
+    pub thumbprint: Thumbprint,
 }
 
 /// The client certificate that came with a call.
@@ -453,9 +455,19 @@ struct CertificateFacts {
 }
 
 impl ClientCertificate {
+    /// A certificate the handshake took, its thumbprint taken here.
+    pub fn new(chain: Arc<[CertificateDer<'static>]>, issued_by_client_ca: bool) -> Self {
+        let thumbprint = Thumbprint::of(chain.first().map_or(&[][..], |der| der.as_ref()));
+        Self {
+            chain,
+            issued_by_client_ca,
+            thumbprint,
+        }
+    }
+
     /// The thumbprint of the client's own certificate.
     pub fn thumbprint(&self) -> Thumbprint {
-        Thumbprint::of(self.chain.first().map_or(&[][..], |der| der.as_ref()))
+        self.thumbprint
     }
 
     /// The subject and names of the client's own certificate; `None` when it cannot be read.
@@ -556,10 +568,7 @@ mod tests {
             "spiffe://example.org/billing".try_into().unwrap(),
         ));
         let der = params.self_signed(&key).unwrap().der().clone();
-        let certificate = ClientCertificate {
-            chain: Arc::from(vec![der]),
-            issued_by_client_ca: true,
-        };
+        let certificate = ClientCertificate::new(Arc::from(vec![der]), true);
         let facts = certificate.facts().unwrap();
         assert_eq!(
             facts.subject,

@@ -8,7 +8,9 @@ use tokio::sync::{broadcast::error::RecvError, mpsc, watch};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
-use super::convert::{bearer_token, call_context, principal_to_proto, timestamp, user_to_proto};
+use super::convert::{
+    bearer_token, call_context, presented, principal_to_proto, timestamp, user_to_proto,
+};
 use crate::{
     domain::{Revocation, RevocationKind, ScopeSet},
     error::{Error, Reason},
@@ -123,7 +125,7 @@ impl pb::auth_server::Auth for AuthApi {
         request: Request<pb::AuthenticateRequest>,
     ) -> Result<Response<pb::AuthenticateResponse>, Status> {
         let from_metadata = bearer_token(request.metadata());
-        let presented = call_context(&request).presented();
+        let presented = presented(&request);
         let request = request.into_inner();
         let token = if request.token.is_empty() {
             from_metadata?
@@ -316,7 +318,7 @@ impl pb::auth_server::Auth for AuthApi {
         request: Request<pb::WatchRevocationsRequest>,
     ) -> Result<Response<RevocationStream>, Status> {
         let caller = bearer_token(request.metadata())?;
-        let presented = call_context(&request).presented();
+        let presented = presented(&request);
         let required = ScopeSet::parse([INTROSPECT_SCOPE]).map_err(|e| e.on("scope"))?;
         self.service
             .authenticator()

@@ -69,6 +69,23 @@ pub fn call_context<T>(request: &tonic::Request<T>) -> CallContext {
     )
 }
 
+/// What came with the call's bearer token: the caller's certificate as the listener (or a
+/// certificate proxy) established it, without the rest of the call's context (the hot path).
+pub fn presented<T>(request: &tonic::Request<T>) -> crate::service::Presented {
+    use crate::client_ip::CallerCertificate;
+    crate::service::Presented {
+        certificate: request
+            .extensions()
+            .get::<CallerCertificate>()
+            .map(|certificate| match certificate {
+                CallerCertificate::Connection { thumbprint, .. }
+                | CallerCertificate::Forwarded(thumbprint) => {
+                    crate::domain::Thumbprint::from_bytes(*thumbprint)
+                }
+            }),
+    }
+}
+
 /// The `Principal` message of verified claims.
 pub fn principal_to_proto(claims: &Claims) -> pb::Principal {
     let kind = match claims.kind {

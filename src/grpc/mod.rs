@@ -241,11 +241,7 @@ impl Interceptor for ReflectionGuard {
         let token = convert::bearer_token(request.metadata())?;
         let admin = crate::domain::ScopeSet::parse([crate::service::ADMIN_SCOPE])
             .map_err(|e| Status::from(e.on("scope")))?;
-        auth.authenticate_for_keystone(
-            &token,
-            &convert::call_context(&request).presented(),
-            &admin,
-        )?;
+        auth.authenticate_for_keystone(&token, &convert::presented(&request), &admin)?;
         Ok(request)
     }
 }

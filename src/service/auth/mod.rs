@@ -71,9 +71,11 @@ impl CallContext {
             CallerCertificate::Connection {
                 chain,
                 issued_by_client_ca,
+                thumbprint,
             } => PresentedCertificate::Connection(ClientCertificate {
                 chain: chain.clone(),
                 issued_by_client_ca: *issued_by_client_ca,
+                thumbprint: Thumbprint::from_bytes(*thumbprint),
             }),
             CallerCertificate::Forwarded(hash) => {
                 PresentedCertificate::Forwarded(Thumbprint::from_bytes(*hash))
