@@ -24,6 +24,7 @@ const SECRET_BEARING_MESSAGES: &[&str] = &[
     "SetPasswordResponse",
     "CreateClientResponse",
     "RotateClientSecretResponse",
+    "EstimatePasswordStrengthRequest",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -143,6 +143,7 @@ async fn seed(database_url: &str) {
                 email_verified: true,
                 password_change_required: false,
                 roles: vec![RoleName::parse("admin").expect("a role")],
+                default_roles: false,
             },
             &AuditRecord::new("bench", "user.create", "", Outcome::Success),
             now,

@@ -1,6 +1,7 @@
 //! Criterion benches of the functions on Keystone's hot paths: token signing and verification
 //! (EdDSA and ES256), the revocation lookup at a million entries, the client-secret check, the
-//! scope check, and one argon2id hash at the default parameters (the cost of a login).
+//! scope check, one argon2id hash at the default parameters (the cost of a login), and the
+//! password strength estimate (zxcvbn) of the longest password and of typical ones.
 //!
 //! Run: `cargo bench --bench hot_paths` (add `-- --quick` for a fast pass).
 
@@ -14,7 +15,9 @@ use chrono::{Duration, Utc};
 use criterion::{Criterion, criterion_group, criterion_main};
 use keystone::{
     config::{KeyAlgorithm, PasswordHashSettings},
-    domain::{Revocation, RevocationKind, Scope, ScopeSet, TokenFacts},
+    domain::{
+        AccountNames, PasswordPolicy, Revocation, RevocationKind, Scope, ScopeSet, TokenFacts,
+    },
     password::PasswordHasher,
     revocation::MemoryRevocations,
     secrets::Pepper,
@@ -153,12 +156,41 @@ fn argon2(c: &mut Criterion) {
     group.finish();
 }
 
+fn password_strength(c: &mut Criterion) {
+    let policy = PasswordPolicy::new(15, 3);
+    let names = AccountNames {
+        username: Some("marguerite"),
+        email: Some("m.duras@example.com"),
+    };
+    let mut group = c.benchmark_group("password strength (zxcvbn)");
+    for (name, password) in [
+        // The longest password taken: the worst case (zxcvbn reads the first 100 characters).
+        (
+            "128 random characters",
+            "Q8#vT2m!Lr9@xW4pZ7&nB1c$Ks6^Hd3*Jf5(Gy0)Ua8_Ie2+Ob7=Pq4?Rw1~Xe9|Yt3;Zu6:Av2<Bs5>Cd8,Ef0.Gh4/Ij7-Kl1[Mn3]Op6{Qr9}St2%Uv5#Wx8!Yz1@",
+        ),
+        ("128 characters of a repeat", &"xy".repeat(64)),
+        (
+            "a four-word passphrase",
+            "gravel-otter-quasar-lantern-mosaic",
+        ),
+        ("a guessable sixteen", "iloveyouiloveyou"),
+    ] {
+        let password = SecretString::from(password.to_owned());
+        group.bench_function(name, |b| {
+            b.iter(|| policy.assess(black_box(&password), names))
+        });
+    }
+    group.finish();
+}
+
 criterion_group!(
     benches,
     tokens,
     revocation_lookup,
     client_secret,
     scope_check,
-    argon2
+    argon2,
+    password_strength
 );
 criterion_main!(benches);

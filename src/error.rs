@@ -36,6 +36,8 @@ pub enum Reason {
     InvalidDpopProof,
     /// The token lacks a scope the call needs.
     InsufficientScope,
+    /// The token's subject lacks a role the call needs.
+    MissingRole,
     /// The token is not meant for the audience asked about.
     AudienceMismatch,
     /// Unknown user, wrong password, unknown client or bad secret: all look the same.
@@ -90,6 +92,7 @@ impl Reason {
             Reason::TokenInvalid => "TOKEN_INVALID",
             Reason::TokenMissing => "TOKEN_MISSING",
             Reason::InsufficientScope => "INSUFFICIENT_SCOPE",
+            Reason::MissingRole => "MISSING_ROLE",
             Reason::AudienceMismatch => "AUDIENCE_MISMATCH",
             Reason::InvalidCredentials => "INVALID_CREDENTIALS",
             Reason::AccountLocked => "ACCOUNT_LOCKED",

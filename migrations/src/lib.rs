@@ -16,6 +16,7 @@ mod m20261128_000005_add_username_skeletons;
 mod m20261128_000006_index_revocations_by_write_time;
 mod m20261206_000007_add_client_certificates;
 mod m20261206_000008_add_refresh_token_dpop_keys;
+mod m20261206_000009_add_default_roles;
 
 /// The ordered list of Keystone's migrations.
 pub struct Migrator;
@@ -32,6 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261128_000006_index_revocations_by_write_time::Migration),
             Box::new(m20261206_000007_add_client_certificates::Migration),
             Box::new(m20261206_000008_add_refresh_token_dpop_keys::Migration),
+            Box::new(m20261206_000009_add_default_roles::Migration),
         ]
     }
 }

@@ -361,7 +361,10 @@ pub fn user_admin_service(
     UserAdminService::new(
         store.clone(),
         hasher,
-        crate::domain::PasswordPolicy::new(settings.auth.password_min_length),
+        crate::domain::PasswordPolicy::new(
+            settings.auth.password_min_length,
+            settings.auth.password_min_strength,
+        ),
         clock.clone(),
         revocations.clone(),
         bus.clone(),

@@ -364,6 +364,8 @@ pub struct AuthSettings {
     pub lockout_threshold: u32,
     /// Shortest password accepted, in code points (at least 8).
     pub password_min_length: u32,
+    /// Lowest zxcvbn score a new password needs, 0 (anything the other rules allow) to 4.
+    pub password_min_strength: u8,
     /// Password hashing.
     pub argon2: PasswordHashSettings,
     /// The first lockout's length; each further lockout of the same name doubles it.
@@ -381,6 +383,7 @@ impl Default for AuthSettings {
             registration_per_minute: 10,
             lockout_threshold: 5,
             password_min_length: 15,
+            password_min_strength: 3,
             argon2: PasswordHashSettings::default(),
             lockout_duration: Duration::from_secs(60),
             lockout_max_duration: Duration::from_secs(3600),
@@ -617,6 +620,8 @@ pub struct ExtAuthzRoute {
     pub audience: String,
     /// The scopes the token must hold.
     pub scopes: Vec<String>,
+    /// The roles the token's subject must hold, all of them (a missing one is 403).
+    pub roles: Vec<String>,
 }
 
 /// Retention: how long rows that no longer matter are kept, and how they are deleted.

@@ -37,6 +37,18 @@ fn a_bad_value_names_the_setting_and_the_value() {
     assert!(error.contains("auth.password_min_length"), "{error}");
     assert!(error.contains('4'), "{error}");
 
+    let error = from_toml("[[ext_authz.routes]]\npath_prefix = \"/x\"\nroles = [\"Not A Role\"]")
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("ext_authz.routes.roles"), "{error}");
+
+    for strength in ["5", "-1", "255"] {
+        let error = from_toml(&format!("[auth]\npassword_min_strength = {strength}"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("auth.password_min_strength"), "{error}");
+    }
+
     let error = from_toml("[tokens]\naccess_ttl = \"soon\"")
         .unwrap_err()
         .to_string();
@@ -415,4 +427,68 @@ fn docs_configuration_names_every_setting_and_no_other() {
         unknown.is_empty(),
         "docs/configuration.md documents {unknown:?}, which are no settings"
     );
+}
+
+/// `keystone.example.toml`: parsed, it is exactly the defaults; every setting is named in it
+/// (set, or commented out when unset by default), each under a comment of its own.
+#[test]
+fn the_example_file_holds_every_setting_at_its_default() {
+    use secrecy::ExposeSecret as _;
+    let text = include_str!("../../keystone.example.toml");
+    let parsed = from_toml(text).expect("the example parses and is valid");
+    let defaults = Settings::default();
+    assert_eq!(format!("{parsed:?}"), format!("{defaults:?}"));
+    // Debug redacts secrets: the one set in the example is compared as well.
+    assert_eq!(
+        parsed.database_url.expose_secret(),
+        defaults.database_url.expose_secret()
+    );
+
+    let is_key = |key: &str| {
+        !key.is_empty()
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    };
+    let mut named = std::collections::BTreeSet::new();
+    let mut section = String::new();
+    let mut in_list = false;
+    let mut previous = "";
+    for line in text.lines().map(str::trim) {
+        let bare = line.trim_start_matches('#').trim();
+        if let Some(list) = bare.strip_prefix("[[").and_then(|b| b.strip_suffix("]]")) {
+            assert!(previous.starts_with('#'), "no comment before {line}");
+            named.insert(list.to_owned());
+            in_list = true;
+        } else if let Some(table) = bare.strip_prefix('[').and_then(|b| b.strip_suffix(']')) {
+            section = table.to_owned();
+            in_list = false;
+        } else if let Some((key, _)) = bare.split_once('=')
+            && is_key(key.trim())
+            && !in_list
+        {
+            let key = key.trim();
+            let path = if section.is_empty() {
+                key.to_owned()
+            } else {
+                format!("{section}.{key}")
+            };
+            let described = previous.starts_with('#')
+                && !previous
+                    .trim_start_matches('#')
+                    .split_once('=')
+                    .is_some_and(|(k, _)| is_key(k.trim()));
+            assert!(described, "no comment of its own before `{path}`");
+            named.insert(path);
+        }
+        previous = line;
+    }
+    let settings: std::collections::BTreeSet<String> = setting_paths().into_iter().collect();
+    let missing: Vec<_> = settings.difference(&named).collect();
+    let unknown: Vec<_> = named.difference(&settings).collect();
+    assert!(
+        missing.is_empty(),
+        "not in keystone.example.toml: {missing:?}"
+    );
+    assert!(unknown.is_empty(), "not settings: {unknown:?}");
 }

@@ -86,6 +86,17 @@ pub(super) fn problems(settings: &Settings) -> Vec<ConfigError> {
         }
     }
     for route in &settings.ext_authz.routes {
+        if let Some(bad) = route
+            .roles
+            .iter()
+            .find(|role| crate::domain::RoleName::parse(role).is_err())
+        {
+            problems.push(ConfigError::invalid(
+                "ext_authz.routes.roles",
+                bad,
+                "is not a role name (lowercase letters, digits, `-`, `_`, `.`)",
+            ));
+        }
         let prefix = &route.path_prefix;
         if !prefix.is_empty() && crate::domain::unambiguous_path(prefix).as_deref() != Ok(prefix) {
             problems.push(ConfigError::invalid(
@@ -151,6 +162,13 @@ pub(super) fn problems(settings: &Settings) -> Vec<ConfigError> {
             "auth.password_min_length",
             settings.auth.password_min_length,
             "must be between 8 and 128",
+        ));
+    }
+    if settings.auth.password_min_strength > crate::domain::MAX_STRENGTH {
+        problems.push(ConfigError::invalid(
+            "auth.password_min_strength",
+            settings.auth.password_min_strength,
+            "must be between 0 and 4 (the zxcvbn score)",
         ));
     }
     if settings.auth.registration_per_minute == 0 {

@@ -37,6 +37,49 @@ pub struct Client {
     pub certificate: super::CertificateIdentity,
     /// Whether its tokens are bound to the certificate it presents (`cnf.x5t#S256`).
     pub certificate_bound_tokens: bool,
+    /// Its live secrets, the newest first (never the secret or its hash).
+    pub secrets: Vec<ClientSecretInfo>,
+}
+
+/// One live secret of a client, as admins see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientSecretInfo {
+    /// A short id: the first [`SECRET_ID_LENGTH`] hex digits of the SHA-256 of the secret's
+    /// keyed hash (it tells nothing of the secret, nor of the hash the secret is checked
+    /// against).
+    pub id: String,
+    /// Issued.
+    pub created_at: DateTime<Utc>,
+    /// Ends; `None`: at the next rotation.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Last used (kept to the minute); `None`: never.
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+/// The hex digits of a secret's id.
+pub const SECRET_ID_LENGTH: usize = 12;
+
+impl ClientSecretInfo {
+    /// The short id of a secret with this keyed hash.
+    pub fn id_of(hash: &[u8]) -> String {
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, hash);
+        let mut id = String::with_capacity(SECRET_ID_LENGTH);
+        for byte in digest.as_ref().iter().take(SECRET_ID_LENGTH / 2) {
+            id.push_str(&format!("{byte:02x}"));
+        }
+        id
+    }
+
+    /// Checks a secret id as given by a caller: [`SECRET_ID_LENGTH`] lowercase hex digits.
+    pub fn parse_id(value: &str) -> Result<String, super::ParseError> {
+        let value = value.trim().to_ascii_lowercase();
+        if value.len() != SECRET_ID_LENGTH || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(super::ParseError::new(format!(
+                "must be a secret id: {SECRET_ID_LENGTH} hex digits, as `Client.secrets[].id` shows"
+            )));
+        }
+        Ok(value)
+    }
 }
 
 /// A client to create; its secret is already hashed.

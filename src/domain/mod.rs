@@ -20,9 +20,11 @@ pub use certificate::{
     CertificateIdentity, ClientCertificate, DistinguishedName, PresentedCertificate,
     SubjectAltName, Thumbprint, is_self_signed_and_current,
 };
-pub use client::{Client, NewClient};
+pub use client::{Client, ClientSecretInfo, NewClient};
 pub use names::{ClientId, Email, RoleName, Username, check_description, normalize};
-pub use password_policy::{MAX_PASSWORD_LENGTH, PasswordPolicy};
+pub use password_policy::{
+    AccountNames, Assessment, MAX_PASSWORD_LENGTH, MAX_STRENGTH, PasswordPolicy, Strength,
+};
 pub use path::unambiguous_path;
 pub use revocation::{Revocation, RevocationKind, TokenFacts};
 pub use scope::{Scope, ScopeSet};

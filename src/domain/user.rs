@@ -49,6 +49,8 @@ pub struct NewUser {
     pub password_change_required: bool,
     /// Roles to give; each must exist.
     pub roles: Vec<super::RoleName>,
+    /// With no `roles`: give every default role (`Role.default_for_new_users`).
+    pub default_roles: bool,
 }
 
 /// A user as admins see it: the account with its login standing (failed logins counted under
@@ -87,6 +89,8 @@ pub struct Role {
     pub description: String,
     /// The scopes it grants.
     pub scopes: super::ScopeSet,
+    /// Whether new users get it (`Register`, and `CreateUser` with no roles).
+    pub default_for_new_users: bool,
 }
 
 /// A scope as stored.

@@ -12,7 +12,7 @@ use super::convert::{
     bearer_token, call_context, presented, principal_to_proto, timestamp, user_to_proto,
 };
 use crate::{
-    domain::{Revocation, RevocationKind, ScopeSet},
+    domain::{Revocation, RevocationKind, RoleName, ScopeSet},
     error::{Error, Reason},
     proto::pb,
     service::{
@@ -23,6 +23,9 @@ use crate::{
         },
     },
 };
+
+/// The most roles one `Authenticate` call may require.
+const MAX_REQUIRED_ROLES: usize = 64;
 
 /// The gRPC adapter of the `Auth` service.
 #[derive(Debug, Clone)]
@@ -156,11 +159,25 @@ impl pb::auth_server::Auth for AuthApi {
         };
         let required = ScopeSet::parse(request.required_scopes.iter().map(String::as_str))
             .map_err(|e| e.on("required_scopes"))?;
+        let roles = crate::service::parse_names(
+            &request.required_roles,
+            "required_roles",
+            "roles",
+            MAX_REQUIRED_ROLES,
+            RoleName::parse,
+        )?;
         let audience = (!request.audience.is_empty()).then_some(request.audience.as_str());
         let principal = self
             .service
             .authenticator()
-            .authenticate_with_proof(&token, &presented, proof.as_ref(), &required, audience)
+            .authenticate_with_proof(
+                &token,
+                &presented,
+                proof.as_ref(),
+                &required,
+                &roles,
+                audience,
+            )
             .await?;
         Ok(Response::new(pb::AuthenticateResponse {
             principal: Some(principal_to_proto(&principal.claims)),
@@ -285,6 +302,38 @@ impl pb::auth_server::Auth for AuthApi {
             )
             .await?;
         Ok(Response::new(pb::ChangePasswordResponse {}))
+    }
+
+    #[tracing::instrument(name = "EstimatePasswordStrength", skip_all)]
+    async fn estimate_password_strength(
+        &self,
+        request: Request<pb::EstimatePasswordStrengthRequest>,
+    ) -> Result<Response<pb::EstimatePasswordStrengthResponse>, Status> {
+        let context = call_context(&request);
+        let request = request.into_inner();
+        let assessment = self
+            .service
+            .estimate_password_strength(
+                &Registration {
+                    username: request.username,
+                    email: request.email,
+                    password: SecretString::from(request.password),
+                },
+                &context,
+            )
+            .await?;
+        let strength = assessment.strength;
+        Ok(Response::new(pb::EstimatePasswordStrengthResponse {
+            score: i32::from(strength.score),
+            guesses_log10: strength.guesses_log10,
+            acceptable: assessment.problem.is_none(),
+            warning: assessment
+                .problem
+                .map(|problem| format!("The password {problem}"))
+                .or(strength.warning)
+                .unwrap_or_default(),
+            suggestions: strength.suggestions,
+        }))
     }
 
     #[tracing::instrument(name = "GetJwks", skip_all)]

@@ -159,6 +159,11 @@ pub const ADMIN_RPCS: &[AdminRpc] = &[
         scope: "keystone:clients.write",
         action: "client.rotate_secret",
     },
+    AdminRpc {
+        path: "/keystone.v1.ClientAdmin/RevokeClientSecret",
+        scope: "keystone:clients.write",
+        action: "client.revoke_secret",
+    },
 ];
 
 /// The entry of an admin RPC, if it is in the table.

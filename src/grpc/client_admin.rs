@@ -225,4 +225,17 @@ impl pb::client_admin_server::ClientAdmin for ClientAdminApi {
             previous_secret_expires_at: rotated.previous_expires_at.map(timestamp),
         }))
     }
+
+    #[tracing::instrument(name = "RevokeClientSecret", skip_all)]
+    async fn revoke_client_secret(
+        &self,
+        request: Request<pb::RevokeClientSecretRequest>,
+    ) -> Result<Response<pb::RevokeClientSecretResponse>, Status> {
+        let actor = self.caller(&request, "RevokeClientSecret").await?;
+        let request = request.into_inner();
+        self.service
+            .revoke_client_secret(&actor, &request.client_id, &request.secret_id)
+            .await?;
+        Ok(Response::new(pb::RevokeClientSecretResponse {}))
+    }
 }

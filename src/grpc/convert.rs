@@ -157,6 +157,7 @@ pub fn role_to_proto(role: crate::domain::Role) -> pb::Role {
         name: role.name,
         description: role.description,
         scopes: role.scopes.to_strings(),
+        default_for_new_users: role.default_for_new_users,
     }
 }
 
@@ -193,6 +194,16 @@ pub fn client_to_proto(client: crate::domain::Client) -> pb::Client {
             .map(|thumbprint| thumbprint.to_hex())
             .collect(),
         certificate_bound_tokens: client.certificate_bound_tokens,
+        secrets: client
+            .secrets
+            .into_iter()
+            .map(|secret| pb::ClientSecretInfo {
+                id: secret.id,
+                created_at: Some(timestamp(secret.created_at)),
+                expires_at: secret.expires_at.map(timestamp),
+                last_used_at: secret.last_used_at.map(timestamp),
+            })
+            .collect(),
     }
 }
 

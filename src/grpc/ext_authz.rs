@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     config::ExtAuthzSettings,
-    domain::{ScopeSet, Thumbprint},
+    domain::{RoleName, ScopeSet, Thumbprint},
     error::{Error, Reason},
     service::{Authenticator, DpopPresented, Presented},
     token::Kind,
@@ -71,7 +71,7 @@ impl ExtAuthzApi {
         host: &str,
         path: &str,
         extensions: &HashMap<String, String>,
-    ) -> Result<(Option<String>, ScopeSet), Error> {
+    ) -> Result<Requirements, Error> {
         // `host:port`, `[v6]:port` or a bare host.
         let host = match host.strip_prefix('[') {
             Some(rest) => rest.split(']').next().unwrap_or(rest),
@@ -84,11 +84,12 @@ impl ExtAuthzApi {
             .filter(|route| route.host.is_empty() || route.host.eq_ignore_ascii_case(host))
             .filter(|route| covers(route, path))
             .max_by_key(|route| (route.path_prefix.len(), !route.host.is_empty()));
-        let (route_audience, route_scopes) = match route {
-            Some(route) => (&route.audience, &route.scopes),
+        let (route_audience, route_scopes, route_roles) = match route {
+            Some(route) => (&route.audience, &route.scopes, route.roles.as_slice()),
             None => (
                 &self.settings.default_audience,
                 &self.settings.default_scopes,
+                &[][..],
             ),
         };
         let mut scopes: Vec<&str> = route_scopes.iter().map(String::as_str).collect();
@@ -97,12 +98,29 @@ impl ExtAuthzApi {
         }
         let scopes = ScopeSet::parse(scopes)
             .map_err(|e| e.on("context_extensions.keystone_required_scopes"))?;
+        let mut roles = Vec::new();
+        let extra_roles = extensions
+            .get("keystone_required_roles")
+            .map(|extra| extra.split(' ').filter(|s| !s.is_empty()))
+            .into_iter()
+            .flatten();
+        for role in route_roles.iter().map(String::as_str).chain(extra_roles) {
+            let role = RoleName::parse(role)
+                .map_err(|e| e.on("context_extensions.keystone_required_roles"))?;
+            if !roles.contains(&role) {
+                roles.push(role);
+            }
+        }
         let audience = extensions
             .get("keystone_audience")
             .filter(|a| !a.is_empty())
             .cloned()
             .or_else(|| Some(route_audience.clone()).filter(|a| !a.is_empty()));
-        Ok((audience, scopes))
+        Ok(Requirements {
+            audience,
+            scopes,
+            roles,
+        })
     }
 }
 
@@ -152,7 +170,7 @@ impl Authorization for ExtAuthzApi {
                 "send `authorization: Bearer <access token>`",
             )));
         };
-        let (audience, scopes) = match self.requirements(host, &path, extensions) {
+        let requirements = match self.requirements(host, &path, extensions) {
             Ok(requirements) => requirements,
             Err(error) => {
                 // The route's configuration is wrong, not the caller's token.
@@ -191,8 +209,9 @@ impl Authorization for ExtAuthzApi {
                 token,
                 &presented,
                 proof.as_ref(),
-                &scopes,
-                audience.as_deref(),
+                &requirements.scopes,
+                &requirements.roles,
+                requirements.audience.as_deref(),
             )
             .await;
         let principal = match verdict {
@@ -244,6 +263,16 @@ impl Authorization for ExtAuthzApi {
     }
 }
 
+/// What a request needs of its token.
+struct Requirements {
+    /// The audience the token must carry.
+    audience: Option<String>,
+    /// The scopes it must hold.
+    scopes: ScopeSet,
+    /// The roles its subject must hold.
+    roles: Vec<RoleName>,
+}
+
 /// Whether `route` covers `path`: its prefix on whole segments (`/admin` covers `/admin` and
 /// `/admin/x`, not `/administrator`), without regard to ASCII case if the route says so.
 fn covers(route: &crate::config::ExtAuthzRoute, path: &str) -> bool {
@@ -290,7 +319,7 @@ fn refusal(error: &Error) -> CheckResponse {
         other => other.to_string(),
     };
     match error.reason() {
-        Reason::InsufficientScope | Reason::AudienceMismatch => denied(
+        Reason::InsufficientScope | Reason::AudienceMismatch | Reason::MissingRole => denied(
             HttpStatusCode::Forbidden,
             Status::permission_denied(description.clone()),
             "Bearer error=\"insufficient_scope\"",

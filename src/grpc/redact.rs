@@ -44,6 +44,7 @@ redacted_debug!(CreateUserResponse { user } secret { generated_password });
 redacted_debug!(SetPasswordRequest { id } secret { password });
 redacted_debug!(SetPasswordResponse {} secret { generated_password });
 redacted_debug!(CreateClientResponse { client } secret { client_secret });
+redacted_debug!(EstimatePasswordStrengthRequest { username, email } secret { password });
 redacted_debug!(RotateClientSecretResponse { previous_secret_expires_at } secret { client_secret });
 
 #[cfg(test)]

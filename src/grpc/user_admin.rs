@@ -290,7 +290,13 @@ impl pb::user_admin_server::UserAdmin for UserAdminApi {
             .ok_or_else(|| Error::invalid_argument("role", "give the role to create"))?;
         let role = self
             .service
-            .create_role(&actor, &role.name, &role.description, &role.scopes)
+            .create_role(
+                &actor,
+                &role.name,
+                &role.description,
+                &role.scopes,
+                role.default_for_new_users,
+            )
             .await?;
         Ok(Response::new(role_to_proto(role)))
     }
@@ -335,7 +341,7 @@ impl pb::user_admin_server::UserAdmin for UserAdminApi {
         let paths = update_paths(
             request.update_mask.as_ref(),
             "Role",
-            &["description", "scopes"],
+            &["description", "scopes", "default_for_new_users"],
             &[],
             &[("name", "a role's name never changes")],
         )?;
@@ -343,9 +349,18 @@ impl pb::user_admin_server::UserAdmin for UserAdminApi {
             .contains(&"description")
             .then(|| role.description.clone());
         let scopes = paths.contains(&"scopes").then(|| role.scopes.clone());
+        let default_for_new_users = paths
+            .contains(&"default_for_new_users")
+            .then_some(role.default_for_new_users);
         let role = self
             .service
-            .update_role(&actor, &role.name, description, scopes)
+            .update_role(
+                &actor,
+                &role.name,
+                description,
+                scopes,
+                default_for_new_users,
+            )
             .await?;
         Ok(Response::new(role_to_proto(role)))
     }

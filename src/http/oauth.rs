@@ -490,7 +490,7 @@ fn token_error(error: &Error, client_grant: bool, used_basic: bool) -> Response 
         | Reason::TokenInvalid
         | Reason::TokenBindingMismatch => (StatusCode::BAD_REQUEST, "invalid_grant"),
         Reason::InvalidDpopProof => (StatusCode::BAD_REQUEST, "invalid_dpop_proof"),
-        Reason::InvalidScope | Reason::InsufficientScope => {
+        Reason::InvalidScope | Reason::InsufficientScope | Reason::MissingRole => {
             (StatusCode::BAD_REQUEST, "invalid_scope")
         }
         Reason::InvalidAudience | Reason::AudienceMismatch => {

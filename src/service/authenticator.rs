@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use crate::{
     clock::SharedClock,
     cluster::Redis,
-    domain::{AuditRecord, Outcome, Revocation, Scope, ScopeSet, Thumbprint, TokenFacts},
+    domain::{AuditRecord, Outcome, Revocation, RoleName, Scope, ScopeSet, Thumbprint, TokenFacts},
     error::{Error, Reason},
     revocation::Revocations,
     service::{
@@ -176,12 +176,15 @@ impl Authenticator {
     /// `proof`: a fresh proof by that key for this request and token, used once (RFC 9449
     /// section 7). `Authenticate` and Envoy's `Check` take proofs; elsewhere a DPoP-bound
     /// token is refused.
+    /// The token's subject must also hold every one of `required_roles` (as the token says:
+    /// roles at issuance), else PERMISSION_DENIED with MISSING_ROLE.
     pub async fn authenticate_with_proof(
         &self,
         token: &str,
         presented: &Presented,
         proof: Option<&DpopPresented>,
         required_scopes: &ScopeSet,
+        required_roles: &[RoleName],
         audience: Option<&str>,
     ) -> Result<Principal, Error> {
         let principal = async {
@@ -209,7 +212,22 @@ impl Authenticator {
         }
         .await
         .inspect_err(count_failure)?;
-        self.authorize(principal, required_scopes, audience)
+        let principal = self.authorize(principal, required_scopes, audience)?;
+        if let Some(missing) = required_roles.iter().find(|role| {
+            !principal
+                .claims
+                .roles
+                .iter()
+                .any(|held| held == role.as_str())
+        }) {
+            let error = Error::PermissionDenied {
+                reason: Reason::MissingRole,
+                message: format!("the token's subject lacks the role `{}`", missing.as_str()),
+            };
+            count_failure(&error);
+            return Err(error);
+        }
+        Ok(principal)
     }
 
     /// The audience and scopes asked of a verified token.

@@ -13,8 +13,8 @@ use crate::{
     clock::SharedClock,
     cluster::{Bus, Event},
     domain::{
-        CertificateIdentity, Client, ClientId, DistinguishedName, NewClient, Outcome, Revocation,
-        Scope, SubjectAltName, Thumbprint, check_description,
+        CertificateIdentity, Client, ClientId, ClientSecretInfo, DistinguishedName, NewClient,
+        Outcome, Revocation, Scope, SubjectAltName, Thumbprint, check_description,
     },
     error::{Error, Reason},
     revocation::Revocations,
@@ -195,7 +195,7 @@ impl ClientAdminService {
     pub async fn get_client(&self, client_id: &str) -> Result<Client, Error> {
         let client_id = ClientId::parse(client_id).map_err(|e| e.on("client_id"))?;
         self.store
-            .find_client(client_id.as_str())
+            .find_client(client_id.as_str(), self.clock.now())
             .await?
             .ok_or_else(|| not_found(client_id.as_str()))
     }
@@ -209,7 +209,7 @@ impl ClientAdminService {
         let page = self.pager.request(page_size, page_token, "clients")?;
         let clients = self
             .store
-            .list_clients(page.after.as_deref(), page.size + 1)
+            .list_clients(page.after.as_deref(), page.size + 1, self.clock.now())
             .await?;
         let (items, next_page_token) = self.pager.finish(clients, &page, "clients", |c| {
             c.client_id.as_str().to_owned()
@@ -383,6 +383,35 @@ impl ClientAdminService {
             secret,
             previous_expires_at: rotation.previous_expires_at,
         })
+    }
+
+    /// `RevokeClientSecret`: ends one live secret at once (a leaked previous secret, before its
+    /// grace runs out), on every replica. The last live secret cannot go: rotate instead.
+    /// Tokens already issued stay; `RevokeClientTokens` ends them.
+    pub async fn revoke_client_secret(
+        &self,
+        actor: &Actor,
+        client_id: &str,
+        secret_id: &str,
+    ) -> Result<Client, Error> {
+        let client_id = ClientId::parse(client_id).map_err(|e| e.on("client_id"))?;
+        let secret_id = ClientSecretInfo::parse_id(secret_id).map_err(|e| e.on("secret_id"))?;
+        let action = "client.revoke_secret";
+        let now = self.clock.now();
+        let audit = actor
+            .event(action, client_id.as_str(), Outcome::Success)
+            .with_detail("secret_id", secret_id.as_str());
+        let permit = self.permit(actor);
+        let guard = ChangeGuard {
+            permit: &permit,
+            revoke: None,
+        };
+        let result = self
+            .store
+            .revoke_client_secret(client_id.as_str(), &secret_id, guard, &audit, now)
+            .await
+            .map(|client| (client, None));
+        self.settle(actor, action, client_id.as_str(), result).await
     }
 
     /// What a change to a client checks inside its transaction: that the caller may manage

@@ -19,8 +19,8 @@ use uuid::Uuid;
 use super::{ChangeGuard, Store, audit, db_error, db_error_or_exists, entity, roles};
 use crate::{
     domain::{
-        AuditRecord, CertificateIdentity, Client, ClientId, DistinguishedName, NewClient,
-        Revocation, SubjectAltName, Thumbprint,
+        AuditRecord, CertificateIdentity, Client, ClientId, ClientSecretInfo, DistinguishedName,
+        NewClient, Revocation, SubjectAltName, Thumbprint,
     },
     error::Error,
 };
@@ -279,7 +279,7 @@ impl Store {
             insert_secret(&txn, id, secret_hash, now).await?;
         }
         audit::insert(&txn, audit_record, now).await?;
-        let client = client_of(&txn, id).await?;
+        let client = client_of(&txn, id, now).await?;
         txn.commit().await.map_err(db_error)?;
         client.ok_or_else(|| Error::internal(anyhow::anyhow!("the new client vanished")))
     }
@@ -315,7 +315,7 @@ impl Store {
                 (record, secret.last_used_at)
             })
             .collect();
-        let client = client_of(self.db(), model.id).await?;
+        let client = client_of(self.db(), model.id, now).await?;
         Ok(client.map(|client| (client, secrets)))
     }
 
@@ -351,11 +351,15 @@ impl Store {
 
 impl Store {
     /// A client by its public id.
-    pub async fn find_client(&self, client_id: &str) -> Result<Option<Client>, Error> {
+    pub async fn find_client(
+        &self,
+        client_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Client>, Error> {
         let Some(id) = internal_id(self.db(), client_id).await? else {
             return Ok(None);
         };
-        client_of(self.db(), id).await
+        client_of(self.db(), id, now).await
     }
 
     /// Clients by public id after `after`, at most `limit`.
@@ -363,6 +367,7 @@ impl Store {
         &self,
         after: Option<&str>,
         limit: u64,
+        now: DateTime<Utc>,
     ) -> Result<Vec<Client>, Error> {
         let mut query = entity::client::Entity::find()
             .order_by_asc(entity::client::Column::ClientId)
@@ -379,7 +384,7 @@ impl Store {
             .map_err(db_error)?;
         let mut clients = Vec::with_capacity(ids.len());
         for id in ids {
-            if let Some(client) = client_of(self.reports_db(), id).await? {
+            if let Some(client) = client_of(self.reports_db(), id, now).await? {
                 clients.push(client);
             }
         }
@@ -399,7 +404,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<(Client, Option<Revocation>), Error> {
         let (_turn, txn) = self.begin_write().await?;
-        let (id, current) = locked_client(&txn, client_id, &guard).await?;
+        let (id, current) = locked_client(&txn, client_id, &guard, now).await?;
         let certificate = changes.certificate_of(&current);
         let mut update = entity::client::Entity::update_many()
             .col_expr(entity::client::Column::UpdatedAt, Expr::value(now))
@@ -476,7 +481,7 @@ impl Store {
         }
         audit::insert(&txn, audit_record, now).await?;
         let revocation = guard.write_revocation(&txn).await?;
-        let client = client_of(&txn, id).await?;
+        let client = client_of(&txn, id, now).await?;
         txn.commit().await.map_err(db_error)?;
         self.clients.forget(client_id);
         Ok((
@@ -496,7 +501,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Option<Revocation>, Error> {
         let (_turn, txn) = self.begin_write().await?;
-        let (id, _) = locked_client(&txn, client_id, &guard).await?;
+        let (id, _) = locked_client(&txn, client_id, &guard, now).await?;
         entity::client::Entity::delete_by_id(id)
             .exec(&txn)
             .await
@@ -521,7 +526,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<SecretRotation, Error> {
         let (_turn, txn) = self.begin_write().await?;
-        let (id, client) = locked_client(&txn, client_id, &guard).await?;
+        let (id, client) = locked_client(&txn, client_id, &guard, now).await?;
         if client.certificate.is_set() {
             return Err(Error::FailedPrecondition {
                 reason: crate::error::Reason::FailedPrecondition,
@@ -577,13 +582,75 @@ impl Store {
             .await
             .map_err(db_error)?;
         audit::insert(&txn, audit_record, now).await?;
-        let client = client_of(&txn, id).await?;
+        let client = client_of(&txn, id, now).await?;
         txn.commit().await.map_err(db_error)?;
         self.clients.forget(client_id);
         Ok(SecretRotation {
             client: client.ok_or_else(|| client_not_found(client_id))?,
             previous_expires_at,
         })
+    }
+}
+
+impl Store {
+    /// Ends one live secret of a client now (its row goes), found by its short id. The current
+    /// secret (the one without an end) stays: FAILED_PRECONDITION (rotate instead). The client's row is locked
+    /// first, so a concurrent rotation or revocation takes its turn.
+    pub async fn revoke_client_secret(
+        &self,
+        client_id: &str,
+        secret_id: &str,
+        guard: ChangeGuard<'_>,
+        audit_record: &AuditRecord,
+        now: DateTime<Utc>,
+    ) -> Result<Client, Error> {
+        let (_turn, txn) = self.begin_write().await?;
+        let (id, _) = locked_client(&txn, client_id, &guard, now).await?;
+        let live: Vec<entity::client_secret::Model> = entity::client_secret::Entity::find()
+            .filter(entity::client_secret::Column::ClientId.eq(id))
+            .all(&txn)
+            .await
+            .map_err(db_error)?
+            .into_iter()
+            .filter(|secret| secret.expires_at.is_none_or(|at| at > now))
+            .collect();
+        let mut matching = live
+            .iter()
+            .filter(|secret| ClientSecretInfo::id_of(&secret.secret_hash) == secret_id);
+        let (Some(secret), None) = (matching.next(), matching.next()) else {
+            return Err(Error::NotFound {
+                message: format!(
+                    "the client `{client_id}` has no live secret with the id `{secret_id}`"
+                ),
+            });
+        };
+        let lasting_left = live
+            .iter()
+            .any(|other| other.id != secret.id && other.expires_at.is_none());
+        if !lasting_left {
+            return Err(Error::FailedPrecondition {
+                reason: crate::error::Reason::FailedPrecondition,
+                message: "this is the client's current secret: without it the client would be \
+                          left with none, or only one that ends; rotate instead (a grace of 0 \
+                          ends the old one at once)"
+                    .to_owned(),
+            });
+        }
+        entity::client_secret::Entity::delete_by_id(secret.id)
+            .exec(&txn)
+            .await
+            .map_err(db_error)?;
+        entity::client::Entity::update_many()
+            .col_expr(entity::client::Column::UpdatedAt, Expr::value(now))
+            .filter(entity::client::Column::Id.eq(id))
+            .exec(&txn)
+            .await
+            .map_err(db_error)?;
+        audit::insert(&txn, audit_record, now).await?;
+        let client = client_of(&txn, id, now).await?;
+        txn.commit().await.map_err(db_error)?;
+        self.clients.forget(client_id);
+        client.ok_or_else(|| client_not_found(client_id))
     }
 }
 
@@ -625,6 +692,7 @@ async fn locked_client(
     txn: &DatabaseTransaction,
     client_id: &str,
     guard: &ChangeGuard<'_>,
+    now: DateTime<Utc>,
 ) -> Result<(Uuid, Client), Error> {
     let id: Uuid = entity::client::Entity::find()
         .filter(entity::client::Column::ClientId.eq(client_id))
@@ -636,7 +704,7 @@ async fn locked_client(
         .await
         .map_err(db_error)?
         .ok_or_else(|| client_not_found(client_id))?;
-    let client = client_of(txn, id)
+    let client = client_of(txn, id, now)
         .await?
         .ok_or_else(|| client_not_found(client_id))?;
     (guard.permit)(&super::Holdings {
@@ -795,6 +863,7 @@ async fn certificate_of<C: ConnectionTrait>(
 pub(crate) async fn client_of<C: ConnectionTrait>(
     db: &C,
     id: Uuid,
+    now: DateTime<Utc>,
 ) -> Result<Option<Client>, Error> {
     let Some(model) = entity::client::Entity::find_by_id(id)
         .one(db)
@@ -823,6 +892,24 @@ pub(crate) async fn client_of<C: ConnectionTrait>(
         .map_err(db_error)?;
     allowed_audiences.sort();
     let certificate = certificate_of(db, &model).await?;
+    let mut stored = entity::client_secret::Entity::find()
+        .filter(entity::client_secret::Column::ClientId.eq(id))
+        .all(db)
+        .await
+        .map_err(db_error)?;
+    // The newest first (ids are UUIDv7: time-ordered too), sorted here, not by the text
+    // SQLite keeps times in.
+    stored.sort_by_key(|secret| std::cmp::Reverse((secret.created_at, secret.id)));
+    let secrets = stored
+        .into_iter()
+        .filter(|secret| secret.expires_at.is_none_or(|at| at > now))
+        .map(|secret| ClientSecretInfo {
+            id: ClientSecretInfo::id_of(&secret.secret_hash),
+            created_at: secret.created_at,
+            expires_at: secret.expires_at,
+            last_used_at: secret.last_used_at,
+        })
+        .collect();
     Ok(Some(Client {
         id: model.id,
         client_id: ClientId::stored(model.client_id),
@@ -841,5 +928,6 @@ pub(crate) async fn client_of<C: ConnectionTrait>(
         secret_last_used_at: model.secret_last_used_at,
         certificate,
         certificate_bound_tokens: model.certificate_bound_tokens,
+        secrets,
     }))
 }

@@ -26,6 +26,8 @@ pub struct RoleChanges {
     pub description: Option<String>,
     /// The new set of scopes.
     pub scopes: Option<Vec<Scope>>,
+    /// Whether new users get the role.
+    pub default_for_new_users: Option<bool>,
 }
 
 impl Store {
@@ -53,6 +55,7 @@ impl Store {
         role: &RoleName,
         description: &str,
         scopes: &[Scope],
+        default_for_new_users: bool,
         audit_record: &AuditRecord,
         now: DateTime<Utc>,
     ) -> Result<Role, Error> {
@@ -62,6 +65,7 @@ impl Store {
             id: Set(id),
             name: Set(role.as_str().to_owned()),
             description: Set(description.to_owned()),
+            default_for_new_users: Set(default_for_new_users),
             created_at: Set(now),
             updated_at: Set(now),
         }
@@ -72,8 +76,11 @@ impl Store {
             role.as_str()
         )))?;
         set_role_scopes(&txn, id, scopes).await?;
-        audit::insert(&txn, audit_record, now).await?;
         let created = role_by_name(&txn, role.as_str()).await?;
+        if let Some(created) = &created {
+            no_administration_by_default(created, "role.default_for_new_users")?;
+        }
+        audit::insert(&txn, audit_record, now).await?;
         txn.commit().await.map_err(db_error)?;
         created.ok_or_else(|| Error::internal(anyhow::anyhow!("the new role vanished")))
     }
@@ -101,6 +108,7 @@ impl Store {
                 name: model.name,
                 description: model.description,
                 scopes: super::stored_scopes(&scopes),
+                default_for_new_users: model.default_for_new_users,
             });
         }
         Ok(roles)
@@ -145,6 +153,12 @@ impl Store {
                 Expr::value(description.clone()),
             );
         }
+        if let Some(default) = changes.default_for_new_users {
+            update = update.col_expr(
+                entity::role::Column::DefaultForNewUsers,
+                Expr::value(default),
+            );
+        }
         update.exec(&txn).await.map_err(db_error)?;
         if let Some(scopes) = &changes.scopes {
             entity::role_scope::Entity::delete_many()
@@ -155,10 +169,20 @@ impl Store {
             set_role_scopes(&txn, model.id, scopes).await?;
         }
         keep_an_admin(&txn, admins, now).await?;
+        let role = role_by_name(&txn, name)
+            .await?
+            .ok_or_else(|| role_not_found(name))?;
+        // Checked on the role as it stands after the change, under the lock every role change
+        // takes (`lock_admins`) and new users' default roles share (`share_role_lock`).
+        let field = if changes.scopes.is_some() && changes.default_for_new_users != Some(true) {
+            "role.scopes"
+        } else {
+            "role.default_for_new_users"
+        };
+        no_administration_by_default(&role, field)?;
         audit::insert(&txn, audit_record, now).await?;
-        let role = role_by_name(&txn, name).await?;
         txn.commit().await.map_err(db_error)?;
-        role.ok_or_else(|| role_not_found(name))
+        Ok(role)
     }
 
     /// Deletes a role (users lose it), keeping an admin.
@@ -327,7 +351,58 @@ async fn role_by_name<C: ConnectionTrait>(db: &C, name: &str) -> Result<Option<R
         name: model.name,
         description: model.description,
         scopes: super::stored_scopes(&scopes),
+        default_for_new_users: model.default_for_new_users,
     }))
+}
+
+/// A default role may hold none of Keystone's own scopes: self-registration must never lead to
+/// administration.
+fn no_administration_by_default(role: &Role, field: &str) -> Result<(), Error> {
+    if !role.default_for_new_users {
+        return Ok(());
+    }
+    match role
+        .scopes
+        .iter()
+        .find(|scope| scope.resource() == "keystone")
+    {
+        Some(scope) => Err(Error::invalid_argument(
+            field,
+            format!(
+                "a role holding `{}` cannot be given to new users: no `keystone:*` scope may \
+                 come with self-registration",
+                scope.as_str()
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// The ids and names of the roles every new user gets, leaving out any that holds a
+/// `keystone:*` scope (which Keystone never lets a default role hold; a hand-edited database
+/// gets no say either).
+pub(crate) async fn default_roles<C: ConnectionTrait>(
+    db: &C,
+) -> Result<Vec<(Uuid, String)>, Error> {
+    let backend = db.get_database_backend();
+    let rows = db
+        .query_all_raw(Statement::from_sql_and_values(
+            backend,
+            "SELECT roles.id, roles.name FROM roles WHERE roles.default_for_new_users = $1 \
+             AND NOT EXISTS (SELECT 1 FROM role_scopes JOIN scopes ON scopes.id = role_scopes.scope_id \
+             WHERE role_scopes.role_id = roles.id AND scopes.name LIKE $2) ORDER BY roles.name",
+            [true.into(), "keystone:%".into()],
+        ))
+        .await
+        .map_err(db_error)?;
+    rows.iter()
+        .map(|row| {
+            Ok((
+                row.try_get::<Uuid>("", "id").map_err(db_error)?,
+                row.try_get::<String>("", "name").map_err(db_error)?,
+            ))
+        })
+        .collect()
 }
 
 async fn scopes_of_role<C: ConnectionTrait>(db: &C, role_id: Uuid) -> Result<Vec<String>, Error> {
@@ -381,6 +456,22 @@ pub(crate) fn role_not_found(name: &str) -> Error {
     Error::NotFound {
         message: format!("role `{name}` does not exist"),
     }
+}
+
+/// Waits for any role change in flight and holds role changes off until the transaction ends
+/// (PostgreSQL: a shared lock on the row [`lock_admins`] locks for update; SQLite has a single
+/// writer anyway): what a new user is given cannot change under it.
+pub(crate) async fn share_role_lock(txn: &DatabaseTransaction) -> Result<(), Error> {
+    if txn.get_database_backend() == DatabaseBackend::Postgres {
+        txn.execute_raw(Statement::from_sql_and_values(
+            DatabaseBackend::Postgres,
+            "SELECT id FROM scopes WHERE name = $1 FOR SHARE",
+            [ADMIN_SCOPE.into()],
+        ))
+        .await
+        .map_err(db_error)?;
+    }
+    Ok(())
 }
 
 /// Serializes the changes that may remove admins (PostgreSQL: a row lock on the admin scope,

@@ -100,6 +100,18 @@ impl Store {
                 })?;
             role_ids.push(found.id);
         }
+        let mut audit_record = audit_record.clone();
+        if new.roles.is_empty() && new.default_roles {
+            // Taken under the lock role changes take (PostgreSQL), so that a role cannot be
+            // unmarked and given a keystone:* scope between this read and the commit.
+            super::roles::share_role_lock(&txn).await?;
+            let defaults = super::roles::default_roles(&txn).await?;
+            if !defaults.is_empty() {
+                let names: Vec<&str> = defaults.iter().map(|(_, name)| name.as_str()).collect();
+                audit_record = audit_record.with_detail("default_roles", names.join(","));
+            }
+            role_ids.extend(defaults.into_iter().map(|(id, _)| id));
+        }
         let id = Uuid::now_v7();
         let inserted = entity::user::ActiveModel {
             id: Set(id),
@@ -134,7 +146,6 @@ impl Store {
             .await
             .map_err(db_error)?;
         }
-        let mut audit_record = audit_record.clone();
         if audit_record.target.is_empty() {
             audit_record.target = id.to_string();
         }

@@ -283,6 +283,7 @@ async fn a_process_killed_mid_write_leaves_every_change_whole_or_absent() {
                                     name: format!("r-{k}"),
                                     description: String::new(),
                                     scopes,
+                                    default_for_new_users: false,
                                 }),
                             },
                             &admin,

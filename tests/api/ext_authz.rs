@@ -13,7 +13,7 @@ use tonic::Code;
 
 use crate::helpers::{TestApp, spawn_app, spawn_app_with};
 
-fn check_request(
+pub(crate) fn check_request(
     headers: &[(&str, &str)],
     path: &str,
     extensions: &[(&str, &str)],
@@ -237,6 +237,7 @@ async fn routes_in_the_settings_say_what_a_path_needs_and_authorization_can_be_r
             audience: String::new(),
             scopes: vec!["keystone:admin".into()],
             case_insensitive: false,
+            roles: Vec::new(),
         }];
     })
     .await;

@@ -325,6 +325,7 @@ impl TestApp {
                     .iter()
                     .map(|s| keystone::domain::Scope::parse(s).unwrap())
                     .collect::<Vec<_>>(),
+                false,
                 &AuditRecord::new("test", "role.create", &role, Outcome::Success),
                 Utc::now(),
             )
@@ -385,6 +386,7 @@ impl TestApp {
                     email_verified: true,
                     password_change_required,
                     roles: roles.iter().map(|r| RoleName::parse(r).unwrap()).collect(),
+                    default_roles: false,
                 },
                 &AuditRecord::new("test", "user.create", "", Outcome::Success),
                 Utc::now(),

@@ -207,7 +207,10 @@ impl AuthPolicy {
             refresh_ttl: to_chrono(settings.tokens.refresh_ttl),
             refresh_idle_ttl: to_chrono(settings.tokens.refresh_idle_ttl),
             refresh_retry_grace: to_chrono(settings.tokens.refresh_retry_grace),
-            password: PasswordPolicy::new(settings.auth.password_min_length),
+            password: PasswordPolicy::new(
+                settings.auth.password_min_length,
+                settings.auth.password_min_strength,
+            ),
             lockout: LockoutPolicy {
                 threshold: settings.auth.lockout_threshold,
                 base: to_chrono(settings.auth.lockout_duration),
@@ -235,7 +238,7 @@ pub struct AuthService {
     policy: Arc<AuthPolicy>,
 }
 
-/// A self-service sign-up.
+/// A self-service sign-up, or the form of one being filled in (`EstimatePasswordStrength`).
 #[derive(Debug)]
 pub struct Registration {
     /// The username.

@@ -21,9 +21,51 @@ use crate::{
     token::Kind,
 };
 
+/// The longest username or email the strength estimator takes as the account's names.
+const MAX_ESTIMATE_NAME: usize = 320;
+
+/// A name given to the strength estimator: normalized as usernames and emails are (NFKC,
+/// lowercase), none when empty.
+fn estimate_name(value: &str, field: &str) -> Result<Option<String>, Error> {
+    if value.len() > MAX_ESTIMATE_NAME {
+        return Err(Error::invalid_argument(
+            field,
+            format!("must be at most {MAX_ESTIMATE_NAME} bytes long"),
+        ));
+    }
+    let value = value.trim();
+    Ok((!value.is_empty()).then(|| crate::domain::normalize(value)))
+}
+
 impl AuthService {
-    /// Self-service sign-up, when `auth.registration` is on: a user with no roles and an
-    /// unverified email. Rate limited per client IP.
+    /// `EstimatePasswordStrength`: the zxcvbn estimate of a password and whether the policy
+    /// takes it, with the username and email (as typed so far, not yet valid perhaps) as the
+    /// account's names. Counted per client IP; the password goes nowhere else.
+    pub async fn estimate_password_strength(
+        &self,
+        candidate: &Registration,
+        context: &CallContext,
+    ) -> Result<crate::domain::Assessment, Error> {
+        self.limits.check(&[Key::Ip(&context.peer)]).await?;
+        let username = estimate_name(&candidate.username, "username")?;
+        let email = estimate_name(&candidate.email, "email")?;
+        let policy = self.policy.password;
+        let password = candidate.password.clone();
+        // A few milliseconds of matching at worst: off the async runtime, like argon2.
+        tokio::task::spawn_blocking(move || {
+            let names = crate::domain::AccountNames {
+                username: username.as_deref(),
+                email: email.as_deref(),
+            };
+            policy.assess(&password, names)
+        })
+        .await
+        .map_err(|error| Error::internal(anyhow::anyhow!("the estimate failed: {error}")))?
+        .map_err(|e| e.on("password"))
+    }
+
+    /// Self-service sign-up, when `auth.registration` is on: a user with the default roles
+    /// (`Role.default_for_new_users`) and an unverified email. Rate limited per client IP.
     pub async fn register(
         &self,
         registration: Registration,
@@ -63,6 +105,7 @@ impl AuthService {
                     email_verified: false,
                     password_change_required: false,
                     roles: Vec::new(),
+                    default_roles: true,
                 },
                 &event,
                 now,

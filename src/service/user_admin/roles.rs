@@ -10,13 +10,15 @@ use crate::{
 };
 
 impl UserAdminService {
-    /// `CreateRole`: its scopes must exist and be held by the caller.
+    /// `CreateRole`: its scopes must exist and be held by the caller. A default role may hold
+    /// no `keystone:*` scope.
     pub async fn create_role(
         &self,
         actor: &Actor,
         name: &str,
         description: &str,
         scopes: &[String],
+        default_for_new_users: bool,
     ) -> Result<Role, Error> {
         let name = RoleName::parse(name).map_err(|e| e.on("role.name"))?;
         check_description(description, MAX_DESCRIPTION).map_err(|e| e.on("role.description"))?;
@@ -28,9 +30,17 @@ impl UserAdminService {
         }
         let audit = actor
             .event("role.create", name.as_str(), Outcome::Success)
-            .with_detail("scopes", scopes_detail(&scopes));
+            .with_detail("scopes", scopes_detail(&scopes))
+            .with_detail("default_for_new_users", default_for_new_users.to_string());
         self.store
-            .insert_role(&name, description, &scopes, &audit, self.clock.now())
+            .insert_role(
+                &name,
+                description,
+                &scopes,
+                default_for_new_users,
+                &audit,
+                self.clock.now(),
+            )
             .await
     }
 
@@ -53,14 +63,16 @@ impl UserAdminService {
         Ok(self.page(roles, &page, "roles", |r| r.name.clone()))
     }
 
-    /// `UpdateRole`: the caller must hold every scope the role carries before and after.
-    /// Holders get the new scopes with their next token.
+    /// `UpdateRole`: the caller must hold every scope the role carries before and after (so
+    /// only a caller who could assign the role may make it a default role). Holders get the
+    /// new scopes with their next token.
     pub async fn update_role(
         &self,
         actor: &Actor,
         name: &str,
         description: Option<String>,
         scopes: Option<Vec<String>>,
+        default_for_new_users: Option<bool>,
     ) -> Result<Role, Error> {
         let name = RoleName::parse(name).map_err(|e| e.on("role.name"))?;
         if let Some(description) = &description {
@@ -90,12 +102,16 @@ impl UserAdminService {
         if description.is_some() {
             audit = audit.with_detail("description", "changed");
         }
+        if let Some(default) = default_for_new_users {
+            audit = audit.with_detail("default_for_new_users", default.to_string());
+        }
         self.store
             .update_role(
                 name.as_str(),
                 &RoleChanges {
                     description,
                     scopes,
+                    default_for_new_users,
                 },
                 &audit,
                 self.clock.now(),

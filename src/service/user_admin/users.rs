@@ -142,6 +142,8 @@ impl UserAdminService {
                     email_verified,
                     password_change_required: generated,
                     roles,
+                    // A user created with no roles gets the default ones.
+                    default_roles: true,
                 },
                 &audit,
                 self.clock.now(),

@@ -9,6 +9,7 @@ pub struct Model {
     pub id: Uuid,
     pub name: String,
     pub description: String,
+    pub default_for_new_users: bool,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }
