@@ -17,6 +17,7 @@ mod m20261128_000006_index_revocations_by_write_time;
 mod m20261206_000007_add_client_certificates;
 mod m20261206_000008_add_refresh_token_dpop_keys;
 mod m20261206_000009_add_default_roles;
+mod m20261206_000010_add_session_details;
 
 /// The ordered list of Keystone's migrations.
 pub struct Migrator;
@@ -34,6 +35,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000007_add_client_certificates::Migration),
             Box::new(m20261206_000008_add_refresh_token_dpop_keys::Migration),
             Box::new(m20261206_000009_add_default_roles::Migration),
+            Box::new(m20261206_000010_add_session_details::Migration),
         ]
     }
 }

@@ -26,9 +26,9 @@ pub use password_policy::{
     AccountNames, Assessment, MAX_PASSWORD_LENGTH, MAX_STRENGTH, PasswordPolicy, Strength,
 };
 pub use path::unambiguous_path;
-pub use revocation::{Revocation, RevocationKind, TokenFacts};
+pub use revocation::{Revocation, RevocationKind, TokenFacts, parse_session_id};
 pub use scope::{Scope, ScopeSet};
-pub use user::{AuditEvent, NewUser, Role, ScopeRecord, User, UserRecord};
+pub use user::{AuditEvent, NewUser, Role, ScopeRecord, Session, User, UserRecord};
 
 /// Why a value was refused: a sentence for the caller, naming the rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

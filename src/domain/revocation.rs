@@ -63,6 +63,29 @@ impl Revocation {
                 + chrono::Duration::from_std(token_lifetime).unwrap_or(chrono::Duration::days(1)),
         }
     }
+
+    /// Ends a session (a refresh family) and every access token carrying its `sid`: once
+    /// ended, a session mints no token, so it lasts as long as a token issued now can.
+    pub fn of_session(session: uuid::Uuid, now: DateTime<Utc>, token_lifetime: Duration) -> Self {
+        Self {
+            kind: RevocationKind::Session,
+            key: session.to_string(),
+            ..Self::of_subject("", now, token_lifetime)
+        }
+    }
+}
+
+/// A session id as a caller gives it: the UUID of a refresh family (`sid`).
+pub fn parse_session_id(value: &str) -> Result<uuid::Uuid, crate::error::Error> {
+    if value.is_empty() {
+        return Err(crate::error::Error::invalid_argument(
+            "session_id",
+            "name the session by id",
+        ));
+    }
+    uuid::Uuid::parse_str(value).map_err(|_| {
+        crate::error::Error::invalid_argument("session_id", "is not a session id (a UUID)")
+    })
 }
 
 /// The facts of a token that revocation is decided on.

@@ -122,3 +122,21 @@ pub struct AuditEvent {
     /// Further facts.
     pub details: std::collections::BTreeMap<String, String>,
 }
+
+/// A session as its user and admins see it: one refresh-token family, from a login to its
+/// logout or expiry. Never a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    /// The family's id: the tokens' `sid`.
+    pub id: Uuid,
+    /// When the user logged in.
+    pub created_at: DateTime<Utc>,
+    /// When the session's refresh token was last used (its latest rotation), or the login.
+    pub last_used_at: DateTime<Utc>,
+    /// When the session ends unless refreshed.
+    pub expires_at: DateTime<Utc>,
+    /// The client address at login.
+    pub ip: String,
+    /// The `user-agent` at login, truncated.
+    pub user_agent: String,
+}

@@ -9,7 +9,8 @@ use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
 use super::convert::{
-    bearer_token, call_context, presented, principal_to_proto, timestamp, user_to_proto,
+    bearer_token, call_context, presented, principal_to_proto, session_to_proto, timestamp,
+    user_to_proto,
 };
 use crate::{
     domain::{Revocation, RevocationKind, RoleName, ScopeSet},
@@ -48,6 +49,19 @@ impl AuthApi {
     /// The service behind the adapter.
     pub fn service(&self) -> &AuthService {
         &self.service
+    }
+
+    /// The caller of a call on its own sessions: a valid bearer token meant for Keystone
+    /// (`tokens.keystone_audience`), not one good for ChangePassword only.
+    fn session_caller<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<crate::service::auth::Principal, Error> {
+        self.service.authenticator().authenticate_for_keystone(
+            &bearer_token(request.metadata())?,
+            &presented(request),
+            &ScopeSet::default(),
+        )
     }
 }
 
@@ -334,6 +348,34 @@ impl pb::auth_server::Auth for AuthApi {
                 .unwrap_or_default(),
             suggestions: strength.suggestions,
         }))
+    }
+
+    #[tracing::instrument(name = "ListSessions", skip_all)]
+    async fn list_sessions(
+        &self,
+        request: Request<pb::ListSessionsRequest>,
+    ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        let caller = self.session_caller(&request)?;
+        let sessions = self.service.list_sessions(&caller).await?;
+        Ok(Response::new(pb::ListSessionsResponse {
+            sessions: sessions
+                .into_iter()
+                .map(|(session, current)| session_to_proto(session, current))
+                .collect(),
+        }))
+    }
+
+    #[tracing::instrument(name = "RevokeSession", skip_all)]
+    async fn revoke_session(
+        &self,
+        request: Request<pb::RevokeSessionRequest>,
+    ) -> Result<Response<pb::RevokeSessionResponse>, Status> {
+        let caller = self.session_caller(&request)?;
+        let context = call_context(&request);
+        self.service
+            .revoke_session(&caller, &request.into_inner().session_id, &context)
+            .await?;
+        Ok(Response::new(pb::RevokeSessionResponse {}))
     }
 
     #[tracing::instrument(name = "GetJwks", skip_all)]

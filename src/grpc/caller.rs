@@ -80,6 +80,16 @@ pub const ADMIN_RPCS: &[AdminRpc] = &[
         action: "user.revoke_sessions",
     },
     AdminRpc {
+        path: "/keystone.v1.UserAdmin/ListUserSessions",
+        scope: "keystone:users.read",
+        action: "user.list_sessions",
+    },
+    AdminRpc {
+        path: "/keystone.v1.UserAdmin/RevokeUserSession",
+        scope: "keystone:users.write",
+        action: "user.revoke_session",
+    },
+    AdminRpc {
         path: "/keystone.v1.UserAdmin/CreateRole",
         scope: "keystone:users.write",
         action: "role.create",

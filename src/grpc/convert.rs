@@ -67,6 +67,12 @@ pub fn call_context<T>(request: &tonic::Request<T>) -> CallContext {
             .extensions()
             .get::<crate::client_ip::CallerCertificate>(),
     )
+    .with_user_agent(
+        request
+            .metadata()
+            .get("user-agent")
+            .and_then(|agent| agent.to_str().ok()),
+    )
 }
 
 /// What came with the call's bearer token: the caller's certificate as the listener (or a
@@ -204,6 +210,21 @@ pub fn client_to_proto(client: crate::domain::Client) -> pb::Client {
                 last_used_at: secret.last_used_at.map(timestamp),
             })
             .collect(),
+    }
+}
+
+/// The `Session` message; `current` for the caller's own.
+pub fn session_to_proto(session: crate::domain::Session, current: bool) -> pb::Session {
+    pb::Session {
+        id: session.id.to_string(),
+        // Every session is a login to Keystone itself, its tokens issued to its first-party client.
+        client_id: crate::service::auth::FIRST_PARTY_CLIENT_ID.to_owned(),
+        created_at: Some(timestamp(session.created_at)),
+        last_used_at: Some(timestamp(session.last_used_at)),
+        expires_at: Some(timestamp(session.expires_at)),
+        ip: session.ip,
+        user_agent: session.user_agent,
+        current,
     }
 }
 

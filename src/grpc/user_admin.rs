@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 use super::{
     caller,
     convert::{
-        audit_event_to_proto, role_to_proto, timestamp_from_proto, update_paths,
+        audit_event_to_proto, role_to_proto, session_to_proto, timestamp_from_proto, update_paths,
         user_record_to_proto,
     },
 };
@@ -261,6 +261,40 @@ impl pb::user_admin_server::UserAdmin for UserAdminApi {
             .remove_roles(&actor, &request.user_id, &request.roles)
             .await?;
         Ok(Response::new(self.user(&record)))
+    }
+
+    #[tracing::instrument(name = "ListUserSessions", skip_all)]
+    async fn list_user_sessions(
+        &self,
+        request: Request<pb::ListUserSessionsRequest>,
+    ) -> Result<Response<pb::ListUserSessionsResponse>, Status> {
+        self.caller(&request, "ListUserSessions").await?;
+        let request = request.into_inner();
+        let page = self
+            .service
+            .list_user_sessions(&request.user_id, request.page_size, &request.page_token)
+            .await?;
+        Ok(Response::new(pb::ListUserSessionsResponse {
+            sessions: page
+                .items
+                .into_iter()
+                .map(|session| session_to_proto(session, false))
+                .collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+
+    #[tracing::instrument(name = "RevokeUserSession", skip_all)]
+    async fn revoke_user_session(
+        &self,
+        request: Request<pb::RevokeUserSessionRequest>,
+    ) -> Result<Response<pb::RevokeUserSessionResponse>, Status> {
+        let actor = self.caller(&request, "RevokeUserSession").await?;
+        let request = request.into_inner();
+        self.service
+            .revoke_user_session(&actor, &request.user_id, &request.session_id)
+            .await?;
+        Ok(Response::new(pb::RevokeUserSessionResponse {}))
     }
 
     #[tracing::instrument(name = "RevokeUserSessions", skip_all)]

@@ -41,7 +41,7 @@ pub async fn token(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let context = context(peer, certificate);
+    let context = context(peer, certificate, &headers);
     let form = match read_form(&uri, &headers, &body) {
         Ok(form) => form,
         Err(error) => return *error,
@@ -220,7 +220,7 @@ pub async fn introspect(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let context = context(peer, certificate);
+    let context = context(peer, certificate, &headers);
     let form = match read_form(&uri, &headers, &body) {
         Ok(form) => form,
         Err(error) => return *error,
@@ -280,7 +280,7 @@ pub async fn revoke(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let context = context(peer, certificate);
+    let context = context(peer, certificate, &headers);
     let form = match read_form(&uri, &headers, &body) {
         Ok(form) => form,
         Err(error) => return *error,
@@ -460,12 +460,18 @@ fn bearer(headers: &HeaderMap) -> Option<String> {
 fn context(
     peer: std::net::IpAddr,
     certificate: Option<Extension<CallerCertificate>>,
+    headers: &HeaderMap,
 ) -> CallContext {
     CallContext::new(
         peer.to_string(),
         certificate
             .as_ref()
             .map(|Extension(certificate)| certificate),
+    )
+    .with_user_agent(
+        headers
+            .get(http::header::USER_AGENT)
+            .and_then(|agent| agent.to_str().ok()),
     )
 }
 

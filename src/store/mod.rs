@@ -20,7 +20,7 @@ pub use audit::AuditFilter;
 pub use clients::{CachedClient, ClientChanges, ClientSecretRecord, SecretRotation};
 pub use keys::{KeyTransition, StoredKey};
 pub use logins::{FORGET_FAILURES_AFTER, LockoutPolicy, LoginRecord};
-pub use refresh_tokens::{NewRefreshToken, RefreshRecord, Rotation};
+pub use refresh_tokens::{NewRefreshToken, RefreshRecord, Rotation, SessionOrigin};
 pub use retention::RetentionPolicy;
 pub use roles::RoleChanges;
 pub use users::{UserChange, UserFilter};

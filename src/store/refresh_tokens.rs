@@ -4,14 +4,14 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ActiveModelTrait as _, ColumnTrait as _, EntityTrait as _, QueryFilter as _, QuerySelect as _,
-    Set, sea_query::Expr,
+    ActiveModelTrait as _, ColumnTrait as _, EntityTrait as _, QueryFilter as _, QueryOrder as _,
+    QuerySelect as _, Set, sea_query::Expr,
 };
 use uuid::Uuid;
 
 use super::{Store, audit, db_error, entity::refresh_token, revocations};
 use crate::{
-    domain::{AuditRecord, Revocation},
+    domain::{AuditRecord, Revocation, Session},
     error::Error,
 };
 
@@ -36,6 +36,19 @@ pub struct NewRefreshToken {
     pub family_expires_at: DateTime<Utc>,
     /// The DPoP key the session is bound to.
     pub dpop_jkt: Option<String>,
+    /// What the session shows of its login: address, `user-agent`, start.
+    pub session: SessionOrigin,
+}
+
+/// Where and when a session began, kept with each of its tokens.
+#[derive(Debug, Clone, Default)]
+pub struct SessionOrigin {
+    /// The client address.
+    pub ip: Option<String>,
+    /// The `user-agent`, truncated.
+    pub user_agent: Option<String>,
+    /// The login's time.
+    pub started_at: Option<DateTime<Utc>>,
 }
 
 /// A stored refresh token (never the token itself).
@@ -164,6 +177,11 @@ impl Store {
             expires_at: (now + idle_ttl).min(row.family_expires_at),
             family_expires_at: row.family_expires_at,
             dpop_jkt: row.dpop_jkt.clone(),
+            session: SessionOrigin {
+                ip: row.session_ip.clone(),
+                user_agent: row.session_user_agent.clone(),
+                started_at: row.session_started_at,
+            },
         };
         model(&successor, successor_id, Some(row.id))
             .insert(&txn)
@@ -219,6 +237,45 @@ impl Store {
         Ok(revoked)
     }
 
+    /// A user's live sessions, the newest first (family ids are UUIDv7: in order of login),
+    /// those older than `before` when given, at most `limit`. A live session is a family whose
+    /// latest token is unused, unrevoked and unexpired.
+    pub async fn sessions_of_user(
+        &self,
+        user_id: Uuid,
+        before: Option<Uuid>,
+        limit: u64,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Session>, Error> {
+        let mut query = live_heads(user_id, now).order_by_desc(refresh_token::Column::FamilyId);
+        if let Some(before) = before {
+            query = query.filter(refresh_token::Column::FamilyId.lt(before));
+        }
+        Ok(query
+            .limit(limit)
+            .all(self.reports_db())
+            .await
+            .map_err(db_error)?
+            .into_iter()
+            .map(session_of)
+            .collect())
+    }
+
+    /// One live session of a user; `None` when it is another user's, ended or unknown.
+    pub async fn session_of_user(
+        &self,
+        user_id: Uuid,
+        session_id: Uuid,
+        now: DateTime<Utc>,
+    ) -> Result<Option<Session>, Error> {
+        Ok(live_heads(user_id, now)
+            .filter(refresh_token::Column::FamilyId.eq(session_id))
+            .one(self.db())
+            .await
+            .map_err(db_error)?
+            .map(session_of))
+    }
+
     /// The live sessions of a user: their family ids.
     pub async fn live_families_of_user(
         &self,
@@ -241,6 +298,16 @@ impl Store {
     }
 }
 
+/// The live tokens of a user's families: one per live session.
+fn live_heads(user_id: Uuid, now: DateTime<Utc>) -> sea_orm::Select<refresh_token::Entity> {
+    refresh_token::Entity::find()
+        .filter(refresh_token::Column::UserId.eq(user_id))
+        .filter(refresh_token::Column::UsedAt.is_null())
+        .filter(refresh_token::Column::RevokedAt.is_null())
+        .filter(refresh_token::Column::ExpiresAt.gt(now))
+        .filter(refresh_token::Column::FamilyExpiresAt.gt(now))
+}
+
 fn model(new: &NewRefreshToken, id: Uuid, parent_id: Option<Uuid>) -> refresh_token::ActiveModel {
     refresh_token::ActiveModel {
         id: Set(id),
@@ -258,5 +325,21 @@ fn model(new: &NewRefreshToken, id: Uuid, parent_id: Option<Uuid>) -> refresh_to
         used_at: Set(None),
         revoked_at: Set(None),
         dpop_jkt: Set(new.dpop_jkt.clone()),
+        session_ip: Set(new.session.ip.clone()),
+        session_user_agent: Set(new.session.user_agent.clone()),
+        session_started_at: Set(new.session.started_at),
+    }
+}
+
+/// The session of a family's live token.
+fn session_of(model: refresh_token::Model) -> Session {
+    Session {
+        id: model.family_id,
+        // Sessions begun before their start was kept show their latest token's.
+        created_at: model.session_started_at.unwrap_or(model.issued_at),
+        last_used_at: model.issued_at,
+        expires_at: model.expires_at,
+        ip: model.session_ip.unwrap_or_default(),
+        user_agent: model.session_user_agent.unwrap_or_default(),
     }
 }

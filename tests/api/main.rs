@@ -18,6 +18,7 @@ mod client_secrets;
 mod clients;
 mod cluster;
 mod crash;
+mod devices;
 mod dpop;
 mod envoy;
 mod ext_authz;

@@ -61,7 +61,13 @@ pub struct CallContext {
     /// The client certificate that came with the call: its own TLS connection's, or the one
     /// a trusted proxy forwarded.
     pub certificate: Option<PresentedCertificate>,
+    /// The caller's `user-agent`, truncated to [`MAX_USER_AGENT`] characters, control
+    /// characters dropped: what a person recognises a session's device by.
+    pub user_agent: Option<String>,
 }
+
+/// The most of a `user-agent` a session keeps, in characters.
+pub const MAX_USER_AGENT: usize = 256;
 
 impl CallContext {
     /// The context of a call from `peer` (its client IP) with the certificate the transport
@@ -81,7 +87,25 @@ impl CallContext {
                 PresentedCertificate::Forwarded(Thumbprint::from_bytes(*hash))
             }
         });
-        Self { peer, certificate }
+        Self {
+            peer,
+            certificate,
+            user_agent: None,
+        }
+    }
+
+    /// The context with the call's `user-agent` (any length: it is truncated).
+    pub fn with_user_agent(mut self, user_agent: Option<&str>) -> Self {
+        self.user_agent = user_agent
+            .map(|agent| {
+                agent
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(MAX_USER_AGENT)
+                    .collect::<String>()
+            })
+            .filter(|agent| !agent.trim().is_empty());
+        self
     }
 
     /// What came with a bearer token in this call.

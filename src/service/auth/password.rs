@@ -17,7 +17,7 @@ use crate::{
     password::Verification,
     secrets::{REFRESH_TOKEN_PREFIX, hash_refresh_token, random_token},
     service::limits::Key,
-    store::NewRefreshToken,
+    store::{NewRefreshToken, SessionOrigin},
     token::Kind,
 };
 
@@ -300,6 +300,11 @@ impl AuthService {
                 family_expires_at,
                 // Bound with the access token: only the same key refreshes the session.
                 dpop_jkt: dpop_jkt.clone(),
+                session: SessionOrigin {
+                    ip: (!context.peer.is_empty()).then(|| context.peer.clone()),
+                    user_agent: context.user_agent.clone(),
+                    started_at: Some(now),
+                },
             };
             Some((refresh_token, stored))
         };

@@ -1,4 +1,5 @@
-//! Sessions after sign-in: the refresh grant with rotation and reuse detection, and logout.
+//! Sessions after sign-in: the refresh grant with rotation and reuse detection, logout, and a
+//! user's own view of their sessions (list, end one).
 
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret as _, SecretString};
@@ -10,7 +11,7 @@ use super::{
     mint::{count_issued, narrow},
 };
 use crate::{
-    domain::{AuditRecord, Outcome, Revocation, RevocationKind, ScopeSet, TokenFacts},
+    domain::{AuditRecord, Outcome, Revocation, RevocationKind, ScopeSet, Session, TokenFacts},
     error::{Error, Reason},
     secrets::hash_refresh_token,
     service::limits::Key,
@@ -266,6 +267,75 @@ impl AuthService {
         )
         .await
     }
+}
+
+impl AuthService {
+    /// `ListSessions`: the caller's live sessions, the newest first, the caller's own marked.
+    /// At most [`MAX_OWN_SESSIONS`].
+    pub async fn list_sessions(&self, caller: &Principal) -> Result<Vec<(Session, bool)>, Error> {
+        let user_id = session_owner(caller)?;
+        let current = caller.claims.sid.as_deref();
+        let sessions = self
+            .store
+            .sessions_of_user(user_id, None, MAX_OWN_SESSIONS, self.clock.now())
+            .await?;
+        Ok(sessions
+            .into_iter()
+            .map(|session| {
+                let own = current == Some(session.id.to_string().as_str());
+                (session, own)
+            })
+            .collect())
+    }
+
+    /// `RevokeSession`: ends one of the caller's own sessions, as `Logout` does; another
+    /// user's, an ended or an unknown one is NOT_FOUND alike.
+    pub async fn revoke_session(
+        &self,
+        caller: &Principal,
+        session_id: &str,
+        context: &CallContext,
+    ) -> Result<(), Error> {
+        let user_id = session_owner(caller)?;
+        let session = crate::domain::parse_session_id(session_id)?;
+        let now = self.clock.now();
+        if self
+            .store
+            .session_of_user(user_id, session, now)
+            .await?
+            .is_none()
+        {
+            return Err(Error::NotFound {
+                message: "you have no live session with this id".to_owned(),
+            });
+        }
+        self.end_session(
+            session,
+            AuditRecord::new(
+                caller.claims.sub.clone(),
+                "session.revoke",
+                session.to_string(),
+                Outcome::Success,
+            )
+            .from_peer(&context.peer),
+        )
+        .await
+    }
+}
+
+/// The most sessions `ListSessions` shows (the newest).
+pub const MAX_OWN_SESSIONS: u64 = 500;
+
+/// The user a token speaks for, whose sessions it may see and end.
+fn session_owner(caller: &Principal) -> Result<Uuid, Error> {
+    if caller.claims.kind != crate::token::Kind::User {
+        return Err(Error::FailedPrecondition {
+            reason: Reason::FailedPrecondition,
+            message: "a service token has no sessions: sessions are users' logins".to_owned(),
+        });
+    }
+    Uuid::parse_str(&caller.claims.sub)
+        .map_err(|_| Error::internal(anyhow::anyhow!("a user token's subject is not a UUID")))
 }
 
 pub(super) fn invalid_refresh_token() -> Error {

@@ -3,6 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
+use uuid::Uuid;
 
 use super::{
     ADMIN_ROLE, BootstrapOutcome, CreateUser, Page, UserAdminService, UserLookup, UserUpdate,
@@ -10,7 +11,8 @@ use super::{
 };
 use crate::{
     domain::{
-        AuditRecord, Email, NewUser, Outcome, RoleName, User, UserRecord, Username, normalize,
+        AuditRecord, Email, NewUser, Outcome, Revocation, RoleName, Session, User, UserRecord,
+        Username, normalize,
     },
     error::Error,
     password::generate_password,
@@ -435,5 +437,69 @@ impl UserAdminService {
             )
             .await?;
         Ok(ended)
+    }
+}
+
+impl UserAdminService {
+    /// `ListUserSessions`: a user's live sessions, the newest first, by pages.
+    pub async fn list_user_sessions(
+        &self,
+        user_id: &str,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<Page<Session>, Error> {
+        let user = parse_user_id(user_id, "user_id")?;
+        let listing = format!("sessions:{user}");
+        let page = self.pager.request(page_size, page_token, &listing)?;
+        let before = page
+            .after
+            .as_deref()
+            .map(|key| {
+                Uuid::parse_str(key)
+                    .map_err(|_| Error::invalid_argument("page_token", "is not a page token"))
+            })
+            .transpose()?;
+        if self.store.find_user(user).await?.is_none() {
+            return Err(not_found_id(user_id));
+        }
+        let sessions = self
+            .store
+            .sessions_of_user(user, before, page.size + 1, self.clock.now())
+            .await?;
+        Ok(self.page(sessions, &page, &listing, |s| s.id.to_string()))
+    }
+
+    /// `RevokeUserSession`: ends one session of a user (its refresh family and its access
+    /// tokens, on every replica), audited. The caller must be able to manage the user.
+    pub async fn revoke_user_session(
+        &self,
+        actor: &Actor,
+        user_id: &str,
+        session_id: &str,
+    ) -> Result<(), Error> {
+        let action = "user.revoke_session";
+        let user = parse_user_id(user_id, "user_id")?;
+        let session = crate::domain::parse_session_id(session_id)?;
+        self.check_target(actor, user, action).await?;
+        let now = self.clock.now();
+        if self
+            .store
+            .session_of_user(user, session, now)
+            .await?
+            .is_none()
+        {
+            return Err(Error::NotFound {
+                message: "the user has no live session with this id".to_owned(),
+            });
+        }
+        let revocation = Revocation::of_session(session, now, self.token_lifetime);
+        let event = actor
+            .event(action, session.to_string(), Outcome::Success)
+            .with_detail("user_id", user.to_string());
+        self.store
+            .revoke_family(session, &revocation, &event, now)
+            .await?;
+        self.revocations.applied(&revocation);
+        Ok(())
     }
 }

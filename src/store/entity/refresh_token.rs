@@ -24,6 +24,12 @@ pub struct Model {
     pub revoked_at: Option<DateTimeUtc>,
     /// The DPoP key the session is bound to (`cnf.jkt`), if any.
     pub dpop_jkt: Option<String>,
+    /// The client address at the session's login (copied to every successor).
+    pub session_ip: Option<String>,
+    /// The `user-agent` at the session's login, truncated (copied to every successor).
+    pub session_user_agent: Option<String>,
+    /// When the session began (copied to every successor).
+    pub session_started_at: Option<DateTimeUtc>,
 }
 
 impl std::fmt::Debug for Model {
