@@ -223,14 +223,25 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<u64, Error> {
         let (_turn, txn) = self.begin_write().await?;
-        let revoked = refresh_token::Entity::update_many()
-            .col_expr(refresh_token::Column::RevokedAt, Expr::value(Some(now)))
-            .filter(refresh_token::Column::FamilyId.eq(family_id))
-            .filter(refresh_token::Column::RevokedAt.is_null())
-            .exec(&txn)
-            .await
-            .map_err(db_error)?
-            .rows_affected;
+        // A rotation under way when the first pass ran inserts a successor the pass could not
+        // see (PostgreSQL, read committed: the pass waited for the rotation's lock on the old
+        // token, then saw only the rows it had found). Each further pass sees what committed
+        // meanwhile; once one finds nothing, no live token is left to rotate.
+        let mut revoked = 0;
+        loop {
+            let pass = refresh_token::Entity::update_many()
+                .col_expr(refresh_token::Column::RevokedAt, Expr::value(Some(now)))
+                .filter(refresh_token::Column::FamilyId.eq(family_id))
+                .filter(refresh_token::Column::RevokedAt.is_null())
+                .exec(&txn)
+                .await
+                .map_err(db_error)?
+                .rows_affected;
+            if pass == 0 {
+                break;
+            }
+            revoked += pass;
+        }
         revocations::upsert(&txn, revocation).await?;
         audit::insert(&txn, audit_record, now).await?;
         txn.commit().await.map_err(db_error)?;
@@ -253,7 +264,7 @@ impl Store {
         }
         Ok(query
             .limit(limit)
-            .all(self.reports_db())
+            .all(self.db())
             .await
             .map_err(db_error)?
             .into_iter()
@@ -298,6 +309,12 @@ impl Store {
     }
 }
 
+/// The time a UUIDv7 was made.
+fn started_by_id(id: Uuid) -> Option<DateTime<Utc>> {
+    let (seconds, nanos) = id.get_timestamp()?.to_unix();
+    DateTime::from_timestamp(i64::try_from(seconds).ok()?, nanos)
+}
+
 /// The live tokens of a user's families: one per live session.
 fn live_heads(user_id: Uuid, now: DateTime<Utc>) -> sea_orm::Select<refresh_token::Entity> {
     refresh_token::Entity::find()
@@ -335,8 +352,11 @@ fn model(new: &NewRefreshToken, id: Uuid, parent_id: Option<Uuid>) -> refresh_to
 fn session_of(model: refresh_token::Model) -> Session {
     Session {
         id: model.family_id,
-        // Sessions begun before their start was kept show their latest token's.
-        created_at: model.session_started_at.unwrap_or(model.issued_at),
+        // Sessions begun before their start was kept: the family id is a UUIDv7 made at login.
+        created_at: model
+            .session_started_at
+            .or_else(|| started_by_id(model.family_id))
+            .unwrap_or(model.issued_at),
         last_used_at: model.issued_at,
         expires_at: model.expires_at,
         ip: model.session_ip.unwrap_or_default(),
