@@ -11,7 +11,7 @@ use super::{
     mint::{count_issued, narrow},
 };
 use crate::{
-    domain::{AuditRecord, Outcome, Revocation, RevocationKind, ScopeSet, Session, TokenFacts},
+    domain::{AuditRecord, Outcome, Revocation, ScopeSet, Session, TokenFacts},
     error::{Error, Reason},
     secrets::hash_refresh_token,
     service::limits::Key,
@@ -205,14 +205,13 @@ impl AuthService {
         event: AuditRecord,
     ) -> Result<(), Error> {
         let now = self.clock.now();
-        let revocation = Revocation {
-            kind: RevocationKind::Session,
-            key: family_id.to_string(),
-            not_before: now,
-            // Once ended, a session mints no token: the revocation lasts as long as an access
-            // token issued now can (not the session's 30 days, held in every replica's memory).
-            expires_at: now + self.policy.token_lifetime,
-        };
+        // Once ended, a session mints no token: the revocation lasts as long as an access
+        // token issued now can (not the session's 30 days, held in every replica's memory).
+        let revocation = Revocation::of_session(
+            family_id,
+            now,
+            self.policy.token_lifetime.to_std().unwrap_or_default(),
+        );
         self.store
             .revoke_family(family_id, &revocation, &event, now)
             .await?;
