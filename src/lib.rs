@@ -9,7 +9,7 @@
 //!   [`shutdown`] are the process around it.
 //! - Adapters: [`grpc`] (tonic services, the layer stack, health, reflection, Envoy `Check`),
 //!   [`http`] (JWKS, discovery, the OAuth endpoints, probes, metrics), [`listener`]
-//!   (connection limits), [`metrics`]; they translate and decide nothing.
+//!   (connection limits), [`metrics`], [`trace_context`]; they translate and decide nothing.
 //! - Use cases: [`service`]: every policy decision, no transport types.
 //! - State kept in step: [`revocation`] (what is refused although signed) and [`token`]
 //!   (keys, issuing and verifying).
@@ -58,6 +58,7 @@ pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod token;
+pub mod trace_context;
 
 pub use app::App;
 pub use config::Settings;

@@ -1,31 +1,42 @@
-//! The tracing subscriber: readable lines by default, JSON by setting, and, with
-//! `log.otlp_endpoint`, spans exported to an OpenTelemetry collector (OTLP over gRPC). The
-//! output sink is a parameter so that tests can capture a whole run's logs and search them
-//! for secrets.
+//! The tracing subscriber: readable lines by default, JSON by setting (one object per line),
+//! and, with `log.otlp_endpoint`, spans and metrics exported to an OpenTelemetry collector
+//! (OTLP over gRPC): the spans as they end, the metrics every `log.otlp_metrics_interval`.
+//! The output sink is a parameter so that tests can capture a whole run's logs and search
+//! them for secrets.
 //!
-//! Layer: the top. Uses [`crate::config`] only.
+//! Layer: the top. Uses [`crate::config`] and [`crate::metrics`] (the meter it feeds).
 
-use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::{metrics::MeterProvider as _, trace::TracerProvider as _};
 use opentelemetry_otlp::WithExportConfig as _;
-use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
+use opentelemetry_sdk::{
+    Resource,
+    metrics::{PeriodicReader, SdkMeterProvider},
+    trace::SdkTracerProvider,
+};
 use tracing_subscriber::{
     EnvFilter, Layer as _, fmt::MakeWriter, layer::SubscriberExt, util::SubscriberInitExt,
 };
 
 use crate::config::{LogFormat, LogSettings};
 
-/// Keeps the trace exporter running; dropping it flushes what is left.
+/// Keeps the exporters running; dropping it flushes what is left.
 #[derive(Debug)]
 pub struct Telemetry {
-    provider: Option<SdkTracerProvider>,
+    traces: Option<SdkTracerProvider>,
+    metrics: Option<SdkMeterProvider>,
 }
 
 impl Drop for Telemetry {
     fn drop(&mut self) {
-        if let Some(provider) = self.provider.take()
+        if let Some(provider) = self.traces.take()
             && let Err(error) = provider.shutdown()
         {
             eprintln!("keystone: flushing traces failed: {error}");
+        }
+        if let Some(provider) = self.metrics.take()
+            && let Err(error) = provider.shutdown()
+        {
+            eprintln!("keystone: flushing metrics failed: {error}");
         }
     }
 }
@@ -41,26 +52,38 @@ where
         Ok(filter) if !filter.is_empty() => EnvFilter::try_new(filter)?,
         _ => EnvFilter::try_new(&settings.filter)?,
     };
-    let provider = match &settings.otlp_endpoint {
+    let (traces, metrics) = match &settings.otlp_endpoint {
         Some(endpoint) => {
-            let exporter = opentelemetry_otlp::SpanExporter::builder()
+            let resource = Resource::builder()
+                .with_service_name(settings.service_name.clone())
+                .build();
+            let spans = opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
                 .with_endpoint(endpoint.clone())
                 .build()?;
-            Some(
-                SdkTracerProvider::builder()
-                    .with_batch_exporter(exporter)
-                    .with_resource(
-                        Resource::builder()
-                            .with_service_name(settings.service_name.clone())
-                            .build(),
-                    )
-                    .build(),
-            )
+            let traces = SdkTracerProvider::builder()
+                .with_batch_exporter(spans)
+                .with_resource(resource.clone())
+                .build();
+            let exporter = opentelemetry_otlp::MetricExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint.clone())
+                .build()?;
+            let metrics = SdkMeterProvider::builder()
+                .with_reader(
+                    PeriodicReader::builder(exporter)
+                        .with_interval(settings.otlp_metrics_interval)
+                        .build(),
+                )
+                .with_resource(resource)
+                .build();
+            (Some(traces), Some(metrics))
         }
-        None => None,
+        None => (None, None),
     };
-    let traces = provider
+    // Before anything records a metric: the first recorder of a process is the one.
+    crate::metrics::install_with(metrics.as_ref().map(|provider| provider.meter("keystone")));
+    let tracing = traces
         .as_ref()
         .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer("keystone")));
     let logs = match settings.format {
@@ -79,7 +102,7 @@ where
     tracing_subscriber::registry()
         .with(filter)
         .with(logs)
-        .with(traces)
+        .with(tracing)
         .try_init()?;
-    Ok(Telemetry { provider })
+    Ok(Telemetry { traces, metrics })
 }

@@ -206,10 +206,13 @@ pub struct LogSettings {
     /// A `tracing` filter such as `info` or `keystone=debug,tower=warn`; `RUST_LOG` wins if set.
     pub filter: String,
     /// An OpenTelemetry collector (OTLP over gRPC, e.g. `http://otel-collector:4317`) that
-    /// receives the spans (one per RPC); unset: no trace export.
+    /// receives the spans (one per RPC or HTTP request) and the metrics; unset: no export.
     pub otlp_endpoint: Option<String>,
-    /// The `service.name` of exported spans.
+    /// The `service.name` of exported spans and metrics.
     pub service_name: String,
+    /// With `otlp_endpoint`, how often the metrics are pushed there.
+    #[serde(with = "humantime_serde")]
+    pub otlp_metrics_interval: Duration,
 }
 
 impl Default for LogSettings {
@@ -219,6 +222,7 @@ impl Default for LogSettings {
             filter: "info".to_owned(),
             otlp_endpoint: None,
             service_name: "keystone".to_owned(),
+            otlp_metrics_interval: Duration::from_secs(60),
         }
     }
 }

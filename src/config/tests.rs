@@ -49,6 +49,13 @@ fn a_bad_value_names_the_setting_and_the_value() {
         assert!(error.contains("auth.password_min_strength"), "{error}");
     }
 
+    for interval in ["0s", "500ms", "25h"] {
+        let error = from_toml(&format!("[log]\notlp_metrics_interval = \"{interval}\""))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("log.otlp_metrics_interval"), "{error}");
+    }
+
     let error = from_toml("[tokens]\naccess_ttl = \"soon\"")
         .unwrap_err()
         .to_string();

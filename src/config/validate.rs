@@ -43,6 +43,22 @@ pub(super) fn problems(settings: &Settings) -> Vec<ConfigError> {
             ));
         }
     }
+    if settings.log.otlp_metrics_interval < Duration::from_secs(1) {
+        problems.push(ConfigError::invalid(
+            "log.otlp_metrics_interval",
+            humantime::format_duration(settings.log.otlp_metrics_interval),
+            "must be at least 1s",
+        ));
+    } else {
+        problems.extend(
+            check_at_most(
+                "log.otlp_metrics_interval",
+                settings.log.otlp_metrics_interval,
+                Duration::from_secs(24 * 3600),
+            )
+            .err(),
+        );
+    }
     if let Some(pepper) = &settings.secrets.pepper
         && pepper.expose_secret().chars().count() < 32
     {

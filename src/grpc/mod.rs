@@ -1,7 +1,8 @@
 //! The gRPC server: the layer stack, health, reflection and Keystone's services.
 //!
 //! Layers, outermost first, and why they sit there:
-//! 1. a tracing span per call, so everything below logs inside it;
+//! 1. a tracing span per call, so everything below logs inside it, continuing the caller's
+//!    trace when the call carries a W3C `traceparent` ([`crate::trace_context`]);
 //! 2. the client IP (`server.trusted_proxies`), for rate limits and audit events;
 //! 3. load shedding: when every slot of the concurrency limit is taken, a call is refused at
 //!    once with RESOURCE_EXHAUSTED rather than queued behind the others;
@@ -142,7 +143,7 @@ pub async fn serve(
         .with_certificate_proxies(&settings.server.client_certificate_proxies);
     let layers = tower::ServiceBuilder::new()
         // Outermost, so that shed and refused calls are counted too.
-        .layer(crate::metrics::GrpcMetricsLayer)
+        .layer(crate::metrics::RedLayer::grpc())
         .layer(MapRequestLayer::new(move |request| proxies.tag(request)))
         .layer(LoadShedLayer::new())
         .layer(GlobalConcurrencyLimitLayer::new(
@@ -181,7 +182,11 @@ pub async fn serve(
         .map(|service| InterceptedService::new(service, guard.clone()));
 
     Server::builder()
-        .trace_fn(|request| tracing::info_span!("rpc", method = %request.uri().path()))
+        .trace_fn(|request| {
+            let span = tracing::info_span!("rpc", method = %request.uri().path());
+            crate::trace_context::continue_trace(&span, request.headers());
+            span
+        })
         .max_concurrent_streams(settings.server.max_concurrent_streams)
         .http2_max_header_list_size(settings.server.max_header_list_size)
         .http2_keepalive_interval(Some(settings.server.keepalive_interval))

@@ -80,19 +80,42 @@ pub fn router(state: HttpState, routes: Routes) -> Router {
         router = router.route("/metrics", get(metrics));
     }
     // The gRPC side's protections: a deadline, a bound on requests at once, and shedding
-    // (503) rather than queueing when the bound is reached.
+    // (503) rather than queueing when the bound is reached. `Router::layer` wraps each route
+    // on its own: the bound is one semaphore that every route shares.
     let limits = tower::ServiceBuilder::new()
         .layer(HandleErrorLayer::new(refused))
         .load_shed()
-        .concurrency_limit(state.concurrency_limit.max(1))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            state.concurrency_limit.max(1),
+        ))
         .timeout(state.request_timeout);
     let proxies = state.trusted_proxies.clone();
     router
         .layer(limits)
+        // Outside the limits, so that what they refuse is counted and traced too.
+        .layer(crate::metrics::RedLayer::http())
+        .layer(axum::middleware::from_fn(traced))
         .layer(tower::util::MapRequestLayer::new(
             move |request: axum::extract::Request| proxies.tag(request),
         ))
         .with_state(Arc::new(state))
+}
+
+/// A span per request, named by the route (never the raw path), continuing the caller's
+/// trace when the request carries a W3C `traceparent`.
+async fn traced(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("unknown", |path| path.as_str());
+    let span = tracing::info_span!(
+        "http",
+        otel.name = format!("{} {route}", request.method()),
+        method = %request.method(),
+        route,
+    );
+    crate::trace_context::continue_trace(&span, request.headers());
+    tracing::Instrument::instrument(next.run(request), span).await
 }
 
 /// The answer to a request the limits refused.

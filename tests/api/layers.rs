@@ -11,6 +11,7 @@ const LAYERS: &[&str] = &[
     "client_ip",
     "proto",
     "metrics",
+    "trace_context",
     "domain",
     "secrets",
     "config",

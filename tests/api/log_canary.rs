@@ -1,5 +1,6 @@
 //! A whole run of the real binary at `RUST_LOG=trace`, with known secrets going through it:
-//! none of them may appear in what it prints.
+//! none of them may appear in what it prints, as text or as JSON (`log.format = "json"`,
+//! where every line must also be one JSON object).
 
 use std::{
     io::{BufRead as _, BufReader, Read as _},
@@ -28,6 +29,45 @@ const KEY_ENCRYPTION_KEY: &str = "Y2FuYXJ5LWtleS1lbmNyeXB0aW9uLWtleS0wMTIzNDU=";
 
 #[tokio::test]
 async fn a_run_at_trace_level_logs_no_secret() {
+    canary("text").await;
+}
+
+#[tokio::test]
+async fn a_run_at_trace_level_in_json_logs_no_secret_and_only_json_lines() {
+    let stdout = canary("json").await;
+    let mut lines = 0;
+    for line in stdout.lines() {
+        let event: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|error| panic!("a log line is not JSON ({error}): {line}"));
+        for field in ["timestamp", "level", "target"] {
+            assert!(event[field].is_string(), "{field} in {line}");
+        }
+        lines += 1;
+    }
+    assert!(lines > 100, "the run logged: {lines} lines");
+    assert!(
+        stdout.contains(r#""level":"TRACE""#),
+        "the run logged at trace level"
+    );
+    assert!(
+        stdout.contains("Keystone is serving gRPC on"),
+        "messages are in the lines"
+    );
+}
+
+/// The address that follows `marker` in a log line, text or JSON.
+fn address_after(line: &str, marker: &str) -> Option<String> {
+    let rest = line.split(marker).nth(1)?;
+    Some(
+        rest.chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '[' | ']'))
+            .collect(),
+    )
+}
+
+/// Runs the binary at trace level with `log.format = format`, takes secrets through it, and
+/// fails if any appears in its output; returns what it printed on stdout.
+async fn canary(format: &str) -> String {
     let database = TestDatabase::fresh().await;
     // PostgreSQL (trust authentication) takes any password: the URL carries one to look for.
     // A password the URL already has (password authentication) is the canary instead.
@@ -56,6 +96,7 @@ async fn a_run_at_trace_level_logs_no_secret() {
     let mut child = command
         .arg("serve")
         .env("RUST_LOG", "trace")
+        .env("KEYSTONE_LOG__FORMAT", format)
         .env("KEYSTONE_DATABASE_URL", &database_url)
         .env("KEYSTONE_SECRETS__KEY_ENCRYPTION_KEY", KEY_ENCRYPTION_KEY)
         .env("KEYSTONE_GRPC_ADDR", "127.0.0.1:0")
@@ -73,13 +114,8 @@ async fn a_run_at_trace_level_logs_no_secret() {
     let collected = output.clone();
     let reader = std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("serving gRPC on ").nth(1) {
-                let _ = addr_tx.send(
-                    rest.split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_owned(),
-                );
+            if let Some(addr) = address_after(&line, "serving gRPC on ") {
+                let _ = addr_tx.send(addr);
             }
             let mut text = collected.lock().unwrap();
             text.push_str(&line);
@@ -199,7 +235,8 @@ async fn a_run_at_trace_level_logs_no_secret() {
         .unwrap();
     assert!(exit.success());
     reader.join().unwrap();
-    let mut printed = output.lock().unwrap().clone();
+    let stdout = output.lock().unwrap().clone();
+    let mut printed = stdout.clone();
     printed.push_str(&stderr_reader.join().unwrap());
     assert!(
         printed.contains("TRACE") || printed.contains("trace"),
@@ -235,4 +272,5 @@ async fn a_run_at_trace_level_logs_no_secret() {
             panic!("{what} appears in the logs: {}", &printed[start..end]);
         }
     }
+    stdout
 }

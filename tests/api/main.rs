@@ -32,6 +32,7 @@ mod layers;
 mod limits;
 mod log_canary;
 mod mtls;
+mod observability;
 mod otlp;
 mod parity;
 mod reflection;

@@ -1,24 +1,60 @@
-//! Trace export: with `log.otlp_endpoint`, the real binary sends its spans (one per RPC) to an
-//! OpenTelemetry collector over OTLP/gRPC. The collector here is a stub the test serves.
+//! OpenTelemetry export: with `log.otlp_endpoint`, the real binary sends its spans (one per
+//! RPC and per HTTP request) and its metrics to a collector over OTLP/gRPC, and a call that
+//! carries a W3C `traceparent` continues the caller's trace. The collector here is a stub the
+//! test serves.
 
 use std::{
     io::{BufRead as _, BufReader},
+    net::SocketAddr,
     process::{Command, Stdio},
     sync::{Arc, Mutex},
     time::Duration,
 };
 
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-    trace_service_server::{TraceService, TraceServiceServer},
+use opentelemetry_proto::tonic::{
+    collector::{
+        metrics::v1::{
+            ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+            metrics_service_server::{MetricsService, MetricsServiceServer},
+        },
+        trace::v1::{
+            ExportTraceServiceRequest, ExportTraceServiceResponse,
+            trace_service_server::{TraceService, TraceServiceServer},
+        },
+    },
+    resource::v1::Resource,
 };
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use crate::{cli::keystone, helpers::TestDatabase};
+use crate::{
+    cli::keystone,
+    helpers::{TestDatabase, http},
+};
+
+/// What the stub collector received.
+#[derive(Debug, Clone)]
+struct Span {
+    service: String,
+    name: String,
+    trace_id: Vec<u8>,
+    parent_span_id: Vec<u8>,
+}
 
 #[derive(Clone, Default)]
 struct Collector {
-    spans: Arc<Mutex<Vec<(String, String)>>>,
+    spans: Arc<Mutex<Vec<Span>>>,
+    /// (service.name, metric name).
+    metrics: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+fn service_name(resource: Option<&Resource>) -> String {
+    resource
+        .iter()
+        .flat_map(|r| &r.attributes)
+        .find(|a| a.key == "service.name")
+        .and_then(|a| a.value.as_ref())
+        .map(|v| format!("{:?}", v.value))
+        .unwrap_or_default()
 }
 
 #[tonic::async_trait]
@@ -29,17 +65,15 @@ impl TraceService for Collector {
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         let mut spans = self.spans.lock().unwrap();
         for resource in request.into_inner().resource_spans {
-            let service = resource
-                .resource
-                .iter()
-                .flat_map(|r| &r.attributes)
-                .find(|a| a.key == "service.name")
-                .and_then(|a| a.value.as_ref())
-                .map(|v| format!("{:?}", v.value))
-                .unwrap_or_default();
+            let service = service_name(resource.resource.as_ref());
             for scope in resource.scope_spans {
                 for span in scope.spans {
-                    spans.push((service.clone(), span.name));
+                    spans.push(Span {
+                        service: service.clone(),
+                        name: span.name,
+                        trace_id: span.trace_id,
+                        parent_span_id: span.parent_span_id,
+                    });
                 }
             }
         }
@@ -47,8 +81,48 @@ impl TraceService for Collector {
     }
 }
 
+#[tonic::async_trait]
+impl MetricsService for Collector {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        let mut metrics = self.metrics.lock().unwrap();
+        for resource in request.into_inner().resource_metrics {
+            let service = service_name(resource.resource.as_ref());
+            for scope in resource.scope_metrics {
+                for metric in scope.metrics {
+                    metrics.push((service.clone(), metric.name));
+                }
+            }
+        }
+        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
+
+const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CALLER_SPAN: &str = "00f067aa0ba902b7";
+const HTTP_CALLER_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+
+fn hex(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// The address that follows `marker` in a log line (text or JSON).
+fn address_after(line: &str, marker: &str) -> Option<SocketAddr> {
+    let rest = line.split(marker).nth(1)?;
+    rest.chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '[' | ']'))
+        .collect::<String>()
+        .parse()
+        .ok()
+}
+
 #[tokio::test]
-async fn spans_go_to_the_otlp_collector_when_one_is_set() {
+async fn spans_and_metrics_go_to_the_otlp_collector_under_the_callers_trace() {
     let collector = Collector::default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let collector_addr = listener.local_addr().unwrap();
@@ -56,7 +130,8 @@ async fn spans_go_to_the_otlp_collector_when_one_is_set() {
         let collector = collector.clone();
         async move {
             tonic::transport::Server::builder()
-                .add_service(TraceServiceServer::new(collector))
+                .add_service(TraceServiceServer::new(collector.clone()))
+                .add_service(MetricsServiceServer::new(collector))
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
                 .await
         }
@@ -87,10 +162,14 @@ async fn spans_go_to_the_otlp_collector_when_one_is_set() {
             }
         }
     });
-    let addr = tokio::time::timeout(Duration::from_secs(30), async {
+    let (http_addr, grpc_addr) = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut http_addr = None;
         while let Some(line) = rx.recv().await {
-            if let Some(rest) = line.split("serving gRPC on ").nth(1) {
-                return rest.split_whitespace().next().unwrap().to_owned();
+            if let Some(addr) = address_after(&line, "serving HTTP on ") {
+                http_addr = Some(addr);
+            }
+            if let Some(addr) = address_after(&line, "serving gRPC on ") {
+                return (http_addr.expect("HTTP is announced first"), addr);
             }
         }
         panic!("keystone exited before serving");
@@ -98,7 +177,7 @@ async fn spans_go_to_the_otlp_collector_when_one_is_set() {
     .await
     .unwrap();
     tokio::spawn(async move { while rx.recv().await.is_some() {} });
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+    let channel = tonic::transport::Channel::from_shared(format!("http://{grpc_addr}"))
         .unwrap()
         .connect()
         .await
@@ -109,32 +188,102 @@ async fn spans_go_to_the_otlp_collector_when_one_is_set() {
         })
         .await
         .unwrap();
+    // A call from inside the caller's trace, as its gRPC instrumentation sends it.
+    let mut request = tonic::Request::new(keystone::proto::pb::AuthenticateRequest {
+        token: "not-a-token".into(),
+        ..Default::default()
+    });
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01")
+            .parse()
+            .unwrap(),
+    );
     let _ = keystone::proto::pb::auth_client::AuthClient::new(channel)
-        .authenticate(keystone::proto::pb::AuthenticateRequest {
-            token: "not-a-token".into(),
-            ..Default::default()
-        })
+        .authenticate(request)
         .await;
+    // And an HTTP request from another trace, as a mesh's sidecar sends it.
+    let traceparent = format!("00-{HTTP_CALLER_TRACE}-{CALLER_SPAN}-01");
+    let jwks = http(
+        http_addr,
+        "GET",
+        "/.well-known/jwks.json",
+        &[("traceparent", traceparent.as_str())],
+        "",
+    )
+    .await;
+    assert_eq!(jwks.status, 200);
+    // A header that does not parse starts a trace of its own, and nothing fails.
+    let garbled = http(
+        http_addr,
+        "GET",
+        "/healthz",
+        &[("traceparent", "00-not-a-trace-01")],
+        "",
+    )
+    .await;
+    assert_eq!(garbled.status, 200);
 
-    // SIGTERM: the exporter flushes on the way out.
+    // SIGTERM: the exporters flush on the way out, spans and metrics alike.
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
-    tokio::task::spawn_blocking(move || child.wait())
+    let exit = tokio::task::spawn_blocking(move || child.wait())
         .await
         .unwrap()
         .unwrap();
+    assert!(exit.success());
+
     let spans = collector.spans.lock().unwrap().clone();
-    assert!(
-        spans.iter().any(|(_, name)| name == "Authenticate"),
-        "{spans:?}"
-    );
     assert!(
         spans
             .iter()
-            .all(|(service, _)| service.contains("keystone-under-test")),
+            .all(|span| span.service.contains("keystone-under-test")),
         "{spans:?}"
     );
+    // The call's own span continues the caller's trace, under the caller's span; what
+    // Keystone did for it (Authenticate) sits in the same trace.
+    let rpc = spans
+        .iter()
+        .find(|span| span.name == "rpc" && span.trace_id == hex(CALLER_TRACE))
+        .unwrap_or_else(|| panic!("the gRPC call's span is in the caller's trace: {spans:?}"));
+    assert_eq!(rpc.parent_span_id, hex(CALLER_SPAN));
+    assert!(
+        spans
+            .iter()
+            .any(|span| span.name == "Authenticate" && span.trace_id == hex(CALLER_TRACE)),
+        "{spans:?}"
+    );
+    let request = spans
+        .iter()
+        .find(|span| span.name == "GET /.well-known/jwks.json")
+        .unwrap_or_else(|| panic!("the HTTP request has a span named by its route: {spans:?}"));
+    assert_eq!(request.trace_id, hex(HTTP_CALLER_TRACE));
+    assert_eq!(request.parent_span_id, hex(CALLER_SPAN));
+    let own = spans
+        .iter()
+        .find(|span| span.name == "GET /healthz")
+        .unwrap_or_else(|| panic!("the request with a garbled header has a span: {spans:?}"));
+    assert!(own.parent_span_id.is_empty(), "{own:?}");
+    assert_ne!(own.trace_id, vec![0; 16]);
+
+    // The metrics Prometheus scrapes, pushed too, under the same service name.
+    let metrics = collector.metrics.lock().unwrap().clone();
+    for name in [
+        "keystone_grpc_requests_total",
+        "keystone_grpc_request_duration_seconds",
+        "keystone_http_requests_total",
+        "keystone_http_request_duration_seconds",
+        "keystone_authentication_failures_total",
+        "keystone_connections",
+    ] {
+        assert!(
+            metrics
+                .iter()
+                .any(|(service, metric)| metric == name && service.contains("keystone-under-test")),
+            "{name} was exported: {metrics:?}"
+        );
+    }
 }

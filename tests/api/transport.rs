@@ -195,6 +195,68 @@ async fn past_the_concurrency_limit_calls_are_shed_at_once_not_queued() {
     app.stop().await.unwrap();
 }
 
+/// On HTTP the bound is one for the whole listener, not one per route: a slow login on
+/// `/oauth2/token` holding the only slot sheds a JWKS request (503) at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_concurrency_limit_http_requests_on_any_route_are_shed() {
+    let app = spawn_app_with(|settings| {
+        settings.server.concurrency_limit = 1;
+        settings.auth.argon2.memory_kib = 64 * 1024;
+        settings.auth.argon2.iterations = 16;
+    })
+    .await;
+    app.create_user("alice", PASSWORD, &[]).await;
+    let http_addr = app.http_addr;
+    let hold = || {
+        tokio::spawn(async move {
+            crate::helpers::http(
+                http_addr,
+                "POST",
+                "/oauth2/token",
+                &[("content-type", "application/x-www-form-urlencoded")],
+                "grant_type=password&username=alice&password=correct+horse+battery+staple",
+            )
+            .await
+            .status
+        })
+    };
+    let mut held = hold();
+    let mut shed = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while shed.is_none() && tokio::time::Instant::now() < deadline {
+        if held.is_finished() {
+            match held.await.unwrap() {
+                // The JWKS request took the slot first: the login was shed; again.
+                503 => {
+                    held = hold();
+                    continue;
+                }
+                other => panic!("the login ended before any request met its slot: {other}"),
+            }
+        }
+        let jwks = crate::helpers::http(http_addr, "GET", "/.well-known/jwks.json", &[], "").await;
+        match jwks.status {
+            503 => shed = Some(jwks),
+            200 => tokio::time::sleep(Duration::from_millis(2)).await,
+            other => panic!("JWKS answered {other}"),
+        }
+    }
+    let shed = shed.expect("a request on another route met the held slot and was shed");
+    assert_eq!(shed.json()["error"], "temporarily_unavailable");
+    assert_eq!(
+        held.await.unwrap(),
+        200,
+        "the login holding the slot finished"
+    );
+    assert_eq!(
+        crate::helpers::http(http_addr, "GET", "/.well-known/jwks.json", &[], "")
+            .await
+            .status,
+        200
+    );
+    app.stop().await.unwrap();
+}
+
 /// The HTTP/2 client preface, then an empty SETTINGS frame.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
 
