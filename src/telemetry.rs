@@ -11,7 +11,7 @@ use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::{
     Resource,
     metrics::{PeriodicReader, SdkMeterProvider},
-    trace::SdkTracerProvider,
+    trace::{Sampler, SdkTracerProvider},
 };
 use tracing_subscriber::{
     EnvFilter, Layer as _, fmt::MakeWriter, layer::SubscriberExt, util::SubscriberInitExt,
@@ -61,7 +61,10 @@ where
                 .with_tonic()
                 .with_endpoint(endpoint.clone())
                 .build()?;
+            // Every span is kept, whatever a caller's `traceparent` says of its own sampling:
+            // a caller must not be able to hide its calls from Keystone's traces.
             let traces = SdkTracerProvider::builder()
+                .with_sampler(Sampler::AlwaysOn)
                 .with_batch_exporter(spans)
                 .with_resource(resource.clone())
                 .build();
@@ -81,8 +84,6 @@ where
         }
         None => (None, None),
     };
-    // Before anything records a metric: the first recorder of a process is the one.
-    crate::metrics::install_with(metrics.as_ref().map(|provider| provider.meter("keystone")));
     let tracing = traces
         .as_ref()
         .map(|provider| tracing_opentelemetry::layer().with_tracer(provider.tracer("keystone")));
@@ -104,5 +105,8 @@ where
         .with(logs)
         .with(tracing)
         .try_init()?;
+    // Before anything records a metric (the first recorder of a process is the one), after
+    // the subscriber (so that a warning of its is printed).
+    crate::metrics::install_with(metrics.as_ref().map(|provider| provider.meter("keystone")));
     Ok(Telemetry { traces, metrics })
 }

@@ -183,7 +183,8 @@ pub async fn serve(
 
     Server::builder()
         .trace_fn(|request| {
-            let span = tracing::info_span!("rpc", method = %request.uri().path());
+            let span =
+                tracing::info_span!("rpc", otel.kind = "server", method = %request.uri().path());
             crate::trace_context::continue_trace(&span, request.headers());
             span
         })

@@ -64,34 +64,39 @@ pub enum Routes {
 
 /// The HTTP routes.
 pub fn router(state: HttpState, routes: Routes) -> Router {
-    let mut router = Router::new()
+    // The gRPC side's protections: a deadline, a bound on requests at once, and shedding
+    // (503) rather than queueing when the bound is reached. `Router::layer` wraps each route
+    // on its own, so each call makes one semaphore for all the routes it wraps: one for the
+    // OAuth and discovery endpoints together, another for the probes and `/metrics`, so that a
+    // flood of the first never fails a liveness probe nor hides the metrics.
+    let limits = || {
+        tower::ServiceBuilder::new()
+            .layer(HandleErrorLayer::new(refused))
+            .load_shed()
+            .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+                state.concurrency_limit.max(1),
+            ))
+            .timeout(state.request_timeout)
+    };
+    let mut probes = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
+    if routes != Routes::Public {
+        probes = probes.route("/metrics", get(metrics));
+    }
+    let mut router = probes.layer(limits());
     if routes != Routes::Admin {
-        router = router
+        let endpoints = Router::new()
             .route("/.well-known/jwks.json", get(jwks))
             .route("/.well-known/openid-configuration", get(discovery))
             .route("/.well-known/oauth-authorization-server", get(discovery))
             .route("/oauth2/token", post(oauth::token))
             .route("/oauth2/introspect", post(oauth::introspect))
             .route("/oauth2/revoke", post(oauth::revoke));
+        router = router.merge(endpoints.layer(limits()));
     }
-    if routes != Routes::Public {
-        router = router.route("/metrics", get(metrics));
-    }
-    // The gRPC side's protections: a deadline, a bound on requests at once, and shedding
-    // (503) rather than queueing when the bound is reached. `Router::layer` wraps each route
-    // on its own: the bound is one semaphore that every route shares.
-    let limits = tower::ServiceBuilder::new()
-        .layer(HandleErrorLayer::new(refused))
-        .load_shed()
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
-            state.concurrency_limit.max(1),
-        ))
-        .timeout(state.request_timeout);
     let proxies = state.trusted_proxies.clone();
     router
-        .layer(limits)
         // Outside the limits, so that what they refuse is counted and traced too.
         .layer(crate::metrics::RedLayer::http())
         .layer(axum::middleware::from_fn(traced))
@@ -101,17 +106,20 @@ pub fn router(state: HttpState, routes: Routes) -> Router {
         .with_state(Arc::new(state))
 }
 
-/// A span per request, named by the route (never the raw path), continuing the caller's
-/// trace when the request carries a W3C `traceparent`.
+/// A span per request, named by the route (never the raw path) and the method (an unknown
+/// one is `other`), continuing the caller's trace when the request carries a W3C
+/// `traceparent`.
 async fn traced(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
     let route = request
         .extensions()
         .get::<axum::extract::MatchedPath>()
         .map_or("unknown", |path| path.as_str());
+    let method = crate::metrics::method_name(request.method());
     let span = tracing::info_span!(
         "http",
-        otel.name = format!("{} {route}", request.method()),
-        method = %request.method(),
+        otel.name = format!("{method} {route}"),
+        otel.kind = "server",
+        method,
         route,
     );
     crate::trace_context::continue_trace(&span, request.headers());

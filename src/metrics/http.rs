@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::extract::MatchedPath;
 
-use super::Observe;
+use super::{Observe, Outcome};
 
 /// Labels HTTP requests by route, method and status ([`super::RedLayer::http`]).
 #[derive(Debug, Clone, Copy, Default)]
@@ -24,16 +24,14 @@ impl Observe for HttpRequests {
         (route, method_name(request.method()))
     }
 
-    fn end<R>(
-        (route, method): Self::Call,
-        response: Option<&http::Response<R>>,
-        elapsed: Duration,
-    ) {
-        // Three digits: at most 900 series.
-        let status = response.map_or_else(
-            || "error".to_owned(),
-            |response| response.status().as_str().to_owned(),
-        );
+    fn end<R>((route, method): Self::Call, outcome: Outcome<'_, R>, elapsed: Duration) {
+        // Three digits: at most 900 series. (The limits answer what they refuse themselves:
+        // 503 and 504 are answers here.)
+        let status = match outcome {
+            Outcome::Answered(response) => response.status().as_str().to_owned(),
+            Outcome::Shed => "503".to_owned(),
+            Outcome::Failed => "error".to_owned(),
+        };
         metrics::counter!(
             "keystone_http_requests_total",
             "route" => route.clone(),
@@ -47,7 +45,7 @@ impl Observe for HttpRequests {
 }
 
 /// The methods HTTP defines; any other (a caller may send any token) is `other`.
-fn method_name(method: &http::Method) -> &'static str {
+pub fn method_name(method: &http::Method) -> &'static str {
     match *method {
         http::Method::GET => "GET",
         http::Method::POST => "POST",

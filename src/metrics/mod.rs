@@ -4,22 +4,26 @@
 //! [`install`] sets it up, later ones (several servers in one test process) share it.
 //!
 //! Names (the Grafana dashboard in `helm/keystone/dashboards` reads them; a test checks that
-//! each one it reads exists): `keystone_grpc_requests_total{method,code}`,
-//! `keystone_grpc_request_duration_seconds{method}`, `keystone_http_requests_total{route,
-//! method,status}`, `keystone_http_request_duration_seconds{route}`,
-//! `keystone_tokens_issued_total{grant}`, `keystone_authentication_failures_total{reason}`,
-//! `keystone_rate_limited_total{limit}`, `keystone_password_hash_wait_seconds`,
-//! `keystone_password_hash_queue`, `keystone_revocations`,
+//! each one it reads exists; `docs/operations.md` says what each means):
+//! `keystone_grpc_requests_total{method,code}`, `keystone_grpc_request_duration_seconds
+//! {method}`, `keystone_http_requests_total{route,method,status}`,
+//! `keystone_http_request_duration_seconds{route}`, `keystone_tokens_issued_total{grant}`,
+//! `keystone_authentication_failures_total{reason}`, `keystone_rate_limited_total{limit}`,
+//! `keystone_password_hash_wait_seconds`, `keystone_password_hash_queue`,
+//! `keystone_password_hash_refused_total`, `keystone_revocations`,
 //! `keystone_revocation_staleness_seconds`, `keystone_database_up`, `keystone_redis_up`,
 //! `keystone_signing_key_age_seconds`, `keystone_connections{listener}`,
-//! `keystone_audit_events_written_total`, `keystone_audit_events_lost_total`.
+//! `keystone_connections_refused_total{listener,reason}`,
+//! `keystone_tls_handshake_failures_total{listener}`, `keystone_tls_reloads_total`,
+//! `keystone_audit_events_written_total`, `keystone_audit_events_lost_total`,
+//! `keystone_dpop_proofs_unconfirmed_total`, `keystone_retention_deleted_total{table}`.
 //!
 //! Layer: adapter. Uses nothing of Keystone's; the adapters and the app install and feed it.
 
 mod http;
 mod otlp;
 
-pub use self::http::HttpRequests;
+pub use self::http::{HttpRequests, method_name};
 
 use std::{
     sync::OnceLock,
@@ -101,8 +105,19 @@ pub fn run_upkeep() {
     }
 }
 
+/// How a call observed by a [`RedLayer`] ended.
+#[derive(Debug)]
+pub enum Outcome<'a, R> {
+    /// Answered (its status may still say that it failed).
+    Answered(&'a ::http::Response<R>),
+    /// Shed by the concurrency limit before any service saw it.
+    Shed,
+    /// The layers below failed it without an answer.
+    Failed,
+}
+
 /// What a [`RedLayer`] records of one call: what it keeps from the request, and what it
-/// counts once the call is answered (`None`: the inner service failed).
+/// counts once the call has ended.
 pub trait Observe: Clone {
     /// Kept from the request until the answer (its labels).
     type Call: Send + 'static;
@@ -110,8 +125,8 @@ pub trait Observe: Clone {
     /// Reads the request before it goes in.
     fn begin<B>(&self, request: &::http::Request<B>) -> Self::Call;
 
-    /// Counts the answer, `elapsed` after the request came.
-    fn end<R>(call: Self::Call, response: Option<&::http::Response<R>>, elapsed: Duration);
+    /// Counts the outcome, `elapsed` after the request came.
+    fn end<R>(call: Self::Call, outcome: Outcome<'_, R>, elapsed: Duration);
 }
 
 /// Rate, errors and duration of every call, as `O` labels them: [`RedLayer::grpc`] and
@@ -182,10 +197,24 @@ where
         let call = self.inner.call(request);
         Box::pin(async move {
             let result = call.await;
-            O::end(observed, result.as_ref().ok(), started.elapsed());
+            let outcome = match &result {
+                Ok(response) => Outcome::Answered(response),
+                Err(error) if is_overload(error) => Outcome::Shed,
+                Err(_) => Outcome::Failed,
+            };
+            O::end(observed, outcome, started.elapsed());
             result
         })
     }
+}
+
+/// Whether `error` is the load shedder's refusal (tonic answers it `RESOURCE_EXHAUSTED`).
+fn is_overload<E: 'static>(error: &E) -> bool {
+    let error = error as &dyn std::any::Any;
+    error.is::<tower::load_shed::error::Overloaded>()
+        || error
+            .downcast_ref::<tower::BoxError>()
+            .is_some_and(|error| error.is::<tower::load_shed::error::Overloaded>())
 }
 
 /// Labels gRPC calls by method and status code.
@@ -210,22 +239,27 @@ impl Observe for GrpcCalls {
             .join("/")
     }
 
-    fn end<R>(method: String, response: Option<&::http::Response<R>>, elapsed: Duration) {
+    fn end<R>(method: String, outcome: Outcome<'_, R>, elapsed: Duration) {
         // An error travels in the headers (trailers-only); a success's status comes in the
-        // trailers, after the body: counted as OK.
-        let code = match response {
-            Some(response) => response
-                .headers()
-                .get("grpc-status")
-                .and_then(|value| value.to_str().ok())
-                .and_then(|value| value.parse::<i32>().ok())
-                .map_or("OK", |code| code_name(tonic::Code::from(code))),
-            None => "UNAVAILABLE",
+        // trailers, after the body: counted as OK. A shed call is answered
+        // RESOURCE_EXHAUSTED by tonic.
+        let (answered, code) = match outcome {
+            Outcome::Answered(response) => (
+                true,
+                response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(|value| value.parse::<i32>().ok())
+                    .map_or("OK", |code| code_name(tonic::Code::from(code))),
+            ),
+            Outcome::Shed => (false, "RESOURCE_EXHAUSTED"),
+            Outcome::Failed => (false, "UNAVAILABLE"),
         };
         // Paths come from callers: only a call a service answered keeps its path as a label
         // (an unknown path is UNIMPLEMENTED; a shed call was never routed), so that nobody
         // can grow the series without bound.
-        let method = if response.is_none() || code == "UNIMPLEMENTED" {
+        let method = if !answered || code == "UNIMPLEMENTED" {
             "unknown".to_owned()
         } else {
             method

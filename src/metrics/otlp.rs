@@ -4,10 +4,7 @@
 //! `counter!`, and building an OpenTelemetry instrument each time would cost the hot path
 //! a lock and an allocation, and would lose a gauge's value between increments.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicU64, Ordering},
-};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use metrics::{
     Counter, CounterFn, Gauge, GaugeFn, Histogram, HistogramFn, Key, KeyName, Metadata, Recorder,
@@ -79,7 +76,7 @@ impl Storage<Key> for Instruments {
         Arc::new(OtlpGauge {
             instrument: self.meter.f64_gauge(key.name().to_owned()).build(),
             attributes: attributes(key),
-            value: AtomicU64::new(0.0_f64.to_bits()),
+            value: Mutex::new(0.0),
         })
     }
 
@@ -120,31 +117,19 @@ impl CounterFn for OtlpCounter {
 }
 
 /// A last value. OpenTelemetry's gauges only record, so the value is kept here for the
-/// facade's increments (open connections).
+/// facade's increments (open connections); the lock keeps each change and its record in one
+/// order, so the last value recorded is the last value.
 pub(super) struct OtlpGauge {
     instrument: opentelemetry::metrics::Gauge<f64>,
     attributes: Vec<KeyValue>,
-    value: AtomicU64,
+    value: Mutex<f64>,
 }
 
 impl OtlpGauge {
     fn update(&self, change: impl Fn(f64) -> f64) {
-        let mut now = f64::from_bits(self.value.load(Ordering::Relaxed));
-        loop {
-            let next = change(now);
-            match self.value.compare_exchange_weak(
-                now.to_bits(),
-                next.to_bits(),
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => {
-                    self.instrument.record(next, &self.attributes);
-                    return;
-                }
-                Err(seen) => now = f64::from_bits(seen),
-            }
-        }
+        let mut value = self.value.lock().unwrap_or_else(PoisonError::into_inner);
+        *value = change(*value);
+        self.instrument.record(*value, &self.attributes);
     }
 }
 

@@ -103,6 +103,7 @@ impl MetricsService for Collector {
 const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";
 const HTTP_CALLER_TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+const UNSAMPLED_TRACE: &str = "5c1d1f0e9a3b4c2d8e7f6a5b4c3d2e1f";
 
 fn hex(text: &str) -> Vec<u8> {
     (0..text.len())
@@ -213,6 +214,18 @@ async fn spans_and_metrics_go_to_the_otlp_collector_under_the_callers_trace() {
     )
     .await;
     assert_eq!(jwks.status, 200);
+    // A caller that says it does not sample its own trace cannot hide the call from
+    // Keystone's: the span is kept, in the caller's trace.
+    let unsampled = format!("00-{UNSAMPLED_TRACE}-{CALLER_SPAN}-00");
+    let discovery = http(
+        http_addr,
+        "GET",
+        "/.well-known/openid-configuration",
+        &[("traceparent", unsampled.as_str())],
+        "",
+    )
+    .await;
+    assert_eq!(discovery.status, 200);
     // A header that does not parse starts a trace of its own, and nothing fails.
     let garbled = http(
         http_addr,
@@ -262,6 +275,13 @@ async fn spans_and_metrics_go_to_the_otlp_collector_under_the_callers_trace() {
         .unwrap_or_else(|| panic!("the HTTP request has a span named by its route: {spans:?}"));
     assert_eq!(request.trace_id, hex(HTTP_CALLER_TRACE));
     assert_eq!(request.parent_span_id, hex(CALLER_SPAN));
+    assert!(
+        spans
+            .iter()
+            .any(|span| span.name == "GET /.well-known/openid-configuration"
+                && span.trace_id == hex(UNSAMPLED_TRACE)),
+        "the unsampled caller's request is traced all the same: {spans:?}"
+    );
     let own = spans
         .iter()
         .find(|span| span.name == "GET /healthz")

@@ -185,6 +185,15 @@ async fn past_the_concurrency_limit_calls_are_shed_at_once_not_queued() {
     }
     let status = shed.expect("a call met the held slot and was shed");
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    // Counted as the caller saw it, without the path it asked for.
+    let metrics = crate::helpers::http(app.http_addr, "GET", "/metrics", &[], "").await;
+    assert!(
+        metrics.body.contains(
+            r#"keystone_grpc_requests_total{method="unknown",code="RESOURCE_EXHAUSTED"}"#
+        ),
+        "{}",
+        metrics.body
+    );
     held.await
         .unwrap()
         .expect("the call holding the slot finished");
@@ -195,8 +204,9 @@ async fn past_the_concurrency_limit_calls_are_shed_at_once_not_queued() {
     app.stop().await.unwrap();
 }
 
-/// On HTTP the bound is one for the whole listener, not one per route: a slow login on
-/// `/oauth2/token` holding the only slot sheds a JWKS request (503) at once.
+/// On HTTP the bound is one for all the OAuth and discovery routes, not one per route: a slow
+/// login on `/oauth2/token` holding the only slot sheds a JWKS request (503) at once, while the
+/// probes, bounded apart, still answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_concurrency_limit_http_requests_on_any_route_are_shed() {
     let app = spawn_app_with(|settings| {
@@ -236,7 +246,16 @@ async fn past_the_concurrency_limit_http_requests_on_any_route_are_shed() {
         }
         let jwks = crate::helpers::http(http_addr, "GET", "/.well-known/jwks.json", &[], "").await;
         match jwks.status {
-            503 => shed = Some(jwks),
+            503 => {
+                // The probes have a bound of their own: a flood never fails a liveness probe.
+                assert_eq!(
+                    crate::helpers::http(http_addr, "GET", "/healthz", &[], "")
+                        .await
+                        .status,
+                    200
+                );
+                shed = Some(jwks);
+            }
             200 => tokio::time::sleep(Duration::from_millis(2)).await,
             other => panic!("JWKS answered {other}"),
         }
