@@ -1,11 +1,11 @@
-//! Refresh tokens by hash, and their families (sessions). Rotation is one transaction that
-//! writes first, so of many concurrent uses of one token exactly one rotates it and the others
-//! see it used.
+//! Refresh tokens by hash, and their families (sessions). Rotation writes first (one
+//! statement on PostgreSQL, one transaction on SQLite), so of many concurrent uses of one token
+//! exactly one rotates it and the others see it used.
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ActiveModelTrait as _, ColumnTrait as _, EntityTrait as _, QueryFilter as _, QueryOrder as _,
-    QuerySelect as _, Set, sea_query::Expr,
+    ActiveModelTrait as _, ColumnTrait as _, DbBackend, EntityTrait as _, QueryFilter as _,
+    QueryOrder as _, QuerySelect as _, Set, Statement, sea_query::Expr,
 };
 use uuid::Uuid;
 
@@ -108,6 +108,28 @@ pub enum Rotation {
     NotRotated(Option<RefreshRecord>),
 }
 
+/// The rotation on PostgreSQL, in one statement: the conditional update takes the old token's
+/// row (a concurrent rotation of the same token waits for it, then finds it used and changes
+/// nothing), and the successor is inserted from what it returns, in the same implicit
+/// transaction. `$1` the token's hash, `$2` now, `$3` the successor's id, `$4` its hash, `$5`
+/// the end of its idle lifetime (cut to the session's end). Returns the old token as updated.
+const ROTATE: &str = "\
+WITH old AS (
+    UPDATE refresh_tokens SET used_at = $2, successor_id = $3
+    WHERE token_hash = $1 AND used_at IS NULL AND revoked_at IS NULL AND expires_at > $2
+      AND user_id IS NOT NULL
+    RETURNING *
+), successor AS (
+    INSERT INTO refresh_tokens (id, token_hash, family_id, parent_id, successor_id, user_id,
+        client_id, scopes, audience, issued_at, expires_at, family_expires_at, used_at,
+        revoked_at, dpop_jkt, session_ip, session_user_agent, session_started_at)
+    SELECT $3, $4, family_id, id, NULL, user_id, NULL, scopes, audience, $2,
+        LEAST($5, family_expires_at), family_expires_at, NULL, NULL, dpop_jkt, session_ip,
+        session_user_agent, session_started_at
+    FROM old
+)
+SELECT * FROM old";
+
 /// Stores the first refresh token of a session (see [`Store::record_login_success`]).
 pub(super) async fn insert_first<C: sea_orm::ConnectionTrait>(
     db: &C,
@@ -122,7 +144,8 @@ pub(super) async fn insert_first<C: sea_orm::ConnectionTrait>(
 
 impl Store {
     /// Marks the token with `token_hash` used and stores its successor, if the token is live
-    /// and unused.
+    /// and unused. On PostgreSQL that is one statement (one round trip, one commit); on
+    /// SQLite one transaction.
     pub async fn rotate_refresh_token(
         &self,
         token_hash: &[u8],
@@ -131,10 +154,47 @@ impl Store {
         idle_ttl: chrono::Duration,
     ) -> Result<Rotation, Error> {
         let successor_id = Uuid::now_v7();
+        let rotated = if self.db().get_database_backend() == DbBackend::Postgres {
+            refresh_token::Entity::find()
+                .from_raw_sql(Statement::from_sql_and_values(
+                    DbBackend::Postgres,
+                    ROTATE,
+                    [
+                        token_hash.to_vec().into(),
+                        now.into(),
+                        successor_id.into(),
+                        successor_hash.into(),
+                        (now + idle_ttl).into(),
+                    ],
+                ))
+                .one(self.db())
+                .await
+                .map_err(db_error)?
+        } else {
+            self.rotate_in_a_transaction(token_hash, successor_hash, successor_id, now, idle_ttl)
+                .await?
+        };
+        match rotated {
+            Some(row) => Ok(Rotation::Rotated(RefreshRecord::from(row))),
+            None => Ok(Rotation::NotRotated(
+                self.find_refresh_token(token_hash).await?,
+            )),
+        }
+    }
+
+    /// [`Self::rotate_refresh_token`] as a transaction: the conditional write comes first, so
+    /// that it takes the database for this transaction and concurrent rotations queue behind
+    /// it. The rotated token as it is now, or `None` if it was not live.
+    async fn rotate_in_a_transaction(
+        &self,
+        token_hash: &[u8],
+        successor_hash: Vec<u8>,
+        successor_id: Uuid,
+        now: DateTime<Utc>,
+        idle_ttl: chrono::Duration,
+    ) -> Result<Option<refresh_token::Model>, Error> {
         let (_turn, txn) = self.begin_write().await?;
-        // The conditional write comes first: it takes the row (PostgreSQL) or the database
-        // (SQLite) for this transaction, so concurrent rotations queue behind it.
-        let updated = refresh_token::Entity::update_many()
+        let mut updated = refresh_token::Entity::update_many()
             .col_expr(refresh_token::Column::UsedAt, Expr::value(Some(now)))
             .col_expr(
                 refresh_token::Column::SuccessorId,
@@ -144,28 +204,17 @@ impl Store {
             .filter(refresh_token::Column::UsedAt.is_null())
             .filter(refresh_token::Column::RevokedAt.is_null())
             .filter(refresh_token::Column::ExpiresAt.gt(now))
-            .exec(&txn)
+            .filter(refresh_token::Column::UserId.is_not_null())
+            .exec_with_returning(&txn)
             .await
             .map_err(db_error)?;
-        let row = refresh_token::Entity::find()
-            .filter(refresh_token::Column::TokenHash.eq(token_hash.to_vec()))
-            .one(&txn)
-            .await
-            .map_err(db_error)?;
-        let (1, Some(row)) = (updated.rows_affected, row) else {
-            txn.commit().await.map_err(db_error)?;
-            return Ok(Rotation::NotRotated(
-                refresh_token::Entity::find()
-                    .filter(refresh_token::Column::TokenHash.eq(token_hash.to_vec()))
-                    .one(self.db())
-                    .await
-                    .map_err(db_error)?
-                    .map(RefreshRecord::from),
-            ));
-        };
-        let Some(user_id) = row.user_id else {
+        // A token hash is unique: one row at most.
+        let Some((row, user_id)) = updated
+            .pop()
+            .and_then(|row| row.user_id.map(|user_id| (row, user_id)))
+        else {
             txn.rollback().await.map_err(db_error)?;
-            return Ok(Rotation::NotRotated(None));
+            return Ok(None);
         };
         let successor = NewRefreshToken {
             token_hash: successor_hash,
@@ -188,7 +237,7 @@ impl Store {
             .await
             .map_err(db_error)?;
         txn.commit().await.map_err(db_error)?;
-        Ok(Rotation::Rotated(RefreshRecord::from(row)))
+        Ok(Some(row))
     }
 
     /// The stored token with this hash.

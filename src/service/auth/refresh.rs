@@ -48,9 +48,12 @@ impl AuthService {
         // Everything that can refuse a live token is decided before the token is consumed:
         // a refused refresh must leave the token usable, or the client's next try would look
         // like a reuse and end the session.
+        let mut granted = None;
         if found.used_at.is_none() && found.revoked_at.is_none() && found.expires_at > now {
-            self.refresh_grant_for(&found, &requested, &request, dpop_jkt.as_deref(), now)
-                .await?;
+            granted = Some(
+                self.refresh_grant_for(&found, &requested, &request, dpop_jkt.as_deref(), now)
+                    .await?,
+            );
         }
         let successor = self.pepper.refresh_successor(presented);
         let rotation = self
@@ -66,6 +69,8 @@ impl AuthService {
             Rotation::Rotated(record) => record,
             Rotation::NotRotated(None) => return Err(invalid_refresh_token()),
             Rotation::NotRotated(Some(record)) => {
+                // A retry within the grace: what it grants is decided again below.
+                granted = None;
                 self.refresh_not_rotated(record, now, context).await?
             }
         };
@@ -78,9 +83,15 @@ impl AuthService {
         }) {
             return Err(invalid_refresh_token());
         }
-        let (user, scopes, audience) = self
-            .refresh_grant_for(&record, &requested, &request, dpop_jkt.as_deref(), now)
-            .await?;
+        // This call rotated the token it checked: what the check granted stands (the user,
+        // scopes and audience of the same session, read moments ago).
+        let (user, scopes, audience) = match granted {
+            Some(granted) => granted,
+            None => {
+                self.refresh_grant_for(&record, &requested, &request, dpop_jkt.as_deref(), now)
+                    .await?
+            }
+        };
         let mut token =
             self.mint_for_user(&user, scopes, audience, record.family_id, dpop_jkt, now)?;
         token.refresh_token = Some(successor);
