@@ -764,6 +764,27 @@ impl Drop for ChildGuard {
     }
 }
 
+/// The value of one metric series (`name{labels}` exactly as rendered) in a Prometheus text
+/// exposition, if present.
+#[allow(dead_code)]
+pub fn metric_sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+/// The address that follows `marker` in a log line of Keystone's, text or JSON.
+#[allow(dead_code)]
+pub fn address_after(line: &str, marker: &str) -> Option<SocketAddr> {
+    let rest = line.split(marker).nth(1)?;
+    rest.chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '[' | ']'))
+        .collect::<String>()
+        .parse()
+        .ok()
+}
+
 /// Runs `command` (a `keystone serve`), waits until it says where it serves gRPC, and
 /// connects to it. Its output is read to the end, so that it never blocks on a full pipe; the
 /// process is killed if it never serves.

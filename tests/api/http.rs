@@ -4,7 +4,7 @@
 use base64::{Engine as _, engine::general_purpose::STANDARD};
 use keystone::proto::pb::{AuthenticateRequest, GetJwksRequest};
 
-use crate::helpers::{TestApp, http, reason, spawn_app};
+use crate::helpers::{TestApp, http, metric_sample, reason, spawn_app};
 
 const FORM: (&str, &str) = ("content-type", "application/x-www-form-urlencoded");
 
@@ -345,14 +345,6 @@ async fn introspection_needs_a_caller_and_revocation_works_over_http() {
     app.stop().await.unwrap();
 }
 
-/// The value of the sample `name{labels}` (labels as rendered), if present.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
-}
-
 #[tokio::test]
 async fn metrics_parse_as_prometheus_text_and_move_with_calls() {
     let app = spawn_app().await;
@@ -394,15 +386,21 @@ async fn metrics_parse_as_prometheus_text_and_move_with_calls() {
             "{line}"
         );
     }
-    let calls_before = sample(&before.body, ok).expect("Authenticate was counted");
+    let calls_before = metric_sample(&before.body, ok).expect("Authenticate was counted");
     authenticate(&app, &token).await.unwrap();
     authenticate(&app, &token).await.unwrap();
     let _ = authenticate(&app, "garbage").await;
     let after = http(app.http_addr, "GET", "/metrics", &[], "").await.body;
-    assert!(sample(&after, ok).unwrap() >= calls_before + 2.0, "{after}");
-    assert!(sample(&after, refused).is_some_and(|v| v >= 1.0), "{after}");
     assert!(
-        sample(
+        metric_sample(&after, ok).unwrap() >= calls_before + 2.0,
+        "{after}"
+    );
+    assert!(
+        metric_sample(&after, refused).is_some_and(|v| v >= 1.0),
+        "{after}"
+    );
+    assert!(
+        metric_sample(
             &after,
             r#"keystone_tokens_issued_total{grant="client_credentials"}"#
         )

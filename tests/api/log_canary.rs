@@ -18,7 +18,7 @@ use tonic::transport::Channel;
 
 use crate::{
     cli::keystone,
-    helpers::{TEST_PEPPER, TestDatabase, with_bearer},
+    helpers::{TEST_PEPPER, TestDatabase, address_after, with_bearer},
 };
 
 const ADMIN_PASSWORD: &str = "canary-admin-passphrase-7d1f";
@@ -53,16 +53,6 @@ async fn a_run_at_trace_level_in_json_logs_no_secret_and_only_json_lines() {
         stdout.contains("Keystone is serving gRPC on"),
         "messages are in the lines"
     );
-}
-
-/// The address that follows `marker` in a log line, text or JSON.
-fn address_after(line: &str, marker: &str) -> Option<String> {
-    let rest = line.split(marker).nth(1)?;
-    Some(
-        rest.chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '[' | ']'))
-            .collect(),
-    )
 }
 
 /// Runs the binary at trace level with `log.format = format`, takes secrets through it, and
@@ -115,7 +105,7 @@ async fn canary(format: &str) -> String {
     let reader = std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             if let Some(addr) = address_after(&line, "serving gRPC on ") {
-                let _ = addr_tx.send(addr);
+                let _ = addr_tx.send(addr.to_string());
             }
             let mut text = collected.lock().unwrap();
             text.push_str(&line);

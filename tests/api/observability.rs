@@ -10,15 +10,9 @@ use std::{
 use keystone::{config::Quota, proto::pb};
 use promql_parser::parser::{self, Expr};
 
-use crate::helpers::{TEST_REDIS_URL, TestApp, http, say_skipped, spawn_app_with, with_bearer};
-
-/// The value of one series (`name{labels}` exactly as rendered), if present.
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
-}
+use crate::helpers::{
+    TEST_REDIS_URL, TestApp, http, metric_sample, say_skipped, spawn_app_with, with_bearer,
+};
 
 /// The metrics of a Prometheus text exposition, each with the label names its series have.
 fn exported(text: &str) -> BTreeMap<String, BTreeSet<String>> {
@@ -66,8 +60,8 @@ async fn http_requests_are_counted_by_route_method_and_status() {
     let healthz = r#"keystone_http_request_duration_seconds_count{route="/healthz"}"#;
     let before = scrape(&app).await;
     // Counted once answered: the first scrape cannot see itself.
-    let token_before = sample(&before, token).unwrap_or(0.0);
-    let healthz_before = sample(&before, healthz).unwrap_or(0.0);
+    let token_before = metric_sample(&before, token).unwrap_or(0.0);
+    let healthz_before = metric_sample(&before, healthz).unwrap_or(0.0);
     let bad_client = http(
         app.http_addr,
         "POST",
@@ -93,15 +87,15 @@ async fn http_requests_are_counted_by_route_method_and_status() {
     let after = scrape(&app).await;
     // Other tests of this process post to /oauth2/token too: at least this one more.
     assert!(
-        sample(&after, token).is_some_and(|count| count >= token_before + 1.0),
+        metric_sample(&after, token).is_some_and(|count| count >= token_before + 1.0),
         "{after}"
     );
     assert!(
-        sample(&after, healthz).is_some_and(|count| count >= healthz_before + 2.0),
+        metric_sample(&after, healthz).is_some_and(|count| count >= healthz_before + 2.0),
         "{after}"
     );
     assert!(
-        sample(
+        metric_sample(
             &after,
             r#"keystone_http_requests_total{route="unknown",method="GET",status="404"}"#
         )

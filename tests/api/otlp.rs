@@ -5,7 +5,6 @@
 
 use std::{
     io::{BufRead as _, BufReader},
-    net::SocketAddr,
     process::{Command, Stdio},
     sync::{Arc, Mutex},
     time::Duration,
@@ -28,7 +27,7 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::{
     cli::keystone,
-    helpers::{TestDatabase, http},
+    helpers::{TestDatabase, address_after, http},
 };
 
 /// What the stub collector received.
@@ -110,16 +109,6 @@ fn hex(text: &str) -> Vec<u8> {
         .step_by(2)
         .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
         .collect()
-}
-
-/// The address that follows `marker` in a log line (text or JSON).
-fn address_after(line: &str, marker: &str) -> Option<SocketAddr> {
-    let rest = line.split(marker).nth(1)?;
-    rest.chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '[' | ']'))
-        .collect::<String>()
-        .parse()
-        .ok()
 }
 
 #[tokio::test]
