@@ -110,19 +110,7 @@ async fn a_user_sees_their_devices_and_ends_one() {
 
     // It is audited.
     let admin = app.admin_token().await;
-    let events = app
-        .user_admin()
-        .list_audit_events(with_bearer(
-            pb::ListAuditEventsRequest {
-                action: "session.revoke".into(),
-                ..Default::default()
-            },
-            &admin,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .events;
+    let events = app.audit_events(&admin, "session.revoke").await;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].target, phone_session);
     app.stop().await.unwrap();

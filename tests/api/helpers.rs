@@ -301,6 +301,28 @@ impl TestApp {
         self.admin_relogin().await
     }
 
+    /// The audit events with `action`, as `token` (one allowed `keystone:audit.read`) reads
+    /// them, the newest first.
+    #[allow(dead_code)]
+    pub async fn audit_events(
+        &self,
+        token: &str,
+        action: &str,
+    ) -> Vec<keystone::proto::pb::AuditEvent> {
+        self.user_admin()
+            .list_audit_events(with_bearer(
+                keystone::proto::pb::ListAuditEventsRequest {
+                    action: action.to_owned(),
+                    ..Default::default()
+                },
+                token,
+            ))
+            .await
+            .expect("the audit trail can be read")
+            .into_inner()
+            .events
+    }
+
     /// A fresh access token of the admin seeded by `admin_token` (after the clock moved).
     #[allow(dead_code)]
     pub async fn admin_relogin(&self) -> String {

@@ -186,19 +186,7 @@ async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_quota() {
     )
     .await;
     assert_eq!(response.status, 200, "{}", response.body);
-    let events = app
-        .user_admin()
-        .list_audit_events(with_bearer(
-            pb::ListAuditEventsRequest {
-                action: "login".to_owned(),
-                ..Default::default()
-            },
-            &admin,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .events;
+    let events = app.audit_events(&admin, "login").await;
     assert!(
         events
             .iter()
