@@ -4,6 +4,11 @@
 # suite against it, and stops it. Extra arguments go to keystone-bench (e.g. --duration 10).
 #   scripts/bench.sh                 # table
 #   scripts/bench.sh --json          # for machines
+#   KEYSTONE_DATABASE_URL=postgres://user@host/empty_db scripts/bench.sh
+#                                    # on PostgreSQL (an empty database: Keystone migrates it);
+#                                    # refresh is also compared with pgbench -N on the same
+#                                    # server (a scratch database, keystone_pgbench, is made
+#                                    # and dropped; needs Debian's postgresql-client)
 #   KEYSTONE_BENCH_TLS=1 scripts/bench.sh --scenarios \
 #     authenticate,tls-handshake,tls-resumed,client-credentials-mtls,authenticate-dpop
 #                                    # every listener on TLS (a CA, a certificate for localhost
@@ -22,6 +27,9 @@ cleanup() {
     kill -TERM "$server" && wait "$server" || true
   fi
   rm -rf "$work"
+  if [ -n "${pgbench_db:-}" ]; then
+    psql -q "$server_url/postgres" -c "DROP DATABASE IF EXISTS keystone_pgbench" || true
+  fi
 }
 trap cleanup EXIT
 
@@ -57,6 +65,22 @@ if [ "${KEYSTONE_BENCH_TLS:-0}" = 1 ]; then
   addr="https://$KEYSTONE_GRPC_ADDR"
   bench=(--ca-file "$work/ca.crt" --tls-name localhost --cert-file "$work/client.crt"
     --key-file "$work/client.key" --http-addr "https://localhost:${KEYSTONE_HTTP_ADDR##*:}")
+fi
+
+# On PostgreSQL, the database's own ceiling: pgbench -N in a scratch database on the same
+# server, in rounds beside refresh's (keystone-bench --pgbench).
+if [[ "${KEYSTONE_DATABASE_URL:-}" == postgres* ]]; then
+  if command -v pgbench >/dev/null && command -v psql >/dev/null; then
+    server_url="${KEYSTONE_DATABASE_URL%%\?*}"
+    server_url="${server_url%/*}"
+    pgbench_db="$server_url/keystone_pgbench"
+    psql -q "$server_url/postgres" -c "DROP DATABASE IF EXISTS keystone_pgbench" \
+      -c "CREATE DATABASE keystone_pgbench"
+    pgbench -i -q "$pgbench_db" 2>/dev/null
+    bench+=(--pgbench "$pgbench_db")
+  else
+    echo "pgbench or psql is missing (Debian's postgresql-client): no database ceiling" >&2
+  fi
 fi
 
 start() {

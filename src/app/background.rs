@@ -11,7 +11,10 @@ use crate::{
     config::Settings,
     grpc::Health,
     revocation::{self, Revocations},
-    service::auth::AuthService,
+    service::{
+        auth::AuthService,
+        limits::{RateLimits, SETTLE_EVERY},
+    },
     store::{RetentionPolicy, Store},
     tls::Tls,
     token::{KeyManager, KeyReloads},
@@ -92,6 +95,7 @@ impl Background {
             },
             settings.retention.interval,
         ));
+        let limits = auth.authenticator().limits().clone();
         let upkeep = tokio::spawn(upkeep(
             keys,
             revocations,
@@ -101,6 +105,9 @@ impl Background {
             settings.keys.reload_interval,
         ));
         let mut early = vec![monitor, upkeep, retention];
+        if limits.is_shared() {
+            early.push(tokio::spawn(settle_limits(limits)));
+        }
         if let Some(tls) = tls {
             early.push(tokio::spawn(tls.follow_files()));
         }
@@ -214,6 +221,17 @@ async fn upkeep(
             auth.authenticator().write_ended_refusals().await;
             revocations.prune(clock.now());
         }
+    }
+}
+
+/// Tells Redis, every [`SETTLE_EVERY`], the calls this replica admitted on its own views of
+/// the rate limits (see [`crate::service::limits`]).
+async fn settle_limits(limits: RateLimits) {
+    let mut ticker = tokio::time::interval(SETTLE_EVERY);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        limits.settle().await;
     }
 }
 

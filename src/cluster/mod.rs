@@ -28,7 +28,7 @@ use std::{
 pub use self::{
     events::{Event, RevocationEvent},
     follower::{Subscriber, follow},
-    redis::{Redis, RedisError},
+    redis::{GcraAnswer, GcraLimit, Redis, RedisError},
 };
 
 /// The most events kept for publishing later (older revocations still reach the others from

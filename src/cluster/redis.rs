@@ -44,6 +44,29 @@ pub enum RedisError {
     Failed(#[from] fred::error::Error),
 }
 
+/// One limit of [`Redis::gcra`].
+#[derive(Debug, Clone, Copy)]
+pub struct GcraLimit<'a> {
+    /// The key counted, without the namespace.
+    pub key: &'a str,
+    /// The time one call uses up.
+    pub interval: Duration,
+    /// How many calls may come at once.
+    pub burst: u32,
+    /// Calls a replica admitted on its own since it last told Redis: counted whatever the
+    /// state (they were answered).
+    pub admitted: u32,
+}
+
+/// What [`Redis::gcra`] answered.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcraAnswer {
+    /// The limit that refused the call (its index) and how long to wait.
+    pub refused: Option<(usize, Duration)>,
+    /// For each limit, how far its count runs ahead of now (zero: it has its whole burst).
+    pub debts: Vec<Duration>,
+}
+
 /// A connection to Redis: a client for commands and a subscriber for the events channel.
 #[derive(Clone)]
 pub struct Redis {
@@ -183,65 +206,81 @@ impl Redis {
     }
 
     /// GCRA (the generic cell rate algorithm) on several limits at once, with Redis's own
-    /// clock so that every replica counts alike. Each limit is `(key, interval, burst)`:
-    /// `interval` is the time one call uses up, `burst` calls may come at once. The call is
-    /// counted against all of them or, if any is exhausted, against none: `Ok(None)` when it
-    /// is allowed, `Ok(Some((index, wait)))` naming the limit that refused it (the one with
-    /// the longest wait) and how long to wait. Keys share one hash slot (`{namespace:limit}`),
-    /// so that a Redis Cluster runs the script too.
+    /// clock so that every replica counts alike. Each limit first takes the calls a replica
+    /// already admitted on its own ([`GcraLimit::admitted`], see [`crate::service::limits`]);
+    /// then, when `count_a_call`, one more call is counted against all of them or, if any is
+    /// exhausted, against none. The answer names the limit that refused it (the one with the
+    /// longest wait) and how long to wait, and gives each limit's debt: how far its count
+    /// runs ahead of now. Keys share one hash slot (`{namespace:limit}`), so that a Redis
+    /// Cluster runs the script too.
     pub async fn gcra(
         &self,
-        limits: &[(String, Duration, u32)],
-    ) -> Result<Option<(usize, Duration)>, RedisError> {
+        limits: &[GcraLimit<'_>],
+        count_a_call: bool,
+    ) -> Result<GcraAnswer, RedisError> {
         const SCRIPT: &str = r"
             local t = redis.call('TIME')
             local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
             local tats = {}
-            local wait, which = -1, 0
             for i, key in ipairs(KEYS) do
-                local tolerance = tonumber(ARGV[2 * i])
                 local tat = tonumber(redis.call('GET', key) or now) or now
                 if tat < now then tat = now end
-                tats[i] = tat
-                if tat - now > tolerance and tat - now - tolerance > wait then
-                    wait, which = tat - now - tolerance, i
+                tats[i] = tat + tonumber(ARGV[3 * i - 1]) * tonumber(ARGV[3 * i + 1])
+            end
+            local wait, which = -1, 0
+            if ARGV[1] == '1' then
+                for i = 1, #KEYS do
+                    local over = tats[i] - now - tonumber(ARGV[3 * i])
+                    if over > 0 and over > wait then wait, which = over, i end
+                end
+                if which == 0 then
+                    for i = 1, #KEYS do tats[i] = tats[i] + tonumber(ARGV[3 * i - 1]) end
                 end
             end
-            if which > 0 then return {wait, which} end
+            local answer = {wait, which}
             for i, key in ipairs(KEYS) do
-                local next = tats[i] + tonumber(ARGV[2 * i - 1])
-                redis.call('SET', key, string.format('%d', next), 'PX',
-                    math.max(1, math.ceil((next - now) / 1000)))
+                if tats[i] > now then
+                    redis.call('SET', key, string.format('%d', tats[i]), 'PX',
+                        math.max(1, math.ceil((tats[i] - now) / 1000)))
+                end
+                answer[i + 2] = tats[i] - now
             end
-            return {-1, 0}";
+            return answer";
+        let mut answer = GcraAnswer {
+            refused: None,
+            debts: Vec::new(),
+        };
         if limits.is_empty() {
-            return Ok(None);
+            return Ok(answer);
         }
         let mut keys = Vec::with_capacity(limits.len());
-        let mut args = Vec::with_capacity(limits.len() * 2);
-        for (key, interval, burst) in limits {
-            let interval_us = u64::try_from(interval.as_micros())
+        let mut args = Vec::with_capacity(1 + limits.len() * 3);
+        args.push(if count_a_call { "1" } else { "0" }.to_owned());
+        for limit in limits {
+            let interval_us = u64::try_from(limit.interval.as_micros())
                 .unwrap_or(u64::MAX)
                 .max(1);
-            keys.push(format!("{{{}:limit}}:{key}", self.namespace));
+            keys.push(format!("{{{}:limit}}:{}", self.namespace, limit.key));
             args.push(interval_us.to_string());
             args.push(
                 interval_us
-                    .saturating_mul(u64::from(burst.saturating_sub(1)))
+                    .saturating_mul(u64::from(limit.burst.saturating_sub(1)))
                     .to_string(),
             );
+            args.push(limit.admitted.to_string());
         }
-        let answer: Vec<i64> = self
+        let reply: Vec<i64> = self
             .call(async { self.client.eval(SCRIPT, keys, args).await })
             .await?;
-        Ok(match answer.as_slice() {
-            [wait, which] if *which > 0 => {
+        let micros = |value: i64| Duration::from_micros(u64::try_from(value).unwrap_or_default());
+        if let [wait, which, debts @ ..] = reply.as_slice() {
+            if *which > 0 {
                 let index = usize::try_from(*which - 1).unwrap_or_default();
-                let wait = Duration::from_micros(u64::try_from(*wait).unwrap_or_default());
-                Some((index.min(limits.len() - 1), wait))
+                answer.refused = Some((index.min(limits.len() - 1), micros(*wait)));
             }
-            _ => None,
-        })
+            answer.debts = debts.iter().copied().map(micros).collect();
+        }
+        Ok(answer)
     }
 
     /// Marks `key` used for `ttl`: `Ok(true)` the first time, `Ok(false)` while it stays

@@ -5,8 +5,11 @@
 //! A call names its keys (the client IP, the client id, the username asked for) and is
 //! counted against all of them, or refused with `RESOURCE_EXHAUSTED` (`RATE_LIMITED`) and the
 //! wait. With Redis the counts live there, so they hold across replicas, and a call refused by
-//! one limit uses up none of the others; without Redis, or while it fails, each process counts
-//! on its own (governor).
+//! one limit uses up none of the others; a limit with a large burst is counted ahead on this
+//! replica and settled with Redis in batches ([`ahead`]). Without Redis, or while it fails,
+//! each process counts on its own (governor).
+
+mod ahead;
 
 use std::{net::IpAddr, num::NonZeroU32, sync::Arc, time::Duration};
 
@@ -15,8 +18,10 @@ use governor::{
     clock::{Clock as _, DefaultClock},
 };
 
+pub use self::ahead::SETTLE_EVERY;
+use self::ahead::{Counted, Settlement, Verdict, Views};
 use crate::{
-    cluster::Redis,
+    cluster::{GcraLimit, Redis},
     config::{LimitSettings, Quota},
     error::{Error, Reason},
 };
@@ -125,6 +130,8 @@ struct Limits {
     registration: Option<Limit>,
     /// The cluster's Redis, where counts are shared.
     redis: Option<Redis>,
+    /// This replica's views of the counts in Redis.
+    views: Views,
 }
 
 impl RateLimits {
@@ -146,6 +153,7 @@ impl RateLimits {
                     burst: per_minute,
                 }),
                 redis,
+                views: Views::default(),
             }),
         }
     }
@@ -193,30 +201,69 @@ impl RateLimits {
         }
     }
 
-    /// The cluster-wide verdict, or `None` without Redis or while it fails.
+    /// The cluster-wide verdict (on this replica's view when it may decide alone, see
+    /// [`ahead`]), or `None` without Redis or while it fails.
     async fn check_in_redis(
         &self,
         counted: &[(Kind, String, &Limit)],
     ) -> Option<Option<(Kind, Duration)>> {
         let redis = self.inner.redis.as_ref()?;
-        let limits: Vec<(String, Duration, u32)> = counted
+        let kind_of = |index: usize| counted.get(index).map_or(Kind::Ip, |(kind, ..)| *kind);
+        let keys: Vec<Counted> = counted
             .iter()
-            .map(|(kind, value, limit)| {
-                (
-                    format!("{}:{value}", kind.label()),
-                    limit.interval,
-                    limit.burst,
-                )
+            .map(|(kind, value, limit)| Counted {
+                key: format!("{}:{value}", kind.label()),
+                interval: limit.interval,
+                burst: limit.burst,
             })
             .collect();
-        match redis.gcra(&limits).await {
-            Ok(verdict) => Some(verdict.map(|(index, wait)| {
-                let kind = counted.get(index).map_or(Kind::Ip, |(kind, ..)| *kind);
-                (kind, wait)
-            })),
+        match self.inner.views.admit(&keys, crate::clock::monotonic()) {
+            Verdict::Admitted => return Some(None),
+            Verdict::Refused(index, wait) => return Some(Some((kind_of(index), wait))),
+            Verdict::AskRedis => {}
+        }
+        let settlements = self.inner.views.take(&keys);
+        match redis.gcra(&gcra_limits(&settlements), true).await {
+            Ok(answer) => {
+                self.inner
+                    .views
+                    .heard(&settlements, &answer.debts, crate::clock::monotonic());
+                Some(answer.refused.map(|(index, wait)| (kind_of(index), wait)))
+            }
             Err(error) => {
+                self.inner.views.unheard(&settlements);
                 tracing::debug!(error = %error, "rate limits counted in this process");
                 None
+            }
+        }
+    }
+
+    /// Whether counts are shared on Redis (then [`Self::settle`] must run every
+    /// [`SETTLE_EVERY`]).
+    pub fn is_shared(&self) -> bool {
+        self.inner.redis.is_some()
+    }
+
+    /// Tells Redis the calls this replica admitted on its own views, and hears back each
+    /// key's count.
+    pub async fn settle(&self) {
+        /// Keys per script call.
+        const CHUNK: usize = 256;
+        let Some(redis) = self.inner.redis.as_ref() else {
+            return;
+        };
+        let settlements = self.inner.views.take_all();
+        for chunk in settlements.chunks(CHUNK) {
+            match redis.gcra(&gcra_limits(chunk), false).await {
+                Ok(answer) => {
+                    self.inner
+                        .views
+                        .heard(chunk, &answer.debts, crate::clock::monotonic());
+                }
+                Err(error) => {
+                    self.inner.views.unheard(chunk);
+                    tracing::debug!(error = %error, "cannot settle rate limits with Redis yet");
+                }
             }
         }
     }
@@ -247,7 +294,21 @@ impl RateLimits {
             limit.local.retain_recent();
             limit.local.shrink_to_fit();
         }
+        self.inner.views.forget_idle(crate::clock::monotonic());
     }
+}
+
+/// The limits of a Redis call for `settlements`.
+fn gcra_limits(settlements: &[Settlement]) -> Vec<GcraLimit<'_>> {
+    settlements
+        .iter()
+        .map(|settlement| GcraLimit {
+            key: &settlement.counted.key,
+            interval: settlement.counted.interval,
+            burst: settlement.counted.burst,
+            admitted: settlement.sent,
+        })
+        .collect()
 }
 
 /// The key of a client IP: IPv4 whole, IPv6 by its /64 (IPv4-mapped IPv6 as IPv4); anything

@@ -308,7 +308,6 @@ enum Failure {
 /// Sorts a failed write: `retried` when an earlier attempt of the same rows may have been
 /// committed.
 fn classify(error: &sea_orm::DbErr, retried: bool) -> Failure {
-    use sea_orm::{DbErr, RuntimeErr, sqlx};
     if let Some(sea_orm::SqlErr::UniqueConstraintViolation(_)) = error.sql_err() {
         return if retried {
             Failure::AlreadyWritten
@@ -316,43 +315,11 @@ fn classify(error: &sea_orm::DbErr, retried: bool) -> Failure {
             Failure::Refused
         };
     }
-    match error {
-        DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => Failure::Transient,
-        DbErr::Exec(RuntimeErr::SqlxError(source))
-        | DbErr::Query(RuntimeErr::SqlxError(source)) => match &**source {
-            sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::Protocol(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed => Failure::Transient,
-            sqlx::Error::Database(database) => match database.code() {
-                Some(code) if passes(&code) => Failure::Transient,
-                _ => Failure::Refused,
-            },
-            _ => Failure::Refused,
-        },
-        _ => Failure::Refused,
+    if super::is_transient(error) {
+        Failure::Transient
+    } else {
+        Failure::Refused
     }
-}
-
-/// Whether a database error code says the database was busy or going away, not that it
-/// refused the rows: PostgreSQL's SQLSTATEs (five characters) of lost connections (08),
-/// serialization failures and deadlocks (40001, 40P01), exhausted resources (53),
-/// a server shutting down or starting (57P01–57P03), a lock not available (55P03) and a
-/// standby that cannot write yet (25006); SQLite's (extended) result codes of a busy or locked
-/// database.
-fn passes(code: &str) -> bool {
-    if code.len() == 5 {
-        return matches!(&code[..2], "08" | "53")
-            || matches!(
-                code,
-                "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "55P03" | "25006"
-            );
-    }
-    // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
-    code.parse::<u32>()
-        .is_ok_and(|code| matches!(code & 0xff, 5 | 6))
 }
 
 /// Cuts a value to the column's length, on a character boundary.
@@ -432,6 +399,7 @@ mod tests {
     use sea_orm::{DbErr, RuntimeErr, sqlx};
 
     use super::*;
+    use crate::store::passes;
 
     #[test]
     fn lost_connections_are_retried_and_refusals_are_not() {

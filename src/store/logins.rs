@@ -257,6 +257,11 @@ impl Store {
         txn.commit().await.map_err(db_error)
     }
 
+    /// A user with their role names and the scopes those roles grant, in one round trip.
+    pub async fn user_grants(&self, user_id: Uuid) -> Result<Option<super::UserGrants>, Error> {
+        super::users::grants_of(self.db(), user_id).await
+    }
+
     /// The scopes granted by a user's roles, sorted and without duplicates.
     pub async fn scopes_of_user(&self, user_id: Uuid) -> Result<crate::domain::ScopeSet, Error> {
         super::users::scopes_of_user(self.db(), user_id).await

@@ -23,7 +23,7 @@ pub use logins::{FORGET_FAILURES_AFTER, LockoutPolicy, LoginRecord};
 pub use refresh_tokens::{NewRefreshToken, RefreshRecord, Rotation, SessionOrigin};
 pub use retention::RetentionPolicy;
 pub use roles::RoleChanges;
-pub use users::{UserChange, UserFilter};
+pub use users::{UserChange, UserFilter, UserGrants};
 
 use std::time::Duration;
 
@@ -227,12 +227,14 @@ impl Store {
         let db = Database::connect(pool_options(url, settings, max, min))
             .await
             .map_err(unavailable)?;
+        warm_up(&db, max).await;
         let reports = if reports_max == 0 {
             db.clone()
         } else {
-            Database::connect(pool_options(url, settings, reports_max, 0))
-                .await
-                .map_err(unavailable)?
+            // Opened when a report first needs it, not at start.
+            let mut options = pool_options(url, settings, reports_max, 0);
+            options.connect_lazy(true);
+            Database::connect(options).await.map_err(unavailable)?
         };
         Ok(Self::from_connections(db, reports))
     }
@@ -402,6 +404,10 @@ fn pool_options(url: &str, settings: &DatabaseSettings, max: u32, min: u32) -> C
         // A call that finds every connection taken waits this long, then answers UNAVAILABLE.
         .acquire_timeout(settings.acquire_timeout)
         .idle_timeout(Duration::from_secs(600))
+        // A connection used within the last second is handed out as it is; only one idle
+        // longer (which a restart, a proxy or a firewall may have dropped) is pinged first.
+        // sqlx's default pings on every checkout: a round trip more for every statement.
+        .test_before_acquire_if_idle_for(Duration::from_secs(1))
         // Statements are logged by our own spans; sqlx's log adds nothing but noise.
         .sqlx_logging(false)
         // SQLite: write-ahead logging, so readers never wait for the writer, and commits
@@ -415,6 +421,28 @@ fn pool_options(url: &str, settings: &DatabaseSettings, max: u32, min: u32) -> C
                 .busy_timeout(Duration::from_secs(5))
         });
     options
+}
+
+/// Connections a start holds at once on PostgreSQL (the replica lock's transaction, the
+/// migrator's own, the key ring's lock; counted from a start's log).
+const START_CONNECTIONS: u32 = 4;
+
+/// Opens the connections a start needs together rather than one after another: on PostgreSQL
+/// each is a TCP, TLS and authentication handshake (about 100 ms on loopback with TLS). What
+/// fails here changes nothing: the pool opens connections as they are needed.
+async fn warm_up(db: &DatabaseConnection, max: u32) {
+    if db.get_database_backend() != sea_orm::DatabaseBackend::Postgres {
+        return;
+    }
+    let pool = db.get_postgres_connection_pool();
+    let mut opening = tokio::task::JoinSet::new();
+    for _ in 0..START_CONNECTIONS.min(max) {
+        let pool = pool.clone();
+        opening.spawn(async move { pool.acquire().await });
+    }
+    // Held until all are open, so that each is a connection of its own; then back to the pool.
+    let opened = opening.join_all().await;
+    drop(opened);
 }
 
 /// A `postgres://` URL without its password, and the password (percent-decoded); any other
@@ -475,7 +503,8 @@ fn unavailable(source: DbErr) -> Error {
 }
 
 /// Turns a database error into the crate error. Unique violations become `AlreadyExists`
-/// (callers that know what collided give a better message), lost connections `Unavailable`.
+/// (callers that know what collided give a better message), lost connections and a busy or
+/// stopping database `Unavailable`.
 pub(crate) fn db_error(error: DbErr) -> Error {
     if let Some(SqlErr::UniqueConstraintViolation(_)) = error.sql_err() {
         return Error::AlreadyExists {
@@ -491,10 +520,53 @@ pub(crate) fn db_error(error: DbErr) -> Error {
     {
         return Error::invalid_argument("request", "contains characters that cannot be stored");
     }
-    match error {
-        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => unavailable(error),
-        other => Error::internal(other),
+    if is_transient(&error) {
+        unavailable(error)
+    } else {
+        Error::internal(error)
     }
+}
+
+/// Whether a failure says the database was unreachable, busy or going away (worth trying
+/// again as it is), not that it refused what was sent: no connection, a connection lost
+/// mid-statement (a connection handed out unpinged may have died with a restart), or one of
+/// the codes of [`passes`].
+pub(crate) fn is_transient(error: &DbErr) -> bool {
+    use sea_orm::{RuntimeErr, sqlx};
+    match error {
+        DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => true,
+        DbErr::Exec(RuntimeErr::SqlxError(source))
+        | DbErr::Query(RuntimeErr::SqlxError(source)) => match &**source {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(database) => database.code().is_some_and(|code| passes(&code)),
+            _ => false,
+        },
+        _ => false,
+    }
+}
+
+/// Whether a database error code says the database was busy or going away, not that it
+/// refused the statement: PostgreSQL's SQLSTATEs (five characters) of lost connections (08),
+/// serialization failures and deadlocks (40001, 40P01), exhausted resources (53),
+/// a server shutting down or starting (57P01–57P03), a lock not available (55P03) and a
+/// standby that cannot write yet (25006); SQLite's (extended) result codes of a busy or locked
+/// database.
+fn passes(code: &str) -> bool {
+    if code.len() == 5 {
+        return matches!(&code[..2], "08" | "53")
+            || matches!(
+                code,
+                "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "55P03" | "25006"
+            );
+    }
+    // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
+    code.parse::<u32>()
+        .is_ok_and(|code| matches!(code & 0xff, 5 | 6))
 }
 
 #[cfg(test)]

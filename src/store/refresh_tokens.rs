@@ -4,12 +4,18 @@
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    ActiveModelTrait as _, ColumnTrait as _, DbBackend, EntityTrait as _, QueryFilter as _,
-    QueryOrder as _, QuerySelect as _, Set, Statement, sea_query::Expr,
+    ActiveModelTrait as _, ColumnTrait as _, ConnectionTrait as _, DbBackend, EntityTrait as _,
+    FromQueryResult as _, IdenStatic as _, QueryFilter as _, QueryOrder as _, QuerySelect as _,
+    QueryTrait as _, SelectA, SelectB, Set, Statement, sea_query::Expr,
 };
 use uuid::Uuid;
 
-use super::{Store, audit, db_error, entity::refresh_token, revocations};
+use super::{
+    Store, audit, db_error, entity,
+    entity::refresh_token,
+    revocations,
+    users::{self, UserGrants},
+};
 use crate::{
     domain::{AuditRecord, Revocation, Session},
     error::Error,
@@ -251,6 +257,33 @@ impl Store {
             .await
             .map_err(db_error)?
             .map(RefreshRecord::from))
+    }
+
+    /// The stored token with this hash and, in the same round trip, its user with their roles
+    /// and scopes (`None` when the token has no user any more).
+    pub async fn find_refresh_token_with_grants(
+        &self,
+        token_hash: &[u8],
+    ) -> Result<Option<(RefreshRecord, Option<UserGrants>)>, Error> {
+        let backend = self.db().get_database_backend();
+        let query = users::with_grant_columns(
+            refresh_token::Entity::find()
+                .find_also_related(entity::user::Entity)
+                .filter(refresh_token::Column::TokenHash.eq(token_hash.to_vec())),
+            backend,
+        );
+        let Some(row) = self
+            .db()
+            .query_one_raw(query.build(backend))
+            .await
+            .map_err(db_error)?
+        else {
+            return Ok(None);
+        };
+        let token =
+            refresh_token::Model::from_query_result(&row, SelectA.as_str()).map_err(db_error)?;
+        let grants = users::grants_of_row(&row, SelectB.as_str())?;
+        Ok(Some((RefreshRecord::from(token), grants)))
     }
 
     /// The stored token with this id.

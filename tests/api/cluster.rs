@@ -754,6 +754,86 @@ async fn rate_limits_are_counted_once_for_the_cluster_and_locally_while_redis_is
     assert_eq!(reason(&status), "RATE_LIMITED", "{status:?}");
 }
 
+/// Whether a refresh grant with a token that is not one, forwarded for `client`, got past the
+/// client's rate limit (it is refused all the same, for the token).
+async fn bogus_refresh_admitted(node: &Replica, client: &str) -> bool {
+    use keystone::proto::pb::{IssueTokenRequest, RefreshTokenGrant, issue_token_request::Grant};
+    let mut request = tonic::Request::new(IssueTokenRequest {
+        grant: Some(Grant::RefreshToken(RefreshTokenGrant {
+            refresh_token: "not-a-refresh-token".to_owned(),
+        })),
+        ..Default::default()
+    });
+    request
+        .metadata_mut()
+        .insert("x-forwarded-for", client.parse().unwrap());
+    let status = node.auth().issue_token(request).await.unwrap_err();
+    match reason(&status).as_str() {
+        "RATE_LIMITED" => false,
+        "INVALID_CREDENTIALS" => true,
+        other => panic!("unexpected {other}: {status:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_large_quota_is_counted_ahead_on_each_replica_and_settled_in_redis() {
+    let test = "a_large_quota_is_counted_ahead_on_each_replica_and_settled_in_redis";
+    let Some((postgres, redis)) = backends(test) else {
+        return;
+    };
+    let database = TestDatabase::fresh_postgres(&postgres).await;
+    // A burst of 64: each replica may admit 4 (a sixteenth) before it asks Redis again.
+    let settings = [
+        ("KEYSTONE_LIMITS__PER_IP", "1/1h burst 64"),
+        ("KEYSTONE_SERVER__TRUSTED_PROXIES", r#"["127.0.0.0/8"]"#),
+    ];
+    let cluster = cluster_name();
+    let a = Replica::start(&cluster, database.url(), &redis, &settings).await;
+    let b = Replica::start(&cluster, database.url(), &redis, &settings).await;
+
+    // What A admitted on its own reaches Redis within a settlement (50 ms): B, asking Redis
+    // after A spent 60, is admitted exactly the 4 left.
+    let client = "198.51.100.1";
+    for call in 0..60 {
+        assert!(bogus_refresh_admitted(&a, client).await, "call {call}");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut admitted_by_b = 0;
+    while bogus_refresh_admitted(&b, client).await {
+        admitted_by_b += 1;
+        assert!(admitted_by_b <= 64, "B is not limited at all");
+    }
+    assert_eq!(admitted_by_b, 4, "B saw what A admitted ahead of Redis");
+    // A's view predates B's calls: it may admit its share on it, no more, before Redis tells
+    // it the quota is spent.
+    let mut admitted_by_a = 0;
+    while bogus_refresh_admitted(&a, client).await {
+        admitted_by_a += 1;
+        assert!(admitted_by_a <= 4, "A admitted past its share");
+    }
+
+    // Two replicas taking turns overshoot the burst by at most their shares (2 × 4).
+    let client = "198.51.100.2";
+    let mut admitted = 0;
+    let mut refused = [false, false];
+    for call in 0..200 {
+        let turn = call % 2;
+        if bogus_refresh_admitted([&a, &b][turn], client).await {
+            admitted += 1;
+        } else {
+            refused[turn] = true;
+            if refused == [true, true] {
+                break;
+            }
+        }
+    }
+    assert_eq!(refused, [true, true], "both replicas refuse in the end");
+    assert!(
+        (64..=64 + 2 * 4).contains(&admitted),
+        "{admitted} calls admitted for a burst of 64 on two replicas"
+    );
+}
+
 #[tokio::test]
 async fn a_dpop_proof_used_on_one_replica_is_refused_on_another() {
     use crate::dpop::{DpopKey, RESOURCE};

@@ -138,6 +138,8 @@ pub(crate) fn summarize(scenario: &str, sample: Sample) -> Outcome {
         ratio_to_health: None,
         argon2_limit: None,
         ratio_to_argon2_limit: None,
+        pgbench_tps: None,
+        ratio_to_pgbench: None,
         flood: None,
         server_cpu_seconds: None,
         server_peak_rss_mib: None,

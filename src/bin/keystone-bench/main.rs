@@ -26,7 +26,7 @@ use tonic::transport::Channel;
 
 use crate::{
     load::{Sample, flood, run, summarize},
-    process::{cpu_seconds_since, server_usage, startup},
+    process::{cpu_seconds_since, pgbench, server_usage, startup},
     seed::{argon2_limit, seed},
 };
 
@@ -117,6 +117,12 @@ struct Args {
     /// The key of `--cert-file` (PEM).
     #[arg(long, requires = "cert_file")]
     key_file: Option<std::path::PathBuf>,
+    /// The database Keystone runs on, as a libpq connection string to a database on the same
+    /// server holding pgbench's tables (`pgbench -i`): each round of `refresh` is followed by
+    /// as long a round of `pgbench -N` there (`--concurrency` clients, 2 threads), and refresh
+    /// is also reported as a ratio to it. `scripts/bench.sh` sets it on PostgreSQL.
+    #[arg(long)]
+    pgbench: Option<String>,
     /// Keystone's HTTP address, where `authenticate-dpop` gets its token
     /// (`https://` with `--ca-file`).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
@@ -140,6 +146,12 @@ struct Outcome {
     argon2_limit: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     ratio_to_argon2_limit: Option<f64>,
+    /// For `refresh` with `--pgbench`: `pgbench -N` transactions/s over the same rounds, and
+    /// the ratio to it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pgbench_tps: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ratio_to_pgbench: Option<f64>,
     /// For `password-flood`: the figures of the flood's phases.
     #[serde(skip_serializing_if = "Option::is_none")]
     flood: Option<Flood>,
@@ -274,6 +286,8 @@ async fn main() -> anyhow::Result<()> {
             let mut sample = Sample::default();
             let mut health = Sample::default();
             let mut cpu = 0.0;
+            let ceiling = args.pgbench.as_deref().filter(|_| scenario == "refresh");
+            let mut pgbench_tps = Vec::new();
             for _ in 0..rounds {
                 if scenario != "health" {
                     health.merge(run(&args, &channels, &fixtures, "health", slice).await?);
@@ -281,8 +295,16 @@ async fn main() -> anyhow::Result<()> {
                 let (cpu_before, _) = server_usage(args.server_pid);
                 sample.merge(run(&args, &channels, &fixtures, scenario, slice).await?);
                 cpu += cpu_seconds_since(args.server_pid, cpu_before).unwrap_or(0.0);
+                if let Some(conninfo) = ceiling {
+                    pgbench_tps.push(pgbench(conninfo, args.concurrency, slice).await?);
+                }
             }
             let mut outcome = summarize(scenario, sample);
+            if !pgbench_tps.is_empty() {
+                let tps = pgbench_tps.iter().sum::<f64>() / pgbench_tps.len() as f64;
+                outcome.pgbench_tps = Some(tps);
+                outcome.ratio_to_pgbench = Some(outcome.calls_per_second / tps.max(f64::EPSILON));
+            }
             outcome.server_cpu_seconds = args.server_pid.map(|_| cpu);
             outcome.ratio_to_health = Some(if scenario == "health" {
                 1.0
@@ -337,6 +359,13 @@ async fn main() -> anyhow::Result<()> {
             if let (Some(limit), Some(ratio)) = (o.argon2_limit, o.ratio_to_argon2_limit) {
                 println!(
                     "{}: argon2 limit {limit:.0}/s (cores ÷ one verification), ratio {ratio:.2}",
+                    o.scenario
+                );
+            }
+            if let (Some(tps), Some(ratio)) = (o.pgbench_tps, o.ratio_to_pgbench) {
+                println!(
+                    "{}: the database's ceiling (pgbench -N, rounds beside it) {tps:.0} \
+                     transactions/s, ratio {ratio:.2}",
                     o.scenario
                 );
             }

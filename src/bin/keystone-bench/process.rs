@@ -1,4 +1,5 @@
-//! The server process as `/proc` shows it: its start, its CPU time and its peak memory.
+//! The server process as `/proc` shows it: its start, its CPU time and its peak memory; and the
+//! database's own ceiling, by `pgbench`.
 
 use std::time::Duration;
 
@@ -85,4 +86,48 @@ pub(crate) fn server_usage(pid: Option<u32>) -> (Option<f64>, Option<f64>) {
             Some(kib / 1024.0)
         });
     (cpu, rss)
+}
+
+/// The database's own ceiling: `pgbench -N` (the simple-update transaction, no vacuum) with
+/// `clients` connections on 2 threads for `seconds` (whole seconds, at least one) against
+/// `conninfo`, whose pgbench tables exist (`pgbench -i`). Transactions per second.
+pub(crate) async fn pgbench(conninfo: &str, clients: usize, seconds: f64) -> anyhow::Result<f64> {
+    let seconds = (seconds.ceil() as u64).max(1);
+    let conninfo = conninfo.to_owned();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("pgbench")
+            .args(["-N", "-n", "-c", &clients.to_string(), "-j", "2", "-T"])
+            .arg(seconds.to_string())
+            .arg(conninfo)
+            .output()
+    })
+    .await?
+    .context("cannot run pgbench (Debian's postgresql-client)")?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    anyhow::ensure!(
+        output.status.success(),
+        "pgbench failed: {}",
+        String::from_utf8_lossy(&output.stderr).trim()
+    );
+    tps_of(&stdout).with_context(|| format!("no tps in pgbench's output: {stdout}"))
+}
+
+/// The `tps = …` figure of pgbench's report.
+fn tps_of(report: &str) -> Option<f64> {
+    report
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("tps = "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|tps| tps.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_tps_is_read_from_pgbenchs_report() {
+        let report = "latency average = 10.8 ms\ninitial connection time = 20.1 ms\n\
+                      tps = 2961.345 (without initial connection time)\n";
+        assert_eq!(super::tps_of(report), Some(2961.345));
+        assert_eq!(super::tps_of("pgbench: error"), None);
+    }
 }

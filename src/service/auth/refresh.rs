@@ -15,7 +15,7 @@ use crate::{
     error::{Error, Reason},
     secrets::hash_refresh_token,
     service::limits::Key,
-    store::{RefreshRecord, Rotation},
+    store::{RefreshRecord, Rotation, UserGrants},
 };
 
 impl AuthService {
@@ -41,7 +41,11 @@ impl AuthService {
         let token_hash = hash_refresh_token(presented);
         // A token Keystone never issued is refused before its proof is used up: nobody fills
         // the set of used proofs without a refresh token.
-        let Some(found) = self.store.find_refresh_token(&token_hash).await? else {
+        let Some((found, grants)) = self
+            .store
+            .find_refresh_token_with_grants(&token_hash)
+            .await?
+        else {
             return Err(invalid_refresh_token());
         };
         let dpop_jkt = self.claim_dpop_proof(proof).await?;
@@ -50,10 +54,14 @@ impl AuthService {
         // like a reuse and end the session.
         let mut granted = None;
         if found.used_at.is_none() && found.revoked_at.is_none() && found.expires_at > now {
-            granted = Some(
-                self.refresh_grant_for(&found, &requested, &request, dpop_jkt.as_deref(), now)
-                    .await?,
-            );
+            granted = Some(self.refresh_grant_for(
+                &found,
+                grants,
+                &requested,
+                &request,
+                dpop_jkt.as_deref(),
+                now,
+            )?);
         }
         let successor = self.pepper.refresh_successor(presented);
         let rotation = self
@@ -88,8 +96,18 @@ impl AuthService {
         let (user, scopes, audience) = match granted {
             Some(granted) => granted,
             None => {
-                self.refresh_grant_for(&record, &requested, &request, dpop_jkt.as_deref(), now)
-                    .await?
+                let grants = match record.user_id {
+                    Some(user_id) => self.store.user_grants(user_id).await?,
+                    None => None,
+                };
+                self.refresh_grant_for(
+                    &record,
+                    grants,
+                    &requested,
+                    &request,
+                    dpop_jkt.as_deref(),
+                    now,
+                )?
             }
         };
         let mut token =
@@ -99,13 +117,15 @@ impl AuthService {
         Ok(token)
     }
 
-    /// What a refresh of `record` grants: the user (still enabled and unlocked), the scopes of
-    /// the original grant less any the user no longer holds (a refresh may ask for fewer, never
-    /// more: RFC 6749 section 6), and the original audience. A session bound to a DPoP key is
-    /// refreshed only by a request proving that key (RFC 9449 section 5).
-    pub(super) async fn refresh_grant_for(
+    /// What a refresh of `record` grants, `grants` being its user as read with it: the user
+    /// (still enabled and unlocked), the scopes of the original grant less any the user no
+    /// longer holds (a refresh may ask for fewer, never more: RFC 6749 section 6), and the
+    /// original audience. A session bound to a DPoP key is refreshed only by a request proving
+    /// that key (RFC 9449 section 5).
+    pub(super) fn refresh_grant_for(
         &self,
         record: &RefreshRecord,
+        grants: Option<UserGrants>,
         requested: &ScopeSet,
         request: &TokenRequest,
         dpop_jkt: Option<&str>,
@@ -122,19 +142,14 @@ impl AuthService {
             });
         }
         let requested_audience = request.audience.as_str();
-        let Some(user_id) = record.user_id else {
+        let Some(UserGrants { user, scopes: held }) = grants else {
             return Err(invalid_refresh_token());
         };
-        let Some(login) = self.store.find_login_by_id(user_id).await? else {
-            return Err(invalid_refresh_token());
-        };
-        let user = login.user;
         if !user.enabled || (user.locked && user.locked_until.is_none_or(|until| until > now)) {
             return Err(invalid_refresh_token());
         }
         let original = ScopeSet::parse_space_separated(&record.scopes)
             .map_err(|e| Error::internal(anyhow::anyhow!("a stored scope is invalid: {e}")))?;
-        let held = self.scopes_of(user.id).await?;
         let still_held: ScopeSet = original
             .iter()
             .filter(|s| held.satisfies(s))
