@@ -28,7 +28,7 @@ cleanup() {
   fi
   rm -rf "$work"
   if [ -n "${pgbench_db:-}" ]; then
-    psql -q "$server_url/postgres" -c "DROP DATABASE IF EXISTS keystone_pgbench" || true
+    psql -q "$KEYSTONE_DATABASE_URL" -c "DROP DATABASE IF EXISTS keystone_pgbench" || true
   fi
 }
 trap cleanup EXIT
@@ -71,12 +71,13 @@ fi
 # server, in rounds beside refresh's (keystone-bench --pgbench).
 if [[ "${KEYSTONE_DATABASE_URL:-}" == postgres* ]]; then
   if command -v pgbench >/dev/null && command -v psql >/dev/null; then
-    server_url="${KEYSTONE_DATABASE_URL%%\?*}"
-    server_url="${server_url%/*}"
-    pgbench_db="$server_url/keystone_pgbench"
-    psql -q "$server_url/postgres" -c "DROP DATABASE IF EXISTS keystone_pgbench" \
+    # The same server and parameters (sslmode, host=…), another database.
+    base="${KEYSTONE_DATABASE_URL%%\?*}"
+    query="${KEYSTONE_DATABASE_URL#"$base"}"
+    pgbench_db="${base%/*}/keystone_pgbench$query"
+    psql -q "$KEYSTONE_DATABASE_URL" -c "DROP DATABASE IF EXISTS keystone_pgbench" \
       -c "CREATE DATABASE keystone_pgbench"
-    pgbench -i -q "$pgbench_db" 2>/dev/null
+    pgbench -i -q "$pgbench_db"
     bench+=(--pgbench "$pgbench_db")
   else
     echo "pgbench or psql is missing (Debian's postgresql-client): no database ceiling" >&2

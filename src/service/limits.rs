@@ -21,7 +21,7 @@ use governor::{
 pub use self::ahead::SETTLE_EVERY;
 use self::ahead::{Counted, Settlement, Verdict, Views};
 use crate::{
-    cluster::{GcraLimit, Redis},
+    cluster::{GcraLimit, Redis, RedisError},
     config::{LimitSettings, Quota},
     error::{Error, Reason},
 };
@@ -223,15 +223,16 @@ impl RateLimits {
             Verdict::AskRedis => {}
         }
         let settlements = self.inner.views.take(&keys);
+        // Redis's answer is as of some moment after this: the view takes it as of now, so it
+        // lags the cluster's count rather than runs ahead of it.
+        let asked = crate::clock::monotonic();
         match redis.gcra(&gcra_limits(&settlements), true).await {
             Ok(answer) => {
-                self.inner
-                    .views
-                    .heard(&settlements, &answer.debts, crate::clock::monotonic());
+                self.inner.views.heard(&settlements, &answer.debts, asked);
                 Some(answer.refused.map(|(index, wait)| (kind_of(index), wait)))
             }
             Err(error) => {
-                self.inner.views.unheard(&settlements);
+                self.inner.views.unheard(&settlements, put_back(&error));
                 tracing::debug!(error = %error, "rate limits counted in this process");
                 None
             }
@@ -254,14 +255,11 @@ impl RateLimits {
         };
         let settlements = self.inner.views.take_all();
         for chunk in settlements.chunks(CHUNK) {
+            let asked = crate::clock::monotonic();
             match redis.gcra(&gcra_limits(chunk), false).await {
-                Ok(answer) => {
-                    self.inner
-                        .views
-                        .heard(chunk, &answer.debts, crate::clock::monotonic());
-                }
+                Ok(answer) => self.inner.views.heard(chunk, &answer.debts, asked),
                 Err(error) => {
-                    self.inner.views.unheard(chunk);
+                    self.inner.views.unheard(chunk, put_back(&error));
                     tracing::debug!(error = %error, "cannot settle rate limits with Redis yet");
                 }
             }
@@ -296,6 +294,14 @@ impl RateLimits {
         }
         self.inner.views.forget_idle(crate::clock::monotonic());
     }
+}
+
+/// Whether calls whose telling failed with `error` are told again later: only when they
+/// surely never reached Redis (the breaker was open). A call that timed out or lost its
+/// connection may have been counted; telling it again could count it twice and refuse calls
+/// the quota allows, so it is let go (the quota is then short by at most a share).
+fn put_back(error: &RedisError) -> bool {
+    matches!(error, RedisError::BreakerOpen)
 }
 
 /// The limits of a Redis call for `settlements`.

@@ -406,7 +406,8 @@ fn pool_options(url: &str, settings: &DatabaseSettings, max: u32, min: u32) -> C
         .idle_timeout(Duration::from_secs(600))
         // A connection used within the last second is handed out as it is; only one idle
         // longer (which a restart, a proxy or a firewall may have dropped) is pinged first.
-        // sqlx's default pings on every checkout: a round trip more for every statement.
+        // sqlx's default pings on every checkout: a round trip on the path of every
+        // statement (it still pings each connection as it goes back, off the call's path).
         .test_before_acquire_if_idle_for(Duration::from_secs(1))
         // Statements are logged by our own spans; sqlx's log adds nothing but noise.
         .sqlx_logging(false)

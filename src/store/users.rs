@@ -652,12 +652,14 @@ pub(crate) fn grants_of_row(
     row: &sea_orm::QueryResult,
     prefix: &str,
 ) -> Result<Option<UserGrants>, Error> {
-    let Some(model) =
-        <entity::user::Model as sea_orm::FromQueryResult>::from_query_result_optional(row, prefix)
-            .map_err(db_error)?
-    else {
+    // No user (a token whose user was deleted): the joined columns are NULL. Any other
+    // failure to read the row is an error, not a missing user.
+    let id: Option<Uuid> = row.try_get(prefix, "id").map_err(db_error)?;
+    if id.is_none() {
         return Ok(None);
-    };
+    }
+    let model = <entity::user::Model as sea_orm::FromQueryResult>::from_query_result(row, prefix)
+        .map_err(db_error)?;
     let names = |column: &str| -> Result<Vec<String>, Error> {
         let joined: Option<String> = row.try_get("", column).map_err(db_error)?;
         Ok(joined

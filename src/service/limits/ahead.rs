@@ -5,9 +5,11 @@
 //! admits on that view up to a sixteenth of the burst ([`AHEAD_SHARE`]) before it must ask
 //! Redis again, and tells Redis what it admitted every [`SETTLE_EVERY`].
 //!
-//! The view only ever lags the cluster's count (other replicas only add to it), so a refusal
-//! on the view is right, and what an admission can be wrong by is bounded: across N replicas a
-//! key's count passes its quota by at most N × ⌊burst / 16⌋ calls. A limit with a burst under
+//! The view lags the cluster's count (other replicas only add to it, and Redis's answer is
+//! taken as of when it was asked), so a refusal on the view is right, and what an admission
+//! can be wrong by is bounded: across N replicas a key's count passes its quota by at most
+//! N × ⌊burst / 16⌋ calls. Calls whose telling timed out are let go rather than told twice
+//! (Redis may have counted them): the view then holds up to a share Redis may not. A limit with a burst under
 //! 16 (the login and registration limits) asks Redis on every call and never overshoots.
 
 use std::{
@@ -165,7 +167,8 @@ impl Views {
             .collect()
     }
 
-    /// Redis took `settlements` and answered each key's debt at `now`.
+    /// Redis took `settlements` and answered each key's debt, taken as of `now` (when it was
+    /// asked: the answer is as of later, so the view lags rather than leads).
     pub(super) fn heard(&self, settlements: &[Settlement], debts: &[Duration], now: Instant) {
         let mut views = self.lock();
         for (settlement, debt) in settlements.iter().zip(debts) {
@@ -192,13 +195,16 @@ impl Views {
         }
     }
 
-    /// Redis could not be told: the calls are told with the next settlement.
-    pub(super) fn unheard(&self, settlements: &[Settlement]) {
+    /// Redis could not be told. With `put_back` (nothing reached it) the calls are told with
+    /// the next settlement; otherwise they are let go, since Redis may have counted them.
+    pub(super) fn unheard(&self, settlements: &[Settlement], put_back: bool) {
         let mut views = self.lock();
         for settlement in settlements {
             if let Some(view) = views.get_mut(&settlement.counted.key) {
                 view.sending = view.sending.saturating_sub(settlement.sent);
-                view.unsettled = view.unsettled.saturating_add(settlement.sent);
+                if put_back {
+                    view.unsettled = view.unsettled.saturating_add(settlement.sent);
+                }
             }
         }
     }
@@ -295,7 +301,7 @@ mod tests {
     }
 
     #[test]
-    fn what_redis_did_not_hear_is_told_next_time_and_drained_keys_are_forgotten() {
+    fn what_never_reached_redis_is_told_next_time_and_drained_keys_are_forgotten() {
         let views = Views::default();
         let now = crate::clock::monotonic();
         let counted = key(64);
@@ -305,10 +311,10 @@ mod tests {
             Verdict::Admitted
         );
         let taken = views.take_all();
-        views.unheard(&taken);
+        views.unheard(&taken, true);
         let again = views.take_all();
         assert_eq!(again[0].sent, 1);
-        views.unheard(&again);
+        views.unheard(&again, true);
         // Not forgotten while calls wait to be told.
         views.forget_idle(now + Duration::from_secs(3600));
         let last = views.take_all();
