@@ -383,3 +383,45 @@ async fn envoy_checks_roles_from_the_route_and_its_context_extensions() {
     );
     app.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_refresh_carries_only_the_scopes_the_users_roles_grant_now() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    for scope in ["orders:read", "orders:write"] {
+        create_scope(&app, &admin, scope).await;
+    }
+    let clerk = create_role(
+        &app,
+        &admin,
+        "clerk",
+        &["orders:read", "orders:write"],
+        false,
+    )
+    .await
+    .unwrap();
+    create_role(&app, &admin, "viewer", &["orders:read"], false)
+        .await
+        .unwrap();
+    app.create_user("dana", ADMIN_PASSWORD, &["clerk", "viewer"])
+        .await;
+    let login = app
+        .login_with("dana", ADMIN_PASSWORD, &["orders:read", "orders:write"], "")
+        .await
+        .unwrap();
+    assert_eq!(login.scopes, ["orders:read", "orders:write"]);
+    // The clerk loses orders:write: the next refresh reads the user's grants again.
+    update_role(
+        &app,
+        &admin,
+        pb::Role {
+            scopes: vec!["orders:read".into()],
+            ..clerk
+        },
+        &["scopes"],
+    )
+    .await
+    .unwrap();
+    let refreshed = app.refresh(&login.refresh_token).await.unwrap();
+    assert_eq!(refreshed.scopes, ["orders:read"]);
+}
