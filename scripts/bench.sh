@@ -9,6 +9,11 @@
 #                                    # refresh is also compared with pgbench -N on the same
 #                                    # server (a scratch database, keystone_pgbench, is made
 #                                    # and dropped; needs Debian's postgresql-client)
+#   KEYSTONE_BENCH_REPLICAS=2 KEYSTONE_DATABASE_URL=postgres://… KEYSTONE_REDIS_URL=redis://… \
+#     scripts/bench.sh               # two replicas on one PostgreSQL and Redis: the bench
+#                                    # spreads its connections over both and reports the sum
+#                                    # (on one small machine this shows what the cluster path
+#                                    # costs, not a speed-up); RSS and CPU are the first's
 #   KEYSTONE_BENCH_TLS=1 scripts/bench.sh --scenarios \
 #     authenticate,tls-handshake,tls-resumed,client-credentials-mtls,authenticate-dpop
 #                                    # every listener on TLS (a CA, a certificate for localhost
@@ -22,10 +27,13 @@ cargo build --release --bins --locked
 bin="$CARGO_TARGET_DIR/release"
 work="$(mktemp -d)"
 server=""
+replica=""
 cleanup() {
-  if [ -n "$server" ] && kill -0 "$server" 2>/dev/null; then
-    kill -TERM "$server" && wait "$server" || true
-  fi
+  for pid in "$server" "$replica"; do
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+      kill -TERM "$pid" && wait "$pid" || true
+    fi
+  done
   rm -rf "$work"
   if [ -n "${pgbench_db:-}" ]; then
     psql -q "$KEYSTONE_DATABASE_URL" -c "DROP DATABASE IF EXISTS keystone_pgbench" || true
@@ -103,6 +111,25 @@ start
 "$bin/keystone-bench" "${bench[@]}" --addr "$addr" --server-pid "$server" --startup
 sleep 1
 echo "server RSS after start: $(awk '/^VmRSS/ { printf "%.1f MiB", $2 / 1024 }' "/proc/$server/status")"
+
+replicas="${KEYSTONE_BENCH_REPLICAS:-1}"
+if [ "$replicas" != 1 ]; then
+  if [ "$replicas" != 2 ] || [[ "${KEYSTONE_DATABASE_URL:-}" != postgres* ]] \
+    || [ -z "${KEYSTONE_REDIS_URL:-}" ] || [ "${KEYSTONE_BENCH_TLS:-0}" = 1 ]; then
+    echo "KEYSTONE_BENCH_REPLICAS=2 needs KEYSTONE_DATABASE_URL (PostgreSQL) and" \
+      "KEYSTONE_REDIS_URL, without TLS" >&2
+    exit 2
+  fi
+  # The second replica: the same database and Redis, its own ports.
+  mkdir -p "$work/replica"
+  replica_grpc=127.0.0.1:$((${KEYSTONE_GRPC_ADDR##*:} + 1))
+  (cd "$work/replica" && KEYSTONE_GRPC_ADDR=$replica_grpc \
+    KEYSTONE_HTTP_ADDR=127.0.0.1:$((${KEYSTONE_HTTP_ADDR##*:} + 1)) \
+    exec "$bin/keystone" serve) >>"$work/replica.log" 2>&1 &
+  replica=$!
+  "$bin/keystone-bench" --addr "http://$replica_grpc" --server-pid "$replica" --startup >/dev/null
+  bench+=(--replica-addr "http://$replica_grpc")
+fi
 
 "$bin/keystone-bench" "${bench[@]}" --addr "$addr" --server-pid "$server" "$@"
 

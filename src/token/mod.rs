@@ -28,7 +28,7 @@ pub use self::{
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
-use jsonwebtoken::{Header, Validation, errors::ErrorKind};
+use jsonwebtoken::{Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
@@ -161,11 +161,16 @@ impl TokenIssuer {
             .signing
             .as_ref()
             .ok_or_else(|| Error::internal(anyhow::anyhow!("no signing key is active")))?;
-        let mut header = Header::new(key.algorithm);
-        header.typ = Some(ACCESS_TOKEN_TYPE.to_owned());
-        header.kid = Some(key.kid.clone());
-        jsonwebtoken::encode(&header, claims, &key.encoding)
-            .map_err(|error| Error::internal(anyhow::anyhow!("signing failed: {error}")))
+        // A compact JWS (RFC 7515 §7.1): header, claims and signature, each base64url.
+        let claims = serde_json::to_vec(claims).map_err(Error::internal)?;
+        let mut token = String::with_capacity(key.header.len() + claims.len() * 4 / 3 + 96);
+        token.push_str(&key.header);
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(claims, &mut token);
+        let signature = key.sign(token.as_bytes())?;
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature, &mut token);
+        Ok(token)
     }
 }
 

@@ -14,7 +14,7 @@ use aws_lc_rs::{
 };
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Utc};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+use jsonwebtoken::{Algorithm, DecodingKey, Header};
 use serde::Serialize;
 
 use crate::{config::KeyAlgorithm, error::Error, store::StoredKey};
@@ -49,7 +49,29 @@ pub struct SigningKey {
     pub algorithm: Algorithm,
     /// Since when it signs.
     pub since: Option<DateTime<Utc>>,
-    pub(crate) encoding: EncodingKey,
+    /// The JOSE header of every token it signs (`alg`, `typ`, `kid`), base64url-encoded once.
+    pub(crate) header: String,
+    /// The private key, parsed once: parsing an Ed25519 PKCS#8 key derives its public half,
+    /// which costs as much as a signature.
+    pair: Arc<PrivateKey>,
+}
+
+enum PrivateKey {
+    Ed25519(Ed25519KeyPair),
+    Es256(EcdsaKeyPair),
+}
+
+impl SigningKey {
+    /// Signs `message` (the JWS signing input): the raw signature (for ES256, `r || s`).
+    pub(crate) fn sign(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
+        match self.pair.as_ref() {
+            PrivateKey::Ed25519(pair) => Ok(pair.sign(message).as_ref().to_vec()),
+            PrivateKey::Es256(pair) => pair
+                .sign(&SystemRandom::new(), message)
+                .map(|signature| signature.as_ref().to_vec())
+                .map_err(|_| Error::internal(anyhow::anyhow!("signing with ES256 failed"))),
+        }
+    }
 }
 
 impl std::fmt::Debug for SigningKey {
@@ -57,9 +79,35 @@ impl std::fmt::Debug for SigningKey {
         f.debug_struct("SigningKey")
             .field("kid", &self.kid)
             .field("algorithm", &self.algorithm)
-            .field("encoding", &"[REDACTED]")
+            .field("private_key", &"[REDACTED]")
             .finish()
     }
+}
+
+/// Parses a stored private key and encodes the header its tokens carry.
+fn signing_key(key: &StoredKey, algorithm: Algorithm) -> Result<SigningKey, String> {
+    let pair = match algorithm {
+        Algorithm::EdDSA => Ed25519KeyPair::from_pkcs8(&key.private_key)
+            .map(PrivateKey::Ed25519)
+            .map_err(|error| format!("the Ed25519 private key cannot be read: {error}"))?,
+        Algorithm::ES256 => {
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &key.private_key)
+                .map(PrivateKey::Es256)
+                .map_err(|error| format!("the P-256 private key cannot be read: {error}"))?
+        }
+        other => return Err(format!("Keystone does not sign with {other:?}")),
+    };
+    let mut header = Header::new(algorithm);
+    header.typ = Some(super::ACCESS_TOKEN_TYPE.to_owned());
+    header.kid = Some(key.kid.clone());
+    let header = serde_json::to_vec(&header).map_err(|error| error.to_string())?;
+    Ok(SigningKey {
+        kid: key.kid.clone(),
+        algorithm,
+        since: key.activated_at.or(Some(key.created_at)),
+        header: URL_SAFE_NO_PAD.encode(header),
+        pair: Arc::new(pair),
+    })
 }
 
 /// A key tokens may be verified with.
@@ -196,16 +244,13 @@ pub(super) fn build_key_set(keys: &[StoredKey]) -> Result<KeySet, Error> {
             }
         };
         if key.state == "active" && !key.private_key.is_empty() {
-            let encoding = match algorithm {
-                Algorithm::EdDSA => EncodingKey::from_ed_der(&key.private_key),
-                _ => EncodingKey::from_ec_der(&key.private_key),
-            };
-            set.signing = Some(SigningKey {
-                kid: key.kid.clone(),
-                algorithm,
-                since: key.activated_at.or(Some(key.created_at)),
-                encoding,
-            });
+            match signing_key(key, algorithm) {
+                Ok(signing) => set.signing = Some(signing),
+                // Nothing is signed until a key that can be read is active.
+                Err(error) => {
+                    tracing::error!(kid = %key.kid, %error, "the active signing key cannot be read")
+                }
+            }
         }
         set.verifying.insert(
             key.kid.clone(),

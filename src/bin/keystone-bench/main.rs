@@ -37,6 +37,11 @@ struct Args {
     /// Keystone's gRPC address.
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     addr: String,
+    /// Another replica of the same cluster (repeatable): the connections are spread over
+    /// `--addr` and these, and every figure is the sum over them. Fixtures are made through
+    /// `--addr`.
+    #[arg(long = "replica-addr", value_name = "ADDR")]
+    replica_addrs: Vec<String>,
     /// Scenarios, comma separated: health, authenticate, authenticate-fresh, check (Envoy
     /// ext_authz), introspect, client-credentials, password, refresh, password-flood;
     /// tls-handshake and tls-resumed (with --ca-file), client-credentials-mtls (with
@@ -398,22 +403,27 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn futures_channels(args: &Args) -> anyhow::Result<Vec<Channel>> {
-    let endpoint = endpoint(args)?;
-    let mut channels = Vec::with_capacity(args.connections.max(1));
-    for _ in 0..args.connections.max(1) {
+    let addrs: Vec<&String> = std::iter::once(&args.addr)
+        .chain(&args.replica_addrs)
+        .collect();
+    // At least one connection to each replica, taken in turn.
+    let count = args.connections.max(addrs.len());
+    let mut channels = Vec::with_capacity(count);
+    for n in 0..count {
+        let addr = addrs[n % addrs.len()];
         channels.push(
-            endpoint
+            endpoint(args, addr)?
                 .connect()
                 .await
-                .with_context(|| format!("cannot connect to {}", args.addr))?,
+                .with_context(|| format!("cannot connect to {addr}"))?,
         );
     }
     Ok(channels)
 }
 
-/// Where the channels connect: `--addr`, over TLS with `--ca-file`.
-pub(crate) fn endpoint(args: &Args) -> anyhow::Result<tonic::transport::Endpoint> {
-    let endpoint = Channel::from_shared(args.addr.clone())?.tcp_nodelay(true);
+/// Where a channel connects: `addr`, over TLS with `--ca-file`.
+pub(crate) fn endpoint(args: &Args, addr: &str) -> anyhow::Result<tonic::transport::Endpoint> {
+    let endpoint = Channel::from_shared(addr.to_owned())?.tcp_nodelay(true);
     Ok(match tls_client(args)? {
         Some(tls) => {
             let mut config = tonic::transport::ClientTlsConfig::new()

@@ -19,7 +19,7 @@ pub(crate) async fn startup(args: &Args) -> anyhow::Result<()> {
     let pid = args.server_pid.context("--startup needs --server-pid")?;
     let deadline = keystone::clock::monotonic() + Duration::from_secs(30);
     // Built once: with --ca-file it reads the CA, which polling every 2 ms need not repeat.
-    let endpoint = crate::endpoint(args)?;
+    let endpoint = crate::endpoint(args, &args.addr)?;
     loop {
         anyhow::ensure!(
             keystone::clock::monotonic() < deadline,
