@@ -44,7 +44,9 @@ trap cleanup EXIT
 password="bench $(od -An -N12 -tx1 /dev/urandom | tr -d ' \n') staple"
 export KEYSTONE_BOOTSTRAP_ADMIN_USERNAME=admin KEYSTONE_BOOTSTRAP_ADMIN_PASSWORD="$password"
 export KEYSTONE_BENCH_ADMIN=admin KEYSTONE_BENCH_PASSWORD="$password"
-export KEYSTONE_GRPC_ADDR=127.0.0.1:${KEYSTONE_BENCH_GRPC_PORT:-50551}
+# Ports below Linux's ephemeral range (32768–60999): polling a port in that range before
+# anything listens can connect the socket to itself and hold the port.
+export KEYSTONE_GRPC_ADDR=127.0.0.1:${KEYSTONE_BENCH_GRPC_PORT:-20551}
 # A benchmark measures capacity: every call comes from one address with a few names, which
 # the rate limits (limits.*) would refuse as the attack they look like.
 # Set them to measure what counting costs (e.g. "1000000/1s burst 1000000", with Redis).
@@ -92,6 +94,19 @@ if [[ "${KEYSTONE_DATABASE_URL:-}" == postgres* ]]; then
   fi
 fi
 
+replicas="${KEYSTONE_BENCH_REPLICAS:-1}"
+if [ "$replicas" != 1 ]; then
+  if [ "$replicas" != 2 ] || [[ "${KEYSTONE_DATABASE_URL:-}" != postgres* ]] \
+    || [ -z "${KEYSTONE_REDIS_URL:-}" ] || [ "${KEYSTONE_BENCH_TLS:-0}" = 1 ]; then
+    echo "KEYSTONE_BENCH_REPLICAS=2 needs KEYSTONE_DATABASE_URL (PostgreSQL) and" \
+      "KEYSTONE_REDIS_URL, without TLS" >&2
+    exit 2
+  fi
+  # A cluster: every replica shares the pepper (client secrets, sealed signing keys).
+  export KEYSTONE_CLUSTER__ENABLED=true
+  export KEYSTONE_SECRETS__PEPPER="bench-$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')"
+fi
+
 start() {
   (cd "$work" && exec "$bin/keystone" serve) >>"$work/server.log" 2>&1 &
   server=$!
@@ -112,14 +127,7 @@ start
 sleep 1
 echo "server RSS after start: $(awk '/^VmRSS/ { printf "%.1f MiB", $2 / 1024 }' "/proc/$server/status")"
 
-replicas="${KEYSTONE_BENCH_REPLICAS:-1}"
 if [ "$replicas" != 1 ]; then
-  if [ "$replicas" != 2 ] || [[ "${KEYSTONE_DATABASE_URL:-}" != postgres* ]] \
-    || [ -z "${KEYSTONE_REDIS_URL:-}" ] || [ "${KEYSTONE_BENCH_TLS:-0}" = 1 ]; then
-    echo "KEYSTONE_BENCH_REPLICAS=2 needs KEYSTONE_DATABASE_URL (PostgreSQL) and" \
-      "KEYSTONE_REDIS_URL, without TLS" >&2
-    exit 2
-  fi
   # The second replica: the same database and Redis, its own ports.
   mkdir -p "$work/replica"
   replica_grpc=127.0.0.1:$((${KEYSTONE_GRPC_ADDR##*:} + 1))

@@ -38,6 +38,13 @@ pub(crate) async fn run(
             let mut latencies = Vec::new();
             let mut errors: BTreeMap<String, u64> = BTreeMap::new();
             let mut state = WorkerState::default();
+            if scenario == "refresh" {
+                state.refresh_token = fixtures
+                    .sessions
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .pop();
+            }
             let mut next = worker;
             while keystone::clock::monotonic() < until {
                 // What a call needs first (a session to refresh) is set up untimed.
@@ -57,7 +64,15 @@ pub(crate) async fn run(
                     Err(code) => *errors.entry(format!("{code:?}")).or_default() += 1,
                 }
             }
-            (latencies, errors, keystone::clock::monotonic())
+            let ended = keystone::clock::monotonic();
+            if let Some(session) = state.refresh_token.take() {
+                fixtures
+                    .sessions
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(session);
+            }
+            (latencies, errors, ended)
         }));
     }
     let mut latencies = Vec::new();
@@ -142,6 +157,7 @@ pub(crate) fn summarize(scenario: &str, sample: Sample) -> Outcome {
         ratio_to_pgbench: None,
         flood: None,
         server_cpu_seconds: None,
+        server_cpu_us_per_call: None,
         server_peak_rss_mib: None,
     }
 }

@@ -161,6 +161,10 @@ struct Outcome {
     #[serde(skip_serializing_if = "Option::is_none")]
     flood: Option<Flood>,
     server_cpu_seconds: Option<f64>,
+    /// The server's CPU time per call (`--server-pid`): what a call costs Keystone itself,
+    /// whatever the load generator beside it costs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    server_cpu_us_per_call: Option<f64>,
     server_peak_rss_mib: Option<f64>,
 }
 
@@ -196,6 +200,9 @@ struct Fixtures {
     mtls_client_id: Option<String>,
     /// For `authenticate-dpop`.
     dpop: Option<Dpop>,
+    /// For `refresh`: the sessions workers hand on from round to round, so that a round does
+    /// not begin with logins (argon2 verifications that would count in its time and CPU).
+    sessions: std::sync::Mutex<Vec<String>>,
 }
 
 /// A DPoP key, a token bound to it, and proofs made right before the scenario runs (each used
@@ -332,6 +339,14 @@ async fn main() -> anyhow::Result<()> {
         .find(|o| o.scenario == "health")
         .map(|o| o.calls_per_second);
     for outcome in &mut outcomes {
+        // One server's CPU over all the calls: not with other replicas, nor for the flood
+        // (whose calls are of two kinds).
+        outcome.server_cpu_us_per_call = outcome
+            .server_cpu_seconds
+            .filter(|_| {
+                outcome.calls > 0 && outcome.flood.is_none() && args.replica_addrs.is_empty()
+            })
+            .map(|cpu| cpu * 1e6 / outcome.calls as f64);
         if outcome.ratio_to_health.is_none() {
             outcome.ratio_to_health = health
                 .filter(|h| *h > 0.0)
@@ -342,12 +357,12 @@ async fn main() -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&outcomes)?);
     } else {
         println!(
-            "{:<20} {:>10} {:>8} {:>8} {:>8} {:>9} {:>7}  errors",
-            "scenario", "calls/s", "p50 µs", "p90 µs", "p99 µs", "p99.9 µs", "ratio"
+            "{:<20} {:>10} {:>8} {:>8} {:>8} {:>9} {:>7} {:>11}  errors",
+            "scenario", "calls/s", "p50 µs", "p90 µs", "p99 µs", "p99.9 µs", "ratio", "cpu µs/call"
         );
         for o in &outcomes {
             println!(
-                "{:<20} {:>10.0} {:>8} {:>8} {:>8} {:>9} {:>7}  {:?}",
+                "{:<20} {:>10.0} {:>8} {:>8} {:>8} {:>9} {:>7} {:>11}  {:?}",
                 o.scenario,
                 o.calls_per_second,
                 o.p50_us,
@@ -356,6 +371,9 @@ async fn main() -> anyhow::Result<()> {
                 o.p999_us,
                 o.ratio_to_health
                     .map(|r| format!("{r:.2}"))
+                    .unwrap_or_default(),
+                o.server_cpu_us_per_call
+                    .map(|us| format!("{us:.0}"))
                     .unwrap_or_default(),
                 o.errors
             );

@@ -96,6 +96,7 @@ pub(crate) async fn seed(args: &Args, channel: &Channel) -> anyhow::Result<Fixtu
         users,
         password,
         tls: crate::tls_client(args)?,
+        sessions: std::sync::Mutex::default(),
     })
 }
 
