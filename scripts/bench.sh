@@ -23,6 +23,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 
+replicas="${KEYSTONE_BENCH_REPLICAS:-1}"
+if [ "$replicas" != 1 ]; then
+  if [ "$replicas" != 2 ] || [[ "${KEYSTONE_DATABASE_URL:-}" != postgres* ]] \
+    || [ -z "${KEYSTONE_REDIS_URL:-}" ] || [ "${KEYSTONE_BENCH_TLS:-0}" = 1 ]; then
+    echo "KEYSTONE_BENCH_REPLICAS=2 needs KEYSTONE_DATABASE_URL (PostgreSQL) and" \
+      "KEYSTONE_REDIS_URL, without TLS" >&2
+    exit 2
+  fi
+  # A cluster: every replica shares the pepper (client secrets, sealed signing keys).
+  export KEYSTONE_CLUSTER__ENABLED=true
+  export KEYSTONE_SECRETS__PEPPER="${KEYSTONE_SECRETS__PEPPER:-bench-$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')}"
+fi
+
 cargo build --release --bins --locked
 bin="$CARGO_TARGET_DIR/release"
 work="$(mktemp -d)"
@@ -92,19 +105,6 @@ if [[ "${KEYSTONE_DATABASE_URL:-}" == postgres* ]]; then
   else
     echo "pgbench or psql is missing (Debian's postgresql-client): no database ceiling" >&2
   fi
-fi
-
-replicas="${KEYSTONE_BENCH_REPLICAS:-1}"
-if [ "$replicas" != 1 ]; then
-  if [ "$replicas" != 2 ] || [[ "${KEYSTONE_DATABASE_URL:-}" != postgres* ]] \
-    || [ -z "${KEYSTONE_REDIS_URL:-}" ] || [ "${KEYSTONE_BENCH_TLS:-0}" = 1 ]; then
-    echo "KEYSTONE_BENCH_REPLICAS=2 needs KEYSTONE_DATABASE_URL (PostgreSQL) and" \
-      "KEYSTONE_REDIS_URL, without TLS" >&2
-    exit 2
-  fi
-  # A cluster: every replica shares the pepper (client secrets, sealed signing keys).
-  export KEYSTONE_CLUSTER__ENABLED=true
-  export KEYSTONE_SECRETS__PEPPER="bench-$(od -An -N24 -tx1 /dev/urandom | tr -d ' \n')"
 fi
 
 start() {

@@ -161,16 +161,7 @@ impl TokenIssuer {
             .signing
             .as_ref()
             .ok_or_else(|| Error::internal(anyhow::anyhow!("no signing key is active")))?;
-        // A compact JWS (RFC 7515 §7.1): header, claims and signature, each base64url.
-        let claims = serde_json::to_vec(claims).map_err(Error::internal)?;
-        let mut token = String::with_capacity(key.header.len() + claims.len() * 4 / 3 + 96);
-        token.push_str(&key.header);
-        token.push('.');
-        URL_SAFE_NO_PAD.encode_string(claims, &mut token);
-        let signature = key.sign(token.as_bytes())?;
-        token.push('.');
-        URL_SAFE_NO_PAD.encode_string(signature, &mut token);
-        Ok(token)
+        key.compact(claims)
     }
 }
 

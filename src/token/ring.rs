@@ -62,8 +62,22 @@ enum PrivateKey {
 }
 
 impl SigningKey {
+    /// `claims` as a compact JWS (RFC 7515 §7.1): header, claims and signature, each
+    /// base64url.
+    pub(crate) fn compact<T: Serialize>(&self, claims: &T) -> Result<String, Error> {
+        let claims = serde_json::to_vec(claims).map_err(Error::internal)?;
+        let mut token = String::with_capacity(self.header.len() + claims.len() * 4 / 3 + 96);
+        token.push_str(&self.header);
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(claims, &mut token);
+        let signature = self.sign(token.as_bytes())?;
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature, &mut token);
+        Ok(token)
+    }
+
     /// Signs `message` (the JWS signing input): the raw signature (for ES256, `r || s`).
-    pub(crate) fn sign(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
         match self.pair.as_ref() {
             PrivateKey::Ed25519(pair) => Ok(pair.sign(message).as_ref().to_vec()),
             PrivateKey::Es256(pair) => pair
@@ -97,6 +111,15 @@ fn signing_key(key: &StoredKey, algorithm: Algorithm) -> Result<SigningKey, Stri
         }
         other => return Err(format!("Keystone does not sign with {other:?}")),
     };
+    // Tokens are checked against the stored public key (and the JWKS publishes it): a private
+    // key of another pair would sign tokens no one accepts.
+    let public = match &pair {
+        PrivateKey::Ed25519(pair) => pair.public_key().as_ref(),
+        PrivateKey::Es256(pair) => pair.public_key().as_ref(),
+    };
+    if public != key.public_key.as_slice() {
+        return Err("the private key does not match the stored public key".to_owned());
+    }
     let mut header = Header::new(algorithm);
     header.typ = Some(super::ACCESS_TOKEN_TYPE.to_owned());
     header.kid = Some(key.kid.clone());
@@ -327,6 +350,61 @@ mod tests {
             }
             assert_eq!(json["use"], "sig");
             assert_eq!(json["kid"].as_str().unwrap().len(), 16);
+        }
+    }
+
+    #[test]
+    fn an_eddsa_token_is_byte_for_byte_what_jsonwebtoken_signs() {
+        let now = crate::clock::system_now();
+        let stored = new_key(KeyAlgorithm::EdDSA, "active", now, now).unwrap();
+        let set = build_key_set(std::slice::from_ref(&stored)).unwrap();
+        let claims = serde_json::json!({"sub": "alice", "scope": "a:b", "exp": 1});
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.typ = Some(super::super::ACCESS_TOKEN_TYPE.to_owned());
+        header.kid = Some(stored.kid.clone());
+        let expected = jsonwebtoken::encode(
+            &header,
+            &claims,
+            &jsonwebtoken::EncodingKey::from_ed_der(&stored.private_key),
+        )
+        .unwrap();
+        assert_eq!(set.signing.unwrap().compact(&claims).unwrap(), expected);
+    }
+
+    #[test]
+    fn signed_tokens_verify_with_the_published_key() {
+        for (algorithm, pinned) in [
+            (KeyAlgorithm::EdDSA, Algorithm::EdDSA),
+            (KeyAlgorithm::ES256, Algorithm::ES256),
+        ] {
+            let now = crate::clock::system_now();
+            let stored = new_key(algorithm, "active", now, now).unwrap();
+            let set = build_key_set(std::slice::from_ref(&stored)).unwrap();
+            let claims = serde_json::json!({"sub": "alice"});
+            let token = set.signing.as_ref().unwrap().compact(&claims).unwrap();
+            let mut validation = jsonwebtoken::Validation::new(pinned);
+            validation.required_spec_claims.clear();
+            validation.validate_exp = false;
+            let decoded = jsonwebtoken::decode::<serde_json::Value>(
+                &token,
+                &set.verifying[&stored.kid].decoding,
+                &validation,
+            )
+            .unwrap();
+            assert_eq!(decoded.claims, claims);
+            assert_eq!(decoded.header.kid.as_deref(), Some(stored.kid.as_str()));
+        }
+    }
+
+    #[test]
+    fn a_private_key_of_another_pair_signs_nothing() {
+        for algorithm in [KeyAlgorithm::EdDSA, KeyAlgorithm::ES256] {
+            let now = crate::clock::system_now();
+            let mut stored = new_key(algorithm, "active", now, now).unwrap();
+            stored.private_key = new_key(algorithm, "active", now, now).unwrap().private_key;
+            let set = build_key_set(std::slice::from_ref(&stored)).unwrap();
+            assert!(set.signing.is_none());
+            assert!(set.verifying.contains_key(&stored.kid));
         }
     }
 }

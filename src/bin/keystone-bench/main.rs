@@ -38,8 +38,8 @@ struct Args {
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     addr: String,
     /// Another replica of the same cluster (repeatable): the connections are spread over
-    /// `--addr` and these, and every figure is the sum over them. Fixtures are made through
-    /// `--addr`.
+    /// `--addr` and these, and calls/s, latencies and errors cover them all (CPU and RSS are
+    /// `--server-pid`'s alone). Fixtures are made through `--addr`.
     #[arg(long = "replica-addr", value_name = "ADDR")]
     replica_addrs: Vec<String>,
     /// Scenarios, comma separated: health, authenticate, authenticate-fresh, check (Envoy
