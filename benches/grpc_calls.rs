@@ -162,6 +162,7 @@ async fn seed(database_url: &str) {
                 enabled: true,
                 certificate: Default::default(),
                 certificate_bound_tokens: false,
+                token_exchange: false,
             },
             Some(Pepper::from_secret(&SecretString::from(PEPPER)).hash_client_secret(SECRET)),
             &AuditRecord::new("bench", "client.create", "bench-client", Outcome::Success),

@@ -42,6 +42,7 @@ fn claims() -> Claims {
         sid: Some("0193f0c4-7b6e-7c1a-9d0e-2f1a3b4c5d70".into()),
         preferred_username: Some("alice".into()),
         cnf: None,
+        act: None,
     }
 }
 
@@ -114,6 +115,7 @@ fn revocation_lookup(c: &mut Criterion) {
         session_id: Some("0193f0c4-7b6e-7c1a-9d0e-2f1a3b4c5d70"),
         subject: "0193f0c4-7b6e-7c1a-9d0e-2f1a3b4c5d6e",
         issued_at: Utc::now().timestamp(),
+        actors: &[],
     };
     c.bench_function("revocation lookup, 1M entries", |b| {
         b.iter(|| set.is_revoked(black_box(facts)))

@@ -52,6 +52,10 @@ pub enum Reason {
     InvalidAudience,
     /// A refresh token was used twice; its session is ended.
     RefreshTokenReused,
+    /// The client may not use this grant (token exchange without `token_exchange`).
+    UnauthorizedClient,
+    /// A token exchange would make the chain of actors longer than allowed.
+    DelegationTooDeep,
     /// `IssueToken` without a grant.
     MissingGrant,
     /// A request field is malformed.
@@ -100,6 +104,8 @@ impl Reason {
             Reason::InvalidScope => "INVALID_SCOPE",
             Reason::InvalidAudience => "INVALID_AUDIENCE",
             Reason::RefreshTokenReused => "REFRESH_TOKEN_REUSED",
+            Reason::UnauthorizedClient => "UNAUTHORIZED_CLIENT",
+            Reason::DelegationTooDeep => "DELEGATION_TOO_DEEP",
             Reason::MissingGrant => "MISSING_GRANT",
             Reason::InvalidArgument => "INVALID_ARGUMENT",
             Reason::WeakPassword => "WEAK_PASSWORD",

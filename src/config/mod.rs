@@ -49,6 +49,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "tokens",
     "keys",
     "clients",
+    "federation",
     "cluster",
     "revocation",
     "ext_authz",
@@ -120,6 +121,8 @@ pub struct Settings {
     pub keys: KeySettings,
     /// Service clients.
     pub clients: ClientSettings,
+    /// Workload identity and delegation (token exchange).
+    pub federation: FederationSettings,
     /// Running several replicas.
     pub cluster: ClusterSettings,
     /// The revocation set.
@@ -156,6 +159,7 @@ impl Default for Settings {
             tokens: TokenSettings::default(),
             keys: KeySettings::default(),
             clients: ClientSettings::default(),
+            federation: FederationSettings::default(),
             cluster: ClusterSettings::default(),
             revocation: RevocationSettings::default(),
             tls: TlsSettings::default(),

@@ -558,6 +558,23 @@ impl Default for ClientSettings {
     }
 }
 
+/// Workload identity and delegation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FederationSettings {
+    /// The most actors a token from a token exchange may name (the `act` chain, RFC 8693):
+    /// an exchange that would make the chain longer is refused (`DELEGATION_TOO_DEEP`).
+    pub max_delegation_depth: u32,
+}
+
+impl Default for FederationSettings {
+    fn default() -> Self {
+        Self {
+            max_delegation_depth: 4,
+        }
+    }
+}
+
 /// Running several replicas.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]

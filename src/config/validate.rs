@@ -7,6 +7,10 @@ use secrecy::ExposeSecret as _;
 
 use super::{ConfigError, Quota, Settings};
 
+/// The longest `act` chain `federation.max_delegation_depth` may allow: every hop makes the
+/// token larger, and a token is at most 8 KiB.
+const MAX_DELEGATION_DEPTH: u32 = 16;
+
 /// Every problem of `settings`, in the order of the settings table.
 pub(super) fn problems(settings: &Settings) -> Vec<ConfigError> {
     let mut problems = Vec::new();
@@ -221,6 +225,13 @@ pub(super) fn problems(settings: &Settings) -> Vec<ConfigError> {
         ("limits.per_username", &settings.limits.per_username),
     ] {
         problems.extend(check_quota(setting, quota).err());
+    }
+    if !(1..=MAX_DELEGATION_DEPTH).contains(&settings.federation.max_delegation_depth) {
+        problems.push(ConfigError::invalid(
+            "federation.max_delegation_depth",
+            settings.federation.max_delegation_depth,
+            &format!("must be 1 to {MAX_DELEGATION_DEPTH}"),
+        ));
     }
     if settings.auth.lockout_threshold == 0 {
         problems.push(ConfigError::invalid(

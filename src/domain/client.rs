@@ -37,6 +37,9 @@ pub struct Client {
     pub certificate: super::CertificateIdentity,
     /// Whether its tokens are bound to the certificate it presents (`cnf.x5t#S256`).
     pub certificate_bound_tokens: bool,
+    /// Whether it may exchange a token it received for one on the same subject's behalf
+    /// (RFC 8693 token exchange).
+    pub token_exchange: bool,
     /// Its live secrets, the newest first (never the secret or its hash).
     pub secrets: Vec<ClientSecretInfo>,
 }
@@ -103,4 +106,6 @@ pub struct NewClient {
     pub certificate: super::CertificateIdentity,
     /// Whether its tokens are bound to its certificate.
     pub certificate_bound_tokens: bool,
+    /// Whether it may exchange tokens (RFC 8693).
+    pub token_exchange: bool,
 }

@@ -99,6 +99,9 @@ pub struct TokenFacts<'a> {
     pub subject: &'a str,
     /// `iat`, seconds.
     pub issued_at: i64,
+    /// The subjects and clients acting for `sub` in a delegated token (`act`): a revocation of
+    /// any of them as a subject ends the token too.
+    pub actors: &'a [&'a str],
 }
 
 impl TokenFacts<'_> {

@@ -165,6 +165,22 @@ impl ScopeSet {
             .collect()
     }
 
+    /// What both sets allow: each scope of either that the other satisfies (`orders:admin`
+    /// and `orders:read` meet in `orders:read`).
+    pub fn meet(&self, other: &ScopeSet) -> Self {
+        let within = |from: &ScopeSet, to: &ScopeSet| {
+            from.0
+                .iter()
+                .filter(|scope| to.satisfies(scope))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        within(self, other)
+            .into_iter()
+            .chain(within(other, self))
+            .collect()
+    }
+
     /// The first of Keystone's own scopes in the set, if any.
     pub fn first_keystones(&self) -> Option<&Scope> {
         self.0.iter().find(|s| s.is_keystones())
@@ -202,6 +218,26 @@ mod tests {
         assert!(scope("orders:refund").satisfies(&scope("orders:refund")));
         assert!(scope("orders:admin").satisfies(&scope("orders:refund")));
         assert!(!scope("orders:write").satisfies(&scope("orders:refund")));
+    }
+
+    #[test]
+    fn two_sets_meet_in_what_both_allow() {
+        let set = |s: &str| ScopeSet::parse_space_separated(s).unwrap();
+        let meet = |a: &str, b: &str| set(a).meet(&set(b)).to_space_separated();
+        assert_eq!(
+            meet("orders:admin", "orders:read orders:write"),
+            "orders:read orders:write"
+        );
+        assert_eq!(meet("orders:read", "orders:admin"), "orders:read");
+        assert_eq!(
+            meet("orders:write invoices:read", "orders:read"),
+            "orders:read"
+        );
+        assert_eq!(meet("orders:read", "invoices:read"), "");
+        assert_eq!(meet("a:read b:read", "b:read a:read"), "a:read b:read");
+        for (a, b) in [("orders:admin x:read", "orders:write y:read"), ("a:b", "")] {
+            assert_eq!(set(a).meet(&set(b)), set(b).meet(&set(a)), "symmetric");
+        }
     }
 
     #[test]

@@ -9,8 +9,8 @@ use tokio_stream::{Stream, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status};
 
 use super::convert::{
-    bearer_token, call_context, presented, principal_to_proto, session_to_proto, timestamp,
-    user_to_proto,
+    act_to_proto, bearer_token, call_context, duration_from_proto, presented, principal_to_proto,
+    session_to_proto, timestamp, user_to_proto,
 };
 use crate::{
     domain::{Revocation, RevocationKind, RoleName, ScopeSet},
@@ -19,8 +19,8 @@ use crate::{
     service::{
         DpopPresented,
         auth::{
-            AuthService, INTROSPECT_SCOPE, IntrospectionCaller, PasswordLogin, Registration,
-            TokenRequest,
+            ACCESS_TOKEN_TYPE_URN, AuthService, INTROSPECT_SCOPE, IntrospectionCaller,
+            PasswordLogin, Registration, TokenExchange, TokenRequest,
         },
     },
 };
@@ -80,6 +80,10 @@ impl pb::auth_server::Auth for AuthApi {
             // DPoP is an HTTP matter (RFC 9449): proofs come to /oauth2/token.
             dpop: None,
         };
+        let exchange = matches!(
+            request.grant,
+            Some(pb::issue_token_request::Grant::TokenExchange(_))
+        );
         let issued = match request.grant {
             Some(pb::issue_token_request::Grant::Password(grant)) => {
                 self.service
@@ -113,11 +117,34 @@ impl pb::auth_server::Auth for AuthApi {
                     )
                     .await?
             }
+            Some(pb::issue_token_request::Grant::TokenExchange(grant)) => {
+                let ttl = grant
+                    .ttl
+                    .map(|ttl| duration_from_proto(ttl, "token_exchange.ttl"))
+                    .transpose()?;
+                self.service
+                    .token_exchange_grant(
+                        TokenExchange {
+                            subject_token: grant.subject_token,
+                            subject_token_type: grant.subject_token_type,
+                            actor_token: grant.actor_token,
+                            actor_token_type: grant.actor_token_type,
+                            client_id: grant.client_id,
+                            client_secret: (!grant.client_secret.is_empty())
+                                .then(|| SecretString::from(grant.client_secret)),
+                            ttl,
+                        },
+                        token_request,
+                        &context,
+                    )
+                    .await?
+            }
             None => {
                 return Err(Error::InvalidArgument {
                     field: "grant".to_owned(),
                     reason: Reason::MissingGrant,
-                    message: "one of password, client_credentials or refresh_token is required"
+                    message: "one of password, client_credentials, refresh_token or \
+                              token_exchange is required"
                         .to_owned(),
                 }
                 .into());
@@ -133,6 +160,11 @@ impl pb::auth_server::Auth for AuthApi {
                 .unwrap_or_default(),
             scopes: issued.scopes.to_strings(),
             expires_at: Some(timestamp(issued.expires_at)),
+            issued_token_type: if exchange {
+                ACCESS_TOKEN_TYPE_URN.to_owned()
+            } else {
+                String::new()
+            },
         }))
     }
 
@@ -234,6 +266,7 @@ impl pb::auth_server::Auth for AuthApi {
                 x5t_s256: cnf.x5t_s256.clone().unwrap_or_default(),
                 jkt: cnf.jkt.clone().unwrap_or_default(),
             }),
+            act: claims.act.as_ref().map(act_to_proto),
         }))
     }
 

@@ -7,7 +7,7 @@ use crate::{
     error::{Error, Reason},
     proto::pb,
     service::auth::CallContext,
-    token::{Claims, Kind, MAX_TOKEN_BYTES},
+    token::{ActClaim, Claims, Kind, MAX_TOKEN_BYTES},
 };
 
 /// A protobuf timestamp.
@@ -125,6 +125,25 @@ pub fn principal_to_proto(claims: &Claims) -> pb::Principal {
             .as_ref()
             .and_then(|cnf| cnf.jkt.clone())
             .unwrap_or_default(),
+        delegation: claims
+            .actors()
+            .map(|actor| pb::Actor {
+                subject: actor.sub.clone(),
+                client_id: actor.client_id.clone().unwrap_or_default(),
+            })
+            .collect(),
+    }
+}
+
+/// The `act` claim (RFC 8693 section 4.1) as introspection shows it, nested as in the token.
+pub fn act_to_proto(act: &ActClaim) -> pb::Act {
+    pb::Act {
+        sub: act.sub.clone(),
+        client_id: act.client_id.clone().unwrap_or_default(),
+        act: act
+            .act
+            .as_deref()
+            .map(|before| Box::new(act_to_proto(before))),
     }
 }
 
@@ -200,6 +219,7 @@ pub fn client_to_proto(client: crate::domain::Client) -> pb::Client {
             .map(|thumbprint| thumbprint.to_hex())
             .collect(),
         certificate_bound_tokens: client.certificate_bound_tokens,
+        token_exchange: client.token_exchange,
         secrets: client
             .secrets
             .into_iter()

@@ -1,6 +1,7 @@
 //! Envoy external authorization: `envoy.service.auth.v3.Authorization/Check` on the gRPC port.
 //! The verdict is `Authenticate`'s, on the request's `authorization: Bearer` header: allowed
-//! requests go upstream with `x-keystone-*` headers naming the caller (any such header the
+//! requests go upstream with `x-keystone-*` headers naming the caller and whoever acts for it
+//! (`x-keystone-actor`, after a token exchange) (any such header the
 //! client sent is replaced or removed, so none can be forged); denied ones get 401 with
 //! `WWW-Authenticate: Bearer error="invalid_token"`, or 403 with
 //! `error="insufficient_scope"`. What a request needs comes from `ext_authz.routes` (host and
@@ -39,13 +40,16 @@ pub struct ExtAuthzApi {
 }
 
 /// What an allowed request is told, after `ext_authz.header_prefix`.
-const OURS: [&str; 6] = [
+const OURS: [&str; 7] = [
     "subject",
     "kind",
     "client-id",
     "username",
     "scopes",
     "roles",
+    // Who acts for the subject (token exchange): each actor's subject, the nearest first,
+    // separated by spaces; empty for a token issued directly.
+    "actor",
 ];
 
 impl ExtAuthzApi {
@@ -224,6 +228,11 @@ impl Authorization for ExtAuthzApi {
             Kind::User => "user",
             Kind::Service => "service",
         };
+        let actors = claims
+            .actors()
+            .map(|actor| actor.sub.as_str())
+            .collect::<Vec<_>>()
+            .join(" ");
         let values = [
             claims.sub,
             kind.to_owned(),
@@ -231,6 +240,7 @@ impl Authorization for ExtAuthzApi {
             claims.preferred_username.unwrap_or_default(),
             claims.scope,
             claims.roles.join(" "),
+            actors,
         ];
         for (value, name) in values.into_iter().zip(&self.header_names) {
             // Overwrite, and keep empty values: a forged header must not survive.

@@ -232,7 +232,12 @@ async fn discovery(State(state): State<Arc<HttpState>>) -> Response {
         "token_endpoint": format!("{issuer}/oauth2/token"),
         "introspection_endpoint": format!("{issuer}/oauth2/introspect"),
         "revocation_endpoint": format!("{issuer}/oauth2/revoke"),
-        "grant_types_supported": ["client_credentials", "password", "refresh_token"],
+        "grant_types_supported": [
+            "client_credentials",
+            "password",
+            "refresh_token",
+            oauth::TOKEN_EXCHANGE_GRANT,
+        ],
         "response_types_supported": [],
         "token_endpoint_auth_methods_supported": [
             "client_secret_basic",

@@ -22,15 +22,21 @@ use crate::{
     error::{Error, Reason},
     service::{
         DpopPresented,
-        auth::{CallContext, IntrospectionCaller, PasswordLogin, TokenRequest},
+        auth::{
+            ACCESS_TOKEN_TYPE_URN, CallContext, IntrospectionCaller, PasswordLogin, TokenExchange,
+            TokenRequest,
+        },
     },
 };
 
 /// An answer that ends a request early (boxed: a response is large).
 type Refusal = Box<Response>;
 
-/// The largest form accepted, in bytes.
-const MAX_FORM: usize = 16 * 1024;
+/// The largest form accepted, in bytes: a token exchange carries two tokens of up to 8 KiB.
+const MAX_FORM: usize = 24 * 1024;
+
+/// The `grant_type` of token exchange (RFC 8693 section 2.1).
+pub const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 
 /// `POST /oauth2/token`: the client credentials, password and refresh token grants.
 pub async fn token(
@@ -102,7 +108,10 @@ pub async fn token(
             false,
         );
     }
-    let client_grant = form.get("grant_type").map(String::as_str) == Some("client_credentials");
+    let client_grant = matches!(
+        form.get("grant_type").map(String::as_str),
+        Some("client_credentials" | TOKEN_EXCHANGE_GRANT)
+    );
     // User grants need no client; a client that authenticates anyway must do so correctly.
     if !client_grant
         && let Some((client_id, secret)) = &basic
@@ -113,32 +122,72 @@ pub async fn token(
     {
         return token_error(&error, true, true);
     }
+    // The client of a client grant: HTTP Basic, or the form's id and secret, or (RFC 8705
+    // section 2) the form's id alone with the TLS certificate it authenticates by.
+    let client = match basic {
+        Some((client_id, secret)) => Some((client_id, Some(secret))),
+        None => match (form.get("client_id"), form.get("client_secret")) {
+            (Some(id), Some(secret)) => {
+                Some((id.clone(), Some(SecretString::from(secret.clone()))))
+            }
+            (Some(id), None) if context.certificate.is_some() => Some((id.clone(), None)),
+            _ => None,
+        },
+    };
+    let client = match client {
+        Some(client) => client,
+        None if client_grant => {
+            return oauth_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "authenticate the client with HTTP Basic, client_id and client_secret, \
+                 or client_id and its TLS client certificate",
+                true,
+            );
+        }
+        None => (String::new(), None),
+    };
     let issued = match form.get("grant_type").map(String::as_str) {
         Some("client_credentials") => {
-            let (client_id, secret) = match basic {
-                Some((client_id, secret)) => (client_id, Some(secret)),
-                None => match (form.get("client_id"), form.get("client_secret")) {
-                    (Some(id), Some(secret)) => {
-                        (id.clone(), Some(SecretString::from(secret.clone())))
-                    }
-                    // RFC 8705 section 2: a client that authenticates by its TLS certificate
-                    // sends its id alone.
-                    (Some(id), None) if context.certificate.is_some() => (id.clone(), None),
-                    _ => {
-                        return oauth_error(
-                            StatusCode::UNAUTHORIZED,
-                            "invalid_client",
-                            "authenticate the client with HTTP Basic, client_id and client_secret, \
-                             or client_id and its TLS client certificate",
-                            true,
-                        );
-                    }
-                },
-            };
+            let (client_id, secret) = client;
             state
                 .auth
                 .client_credentials_grant(&client_id, secret, request, &context)
                 .await
+                .map(|issued| (issued, false))
+        }
+        Some(TOKEN_EXCHANGE_GRANT) => {
+            let (client_id, client_secret) = client;
+            let field = |name: &str| form.get(name).cloned().unwrap_or_default();
+            let ttl = match form.get("ttl").map(|ttl| ttl.parse::<u64>()) {
+                None => None,
+                Some(Ok(seconds)) => Some(std::time::Duration::from_secs(seconds)),
+                Some(Err(_)) => {
+                    return oauth_error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_request",
+                        "ttl must be a number of seconds",
+                        false,
+                    );
+                }
+            };
+            state
+                .auth
+                .token_exchange_grant(
+                    TokenExchange {
+                        subject_token: field("subject_token"),
+                        subject_token_type: field("subject_token_type"),
+                        actor_token: field("actor_token"),
+                        actor_token_type: field("actor_token_type"),
+                        client_id,
+                        client_secret,
+                        ttl,
+                    },
+                    request,
+                    &context,
+                )
+                .await
+                .map(|issued| (issued, true))
         }
         Some("password") => {
             let (Some(username), Some(password)) = (form.get("username"), form.get("password"))
@@ -161,6 +210,7 @@ pub async fn token(
                     &context,
                 )
                 .await
+                .map(|issued| (issued, false))
         }
         Some("refresh_token") => {
             let Some(refresh_token) = form.get("refresh_token") else {
@@ -175,12 +225,14 @@ pub async fn token(
                 .auth
                 .refresh_grant(SecretString::from(refresh_token.clone()), request, &context)
                 .await
+                .map(|issued| (issued, false))
         }
         Some(_) => {
             return oauth_error(
                 StatusCode::BAD_REQUEST,
                 "unsupported_grant_type",
-                "grant_type must be client_credentials, password or refresh_token",
+                "grant_type must be client_credentials, password, refresh_token or \
+                 urn:ietf:params:oauth:grant-type:token-exchange",
                 false,
             );
         }
@@ -194,13 +246,17 @@ pub async fn token(
         }
     };
     match issued {
-        Ok(issued) => {
+        Ok((issued, exchanged)) => {
             let mut body = json!({
                 "access_token": issued.access_token,
                 "token_type": issued.token_type,
                 "expires_in": issued.expires_in,
                 "scope": issued.scopes.to_space_separated(),
             });
+            if exchanged {
+                // RFC 8693 section 2.2.1.
+                body["issued_token_type"] = json!(ACCESS_TOKEN_TYPE_URN);
+            }
             if let Some(refresh_token) = &issued.refresh_token {
                 body["refresh_token"] = json!(refresh_token.expose_secret());
             }
@@ -264,6 +320,7 @@ pub async fn introspect(
             "jti": claims.jti,
             "roles": claims.roles,
             "cnf": claims.cnf,
+            "act": claims.act,
         }),
         None => json!({ "active": false }),
     };
@@ -496,6 +553,8 @@ fn token_error(error: &Error, client_grant: bool, used_basic: bool) -> Response 
         | Reason::TokenInvalid
         | Reason::TokenBindingMismatch => (StatusCode::BAD_REQUEST, "invalid_grant"),
         Reason::InvalidDpopProof => (StatusCode::BAD_REQUEST, "invalid_dpop_proof"),
+        Reason::UnauthorizedClient => (StatusCode::BAD_REQUEST, "unauthorized_client"),
+        Reason::DelegationTooDeep => (StatusCode::BAD_REQUEST, "invalid_request"),
         Reason::InvalidScope | Reason::InsufficientScope | Reason::MissingRole => {
             (StatusCode::BAD_REQUEST, "invalid_scope")
         }

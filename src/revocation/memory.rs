@@ -163,10 +163,13 @@ impl MemoryRevocations {
             || token
                 .session_id
                 .is_some_and(|sid| sets.sessions.contains(sid))
-            || sets
-                .subjects
-                .get(token.subject)
-                .is_some_and(|(not_before, _)| token.issued_at_millis() <= *not_before)
+            || std::iter::once(token.subject)
+                .chain(token.actors.iter().copied())
+                .any(|subject| {
+                    sets.subjects
+                        .get(subject)
+                        .is_some_and(|(not_before, _)| token.issued_at_millis() <= *not_before)
+                })
     }
 
     /// Whether `subject` was revoked at or after `at`.
@@ -214,6 +217,7 @@ mod tests {
             session_id: sid,
             subject: sub,
             issued_at: iat,
+            actors: &[],
         }
     }
 
@@ -249,6 +253,35 @@ mod tests {
         assert_eq!(set.snapshot().len(), 3);
         set.prune(at(1000));
         assert!(set.is_empty());
+    }
+
+    #[test]
+    fn a_revoked_actor_ends_the_tokens_it_acted_in() {
+        let set = MemoryRevocations::default();
+        set.insert(&Revocation {
+            kind: RevocationKind::Subject,
+            key: "orders".into(),
+            not_before: at(500),
+            expires_at: at(1000),
+        });
+        let delegated = |iat: i64, actors: &'static [&'static str]| TokenFacts {
+            actors,
+            ..facts("t1", Some("s1"), "u1", iat)
+        };
+        assert!(set.is_revoked(delegated(100, &["orders"])));
+        assert!(
+            set.is_revoked(delegated(100, &["gateway", "orders"])),
+            "an earlier hop"
+        );
+        assert!(!set.is_revoked(delegated(100, &["gateway"])));
+        assert!(
+            !set.is_revoked(delegated(501, &["orders"])),
+            "exchanged after"
+        );
+        assert!(
+            !set.is_revoked(facts("t1", Some("s1"), "u1", 100)),
+            "not delegated"
+        );
     }
 
     #[test]

@@ -375,11 +375,17 @@ impl Authenticator {
         })?;
         // A set nobody has confirmed lately may miss revocations: refuse rather than guess.
         self.revocations.check_fresh()?;
+        // Whoever acted in a delegated token: revoking any of them ends it.
+        let actors: Vec<&str> = claims
+            .actors()
+            .flat_map(|actor| std::iter::once(actor.sub.as_str()).chain(actor.client_id.as_deref()))
+            .collect();
         if self.revocations.is_revoked(TokenFacts {
             token_id: &claims.jti,
             session_id: claims.sid.as_deref(),
             subject: &claims.sub,
             issued_at: claims.iat,
+            actors: &actors,
         }) {
             return Err(Error::Unauthenticated {
                 reason: Reason::TokenRevoked,

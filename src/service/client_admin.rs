@@ -83,6 +83,8 @@ pub struct ClientFields {
     pub tls_client_certificate_sha256: Option<Vec<String>>,
     /// Whether its tokens are bound to its certificate.
     pub certificate_bound_tokens: Option<bool>,
+    /// Whether it may exchange tokens (RFC 8693); only `keystone:admin` may set it.
+    pub token_exchange: Option<bool>,
 }
 
 /// A rotated secret.
@@ -180,6 +182,7 @@ impl ClientAdminService {
                     enabled: changes.enabled.unwrap_or(true),
                     certificate,
                     certificate_bound_tokens: changes.certificate_bound_tokens.unwrap_or(false),
+                    token_exchange: changes.token_exchange.unwrap_or(false),
                 },
                 secret
                     .as_ref()
@@ -261,6 +264,9 @@ impl ClientAdminService {
         if let Some(bound) = changes.certificate_bound_tokens {
             audit = audit.with_detail("certificate_bound_tokens", bound.to_string());
         }
+        if let Some(exchange) = changes.token_exchange {
+            audit = audit.with_detail("token_exchange", exchange.to_string());
+        }
         let (permit, revocation) = (self.permit(actor), self.revocation_of(client_id.as_str()));
         let guard = ChangeGuard {
             permit: &permit,
@@ -270,7 +276,8 @@ impl ClientAdminService {
                 || changes.subject_dn.is_some()
                 || changes.sans.is_some()
                 || changes.thumbprints.is_some()
-                || changes.certificate_bound_tokens.is_some())
+                || changes.certificate_bound_tokens.is_some()
+                || changes.token_exchange.is_some())
             .then_some(&revocation as _),
         };
         let result = self
@@ -437,6 +444,15 @@ impl ClientAdminService {
                     reason: Reason::InsufficientScope,
                     message: "the client authenticates by TLS certificate: only a caller \
                               holding keystone:admin may manage it"
+                        .to_owned(),
+                });
+            }
+            // Whoever holds its credentials acts on behalf of the users whose tokens reach it.
+            if target.token_exchange && !actor.is_admin() {
+                return Err(Error::PermissionDenied {
+                    reason: Reason::InsufficientScope,
+                    message: "the client may exchange tokens: only a caller holding \
+                              keystone:admin may manage it"
                         .to_owned(),
                 });
             }
@@ -618,6 +634,7 @@ impl ClientAdminService {
             sans,
             thumbprints,
             certificate_bound_tokens: fields.certificate_bound_tokens,
+            token_exchange: fields.token_exchange,
         })
     }
 
@@ -653,6 +670,15 @@ fn check_may_give_certificate(actor: &Actor, changes: &ClientChanges) -> Result<
             reason: Reason::InsufficientScope,
             message: "only a caller holding keystone:admin may give a client a certificate \
                       identity (tls_client_auth_*, tls_client_certificate_sha256)"
+                .to_owned(),
+        });
+    }
+    // Acting on users' behalf is a power over every user: an admin's to give (or take back).
+    if changes.token_exchange.is_some() && !actor.is_admin() {
+        return Err(Error::PermissionDenied {
+            reason: Reason::InsufficientScope,
+            message: "only a caller holding keystone:admin may change whether a client may \
+                      exchange tokens (token_exchange)"
                 .to_owned(),
         });
     }

@@ -49,6 +49,8 @@ pub struct ClientChanges {
     pub thumbprints: Option<Vec<Thumbprint>>,
     /// Whether its tokens are bound to its certificate.
     pub certificate_bound_tokens: Option<bool>,
+    /// Whether it may exchange tokens (RFC 8693).
+    pub token_exchange: Option<bool>,
 }
 
 impl ClientChanges {
@@ -265,6 +267,7 @@ impl Store {
                 .as_ref()
                 .map(ToString::to_string)),
             certificate_bound_tokens: Set(new.certificate_bound_tokens),
+            token_exchange: Set(new.token_exchange),
         }
         .insert(&txn)
         .await
@@ -432,6 +435,9 @@ impl Store {
                 entity::client::Column::CertificateBoundTokens,
                 Expr::value(bound),
             );
+        }
+        if let Some(exchange) = changes.token_exchange {
+            update = update.col_expr(entity::client::Column::TokenExchange, Expr::value(exchange));
         }
         if let Some(certificate) = &certificate {
             update = update.col_expr(
@@ -711,6 +717,7 @@ async fn locked_client(
         scopes: &client.allowed_scopes,
         audiences: &client.allowed_audiences,
         certificate: client.certificate.is_set(),
+        token_exchange: client.token_exchange,
     })?;
     Ok((id, client))
 }
@@ -928,6 +935,7 @@ pub(crate) async fn client_of<C: ConnectionTrait>(
         secret_last_used_at: model.secret_last_used_at,
         certificate,
         certificate_bound_tokens: model.certificate_bound_tokens,
+        token_exchange: model.token_exchange,
         secrets,
     }))
 }

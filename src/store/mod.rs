@@ -66,6 +66,8 @@ pub struct Holdings<'a> {
     pub audiences: &'a [String],
     /// Whether a client authenticates by TLS certificate.
     pub certificate: bool,
+    /// Whether a client may exchange tokens on its subjects' behalf.
+    pub token_exchange: bool,
 }
 
 /// Scopes as stored, read into a set. Each was checked on its way in; one that does not parse

@@ -296,6 +296,7 @@ impl Store {
             scopes: &scopes_of_user(&txn, id).await?,
             audiences: &[],
             certificate: false,
+            token_exchange: false,
         })?;
         let ended = if guard.revoke.is_some() {
             end_sessions(&txn, id, now).await?

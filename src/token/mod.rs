@@ -113,6 +113,37 @@ pub struct Claims {
     /// holds that.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cnf: Option<Confirmation>,
+    /// Who acts for the subject (RFC 8693 section 4.1): the client that exchanged a token for
+    /// this one, its own `act` naming the hop before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<ActClaim>,
+}
+
+/// `act` (RFC 8693 section 4.1): one party in a delegation chain, and the one before it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActClaim {
+    /// The acting party: a client's id, or the subject of the actor token it presented.
+    pub sub: String,
+    /// The client that made the exchange (RFC 8693 section 4.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+    /// The party that acted before this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Box<ActClaim>>,
+}
+
+impl ActClaim {
+    /// The chain from this actor back, the nearest first.
+    pub fn chain(&self) -> impl Iterator<Item = &ActClaim> {
+        std::iter::successors(Some(self), |actor| actor.act.as_deref())
+    }
+}
+
+impl Claims {
+    /// The actors of a delegated token, the nearest first; none for a token issued directly.
+    pub fn actors(&self) -> impl Iterator<Item = &ActClaim> {
+        self.act.iter().flat_map(ActClaim::chain)
+    }
 }
 
 /// `cnf`: the key a token is bound to. A member Keystone does not know makes the token
@@ -378,6 +409,7 @@ mod tests {
             sid: None,
             preferred_username: None,
             cnf: None,
+            act: None,
         };
         let token = TokenIssuer::new(ring.clone())
             .sign(&claims)

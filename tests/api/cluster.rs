@@ -32,7 +32,7 @@ const ADMIN: &str = "admin";
 const ADMIN_PASSWORD: &str = "correct horse battery staple";
 
 /// The PostgreSQL server and Redis the test may use, or why it is skipped.
-fn backends(test: &str) -> Option<(String, String)> {
+pub(crate) fn backends(test: &str) -> Option<(String, String)> {
     let redis = std::env::var(TEST_REDIS_URL)
         .ok()
         .filter(|url| !url.is_empty());
@@ -162,6 +162,10 @@ impl Replica {
 
     pub(crate) fn auth(&self) -> AuthClient<Channel> {
         AuthClient::new(self.channel.clone())
+    }
+
+    pub(crate) fn client_admin(&self) -> ClientAdminClient<Channel> {
+        ClientAdminClient::new(self.channel.clone())
     }
 
     pub(crate) async fn authenticate(&self, token: &str) -> Result<(), tonic::Status> {

@@ -191,6 +191,82 @@ async fn the_readme_admin_walkthrough_works_with_grpcurl_and_buf_curl() {
         "PRINCIPAL_KIND_SERVICE"
     );
 
+    // Token exchange: `relay` (allowed by the admin) trades a token meant for it for one to
+    // the ledger, on behalf of whoever the token speaks for (here the `gateway` service).
+    let relay = call(
+        &grpcurl,
+        &addr,
+        Some(&admin),
+        "keystone.v1.ClientAdmin/CreateClient",
+        serde_json::json!({"client": {
+            "client_id": "relay",
+            "allowed_audiences": ["https://ledger.example.com"],
+            "token_exchange": true
+        }}),
+    )
+    .await;
+    assert_eq!(
+        relay.pointer("/client/tokenExchange"),
+        Some(&Value::Bool(true))
+    );
+    let relay_secret = text(&relay, "/clientSecret").to_owned();
+    let gateway = call(
+        &grpcurl,
+        &addr,
+        Some(&admin),
+        "keystone.v1.ClientAdmin/CreateClient",
+        serde_json::json!({"client": {"client_id": "gateway", "allowed_audiences": ["relay"]}}),
+    )
+    .await;
+    let for_relay = call(
+        &grpcurl,
+        &addr,
+        None,
+        "keystone.v1.Auth/IssueToken",
+        serde_json::json!({
+            "client_credentials": {
+                "client_id": "gateway",
+                "client_secret": text(&gateway, "/clientSecret")
+            },
+            "audience": "relay"
+        }),
+    )
+    .await;
+    let exchanged = call(
+        &grpcurl,
+        &addr,
+        None,
+        "keystone.v1.Auth/IssueToken",
+        serde_json::json!({
+            "token_exchange": {
+                "subject_token": text(&for_relay, "/accessToken"),
+                "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
+                "client_id": "relay",
+                "client_secret": relay_secret
+            },
+            "audience": "https://ledger.example.com"
+        }),
+    )
+    .await;
+    assert_eq!(
+        text(&exchanged, "/issuedTokenType"),
+        "urn:ietf:params:oauth:token-type:access_token"
+    );
+    let principal = call(
+        &grpcurl,
+        &addr,
+        None,
+        "keystone.v1.Auth/Authenticate",
+        serde_json::json!({
+            "token": text(&exchanged, "/accessToken"),
+            "audience": "https://ledger.example.com"
+        }),
+    )
+    .await;
+    assert_eq!(text(&principal, "/principal/subject"), "gateway");
+    assert_eq!(text(&principal, "/principal/clientId"), "relay");
+    assert_eq!(text(&principal, "/principal/delegation/0/subject"), "relay");
+
     // Rotation: the new secret works, the old one for the grace.
     let rotated = call(
         &grpcurl,

@@ -450,6 +450,7 @@ impl TestApp {
                     enabled,
                     certificate: Default::default(),
                     certificate_bound_tokens: false,
+                    token_exchange: false,
                 },
                 Some(pepper.hash_client_secret(&secret)),
                 &AuditRecord::new("test", "client.create", client_id, Outcome::Success),

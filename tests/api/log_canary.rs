@@ -154,6 +154,7 @@ async fn canary(format: &str) -> String {
                 client: Some(pb::Client {
                     client_id: "canary-service".to_owned(),
                     name: "canary".to_owned(),
+                    allowed_audiences: vec!["canary-relay".to_owned()],
                     ..Default::default()
                 }),
             },
@@ -176,6 +177,43 @@ async fn canary(format: &str) -> String {
         .await
         .unwrap();
     auth.issue_token(client_grant("kss_canary-wrong-client-secret"))
+        .await
+        .unwrap_err();
+    // A token exchange (RFC 8693) by a client that may, and one with a wrong secret.
+    let relay_secret = clients
+        .create_client(with_bearer(
+            pb::CreateClientRequest {
+                client: Some(pb::Client {
+                    client_id: "canary-relay".to_owned(),
+                    allowed_audiences: vec!["canary-downstream".to_owned()],
+                    token_exchange: true,
+                    ..Default::default()
+                }),
+            },
+            &first.access_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .client_secret;
+    let mut for_relay = client_grant(&client_secret);
+    for_relay.audience = "canary-relay".to_owned();
+    let subject = auth.issue_token(for_relay).await.unwrap().into_inner();
+    let exchange = |secret: &str| pb::IssueTokenRequest {
+        grant: Some(pb::issue_token_request::Grant::TokenExchange(
+            pb::TokenExchangeGrant {
+                subject_token: subject.access_token.clone(),
+                subject_token_type: "urn:ietf:params:oauth:token-type:access_token".to_owned(),
+                client_id: "canary-relay".to_owned(),
+                client_secret: secret.to_owned(),
+                ..Default::default()
+            },
+        )),
+        audience: "canary-downstream".to_owned(),
+        ..Default::default()
+    };
+    auth.issue_token(exchange(&relay_secret)).await.unwrap();
+    auth.issue_token(exchange("kss_canary-wrong-relay-secret"))
         .await
         .unwrap_err();
     let second = auth
@@ -242,6 +280,11 @@ async fn canary(format: &str) -> String {
         ("the key-encryption key", KEY_ENCRYPTION_KEY.to_owned()),
         ("the database password", database_password.clone()),
         ("a client secret", client_secret.clone()),
+        ("an exchanging client's secret", relay_secret.clone()),
+        (
+            "a wrong exchanging client's secret",
+            "kss_canary-wrong-relay-secret".to_owned(),
+        ),
         (
             "a wrong client secret",
             "kss_canary-wrong-client-secret".to_owned(),

@@ -21,6 +21,7 @@ mod crash;
 mod devices;
 mod dpop;
 mod envoy;
+mod exchange;
 mod ext_authz;
 mod faults;
 mod grpcurl;

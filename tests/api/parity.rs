@@ -1,4 +1,4 @@
-//! One verdict everywhere: the same tokens through `Authenticate`, Envoy's `Check`,
+//! One verdict everywhere: the same tokens (exchanged ones too) through `Authenticate`, Envoy's `Check`,
 //! `/oauth2/introspect`, and a third-party verifier that knows only the JWKS document (PyJWT,
 //! from `KEYSTONE_TEST_PYTHON`; `.ci/run` installs it). A JWKS-only verifier cannot see
 //! revocation (that is what `WatchRevocations` is for), so revoked tokens are compared across
@@ -140,6 +140,28 @@ async fn every_path_gives_a_token_the_same_verdict_as_a_third_party_verifier() {
     let expired = mint().await;
     app.clock.advance(chrono::Duration::hours(2));
     let valid = mint().await;
+    // A token exchanged by `relay` (RFC 8693), on behalf of `caller`, whose token was for it.
+    let exchanged = {
+        let admin = app.admin_token().await;
+        let relay = crate::exchange::exchanging_client(&app, &admin, "relay", &[], &[api]).await;
+        let caller = app
+            .create_client("caller", &[], &["relay"], None, true)
+            .await;
+        let subject = app
+            .client_token("caller", &caller, &[], "relay")
+            .await
+            .unwrap()
+            .access_token;
+        crate::exchange::exchange_with(
+            &app,
+            crate::exchange::grant("relay", &relay, &subject),
+            api,
+            &[],
+        )
+        .await
+        .unwrap()
+        .access_token
+    };
     // The introspecting caller: a token for Keystone with the scope, asked for by name; the
     // tokens it introspects are for its own audience, so it may see them active.
     let caller = app
@@ -188,6 +210,13 @@ async fn every_path_gives_a_token_the_same_verdict_as_a_third_party_verifier() {
 
     let cases = [
         ("valid", valid.as_str(), api, true),
+        ("exchanged", exchanged.as_str(), api, true),
+        (
+            "exchanged, another audience",
+            exchanged.as_str(),
+            "relay",
+            false,
+        ),
         (
             "wrong audience",
             valid.as_str(),

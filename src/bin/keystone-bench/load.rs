@@ -12,7 +12,7 @@ use envoy_types::pb::envoy::service::auth::v3::{
 };
 use keystone::proto::pb::{
     AuthenticateRequest, ClientCredentialsGrant, IntrospectRequest, IssueTokenRequest,
-    RefreshTokenGrant, auth_client::AuthClient, issue_token_request::Grant,
+    RefreshTokenGrant, TokenExchangeGrant, auth_client::AuthClient, issue_token_request::Grant,
 };
 use tonic::transport::Channel;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -345,6 +345,20 @@ pub(crate) async fn call_once(
                     client_id: fixtures.client_id.clone(),
                     client_secret: fixtures.secret.clone(),
                 })),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ()),
+        "token-exchange" => auth
+            .issue_token(IssueTokenRequest {
+                grant: Some(Grant::TokenExchange(TokenExchangeGrant {
+                    subject_token: fixtures.exchange.subject_token.clone(),
+                    subject_token_type: "urn:ietf:params:oauth:token-type:access_token".into(),
+                    client_id: fixtures.exchange.client_id.clone(),
+                    client_secret: fixtures.exchange.secret.clone(),
+                    ..Default::default()
+                })),
+                audience: "bench-downstream".into(),
                 ..Default::default()
             })
             .await

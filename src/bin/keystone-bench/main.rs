@@ -43,13 +43,14 @@ struct Args {
     #[arg(long = "replica-addr", value_name = "ADDR")]
     replica_addrs: Vec<String>,
     /// Scenarios, comma separated: health, authenticate, authenticate-fresh, check (Envoy
-    /// ext_authz), introspect, client-credentials, password, refresh, password-flood;
-    /// tls-handshake and tls-resumed (with --ca-file), client-credentials-mtls (with
+    /// ext_authz), introspect, client-credentials, token-exchange (RFC 8693: one token, meant
+    /// for a relay client, exchanged by it for another audience), password, refresh,
+    /// password-flood; tls-handshake and tls-resumed (with --ca-file), client-credentials-mtls (with
     /// --cert-file), authenticate-dpop (a DPoP-bound token, from --http-addr). Health always
     /// runs, as the ceiling the others are compared to.
     #[arg(
         long,
-        default_value = "health,authenticate,authenticate-fresh,check,introspect,client-credentials,password,refresh,password-flood"
+        default_value = "health,authenticate,authenticate-fresh,check,introspect,client-credentials,token-exchange,password,refresh,password-flood"
     )]
     scenarios: String,
     /// HTTP/2 connections.
@@ -200,6 +201,8 @@ struct Fixtures {
     mtls_client_id: Option<String>,
     /// For `authenticate-dpop`.
     dpop: Option<Dpop>,
+    /// For `token-exchange`: the relay client that may exchange, and a token meant for it.
+    exchange: seed::Exchange,
     /// For `refresh`: the sessions workers hand on from round to round, so that a round does
     /// not begin with logins (argon2 verifications that would count in its time and CPU).
     sessions: std::sync::Mutex<Vec<String>>,

@@ -31,14 +31,34 @@ pub(crate) async fn seed(args: &Args, channel: &Channel) -> anyhow::Result<Fixtu
         .into_inner()
         .access_token;
     let client_id = format!("bench-{}", uuid::Uuid::new_v4().simple());
+    // The relay of `token-exchange`: it may exchange tokens meant for it, for another audience.
+    let relay_id = format!("{client_id}-relay");
+    let mut request = tonic::Request::new(CreateClientRequest {
+        client: Some(Client {
+            client_id: relay_id.clone(),
+            name: "keystone-bench (token exchange)".into(),
+            allowed_audiences: vec!["bench-downstream".into()],
+            token_exchange: true,
+            ..Default::default()
+        }),
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {admin}").parse()?);
+    let relay_secret = ClientAdminClient::new(channel.clone())
+        .create_client(request)
+        .await
+        .context("cannot create the bench's relay client")?
+        .into_inner()
+        .client_secret;
     let mut request = tonic::Request::new(CreateClientRequest {
         client: Some(Client {
             client_id: client_id.clone(),
             name: "keystone-bench".into(),
             allowed_scopes: vec!["keystone:introspect".into()],
             // Its tokens are for Keystone, so that it may see them active when it
-            // introspects them (RFC 7662 section 4).
-            allowed_audiences: vec!["keystone".into()],
+            // introspects them (RFC 7662 section 4); and for the relay.
+            allowed_audiences: vec!["keystone".into(), relay_id.clone()],
             ..Default::default()
         }),
     });
@@ -52,6 +72,19 @@ pub(crate) async fn seed(args: &Args, channel: &Channel) -> anyhow::Result<Fixtu
         .into_inner()
         .client_secret;
     let token = mint(&mut auth, &client_id, &secret).await?;
+    let for_relay = auth
+        .issue_token(IssueTokenRequest {
+            grant: Some(Grant::ClientCredentials(ClientCredentialsGrant {
+                client_id: client_id.clone(),
+                client_secret: secret.clone(),
+            })),
+            audience: relay_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .context("cannot mint the token to exchange")?
+        .into_inner()
+        .access_token;
     let fresh = mint_many(
         channel,
         &client_id,
@@ -88,6 +121,11 @@ pub(crate) async fn seed(args: &Args, channel: &Channel) -> anyhow::Result<Fixtu
     Ok(Fixtures {
         mtls_client_id,
         dpop: None,
+        exchange: Exchange {
+            client_id: relay_id,
+            secret: relay_secret,
+            subject_token: for_relay,
+        },
         client_id,
         secret,
         token,
@@ -98,6 +136,13 @@ pub(crate) async fn seed(args: &Args, channel: &Channel) -> anyhow::Result<Fixtu
         tls: crate::tls_client(args)?,
         sessions: std::sync::Mutex::default(),
     })
+}
+
+/// What `token-exchange` sends: the relay's credentials and the token it exchanges.
+pub(crate) struct Exchange {
+    pub(crate) client_id: String,
+    pub(crate) secret: String,
+    pub(crate) subject_token: String,
 }
 
 /// A client that authenticates by the bench's certificate (its thumbprint registered: RFC 8705

@@ -217,27 +217,14 @@ impl AuthService {
                 return Err(error);
             }
         };
-        // Bound to the certificate the client presents now (RFC 8705 section 3.1), and to the
-        // DPoP key it proved (RFC 9449).
-        let x5t_s256 = if client.certificate_bound_tokens {
-            let Some(certificate) = &context.certificate else {
+        let confirmation = match binding(&client, context, dpop_jkt) {
+            Ok(confirmation) => confirmation,
+            Err(error) => {
                 self.record(audit(Outcome::Denied, "no certificate to bind to"), now)
                     .await;
-                return Err(Error::Unauthenticated {
-                    reason: Reason::InvalidCredentials,
-                    message: "this client's tokens are bound to its TLS client certificate: \
-                              present one"
-                        .to_owned(),
-                });
-            };
-            Some(certificate.thumbprint().to_base64url())
-        } else {
-            None
+                return Err(error);
+            }
         };
-        let confirmation = (x5t_s256.is_some() || dpop_jkt.is_some()).then_some(Confirmation {
-            x5t_s256,
-            jkt: dpop_jkt,
-        });
         let ttl = client
             .access_token_ttl
             .unwrap_or(self.policy.access_ttl)
@@ -254,6 +241,7 @@ impl AuthService {
                 session_id: None,
                 ttl,
                 confirmation,
+                act: None,
             },
             now,
         )?;
@@ -266,4 +254,32 @@ impl AuthService {
         count_issued("client_credentials");
         Ok(token)
     }
+}
+
+/// What a client's new token is bound to: the certificate the client presents now, when its
+/// tokens are bound to it (RFC 8705 section 3.1), and the DPoP key it proved (RFC 9449).
+pub(super) fn binding(
+    client: &crate::domain::Client,
+    context: &CallContext,
+    dpop_jkt: Option<String>,
+) -> Result<Option<Confirmation>, Error> {
+    let x5t_s256 = if client.certificate_bound_tokens {
+        let Some(certificate) = &context.certificate else {
+            return Err(Error::Unauthenticated {
+                reason: Reason::InvalidCredentials,
+                message: "this client's tokens are bound to its TLS client certificate: \
+                          present one"
+                    .to_owned(),
+            });
+        };
+        Some(certificate.thumbprint().to_base64url())
+    } else {
+        None
+    };
+    Ok(
+        (x5t_s256.is_some() || dpop_jkt.is_some()).then_some(Confirmation {
+            x5t_s256,
+            jkt: dpop_jkt,
+        }),
+    )
 }

@@ -9,7 +9,7 @@ use super::{AuthService, FIRST_PARTY_CLIENT_ID, IssuedToken};
 use crate::{
     domain::ScopeSet,
     error::{Error, Reason},
-    token::{Audience, Claims, Confirmation, Kind},
+    token::{ActClaim, Audience, Claims, Confirmation, Kind},
 };
 
 impl AuthService {
@@ -41,6 +41,7 @@ impl AuthService {
                     x5t_s256: None,
                     jkt: Some(jkt),
                 }),
+                act: None,
             },
             now,
         )
@@ -131,6 +132,7 @@ impl AuthService {
             sid: request.session_id,
             preferred_username: request.username,
             cnf: request.confirmation,
+            act: request.act,
         };
         let access_token = self.issuer.sign(&claims)?;
         let token_type = if claims.cnf.as_ref().is_some_and(|cnf| cnf.jkt.is_some()) {
@@ -172,6 +174,8 @@ pub(super) struct MintRequest {
     pub(super) ttl: Duration,
     /// `cnf`: what it is bound to.
     pub(super) confirmation: Option<Confirmation>,
+    /// `act`: who acts for the subject (token exchange).
+    pub(super) act: Option<ActClaim>,
 }
 
 /// The scopes a grant gets: those asked, each of which must be satisfied by a held scope; when

@@ -7,12 +7,14 @@
 //! `ACCOUNT_DISABLED` is said only to a caller who gave the right password.
 //!
 //! One room per grant: [`password`] (sign-up, the password grant, password change),
-//! [`client`] (client credentials), [`refresh`] (rotation, logout), [`check`] (introspection,
-//! revocation) and [`mint`] (what a token holds, and signing it). Token checks are the
+//! [`client`] (client credentials), [`refresh`] (rotation, logout), [`exchange`] (token
+//! exchange), [`check`] (introspection, revocation) and [`mint`] (what a token holds, and
+//! signing it). Token checks are the
 //! [`Authenticator`]'s; the rules from settings are one [`AuthPolicy`].
 
 mod check;
 mod client;
+mod exchange;
 mod mint;
 mod password;
 mod refresh;
@@ -212,6 +214,8 @@ pub struct AuthPolicy {
     pub registration: bool,
     /// `clients.audit_tokens`: whether every service token is an audit event.
     pub audit_service_tokens: bool,
+    /// `federation.max_delegation_depth`: the most actors an exchanged token may name.
+    pub max_delegation_depth: usize,
 }
 
 impl AuthPolicy {
@@ -243,6 +247,8 @@ impl AuthPolicy {
             },
             registration: settings.auth.registration,
             audit_service_tokens: settings.clients.audit_tokens,
+            max_delegation_depth: usize::try_from(settings.federation.max_delegation_depth)
+                .unwrap_or(usize::MAX),
         }
     }
 }
@@ -261,6 +267,8 @@ pub struct AuthService {
     limits: RateLimits,
     policy: Arc<AuthPolicy>,
 }
+
+pub use exchange::{ACCESS_TOKEN_TYPE_URN, TokenExchange};
 
 /// A self-service sign-up, or the form of one being filled in (`EstimatePasswordStrength`).
 #[derive(Debug)]

@@ -88,6 +88,7 @@ impl AuthService {
             session_id: Some(&record.family_id.to_string()),
             subject: "",
             issued_at: now.timestamp(),
+            actors: &[],
         }) {
             return Err(invalid_refresh_token());
         }

@@ -19,6 +19,7 @@ pub struct Model {
     pub updated_at: DateTimeUtc,
     pub tls_client_auth_subject_dn: Option<String>,
     pub certificate_bound_tokens: bool,
+    pub token_exchange: bool,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
