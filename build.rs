@@ -11,6 +11,7 @@ const SECRET_BEARING_MESSAGES: &[&str] = &[
     "PasswordGrant",
     "ClientCredentialsGrant",
     "RefreshTokenGrant",
+    "TokenExchangeGrant",
     "TokenResponse",
     "AuthenticateRequest",
     "IntrospectRequest",

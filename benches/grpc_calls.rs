@@ -73,6 +73,7 @@ fn calls(c: &mut Criterion) {
         grant: Some(Grant::ClientCredentials(pb::ClientCredentialsGrant {
             client_id: "bench-client".into(),
             client_secret: SECRET.into(),
+            ..Default::default()
         })),
         ..Default::default()
     };
@@ -163,6 +164,7 @@ async fn seed(database_url: &str) {
                 certificate: Default::default(),
                 certificate_bound_tokens: false,
                 token_exchange: false,
+                jwks_json: None,
             },
             Some(Pepper::from_secret(&SecretString::from(PEPPER)).hash_client_secret(SECRET)),
             &AuditRecord::new("bench", "client.create", "bench-client", Outcome::Success),

@@ -19,6 +19,7 @@ mod m20261206_000008_add_refresh_token_dpop_keys;
 mod m20261206_000009_add_default_roles;
 mod m20261206_000010_add_session_details;
 mod m20261207_000011_add_client_token_exchange;
+mod m20261207_000012_add_client_keys;
 
 /// The ordered list of Keystone's migrations.
 pub struct Migrator;
@@ -38,6 +39,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000009_add_default_roles::Migration),
             Box::new(m20261206_000010_add_session_details::Migration),
             Box::new(m20261207_000011_add_client_token_exchange::Migration),
+            Box::new(m20261207_000012_add_client_keys::Migration),
         ]
     }
 }

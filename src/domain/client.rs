@@ -40,6 +40,9 @@ pub struct Client {
     /// Whether it may exchange a token it received for one on the same subject's behalf
     /// (RFC 8693 token exchange).
     pub token_exchange: bool,
+    /// The public keys it signs its client assertions with (`private_key_jwt`), as a JWK Set;
+    /// when set, it authenticates by assertion and holds no secret.
+    pub jwks_json: Option<String>,
     /// Its live secrets, the newest first (never the secret or its hash).
     pub secrets: Vec<ClientSecretInfo>,
 }
@@ -108,4 +111,13 @@ pub struct NewClient {
     pub certificate_bound_tokens: bool,
     /// Whether it may exchange tokens (RFC 8693).
     pub token_exchange: bool,
+    /// Its public keys (set: no secret).
+    pub jwks_json: Option<String>,
+}
+
+impl Client {
+    /// Whether it proves itself without a secret: by its TLS certificate or its own keys.
+    pub fn secretless(&self) -> bool {
+        self.certificate.is_set() || self.jwks_json.is_some()
+    }
 }

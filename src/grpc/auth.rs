@@ -19,8 +19,8 @@ use crate::{
     service::{
         DpopPresented,
         auth::{
-            ACCESS_TOKEN_TYPE_URN, AuthService, INTROSPECT_SCOPE, IntrospectionCaller,
-            PasswordLogin, Registration, TokenExchange, TokenRequest,
+            ACCESS_TOKEN_TYPE_URN, AuthService, ClientCredential, INTROSPECT_SCOPE,
+            IntrospectionCaller, PasswordLogin, Registration, TokenExchange, TokenRequest,
         },
     },
 };
@@ -98,14 +98,15 @@ impl pb::auth_server::Auth for AuthApi {
                     .await?
             }
             Some(pb::issue_token_request::Grant::ClientCredentials(grant)) => {
+                let credential = ClientCredential::from_request(
+                    grant.client_secret,
+                    grant.client_assertion,
+                    &grant.client_assertion_type,
+                    "client_credentials",
+                )?;
+                let client_id = credential.client_id_or_claimed(grant.client_id);
                 self.service
-                    .client_credentials_grant(
-                        &grant.client_id,
-                        (!grant.client_secret.is_empty())
-                            .then(|| SecretString::from(grant.client_secret)),
-                        token_request,
-                        &context,
-                    )
+                    .client_credentials_grant(&client_id, credential, token_request, &context)
                     .await?
             }
             Some(pb::issue_token_request::Grant::RefreshToken(grant)) => {
@@ -122,6 +123,12 @@ impl pb::auth_server::Auth for AuthApi {
                     .ttl
                     .map(|ttl| duration_from_proto(ttl, "token_exchange.ttl"))
                     .transpose()?;
+                let credential = ClientCredential::from_request(
+                    grant.client_secret,
+                    grant.client_assertion,
+                    &grant.client_assertion_type,
+                    "token_exchange",
+                )?;
                 self.service
                     .token_exchange_grant(
                         TokenExchange {
@@ -129,9 +136,8 @@ impl pb::auth_server::Auth for AuthApi {
                             subject_token_type: grant.subject_token_type,
                             actor_token: grant.actor_token,
                             actor_token_type: grant.actor_token_type,
-                            client_id: grant.client_id,
-                            client_secret: (!grant.client_secret.is_empty())
-                                .then(|| SecretString::from(grant.client_secret)),
+                            client_id: credential.client_id_or_claimed(grant.client_id),
+                            credential,
                             ttl,
                         },
                         token_request,

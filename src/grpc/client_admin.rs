@@ -71,6 +71,7 @@ impl pb::client_admin_server::ClientAdmin for ClientAdminApi {
             certificate_bound_tokens: Some(client.certificate_bound_tokens),
             // Not asking for it is no change: only asking for it needs keystone:admin.
             token_exchange: client.token_exchange.then_some(true),
+            jwks_json: Some(client.jwks_json),
         };
         let (client, secret) = self.service.create_client(&actor, fields).await?;
         Ok(Response::new(pb::CreateClientResponse {
@@ -136,6 +137,7 @@ impl pb::client_admin_server::ClientAdmin for ClientAdminApi {
                 "tls_client_certificate_sha256",
                 "certificate_bound_tokens",
                 "token_exchange",
+                "jwks_json",
             ],
             &[
                 "created_at",
@@ -173,6 +175,7 @@ impl pb::client_admin_server::ClientAdmin for ClientAdminApi {
                     fields.certificate_bound_tokens = Some(client.certificate_bound_tokens);
                 }
                 "token_exchange" => fields.token_exchange = Some(client.token_exchange),
+                "jwks_json" => fields.jwks_json = Some(client.jwks_json.clone()),
                 _ => {
                     fields.enabled = Some(client.enabled.ok_or_else(|| {
                         Error::invalid_argument("client.enabled", "set it to true or false")

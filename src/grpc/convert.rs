@@ -220,6 +220,7 @@ pub fn client_to_proto(client: crate::domain::Client) -> pb::Client {
             .collect(),
         certificate_bound_tokens: client.certificate_bound_tokens,
         token_exchange: client.token_exchange,
+        jwks_json: client.jwks_json.clone().unwrap_or_default(),
         secrets: client
             .secrets
             .into_iter()

@@ -30,7 +30,8 @@ impl fmt::Debug for Redacted {
 }
 
 redacted_debug!(PasswordGrant { username } secret { password });
-redacted_debug!(ClientCredentialsGrant { client_id } secret { client_secret });
+redacted_debug!(ClientCredentialsGrant { client_id, client_assertion_type } secret { client_secret, client_assertion });
+redacted_debug!(TokenExchangeGrant { subject_token_type, actor_token_type, client_id, client_assertion_type, ttl } secret { subject_token, actor_token, client_secret, client_assertion });
 redacted_debug!(RefreshTokenGrant {} secret { refresh_token });
 redacted_debug!(TokenResponse { token_type, expires_in, scopes, expires_at } secret { access_token, refresh_token });
 redacted_debug!(AuthenticateRequest { required_scopes, audience } secret { token });
@@ -74,6 +75,25 @@ mod tests {
         };
         let printed = format!("{response:?}");
         assert!(!printed.contains("secret"), "{printed}");
+
+        let exchange = pb::TokenExchangeGrant {
+            subject_token: "eyJ.subject.jwt".into(),
+            actor_token: "eyJ.actor.jwt".into(),
+            client_id: "orders".into(),
+            client_secret: "kss_exchange".into(),
+            client_assertion: "eyJ.assertion.jwt".into(),
+            ..Default::default()
+        };
+        let printed = format!("{exchange:?}");
+        assert!(printed.contains("orders"));
+        for secret in [
+            "eyJ.subject.jwt",
+            "eyJ.actor.jwt",
+            "kss_exchange",
+            "eyJ.assertion.jwt",
+        ] {
+            assert!(!printed.contains(secret), "{printed}");
+        }
 
         let created = pb::CreateClientResponse {
             client: None,

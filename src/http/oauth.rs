@@ -23,8 +23,8 @@ use crate::{
     service::{
         DpopPresented,
         auth::{
-            ACCESS_TOKEN_TYPE_URN, CallContext, IntrospectionCaller, PasswordLogin, TokenExchange,
-            TokenRequest,
+            ACCESS_TOKEN_TYPE_URN, CallContext, ClientCredential, IntrospectionCaller,
+            PasswordLogin, TokenExchange, TokenRequest,
         },
     },
 };
@@ -99,7 +99,11 @@ pub async fn token(
             .unwrap_or_default(),
     };
     let used_basic = basic.is_some();
-    if used_basic && (form.contains_key("client_id") || form.contains_key("client_secret")) {
+    if used_basic
+        && ["client_id", "client_secret", "client_assertion"]
+            .iter()
+            .any(|name| form.contains_key(*name))
+    {
         // RFC 6749 section 2.3: one way of authenticating per request.
         return oauth_error(
             StatusCode::BAD_REQUEST,
@@ -117,47 +121,86 @@ pub async fn token(
         && let Some((client_id, secret)) = &basic
         && let Err(error) = state
             .auth
-            .verify_client(client_id, Some(secret), "token", &context)
+            .verify_client(
+                client_id,
+                &ClientCredential::Secret(secret.clone()),
+                "token",
+                &context,
+            )
             .await
     {
         return token_error(&error, true, true);
     }
-    // The client of a client grant: HTTP Basic, or the form's id and secret, or (RFC 8705
-    // section 2) the form's id alone with the TLS certificate it authenticates by.
+    // The client of a client grant: HTTP Basic; or the form's id and secret; or a client
+    // assertion (RFC 7523 section 2.2, the id optional); or (RFC 8705 section 2) the form's id
+    // alone with the TLS certificate it authenticates by.
     let client = match basic {
-        Some((client_id, secret)) => Some((client_id, Some(secret))),
-        None => match (form.get("client_id"), form.get("client_secret")) {
-            (Some(id), Some(secret)) => {
-                Some((id.clone(), Some(SecretString::from(secret.clone()))))
+        Some((client_id, secret)) => Some(Ok((client_id, ClientCredential::Secret(secret)))),
+        None => {
+            let field = |name: &str| form.get(name).cloned().unwrap_or_default();
+            let sent = form.contains_key("client_secret")
+                || form.contains_key("client_assertion")
+                || form.contains_key("client_assertion_type");
+            match (form.get("client_id"), sent) {
+                (_, true) => Some(
+                    ClientCredential::from_request(
+                        field("client_secret"),
+                        field("client_assertion"),
+                        &field("client_assertion_type"),
+                        "form",
+                    )
+                    .map(|credential| {
+                        (
+                            credential.client_id_or_claimed(field("client_id")),
+                            credential,
+                        )
+                    }),
+                ),
+                (Some(id), false) if context.certificate.is_some() => {
+                    Some(Ok((id.clone(), ClientCredential::None)))
+                }
+                _ => None,
             }
-            (Some(id), None) if context.certificate.is_some() => Some((id.clone(), None)),
-            _ => None,
-        },
+        }
     };
     let client = match client {
-        Some(client) => client,
+        Some(Ok(client)) => client,
+        Some(Err(error)) => return token_error(&error, true, false),
         None if client_grant => {
             return oauth_error(
                 StatusCode::UNAUTHORIZED,
                 "invalid_client",
-                "authenticate the client with HTTP Basic, client_id and client_secret, \
-                 or client_id and its TLS client certificate",
+                "authenticate the client with HTTP Basic, client_id and client_secret, a \
+                 client_assertion, or client_id and its TLS client certificate",
                 true,
             );
         }
-        None => (String::new(), None),
+        None => (String::new(), ClientCredential::None),
     };
     let issued = match form.get("grant_type").map(String::as_str) {
         Some("client_credentials") => {
-            let (client_id, secret) = client;
+            let (client_id, credential) = client;
             state
                 .auth
-                .client_credentials_grant(&client_id, secret, request, &context)
+                .client_credentials_grant(&client_id, credential, request, &context)
                 .await
                 .map(|issued| (issued, false))
         }
         Some(TOKEN_EXCHANGE_GRANT) => {
-            let (client_id, client_secret) = client;
+            // Keystone issues access tokens by exchange, nothing else (RFC 8693 section 2.1).
+            if form
+                .get("requested_token_type")
+                .is_some_and(|asked| asked != ACCESS_TOKEN_TYPE_URN)
+            {
+                return oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    "requested_token_type: only urn:ietf:params:oauth:token-type:access_token \
+                     is issued",
+                    false,
+                );
+            }
+            let (client_id, credential) = client;
             let field = |name: &str| form.get(name).cloned().unwrap_or_default();
             let ttl = match form.get("ttl").map(|ttl| ttl.parse::<u64>()) {
                 None => None,
@@ -180,7 +223,7 @@ pub async fn token(
                         actor_token: field("actor_token"),
                         actor_token_type: field("actor_token_type"),
                         client_id,
-                        client_secret,
+                        credential,
                         ttl,
                     },
                     request,
@@ -261,6 +304,26 @@ pub async fn token(
                 body["refresh_token"] = json!(refresh_token.expose_secret());
             }
             no_store(Json(body).into_response())
+        }
+        // RFC 8693 section 2.2.2: a subject or actor token that is invalid or unacceptable is
+        // `invalid_request` (an audience not allowed stays `invalid_target`).
+        Err(error)
+            if form.get("grant_type").map(String::as_str) == Some(TOKEN_EXCHANGE_GRANT)
+                && matches!(
+                    error.reason(),
+                    Reason::TokenMalformed
+                        | Reason::TokenExpired
+                        | Reason::TokenRevoked
+                        | Reason::TokenInvalid
+                        | Reason::AudienceMismatch
+                ) =>
+        {
+            oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                &error.to_string(),
+                false,
+            )
         }
         Err(error) => token_error(&error, client_grant, used_basic),
     }

@@ -20,6 +20,7 @@ use crate::{
     revocation::Revocations,
     secrets::{CLIENT_SECRET_PREFIX, Pepper, random_token},
     store::{ChangeGuard, ClientChanges, Holdings, Store},
+    token::assertion::ClientKeys,
 };
 
 /// Longest client name, in characters.
@@ -85,6 +86,9 @@ pub struct ClientFields {
     pub certificate_bound_tokens: Option<bool>,
     /// Whether it may exchange tokens (RFC 8693); only `keystone:admin` may set it.
     pub token_exchange: Option<bool>,
+    /// Its public keys for `private_key_jwt`, a JWK Set (empty: none); only `keystone:admin`
+    /// may set them.
+    pub jwks_json: Option<String>,
 }
 
 /// A rotated secret.
@@ -153,22 +157,29 @@ impl ClientAdminService {
             sans: changes.sans.clone().unwrap_or_default(),
             thumbprints: changes.thumbprints.clone().unwrap_or_default(),
         };
-        let secret = if certificate.is_set() {
-            None
+        let jwks_json = changes.jwks_json.clone().flatten();
+        if certificate.is_set() && jwks_json.is_some() {
+            return Err(Error::invalid_argument(
+                "client.jwks_json",
+                "a client authenticates by its TLS certificate or by its keys, not both",
+            ));
+        }
+        let authentication = if certificate.is_set() {
+            "certificate"
+        } else if jwks_json.is_some() {
+            "private_key_jwt"
         } else {
+            "secret"
+        };
+        let secret = if authentication == "secret" {
             Some(random_token(CLIENT_SECRET_PREFIX)?)
+        } else {
+            None
         };
         let audit = actor
             .event("client.create", client_id.as_str(), Outcome::Success)
             .with_detail("allowed_scopes", allowed_scopes.join(","))
-            .with_detail(
-                "authentication",
-                if certificate.is_set() {
-                    "certificate"
-                } else {
-                    "secret"
-                },
-            );
+            .with_detail("authentication", authentication);
         let client = self
             .store
             .insert_client(
@@ -183,6 +194,7 @@ impl ClientAdminService {
                     certificate,
                     certificate_bound_tokens: changes.certificate_bound_tokens.unwrap_or(false),
                     token_exchange: changes.token_exchange.unwrap_or(false),
+                    jwks_json,
                 },
                 secret
                     .as_ref()
@@ -249,6 +261,7 @@ impl ClientAdminService {
             ("access_token_ttl", changes.access_token_ttl.is_some()),
             ("tls_client_auth_subject_dn", changes.subject_dn.is_some()),
             ("tls_client_auth_sans", changes.sans.is_some()),
+            ("jwks_json", changes.jwks_json.is_some()),
             (
                 "tls_client_certificate_sha256",
                 changes.thumbprints.is_some(),
@@ -277,7 +290,8 @@ impl ClientAdminService {
                 || changes.sans.is_some()
                 || changes.thumbprints.is_some()
                 || changes.certificate_bound_tokens.is_some()
-                || changes.token_exchange.is_some())
+                || changes.token_exchange.is_some()
+                || changes.jwks_json.is_some())
             .then_some(&revocation as _),
         };
         let result = self
@@ -442,8 +456,8 @@ impl ClientAdminService {
             if target.certificate && !actor.is_admin() {
                 return Err(Error::PermissionDenied {
                     reason: Reason::InsufficientScope,
-                    message: "the client authenticates by TLS certificate: only a caller \
-                              holding keystone:admin may manage it"
+                    message: "the client authenticates by TLS certificate or by its keys: only \
+                              a caller holding keystone:admin may manage it"
                         .to_owned(),
                 });
             }
@@ -612,6 +626,20 @@ impl ClientAdminService {
                 Ok::<_, Error>(parsed)
             })
             .transpose()?;
+        // Registered as given, once checked: public signing keys only.
+        let jwks_json = fields
+            .jwks_json
+            .as_ref()
+            .map(|jwks| {
+                let jwks = jwks.trim();
+                if jwks.is_empty() {
+                    return Ok(None);
+                }
+                ClientKeys::parse(jwks)
+                    .map(|_| Some(jwks.to_owned()))
+                    .map_err(|error| Error::invalid_argument("client.jwks_json", error.0))
+            })
+            .transpose()?;
         if let Some(Some(ttl)) = fields.access_token_ttl
             && (ttl.is_zero() || ttl > self.limits.max_access_ttl)
         {
@@ -635,6 +663,7 @@ impl ClientAdminService {
             thumbprints,
             certificate_bound_tokens: fields.certificate_bound_tokens,
             token_exchange: fields.token_exchange,
+            jwks_json,
         })
     }
 
@@ -664,12 +693,14 @@ fn check_may_give_certificate(actor: &Actor, changes: &ClientChanges) -> Result<
         || changes
             .thumbprints
             .as_ref()
-            .is_some_and(|thumbprints| !thumbprints.is_empty());
+            .is_some_and(|thumbprints| !thumbprints.is_empty())
+        || changes.jwks_json.as_ref().is_some_and(Option::is_some);
     if touched && !actor.is_admin() {
         return Err(Error::PermissionDenied {
             reason: Reason::InsufficientScope,
             message: "only a caller holding keystone:admin may give a client a certificate \
-                      identity (tls_client_auth_*, tls_client_certificate_sha256)"
+                      identity (tls_client_auth_*, tls_client_certificate_sha256) or keys \
+                      (jwks_json)"
                 .to_owned(),
         });
     }

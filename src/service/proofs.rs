@@ -1,11 +1,11 @@
-//! DPoP proofs used once (RFC 9449 section 11.1): each proof is remembered for as long as it
-//! could be accepted, so the same proof is refused the second time, on any replica: marked in
-//! Redis when clustered (`SET NX`), and always in this process. When Redis cannot say whether
-//! a proof is new, the proof is refused (`UNAVAILABLE`): "used once" is not weakened to "used
-//! once per replica".
+//! DPoP proofs (RFC 9449 section 11.1) and client assertions (RFC 7523 section 3) used once:
+//! each is remembered for as long as it could be accepted, so the same one is refused the
+//! second time, on any replica: marked in Redis when clustered (`SET NX`), and always in this
+//! process. When Redis cannot say whether one is new, it is refused (`UNAVAILABLE`): "used
+//! once" is not weakened to "used once per replica".
 //!
-//! In memory, proofs are kept by the SHA-256 of key thumbprint and `jti` (32 bytes each,
-//! whatever the `jti`), in buckets by the second they may be forgotten, so that forgetting
+//! In memory, they are kept by the SHA-256 of their kind and names (a proof's key thumbprint
+//! and `jti`, an assertion's client and `jti`: 32 bytes each, whatever the `jti`), in buckets by the second they may be forgotten, so that forgetting
 //! drops whole buckets and no call scans the set.
 
 use std::{
@@ -104,36 +104,66 @@ impl UsedProofs {
     /// Uses `proof`: fails with `UNAUTHENTICATED` (`TOKEN_BINDING_MISMATCH`) when it was used
     /// before, `UNAVAILABLE` when Redis cannot tell.
     pub async fn claim(&self, proof: &VerifiedProof, now: DateTime<Utc>) -> Result<(), Error> {
-        let key = key_of(proof);
         // Remembered until the proof's own window has passed.
         let until = proof.issued_at + self.horizon;
+        match self
+            .first_use(Kind::DpopProof, &[&proof.jkt, &proof.jti], until, now)
+            .await?
+        {
+            true => Ok(()),
+            false => Err(replayed()),
+        }
+    }
+
+    /// Uses the one-time credential named by `parts` (of `kind`), remembered until `until`:
+    /// `Ok(false)` when it was used before, here or (through Redis) on another replica;
+    /// `UNAVAILABLE` when Redis cannot tell.
+    pub async fn first_use(
+        &self,
+        kind: Kind,
+        parts: &[&str],
+        until: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, Error> {
+        let key = key_of(kind, parts);
         let first = self
             .local
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .mark(key, until, now)?;
         if !first {
-            return Err(replayed());
+            return Ok(false);
         }
         if let Some(redis) = &self.redis {
             let ttl = (until - now)
                 .to_std()
                 .unwrap_or(std::time::Duration::from_secs(1));
             let hex: String = key.iter().map(|byte| format!("{byte:02x}")).collect();
-            match redis.first_use(&format!("dpop:{hex}"), ttl).await {
-                Ok(true) => {}
-                Ok(false) => return Err(replayed()),
+            match redis
+                .first_use(&format!("{}:{hex}", kind.prefix()), ttl)
+                .await
+            {
+                Ok(first) => return Ok(first),
                 Err(error) => {
-                    ::metrics::counter!("keystone_dpop_proofs_unconfirmed_total").increment(1);
+                    match kind {
+                        Kind::DpopProof => {
+                            ::metrics::counter!("keystone_dpop_proofs_unconfirmed_total")
+                                .increment(1);
+                        }
+                        Kind::ClientAssertion => {
+                            ::metrics::counter!("keystone_client_assertions_unconfirmed_total")
+                                .increment(1);
+                        }
+                    }
                     return Err(Error::Unavailable {
                         reason: Reason::Unavailable,
-                        what: "the cluster's record of used DPoP proofs",
+                        what: kind.what(),
                         source: Some(anyhow::Error::new(error)),
                     });
                 }
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Forgets proofs whose window has passed (bounded memory).
@@ -145,12 +175,42 @@ impl UsedProofs {
     }
 }
 
-/// What a proof is remembered by: the SHA-256 of its key's thumbprint and its `jti`.
-fn key_of(proof: &VerifiedProof) -> [u8; 32] {
+/// What is used once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A DPoP proof, by its key's thumbprint and `jti`.
+    DpopProof,
+    /// A client assertion (`private_key_jwt`), by its client and `jti`.
+    ClientAssertion,
+}
+
+impl Kind {
+    /// The prefix of its keys on Redis.
+    fn prefix(self) -> &'static str {
+        match self {
+            Kind::DpopProof => "dpop",
+            Kind::ClientAssertion => "assertion",
+        }
+    }
+
+    /// What is unavailable when Redis cannot tell.
+    fn what(self) -> &'static str {
+        match self {
+            Kind::DpopProof => "the cluster's record of used DPoP proofs",
+            Kind::ClientAssertion => "the cluster's record of used client assertions",
+        }
+    }
+}
+
+/// What a credential is remembered by: the SHA-256 of its kind and parts (a DPoP proof's key
+/// thumbprint and `jti`; an assertion's client and `jti`), each ended by a NUL.
+fn key_of(kind: Kind, parts: &[&str]) -> [u8; 32] {
     let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    context.update(proof.jkt.as_bytes());
-    context.update(b"\0");
-    context.update(proof.jti.as_bytes());
+    context.update(kind.prefix().as_bytes());
+    for part in parts {
+        context.update(b"\0");
+        context.update(part.as_bytes());
+    }
     let mut key = [0_u8; 32];
     key.copy_from_slice(context.finish().as_ref());
     key

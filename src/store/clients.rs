@@ -51,6 +51,8 @@ pub struct ClientChanges {
     pub certificate_bound_tokens: Option<bool>,
     /// Whether it may exchange tokens (RFC 8693).
     pub token_exchange: Option<bool>,
+    /// Its public keys for `private_key_jwt` (`Some(None)`: none).
+    pub jwks_json: Option<Option<String>>,
 }
 
 impl ClientChanges {
@@ -268,6 +270,7 @@ impl Store {
                 .map(ToString::to_string)),
             certificate_bound_tokens: Set(new.certificate_bound_tokens),
             token_exchange: Set(new.token_exchange),
+            jwks_json: Set(new.jwks_json.clone()),
         }
         .insert(&txn)
         .await
@@ -439,6 +442,25 @@ impl Store {
         if let Some(exchange) = changes.token_exchange {
             update = update.col_expr(entity::client::Column::TokenExchange, Expr::value(exchange));
         }
+        if let Some(jwks) = &changes.jwks_json {
+            update = update.col_expr(entity::client::Column::JwksJson, Expr::value(jwks.clone()));
+        }
+        // What the client authenticates by after the change: a certificate, or its keys, but
+        // never both (which one would count?).
+        let certificate_after = certificate
+            .as_ref()
+            .map_or(current.certificate.is_set(), CertificateIdentity::is_set);
+        let keys_after = changes
+            .jwks_json
+            .as_ref()
+            .map_or(current.jwks_json.is_some(), Option::is_some);
+        if certificate_after && keys_after {
+            return Err(Error::invalid_argument(
+                "client.jwks_json",
+                "a client authenticates by its TLS certificate or by its keys, not both: clear \
+                 the other first",
+            ));
+        }
         if let Some(certificate) = &certificate {
             update = update.col_expr(
                 entity::client::Column::TlsClientAuthSubjectDn,
@@ -475,15 +497,17 @@ impl Store {
                 .await
                 .map_err(db_error)?;
             set_certificate_names(&txn, id, certificate).await?;
-            // A client that authenticates by certificate has no secret: one left over could
-            // still be used, or come back to life when the certificate is taken off.
-            if certificate.is_set() {
-                entity::client_secret::Entity::delete_many()
-                    .filter(entity::client_secret::Column::ClientId.eq(id))
-                    .exec(&txn)
-                    .await
-                    .map_err(db_error)?;
-            }
+        }
+        // A client that authenticates by certificate or by its keys has no secret: one left
+        // over could still be used, or come back to life when they are taken off.
+        if (certificate.is_some() || changes.jwks_json.is_some())
+            && (certificate_after || keys_after)
+        {
+            entity::client_secret::Entity::delete_many()
+                .filter(entity::client_secret::Column::ClientId.eq(id))
+                .exec(&txn)
+                .await
+                .map_err(db_error)?;
         }
         audit::insert(&txn, audit_record, now).await?;
         let revocation = guard.write_revocation(&txn).await?;
@@ -533,12 +557,13 @@ impl Store {
     ) -> Result<SecretRotation, Error> {
         let (_turn, txn) = self.begin_write().await?;
         let (id, client) = locked_client(&txn, client_id, &guard, now).await?;
-        if client.certificate.is_set() {
+        if client.secretless() {
             return Err(Error::FailedPrecondition {
                 reason: crate::error::Reason::FailedPrecondition,
                 message: format!(
-                    "the client `{client_id}` authenticates by its TLS certificate and holds no \
-                     secret; clear its certificate fields first to give it one"
+                    "the client `{client_id}` authenticates by its TLS certificate or its keys \
+                     and holds no secret; clear its certificate fields or jwks_json first to \
+                     give it one"
                 ),
             });
         }
@@ -716,7 +741,7 @@ async fn locked_client(
     (guard.permit)(&super::Holdings {
         scopes: &client.allowed_scopes,
         audiences: &client.allowed_audiences,
-        certificate: client.certificate.is_set(),
+        certificate: client.secretless(),
         token_exchange: client.token_exchange,
     })?;
     Ok((id, client))
@@ -936,6 +961,7 @@ pub(crate) async fn client_of<C: ConnectionTrait>(
         certificate,
         certificate_bound_tokens: model.certificate_bound_tokens,
         token_exchange: model.token_exchange,
+        jwks_json: model.jwks_json,
         secrets,
     }))
 }

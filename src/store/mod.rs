@@ -64,7 +64,7 @@ pub struct Holdings<'a> {
     pub scopes: &'a ScopeSet,
     /// A client's allowed audiences.
     pub audiences: &'a [String],
-    /// Whether a client authenticates by TLS certificate.
+    /// Whether a client authenticates without a secret: by TLS certificate or by its keys.
     pub certificate: bool,
     /// Whether a client may exchange tokens on its subjects' behalf.
     pub token_exchange: bool,

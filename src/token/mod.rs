@@ -16,6 +16,7 @@
 //!
 //! [`Clock`]: crate::clock::Clock
 
+pub mod assertion;
 pub mod dpop;
 pub mod ring;
 pub mod rotation;
@@ -229,17 +230,29 @@ struct Verified {
     kid: String,
 }
 
-/// The header fields a token may carry; anything that brings its own key is refused.
+/// The header fields a token (or a client assertion) may carry; anything that brings its own
+/// key is refused.
 #[derive(Deserialize)]
-struct UntrustedHeader {
-    alg: serde_json::Value,
-    typ: Option<serde_json::Value>,
-    kid: Option<serde_json::Value>,
+pub(crate) struct UntrustedHeader {
+    pub(crate) alg: serde_json::Value,
+    pub(crate) typ: Option<serde_json::Value>,
+    pub(crate) kid: Option<serde_json::Value>,
     jwk: Option<serde_json::Value>,
     jku: Option<serde_json::Value>,
     x5u: Option<serde_json::Value>,
     x5c: Option<serde_json::Value>,
     crit: Option<serde_json::Value>,
+}
+
+impl UntrustedHeader {
+    /// Whether it brings a key, or a key's address, of its own (or `crit`): never trusted.
+    pub(crate) fn brings_a_key(&self) -> bool {
+        self.jwk.is_some()
+            || self.jku.is_some()
+            || self.x5u.is_some()
+            || self.x5c.is_some()
+            || self.crit.is_some()
+    }
 }
 
 impl TokenVerifier {
@@ -306,12 +319,7 @@ impl TokenVerifier {
             .map_err(|_| VerifyError::Malformed("the header is not base64url"))?;
         let header: UntrustedHeader = serde_json::from_slice(&header)
             .map_err(|_| VerifyError::Malformed("the header is not a JSON object"))?;
-        if header.jwk.is_some()
-            || header.jku.is_some()
-            || header.x5u.is_some()
-            || header.x5c.is_some()
-            || header.crit.is_some()
-        {
+        if header.brings_a_key() {
             return Err(VerifyError::Invalid("keys in the header are not accepted"));
         }
         match header.typ.as_ref().and_then(serde_json::Value::as_str) {

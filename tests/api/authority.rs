@@ -418,6 +418,7 @@ async fn a_flood_of_wrong_secrets_does_not_stop_the_real_client() {
             pb::ClientCredentialsGrant {
                 client_id: "resource-server".into(),
                 client_secret: secret.into(),
+                ..Default::default()
             },
         )),
         ..Default::default()

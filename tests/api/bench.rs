@@ -67,6 +67,7 @@ async fn keystone_bench_runs_every_scenario_without_errors() {
             "check",
             "introspect",
             "client-credentials",
+            "client-credentials-pkjwt",
             "token-exchange",
             "password",
             "refresh",

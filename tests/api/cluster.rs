@@ -234,6 +234,7 @@ impl Replica {
                         keystone::proto::pb::ClientCredentialsGrant {
                             client_id: client_id.to_owned(),
                             client_secret: secret.to_owned(),
+                            ..Default::default()
                         },
                     ),
                 ),
@@ -260,6 +261,7 @@ impl Replica {
                         keystone::proto::pb::ClientCredentialsGrant {
                             client_id: client_id.to_owned(),
                             client_secret: secret.to_owned(),
+                            ..Default::default()
                         },
                     ),
                 ),

@@ -149,6 +149,7 @@ fn audited_calls(
             Caller::Service => Grant::ClientCredentials(pb::ClientCredentialsGrant {
                 client_id: client.0.clone(),
                 client_secret: client.1.clone(),
+                ..Default::default()
             }),
             Caller::Stranger => Grant::Password(pb::PasswordGrant {
                 username: stranger.to_owned(),

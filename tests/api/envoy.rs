@@ -496,6 +496,7 @@ async fn envoy_terminating_mtls_lets_a_certificate_bound_token_through_only_with
             pb::ClientCredentialsGrant {
                 client_id: "payments".to_owned(),
                 client_secret: secret,
+                ..Default::default()
             },
         )),
         ..Default::default()

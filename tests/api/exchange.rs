@@ -124,8 +124,12 @@ async fn scene_with(configure: impl FnOnce(&mut keystone::config::Settings)) -> 
         &admin,
         pb::Client {
             client_id: "orders".into(),
-            allowed_scopes: vec!["orders:read".into(), "payments:read".into()],
-            allowed_audiences: vec!["payments".into()],
+            allowed_scopes: vec![
+                "orders:read".into(),
+                "payments:read".into(),
+                "ledger:read".into(),
+            ],
+            allowed_audiences: vec!["payments".into(), "keystone".into()],
             access_token_ttl: Some(prost_types::Duration {
                 seconds: 300,
                 nanos: 0,
@@ -320,6 +324,15 @@ async fn an_exchange_keeps_the_subject_narrows_the_scopes_and_shows_the_chain() 
     // It never outlives the token it came from.
     assert!(hop2.expires_at.as_ref().unwrap().seconds <= hop.expires_at.as_ref().unwrap().seconds);
 
+    // No audience asked: every audience the client may have, Keystone's own never.
+    let anywhere = exchange(&app, "orders", &orders, &alice.access_token, "")
+        .await
+        .unwrap();
+    let anywhere = principal(&app, &anywhere.access_token, "payments")
+        .await
+        .unwrap();
+    assert_eq!(anywhere.audience, ["payments"]);
+
     // An asked lifetime within both is given as asked.
     let mut short = grant("payments", &payments, &first.access_token);
     short.ttl = Some(prost_types::Duration {
@@ -425,7 +438,7 @@ async fn an_exchange_keeps_the_subject_narrows_the_scopes_and_shows_the_chain() 
 
     // Every exchange is an audit event naming the whole chain.
     let events = app.audit_events(&admin, "token.exchange").await;
-    assert_eq!(events.len(), 3, "{events:?}");
+    assert_eq!(events.len(), 4, "{events:?}");
     let newest = &events[0];
     assert_eq!(newest.outcome, "success");
     let hop2_event = events
@@ -495,6 +508,26 @@ async fn an_actor_token_names_who_acts() {
         "AUDIENCE_MISMATCH",
         "an actor token for another audience",
     );
+    // The actor revoked: what it acted in ends, though `orders` and alice stand.
+    app.client_admin()
+        .revoke_client_tokens(with_bearer(
+            pb::RevokeClientTokensRequest {
+                client_id: "robot".into(),
+            },
+            &admin,
+        ))
+        .await
+        .unwrap();
+    assert_refused(
+        principal(&app, &token.access_token, "payments").await,
+        Code::Unauthenticated,
+        "TOKEN_REVOKED",
+        "a token its revoked actor acted in",
+    );
+    principal(&app, &alice.access_token, "orders")
+        .await
+        .unwrap();
+
     app.stop().await.unwrap();
 }
 
@@ -610,10 +643,18 @@ async fn every_broken_rule_is_refused_with_its_reason_and_issues_nothing() {
             "INVALID_SCOPE",
         ),
         (
-            "a scope the subject token does not hold",
+            "a scope the client may not have, which the subject holds",
             grant("orders", &orders, subject),
             "payments",
             vec!["invoices:read"],
+            Code::PermissionDenied,
+            "INVALID_SCOPE",
+        ),
+        (
+            "a scope the client may have, which the subject does not hold",
+            grant("orders", &orders, subject),
+            "payments",
+            vec!["ledger:read"],
             Code::PermissionDenied,
             "INVALID_SCOPE",
         ),
@@ -699,7 +740,9 @@ async fn every_broken_rule_is_refused_with_its_reason_and_issues_nothing() {
         events.iter().all(|event| event.outcome == "denied"),
         "{events:?}"
     );
-    assert!(events.len() >= 8, "{events:?}");
+    // Fourteen refusals came after `orders` proved itself (the wrong secret is a
+    // `client.authenticate` event; malformed requests are refused before any credential).
+    assert_eq!(events.len(), 14, "{events:?}");
     app.stop().await.unwrap();
 }
 
@@ -991,6 +1034,47 @@ async fn the_token_endpoint_exchanges_over_http() {
     .await;
     assert_eq!(anonymous.status, 401);
     assert_eq!(anonymous.json()["error"], "invalid_client");
+
+    // The client in the form works as well as HTTP Basic.
+    let in_form = http(
+        app.http_addr,
+        "POST",
+        "/oauth2/token",
+        &[("content-type", "application/x-www-form-urlencoded")],
+        &format!(
+            "{}&client_id=orders&client_secret={orders}",
+            form(&alice.access_token)
+        ),
+    )
+    .await;
+    assert_eq!(in_form.status, 200, "{}", in_form.body);
+
+    // RFC 8693 section 2.2.2: a bad subject token is `invalid_request`; only access tokens
+    // are issued.
+    for (case, body) in [
+        ("a forged subject token", form("eyJ.forged.token")),
+        (
+            "a refresh token asked for",
+            format!(
+                "{}&requested_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Arefresh_token",
+                form(&alice.access_token)
+            ),
+        ),
+    ] {
+        let response = http(
+            app.http_addr,
+            "POST",
+            "/oauth2/token",
+            &[
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("authorization", &basic("orders", &orders)),
+            ],
+            &body,
+        )
+        .await;
+        assert_eq!(response.status, 400, "{case}: {}", response.body);
+        assert_eq!(response.json()["error"], "invalid_request", "{case}");
+    }
     app.stop().await.unwrap();
 }
 
@@ -1017,6 +1101,18 @@ async fn an_exchanged_token_never_outlives_its_subject() {
         .unwrap();
     assert_eq!(hop.subject, alice_id);
     assert_eq!(hop.expires_at, own.expires_at);
+    // Asking for a minute, within the client's five but past the subject's twenty seconds.
+    let mut longer = grant("orders", &orders, &alice.access_token);
+    longer.ttl = Some(prost_types::Duration {
+        seconds: 60,
+        nanos: 0,
+    });
+    let status = exchange_with(&app, longer, "payments", &[])
+        .await
+        .expect_err("a life past the subject's");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(bad_field(&status), "token_exchange.ttl");
+    assert!(status.message().contains("outlive"), "{status:?}");
     app.stop().await.unwrap();
 }
 

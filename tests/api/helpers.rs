@@ -451,6 +451,7 @@ impl TestApp {
                     certificate: Default::default(),
                     certificate_bound_tokens: false,
                     token_exchange: false,
+                    jwks_json: None,
                 },
                 Some(pepper.hash_client_secret(&secret)),
                 &AuditRecord::new("test", "client.create", client_id, Outcome::Success),
@@ -477,6 +478,7 @@ impl TestApp {
                     keystone::proto::pb::ClientCredentialsGrant {
                         client_id: client_id.to_owned(),
                         client_secret: secret.to_owned(),
+                        ..Default::default()
                     },
                 )),
                 scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),

@@ -169,6 +169,7 @@ async fn canary(format: &str) -> String {
             pb::ClientCredentialsGrant {
                 client_id: "canary-service".to_owned(),
                 client_secret: secret.to_owned(),
+                ..Default::default()
             },
         )),
         ..Default::default()

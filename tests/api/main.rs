@@ -7,6 +7,7 @@
 
 mod helpers;
 
+mod assertions;
 mod auth;
 mod authority;
 mod bench;

@@ -89,6 +89,7 @@ async fn by_certificate(
             grant: Some(Grant::ClientCredentials(ClientCredentialsGrant {
                 client_id: client_id.to_owned(),
                 client_secret: String::new(),
+                ..Default::default()
             })),
             audience: "orders".to_owned(),
             ..Default::default()
@@ -519,6 +520,7 @@ async fn a_trusted_proxy_forwards_the_certificate_and_an_untrusted_one_is_ignore
             grant: Some(Grant::ClientCredentials(ClientCredentialsGrant {
                 client_id: "reports".to_owned(),
                 client_secret: secret.to_owned(),
+                ..Default::default()
             })),
             audience: "orders".to_owned(),
             ..Default::default()

@@ -77,28 +77,7 @@ impl DpopKey {
 
     /// `count` proofs for `GET RESOURCE` with `token`, made on every core.
     pub(crate) fn proofs(&self, token: &str, count: usize) -> anyhow::Result<Vec<String>> {
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        std::thread::scope(|scope| {
-            let shares: Vec<_> = (0..cores)
-                .map(|core| {
-                    let share = count / cores + usize::from(core < count % cores);
-                    scope.spawn(move || {
-                        (0..share)
-                            .map(|_| self.proof("GET", RESOURCE, Some(token)))
-                            .collect::<anyhow::Result<Vec<_>>>()
-                    })
-                })
-                .collect();
-            let mut all = Vec::with_capacity(count);
-            for share in shares {
-                all.extend(
-                    share
-                        .join()
-                        .map_err(|_| anyhow::anyhow!("a proof maker panicked"))??,
-                );
-            }
-            Ok(all)
-        })
+        crate::ahead::on_every_core(count, || self.proof("GET", RESOURCE, Some(token)))
     }
 }
 

@@ -344,6 +344,7 @@ pub(crate) async fn call_once(
                 grant: Some(Grant::ClientCredentials(ClientCredentialsGrant {
                     client_id: fixtures.client_id.clone(),
                     client_secret: fixtures.secret.clone(),
+                    ..Default::default()
                 })),
                 ..Default::default()
             })
@@ -371,6 +372,26 @@ pub(crate) async fn call_once(
                 grant: Some(Grant::ClientCredentials(ClientCredentialsGrant {
                     client_id: client_id.clone(),
                     client_secret: String::new(),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+        }
+        "client-credentials-pkjwt" => {
+            let Some(pkjwt) = &fixtures.pkjwt else {
+                return Err(tonic::Code::FailedPrecondition);
+            };
+            let Some(assertion) = pkjwt.assertions.take() else {
+                return Ok(false);
+            };
+            auth.issue_token(IssueTokenRequest {
+                grant: Some(Grant::ClientCredentials(ClientCredentialsGrant {
+                    client_assertion: assertion,
+                    client_assertion_type: "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+                        .into(),
+                    ..Default::default()
                 })),
                 ..Default::default()
             })
@@ -381,14 +402,7 @@ pub(crate) async fn call_once(
             let Some(dpop) = &fixtures.dpop else {
                 return Err(tonic::Code::FailedPrecondition);
             };
-            let next = dpop.next.fetch_add(1, Ordering::Relaxed);
-            let Some(proof) = dpop
-                .proofs
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .get(next)
-                .cloned()
-            else {
+            let Some(proof) = dpop.proofs.take() else {
                 return Ok(false);
             };
             auth.authenticate(AuthenticateRequest {

@@ -9,6 +9,8 @@
 //! and then under a flood of logins at twice that limit. With `--server-pid`, the server's CPU
 //! seconds and peak RSS are read from `/proc`.
 
+mod ahead;
+mod assertion;
 mod dpop;
 mod load;
 mod process;
@@ -45,12 +47,13 @@ struct Args {
     /// Scenarios, comma separated: health, authenticate, authenticate-fresh, check (Envoy
     /// ext_authz), introspect, client-credentials, token-exchange (RFC 8693: one token, meant
     /// for a relay client, exchanged by it for another audience), password, refresh,
-    /// password-flood; tls-handshake and tls-resumed (with --ca-file), client-credentials-mtls (with
+    /// password-flood; client-credentials-pkjwt (a client assertion signed by the client's
+    /// own key, RFC 7523; each used once, signed ahead); tls-handshake and tls-resumed (with --ca-file), client-credentials-mtls (with
     /// --cert-file), authenticate-dpop (a DPoP-bound token, from --http-addr). Health always
     /// runs, as the ceiling the others are compared to.
     #[arg(
         long,
-        default_value = "health,authenticate,authenticate-fresh,check,introspect,client-credentials,token-exchange,password,refresh,password-flood"
+        default_value = "health,authenticate,authenticate-fresh,check,introspect,client-credentials,client-credentials-pkjwt,token-exchange,password,refresh,password-flood"
     )]
     scenarios: String,
     /// HTTP/2 connections.
@@ -203,6 +206,8 @@ struct Fixtures {
     dpop: Option<Dpop>,
     /// For `token-exchange`: the relay client that may exchange, and a token meant for it.
     exchange: seed::Exchange,
+    /// For `client-credentials-pkjwt`: a client with a key, and assertions signed ahead.
+    pkjwt: Option<assertion::Pkjwt>,
     /// For `refresh`: the sessions workers hand on from round to round, so that a round does
     /// not begin with logins (argon2 verifications that would count in its time and CPU).
     sessions: std::sync::Mutex<Vec<String>>,
@@ -213,8 +218,7 @@ struct Fixtures {
 struct Dpop {
     key: dpop::DpopKey,
     token: String,
-    proofs: std::sync::RwLock<Vec<String>>,
-    next: AtomicUsize,
+    proofs: ahead::MadeAhead,
 }
 
 /// What a worker carries from call to call: its session's refresh token.
@@ -262,8 +266,7 @@ async fn main() -> anyhow::Result<()> {
         fixtures.dpop = Some(Dpop {
             key,
             token,
-            proofs: std::sync::RwLock::default(),
-            next: AtomicUsize::new(0),
+            proofs: ahead::MadeAhead::default(),
         });
     }
     let fixtures = Arc::new(fixtures);
@@ -285,15 +288,19 @@ async fn main() -> anyhow::Result<()> {
             if scenario == "authenticate-dpop"
                 && let Some(dpop) = &fixtures.dpop
             {
-                let proofs = dpop.key.proofs(&dpop.token, args.fresh_tokens)?;
-                *dpop
-                    .proofs
-                    .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = proofs;
-                dpop.next.store(0, std::sync::atomic::Ordering::Relaxed);
+                dpop.proofs
+                    .fill(dpop.key.proofs(&dpop.token, args.fresh_tokens)?);
+            }
+            if scenario == "client-credentials-pkjwt"
+                && let Some(pkjwt) = &fixtures.pkjwt
+            {
+                pkjwt.assertions.fill(pkjwt.sign(args.fresh_tokens)?);
             }
             // Fresh tokens and proofs are each presented once: none is spent on warming up.
-            if scenario != "authenticate-fresh" && scenario != "authenticate-dpop" {
+            if !matches!(
+                scenario.as_str(),
+                "authenticate-fresh" | "authenticate-dpop" | "client-credentials-pkjwt"
+            ) {
                 run(&args, &channels, &fixtures, scenario, args.warmup).await?;
             }
             // In rounds, each right after a round of Health/Check as long: the ratio compares

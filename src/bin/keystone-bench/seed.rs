@@ -33,26 +33,23 @@ pub(crate) async fn seed(args: &Args, channel: &Channel) -> anyhow::Result<Fixtu
     let client_id = format!("bench-{}", uuid::Uuid::new_v4().simple());
     // The relay of `token-exchange`: it may exchange tokens meant for it, for another audience.
     let relay_id = format!("{client_id}-relay");
-    let mut request = tonic::Request::new(CreateClientRequest {
-        client: Some(Client {
+    let relay_secret = create_client(
+        channel,
+        &admin,
+        Client {
             client_id: relay_id.clone(),
             name: "keystone-bench (token exchange)".into(),
             allowed_audiences: vec!["bench-downstream".into()],
             token_exchange: true,
             ..Default::default()
-        }),
-    });
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {admin}").parse()?);
-    let relay_secret = ClientAdminClient::new(channel.clone())
-        .create_client(request)
-        .await
-        .context("cannot create the bench's relay client")?
-        .into_inner()
-        .client_secret;
-    let mut request = tonic::Request::new(CreateClientRequest {
-        client: Some(Client {
+        },
+    )
+    .await
+    .context("cannot create the bench's relay client")?;
+    let secret = create_client(
+        channel,
+        &admin,
+        Client {
             client_id: client_id.clone(),
             name: "keystone-bench".into(),
             allowed_scopes: vec!["keystone:introspect".into()],
@@ -60,23 +57,17 @@ pub(crate) async fn seed(args: &Args, channel: &Channel) -> anyhow::Result<Fixtu
             // introspects them (RFC 7662 section 4); and for the relay.
             allowed_audiences: vec!["keystone".into(), relay_id.clone()],
             ..Default::default()
-        }),
-    });
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {admin}").parse()?);
-    let secret = ClientAdminClient::new(channel.clone())
-        .create_client(request)
-        .await
-        .context("cannot create the bench client")?
-        .into_inner()
-        .client_secret;
+        },
+    )
+    .await
+    .context("cannot create the bench client")?;
     let token = mint(&mut auth, &client_id, &secret).await?;
     let for_relay = auth
         .issue_token(IssueTokenRequest {
             grant: Some(Grant::ClientCredentials(ClientCredentialsGrant {
                 client_id: client_id.clone(),
                 client_secret: secret.clone(),
+                ..Default::default()
             })),
             audience: relay_id.clone(),
             ..Default::default()
@@ -114,12 +105,35 @@ pub(crate) async fn seed(args: &Args, channel: &Channel) -> anyhow::Result<Fixtu
             .context("cannot create a bench user")?;
         users.push(username);
     }
+    let pkjwt = if args
+        .scenarios
+        .split(',')
+        .any(|s| s.trim() == "client-credentials-pkjwt")
+    {
+        let (pkjwt, jwks) = crate::assertion::Pkjwt::new(format!("{client_id}-pkjwt"), &token)?;
+        create_client(
+            channel,
+            &admin,
+            Client {
+                client_id: pkjwt.client_id.clone(),
+                name: "keystone-bench (private_key_jwt)".into(),
+                jwks_json: jwks,
+                ..Default::default()
+            },
+        )
+        .await
+        .context("cannot create the bench's private_key_jwt client")?;
+        Some(pkjwt)
+    } else {
+        None
+    };
     let mtls_client_id = match &args.cert_file {
         Some(cert) => Some(seed_mtls_client(channel, &admin, cert).await?),
         None => None,
     };
     Ok(Fixtures {
         mtls_client_id,
+        pkjwt,
         dpop: None,
         exchange: Exchange {
             client_id: relay_id,
@@ -145,6 +159,21 @@ pub(crate) struct Exchange {
     pub(crate) subject_token: String,
 }
 
+/// Creates `client` as `admin`; its secret (empty for one that needs none).
+async fn create_client(channel: &Channel, admin: &str, client: Client) -> anyhow::Result<String> {
+    let mut request = tonic::Request::new(CreateClientRequest {
+        client: Some(client),
+    });
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {admin}").parse()?);
+    Ok(ClientAdminClient::new(channel.clone())
+        .create_client(request)
+        .await?
+        .into_inner()
+        .client_secret)
+}
+
 /// A client that authenticates by the bench's certificate (its thumbprint registered: RFC 8705
 /// `self_signed_tls_client_auth`, which also takes a certificate of the client CA).
 async fn seed_mtls_client(
@@ -162,21 +191,18 @@ async fn seed_mtls_client(
         .map(|byte| format!("{byte:02x}"))
         .collect();
     let client_id = format!("bench-mtls-{}", uuid::Uuid::new_v4().simple());
-    let mut request = tonic::Request::new(CreateClientRequest {
-        client: Some(Client {
+    create_client(
+        channel,
+        admin,
+        Client {
             client_id: client_id.clone(),
             name: "keystone-bench (mTLS)".into(),
             tls_client_certificate_sha256: vec![thumbprint],
             ..Default::default()
-        }),
-    });
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {admin}").parse()?);
-    ClientAdminClient::new(channel.clone())
-        .create_client(request)
-        .await
-        .context("cannot create the bench's mTLS client")?;
+        },
+    )
+    .await
+    .context("cannot create the bench's mTLS client")?;
     Ok(client_id)
 }
 
@@ -283,6 +309,7 @@ pub(crate) async fn mint(
             grant: Some(Grant::ClientCredentials(ClientCredentialsGrant {
                 client_id: client_id.to_owned(),
                 client_secret: secret.to_owned(),
+                ..Default::default()
             })),
             scopes: vec!["keystone:introspect".into()],
             ..Default::default()

@@ -57,7 +57,12 @@ impl AuthService {
             }
             IntrospectionCaller::Client { client_id, secret } => {
                 let client = self
-                    .verify_client(&client_id, Some(&secret), "introspect", context)
+                    .verify_client(
+                        &client_id,
+                        &super::ClientCredential::Secret(secret),
+                        "introspect",
+                        context,
+                    )
                     .await?;
                 let allowed = &client.allowed_scopes;
                 if let Some(missing) = required.iter().find(|scope| !allowed.satisfies(scope)) {

@@ -1,9 +1,11 @@
 //! Service clients: their credentials checked (for the client credentials grant, HTTP Basic
 //! and introspection), and the client credentials grant.
 //!
-//! A client proves itself with a secret, or, when it registered what its TLS client
-//! certificate shows (RFC 8705 section 2), with that certificate on its own connection: then
-//! it has no secret, and a secret sent along proves nothing.
+//! A client proves itself with a secret; or, when it registered what its TLS client
+//! certificate shows (RFC 8705 section 2), with that certificate on its own connection; or,
+//! when it registered public keys (`private_key_jwt`, RFC 7523 section 2.2), with an assertion
+//! signed by one of them, used once. A client of the last two kinds has no secret, and a
+//! secret sent along proves nothing.
 
 use secrecy::{ExposeSecret as _, SecretString};
 
@@ -14,18 +16,90 @@ use super::{
 use crate::{
     domain::{AuditRecord, Outcome, PresentedCertificate, ScopeSet},
     error::{Error, Reason},
-    service::limits::Key,
+    service::{limits::Key, proofs::Kind},
     store::CachedClient,
-    token::{Confirmation, Kind},
+    token::{
+        Confirmation, Kind as TokenKind,
+        assertion::{self, ClientKeys, Expected, JWT_BEARER_ASSERTION, VerifiedAssertion},
+    },
 };
 
 /// How a client proved itself.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Proof {
     /// With this live secret.
     Secret(uuid::Uuid),
     /// With the TLS certificate it registered.
     Certificate,
+    /// With an assertion signed by a key it registered (its `jti` yet to be used up).
+    Assertion(VerifiedAssertion),
+}
+
+/// What a client sends to prove itself, besides its TLS certificate. Its `Debug` shows which,
+/// never the credential.
+#[derive(Default)]
+pub enum ClientCredential {
+    /// Nothing: a client that authenticates by its TLS certificate.
+    #[default]
+    None,
+    /// A secret.
+    Secret(SecretString),
+    /// A JWT client assertion (`client_assertion_type`
+    /// `urn:ietf:params:oauth:client-assertion-type:jwt-bearer`).
+    Assertion(String),
+}
+
+impl std::fmt::Debug for ClientCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::None => "None",
+            Self::Secret(_) => "Secret([REDACTED])",
+            Self::Assertion(_) => "Assertion([REDACTED])",
+        })
+    }
+}
+
+impl ClientCredential {
+    /// The credential of a request's `client_secret`, `client_assertion` and
+    /// `client_assertion_type` (empty: not sent); `field` names the request's grant. An
+    /// assertion of another type, or a secret and an assertion both, are refused.
+    pub fn from_request(
+        secret: String,
+        assertion: String,
+        assertion_type: &str,
+        field: &str,
+    ) -> Result<Self, Error> {
+        match (secret.is_empty(), assertion.is_empty()) {
+            (_, true) if !assertion_type.is_empty() => Err(Error::invalid_argument(
+                format!("{field}.client_assertion"),
+                "client_assertion_type needs a client_assertion",
+            )),
+            (true, true) => Ok(Self::None),
+            (false, true) => Ok(Self::Secret(SecretString::from(secret))),
+            (true, false) if assertion_type == JWT_BEARER_ASSERTION => {
+                Ok(Self::Assertion(assertion))
+            }
+            (true, false) => Err(Error::invalid_argument(
+                format!("{field}.client_assertion_type"),
+                format!("must be `{JWT_BEARER_ASSERTION}`"),
+            )),
+            (false, false) => Err(Error::invalid_argument(
+                format!("{field}.client_secret"),
+                "send a client_secret or a client_assertion, not both",
+            )),
+        }
+    }
+
+    /// The client id to look up: `client_id` as sent, or, when empty, the `sub` an assertion
+    /// claims (RFC 7521 section 4.2); it is checked with the rest.
+    pub fn client_id_or_claimed(&self, client_id: String) -> String {
+        match self {
+            Self::Assertion(assertion) if client_id.is_empty() => {
+                assertion::claimed_client(assertion).unwrap_or_default()
+            }
+            _ => client_id,
+        }
+    }
 }
 
 impl AuthService {
@@ -40,13 +114,13 @@ impl AuthService {
     pub async fn verify_client(
         &self,
         client_id: &str,
-        secret: Option<&SecretString>,
+        credential: &ClientCredential,
         purpose: &'static str,
         context: &CallContext,
     ) -> Result<crate::domain::Client, Error> {
         self.limits.check(&[Key::Ip(&context.peer)]).await?;
         let client = self
-            .check_client(client_id, secret, purpose, context)
+            .check_client(client_id, credential, purpose, context)
             .await?;
         self.limits.check(&[Key::Client(client_id)]).await?;
         Ok(client)
@@ -55,7 +129,7 @@ impl AuthService {
     pub(super) async fn check_client(
         &self,
         client_id: &str,
-        secret: Option<&SecretString>,
+        credential: &ClientCredential,
         purpose: &'static str,
         context: &CallContext,
     ) -> Result<crate::domain::Client, Error> {
@@ -78,23 +152,54 @@ impl AuthService {
             .with_detail("purpose", purpose)
             .with_detail("reason", reason)
         };
-        let secret = secret.filter(|secret| !secret.expose_secret().is_empty());
+        let secret = match credential {
+            ClientCredential::Secret(secret) if !secret.expose_secret().is_empty() => Some(secret),
+            _ => None,
+        };
         if secret.is_some_and(|secret| secret.expose_secret().len() > 256) {
             return Err(invalid_credentials());
         }
+        let assertion = match credential {
+            ClientCredential::Assertion(assertion) => Some(assertion.as_str()),
+            _ => None,
+        };
+        // What an assertion must be addressed to: Keystone, as its issuer or its token
+        // endpoint (RFC 7523 section 3).
+        let issuer = self.policy.issuer.trim_end_matches('/');
+        let token_endpoint = format!("{issuer}/oauth2/token");
+        let audiences = [self.policy.issuer.as_str(), issuer, token_endpoint.as_str()];
+        let leeway = i64::try_from(self.policy.leeway.as_secs()).unwrap_or(i64::MAX);
         // The certificate of the caller's own connection (one a proxy forwarded is known by
         // its hash alone, which proves no name).
         let certificate = match &context.certificate {
             Some(PresentedCertificate::Connection(certificate)) => Some(certificate),
             _ => None,
         };
-        let matching = |entry: &CachedClient| {
+        // The proof a copy of the client accepts, or why none (said to the caller only for an
+        // assertion, whose holder needs to know what to fix; a secret is right or wrong).
+        let matching = |entry: &CachedClient| -> Result<Proof, Option<String>> {
             if entry.client.certificate.is_set() {
                 return certificate
                     .filter(|certificate| entry.client.certificate.matched_by(certificate))
-                    .map(|_| Proof::Certificate);
+                    .map(|_| Proof::Certificate)
+                    .ok_or(None);
             }
-            let secret = secret?;
+            if let Some(jwks) = &entry.client.jwks_json {
+                let Some(assertion) = assertion else {
+                    return Err(None);
+                };
+                let keys = ClientKeys::parse(jwks)
+                    .map_err(|error| Some(format!("the client's keys: {error}")))?;
+                let expected = Expected {
+                    client_id,
+                    audiences: &audiences,
+                    leeway,
+                };
+                return assertion::verify(assertion, &keys, expected, now)
+                    .map(Proof::Assertion)
+                    .map_err(|error| Some(error.to_string()));
+            }
+            let secret = secret.ok_or(None)?;
             // Every live secret is checked, so the time does not tell which one matched.
             entry
                 .secrets
@@ -107,6 +212,7 @@ impl AuthService {
                     matched.or(ok.then_some(candidate.id))
                 })
                 .map(Proof::Secret)
+                .ok_or(None)
         };
         let mut found = self.store.client_for_login(client_id, now, false).await?;
         // A remembered copy is read again when the client was revoked after it was read
@@ -117,15 +223,25 @@ impl AuthService {
             && (self
                 .revocations
                 .subject_revoked_since(client_id, entry.read_at)
-                || matching(entry).is_none())
+                || matching(entry).is_err())
         {
             found = self.store.client_for_login(client_id, now, true).await?;
         }
-        let matched = found.as_ref().and_then(|(entry, _)| matching(entry));
-        let (Some((entry, _)), Some(proof)) = (found, matched) else {
-            self.record(audit(Outcome::Failure, "invalid credentials"), now)
-                .await;
-            return Err(invalid_credentials());
+        let matched = found.as_ref().map(|(entry, _)| matching(entry));
+        let (entry, proof) = match (found, matched) {
+            (Some((entry, _)), Some(Ok(proof))) => (entry, proof),
+            (_, Some(Err(Some(why)))) => {
+                self.record(audit(Outcome::Failure, &why), now).await;
+                return Err(Error::Unauthenticated {
+                    reason: Reason::InvalidCredentials,
+                    message: format!("invalid client assertion: {why}"),
+                });
+            }
+            _ => {
+                self.record(audit(Outcome::Failure, "invalid credentials"), now)
+                    .await;
+                return Err(invalid_credentials());
+            }
         };
         let client = &entry.client;
         if !client.enabled {
@@ -135,12 +251,36 @@ impl AuthService {
                 message: "the client is disabled".to_owned(),
             });
         }
-        if let Proof::Secret(secret_id) = proof
-            && entry.last_use_due(secret_id, now)
-        {
-            self.store
-                .touch_client_secret(client.id, secret_id, now)
-                .await?;
+        match proof {
+            Proof::Secret(secret_id) if entry.last_use_due(secret_id, now) => {
+                self.store
+                    .touch_client_secret(client.id, secret_id, now)
+                    .await?;
+            }
+            // Used once, on every replica: a replayed assertion proves nothing.
+            Proof::Assertion(verified) => {
+                let first = self
+                    .authenticator
+                    .used_proofs()
+                    .first_use(
+                        Kind::ClientAssertion,
+                        &[client_id, &verified.jti],
+                        verified.expires_at,
+                        now,
+                    )
+                    .await?;
+                if !first {
+                    self.record(audit(Outcome::Failure, "assertion used before"), now)
+                        .await;
+                    return Err(Error::Unauthenticated {
+                        reason: Reason::InvalidCredentials,
+                        message: "invalid client assertion: its jti was used before; sign a new \
+                                  one for each request"
+                            .to_owned(),
+                    });
+                }
+            }
+            _ => {}
         }
         Ok(client.clone())
     }
@@ -151,7 +291,7 @@ impl AuthService {
     pub async fn client_credentials_grant(
         &self,
         client_id: &str,
-        secret: Option<SecretString>,
+        credential: ClientCredential,
         request: TokenRequest,
         context: &CallContext,
     ) -> Result<IssuedToken, Error> {
@@ -163,7 +303,7 @@ impl AuthService {
         // is refused, whatever it read.
         let now = self.clock.now();
         let client = self
-            .verify_client(client_id, secret.as_ref(), "client_credentials", context)
+            .verify_client(client_id, &credential, "client_credentials", context)
             .await?;
         let audit = |outcome: Outcome, reason: &str| {
             AuditRecord::new(
@@ -232,7 +372,7 @@ impl AuthService {
         let token = self.mint(
             MintRequest {
                 subject: client.client_id.as_str().to_owned(),
-                kind: Kind::Service,
+                kind: TokenKind::Service,
                 client_id: client.client_id.as_str().to_owned(),
                 username: None,
                 roles: Vec::new(),

@@ -17,17 +17,15 @@
 
 use std::time::Duration;
 
-use secrecy::SecretString;
-
 use super::{
     AuthService, CallContext, IssuedToken, PASSWORD_CHANGE_SCOPE, TokenRequest,
-    client::binding,
+    client::{ClientCredential, binding},
     mint::{MintRequest, count_issued},
 };
 use crate::{
     domain::{AuditRecord, Outcome, ScopeSet},
     error::{Error, Reason},
-    token::{ActClaim, Claims},
+    token::{ActClaim, Claims, MAX_TOKEN_BYTES},
 };
 
 /// The token type of an access token (RFC 8693 section 3): what exchanges take and issue.
@@ -36,8 +34,9 @@ pub const ACCESS_TOKEN_TYPE_URN: &str = "urn:ietf:params:oauth:token-type:access
 /// A JWT (RFC 8693 section 3): Keystone's access tokens are JWTs, so it is taken too.
 const JWT_TYPE_URN: &str = "urn:ietf:params:oauth:token-type:jwt";
 
-/// A token exchange request, beside the scopes and audience of [`TokenRequest`].
-#[derive(Debug, Default)]
+/// A token exchange request, beside the scopes and audience of [`TokenRequest`]. Its `Debug`
+/// shows no token: they are bearer credentials.
+#[derive(Default)]
 pub struct TokenExchange {
     /// The access token to exchange.
     pub subject_token: String,
@@ -49,10 +48,22 @@ pub struct TokenExchange {
     pub actor_token_type: String,
     /// The exchanging client.
     pub client_id: String,
-    /// Its secret; `None` for a client that authenticates by certificate.
-    pub client_secret: Option<SecretString>,
+    /// What it proves itself with: a secret, an assertion, or (nothing) its certificate.
+    pub credential: ClientCredential,
     /// The lifetime asked for; `None`: as long as allowed.
     pub ttl: Option<Duration>,
+}
+
+impl std::fmt::Debug for TokenExchange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenExchange")
+            .field("subject_token_type", &self.subject_token_type)
+            .field("actor_token_type", &self.actor_token_type)
+            .field("client_id", &self.client_id)
+            .field("credential", &self.credential)
+            .field("ttl", &self.ttl)
+            .finish_non_exhaustive()
+    }
 }
 
 impl AuthService {
@@ -95,7 +106,7 @@ impl AuthService {
         let client = self
             .verify_client(
                 &exchange.client_id,
-                exchange.client_secret.as_ref(),
+                &exchange.credential,
                 "token_exchange",
                 context,
             )
@@ -155,6 +166,17 @@ impl AuthService {
             },
             now,
         )?;
+        // Every verifier refuses a token past 8 KiB: one that long is never handed out.
+        if token.access_token.len() > MAX_TOKEN_BYTES {
+            let error = Error::PermissionDenied {
+                reason: Reason::DelegationTooDeep,
+                message: "the exchanged token would be longer than 8 KiB: the chain is too long"
+                    .to_owned(),
+            };
+            self.record(audit.with_detail("reason", error.to_string()), now)
+                .await;
+            return Err(error);
+        }
         // Always audited, whatever `clients.audit_tokens` says: acting on someone's behalf is
         // what an audit trail is for. The token leaves only once its event is committed.
         audit.outcome = Outcome::Success;
@@ -208,6 +230,8 @@ impl AuthService {
                 message: "the subject token is only good for ChangePassword".to_owned(),
             }));
         }
+        // The new token ends no later than the subject token, nor than the actor's.
+        let mut ends = subject.exp;
         let acting = if exchange.actor_token.is_empty() {
             client_id.to_owned()
         } else {
@@ -220,6 +244,7 @@ impl AuthService {
                     "an actor token must not itself be delegated (it carries `act`)",
                 )));
             }
+            ends = ends.min(actor.exp);
             actor.sub
         };
         let act = ActClaim {
@@ -242,7 +267,7 @@ impl AuthService {
         let audience = self.exchange_audience(client, audience).map_err(&refuse)?;
         let scopes = exchange_scopes(&held, &client.allowed_scopes, requested).map_err(&refuse)?;
         let ttl = self
-            .exchange_ttl(client, &subject, exchange.ttl, now)
+            .exchange_ttl(client, ends, exchange.ttl, now)
             .map_err(&refuse)?;
         Ok(Exchanged {
             subject,
@@ -318,11 +343,11 @@ impl AuthService {
     }
 
     /// How long the exchanged token lives: what was asked, or the client's token lifetime,
-    /// and in no case past the subject token's expiry.
+    /// and in no case past `ends` (the subject token's expiry, or the actor token's if sooner).
     fn exchange_ttl(
         &self,
         client: &crate::domain::Client,
-        subject: &Claims,
+        ends: i64,
         asked: Option<Duration>,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<Duration, Error> {
@@ -331,11 +356,11 @@ impl AuthService {
             .unwrap_or(self.policy.access_ttl)
             .min(self.policy.max_access_ttl);
         // Whole seconds: `exp` is in seconds, and must not pass the subject's.
-        let left = u64::try_from(subject.exp.saturating_sub(now.timestamp())).unwrap_or(0);
+        let left = u64::try_from(ends.saturating_sub(now.timestamp())).unwrap_or(0);
         if left == 0 {
             return Err(Error::Unauthenticated {
                 reason: Reason::TokenExpired,
-                message: "the subject token has expired".to_owned(),
+                message: "the subject (or actor) token has expired".to_owned(),
             });
         }
         let left = Duration::from_secs(left);
@@ -344,7 +369,8 @@ impl AuthService {
             Some(asked) if asked > left => Err(Error::invalid_argument(
                 "token_exchange.ttl",
                 format!(
-                    "the subject token expires in {}s: an exchanged token cannot outlive it",
+                    "the subject (or actor) token expires in {}s: an exchanged token cannot \
+                     outlive it",
                     left.as_secs()
                 ),
             )),

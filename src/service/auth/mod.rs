@@ -268,6 +268,7 @@ pub struct AuthService {
     policy: Arc<AuthPolicy>,
 }
 
+pub use client::ClientCredential;
 pub use exchange::{ACCESS_TOKEN_TYPE_URN, TokenExchange};
 
 /// A self-service sign-up, or the form of one being filled in (`EstimatePasswordStrength`).

@@ -20,6 +20,7 @@ pub struct Model {
     pub tls_client_auth_subject_dn: Option<String>,
     pub certificate_bound_tokens: bool,
     pub token_exchange: bool,
+    pub jwks_json: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
