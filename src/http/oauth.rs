@@ -32,8 +32,9 @@ use crate::{
 /// An answer that ends a request early (boxed: a response is large).
 type Refusal = Box<Response>;
 
-/// The largest form accepted, in bytes: a token exchange carries two tokens of up to 8 KiB.
-const MAX_FORM: usize = 24 * 1024;
+/// The largest form accepted, in bytes: a token exchange carries two tokens and an assertion
+/// of up to 8 KiB each.
+const MAX_FORM: usize = 32 * 1024;
 
 /// The `grant_type` of token exchange (RFC 8693 section 2.1).
 pub const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
@@ -100,9 +101,14 @@ pub async fn token(
     };
     let used_basic = basic.is_some();
     if used_basic
-        && ["client_id", "client_secret", "client_assertion"]
-            .iter()
-            .any(|name| form.contains_key(*name))
+        && [
+            "client_id",
+            "client_secret",
+            "client_assertion",
+            "client_assertion_type",
+        ]
+        .iter()
+        .any(|name| form.contains_key(*name))
     {
         // RFC 6749 section 2.3: one way of authenticating per request.
         return oauth_error(
@@ -135,6 +141,8 @@ pub async fn token(
     // assertion (RFC 7523 section 2.2, the id optional); or (RFC 8705 section 2) the form's id
     // alone with the TLS certificate it authenticates by.
     let client = match basic {
+        // User grants need no client (one sent with HTTP Basic was checked above).
+        _ if !client_grant => Some(Ok((String::new(), ClientCredential::None))),
         Some((client_id, secret)) => Some(Ok((client_id, ClientCredential::Secret(secret)))),
         None => {
             let field = |name: &str| form.get(name).cloned().unwrap_or_default();
@@ -142,20 +150,20 @@ pub async fn token(
                 || form.contains_key("client_assertion")
                 || form.contains_key("client_assertion_type");
             match (form.get("client_id"), sent) {
-                (_, true) => Some(
-                    ClientCredential::from_request(
-                        field("client_secret"),
-                        field("client_assertion"),
-                        &field("client_assertion_type"),
-                        "form",
-                    )
-                    .map(|credential| {
-                        (
-                            credential.client_id_or_claimed(field("client_id")),
-                            credential,
-                        )
-                    }),
-                ),
+                // A client without an id (a secret alone, or an assertion naming no `sub`) is
+                // no client at all.
+                (_, true) => match ClientCredential::from_request(
+                    field("client_secret"),
+                    field("client_assertion"),
+                    &field("client_assertion_type"),
+                    "form",
+                ) {
+                    Ok(credential) => {
+                        let client_id = credential.client_id_or_claimed(field("client_id"));
+                        (!client_id.is_empty()).then_some(Ok((client_id, credential)))
+                    }
+                    Err(error) => Some(Err(error)),
+                },
                 (Some(id), false) if context.certificate.is_some() => {
                     Some(Ok((id.clone(), ClientCredential::None)))
                 }

@@ -71,7 +71,9 @@ impl Buckets {
         if self.count >= MAX_REMEMBERED {
             return Err(Error::ResourceExhausted {
                 reason: Reason::Overloaded,
-                message: "too many DPoP proofs in flight; retry later".to_owned(),
+                message: "too many one-time credentials (DPoP proofs, client assertions) in \
+                          flight; retry later"
+                    .to_owned(),
                 retry_after: Some(std::time::Duration::from_secs(1)),
             });
         }
@@ -202,13 +204,20 @@ impl Kind {
     }
 }
 
-/// What a credential is remembered by: the SHA-256 of its kind and parts (a DPoP proof's key
-/// thumbprint and `jti`; an assertion's client and `jti`), each ended by a NUL.
+/// What a credential is remembered by: the SHA-256 of its parts (a DPoP proof's key
+/// thumbprint and `jti`; an assertion's client and `jti`) joined by NULs, an assertion's
+/// after its kind. A DPoP proof's is what it was before assertions came, so that replicas of
+/// either version agree on a proof during a rolling upgrade.
 fn key_of(kind: Kind, parts: &[&str]) -> [u8; 32] {
     let mut context = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    context.update(kind.prefix().as_bytes());
-    for part in parts {
+    if kind != Kind::DpopProof {
+        context.update(kind.prefix().as_bytes());
         context.update(b"\0");
+    }
+    for (index, part) in parts.iter().enumerate() {
+        if index > 0 {
+            context.update(b"\0");
+        }
         context.update(part.as_bytes());
     }
     let mut key = [0_u8; 32];
@@ -226,6 +235,19 @@ fn replayed() -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_proof_is_kept_by_the_key_replicas_before_assertions_use_and_kinds_never_meet() {
+        let before = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, b"thumbprint\0jti-1");
+        assert_eq!(
+            key_of(Kind::DpopProof, &["thumbprint", "jti-1"]).as_slice(),
+            before.as_ref()
+        );
+        assert_ne!(
+            key_of(Kind::ClientAssertion, &["thumbprint", "jti-1"]),
+            key_of(Kind::DpopProof, &["thumbprint", "jti-1"])
+        );
+    }
 
     #[tokio::test]
     async fn a_proof_is_good_once_and_forgotten_after_its_window() {

@@ -222,13 +222,53 @@ pub fn claimed_client(assertion: &str) -> Option<String> {
     value.get("sub")?.as_str().map(str::to_owned)
 }
 
+/// Why an assertion was refused, and whether its signature had checked out: until it has,
+/// the caller is told nothing (which keys a client has is not for strangers to probe).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// What is wrong.
+    pub why: AssertionError,
+    /// Whether the signature verified with a registered key before the refusal.
+    pub signed: bool,
+}
+
 /// Checks `assertion` against the client's `keys` and what it must say, at `now`.
 pub fn verify(
     assertion: &str,
     keys: &ClientKeys,
     expected: Expected<'_>,
     now: DateTime<Utc>,
-) -> Result<VerifiedAssertion, AssertionError> {
+) -> Result<VerifiedAssertion, Refusal> {
+    let claims = signed_claims(assertion, keys).map_err(|(why, signed)| Refusal { why, signed })?;
+    check_claims(claims, expected, now).map_err(|why| Refusal { why, signed: true })
+}
+
+/// The claims of an assertion signed by one of `keys`; a refusal says whether the signature
+/// had verified (claims of the wrong shape under a good signature).
+fn signed_claims(assertion: &str, keys: &ClientKeys) -> Result<Claims, (AssertionError, bool)> {
+    let key = key_for(assertion, keys).map_err(|why| (why, false))?;
+    let mut validation = Validation::new(key.algorithm);
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    validation.required_spec_claims.clear();
+    jsonwebtoken::decode::<Claims>(assertion, &key.key, &validation)
+        .map(|data| data.claims)
+        .map_err(|error| match error.kind() {
+            // The signature verified: the claims are what is wrong.
+            jsonwebtoken::errors::ErrorKind::Json(_) => (
+                AssertionError("iss, sub, aud, exp and jti are required, with their JSON types"),
+                true,
+            ),
+            _ => (
+                AssertionError("the assertion's signature does not verify"),
+                false,
+            ),
+        })
+}
+
+/// The registered key an assertion's header names, refusing headers that bring their own.
+fn key_for<'a>(assertion: &str, keys: &'a ClientKeys) -> Result<&'a ClientKey, AssertionError> {
     if assertion.len() > MAX_ASSERTION_BYTES {
         return Err(AssertionError("the assertion is longer than 8 KiB"));
     }
@@ -273,19 +313,15 @@ pub fn verify(
             "the assertion's alg is not the registered key's",
         ));
     }
-    let mut validation = Validation::new(key.algorithm);
-    validation.validate_exp = false;
-    validation.validate_nbf = false;
-    validation.validate_aud = false;
-    validation.required_spec_claims.clear();
-    let claims = jsonwebtoken::decode::<Claims>(assertion, &key.key, &validation)
-        .map_err(|error| match error.kind() {
-            jsonwebtoken::errors::ErrorKind::Json(_) => {
-                AssertionError("iss, sub, aud, exp and jti are required, with their JSON types")
-            }
-            _ => AssertionError("the assertion's signature does not verify"),
-        })?
-        .claims;
+    Ok(key)
+}
+
+/// What a signed assertion must say, at `now`.
+fn check_claims(
+    claims: Claims,
+    expected: Expected<'_>,
+    now: DateTime<Utc>,
+) -> Result<VerifiedAssertion, AssertionError> {
     if claims.iss != expected.client_id || claims.sub != expected.client_id {
         return Err(AssertionError("iss and sub must both be the client's id"));
     }
@@ -418,62 +454,82 @@ mod tests {
             change(&mut claims);
             sign(&signing, Some("k1"), &claims)
         };
-        let cases: Vec<(&str, String)> = vec![
+        let cases: Vec<(&str, String, bool)> = vec![
             (
                 "another key under k1's kid",
                 sign(&other, Some("k1"), &claims(now)),
+                false,
             ),
             (
                 "no kid among several keys",
                 sign(&signing, None, &claims(now)),
+                false,
             ),
-            ("an unknown kid", sign(&signing, Some("k9"), &claims(now))),
-            ("iss of another", with(&|c| c["iss"] = "orders".into())),
-            ("sub of another", with(&|c| c["sub"] = "orders".into())),
+            (
+                "an unknown kid",
+                sign(&signing, Some("k9"), &claims(now)),
+                false,
+            ),
+            (
+                "iss of another",
+                with(&|c| c["iss"] = "orders".into()),
+                true,
+            ),
+            (
+                "sub of another",
+                with(&|c| c["sub"] = "orders".into()),
+                true,
+            ),
             (
                 "another audience",
                 with(&|c| c["aud"] = "https://other.example.com".into()),
+                true,
             ),
             (
                 "expired",
                 with(&|c| c["exp"] = (now.timestamp() - 31).into()),
+                true,
             ),
             (
                 "an hour and more ahead",
                 with(&|c| c["exp"] = (now.timestamp() + 3700).into()),
+                true,
             ),
             (
                 "not valid yet",
                 with(&|c| c["nbf"] = (now.timestamp() + 120).into()),
+                true,
             ),
             (
                 "issued in the future",
                 with(&|c| c["iat"] = (now.timestamp() + 120).into()),
+                true,
             ),
             (
                 "too old",
                 with(&|c| c["iat"] = (now.timestamp() - 4000).into()),
+                true,
             ),
             (
                 "no jti",
                 with(&|c| {
                     c.as_object_mut().unwrap().remove("jti");
                 }),
+                true,
             ),
             (
                 "no exp",
                 with(&|c| {
                     c.as_object_mut().unwrap().remove("exp");
                 }),
+                true,
             ),
-            ("garbage", "a.b.c".to_owned()),
-            ("two parts", "a.b".to_owned()),
+            ("garbage", "a.b.c".to_owned(), false),
+            ("two parts", "a.b".to_owned(), false),
         ];
-        for (case, assertion) in cases {
-            assert!(
-                verify(&assertion, &registered, expected(), now).is_err(),
-                "{case}"
-            );
+        for (case, assertion, signed) in cases {
+            let refusal = verify(&assertion, &registered, expected(), now).unwrap_err();
+            assert_eq!(refusal.signed, signed, "{case}: {refusal:?}");
         }
         // `alg: none`, HMAC keyed with the public key, a key in the header.
         let payload = good.split('.').nth(1).unwrap();
@@ -506,8 +562,11 @@ mod tests {
                 ),
             ),
         ] {
-            let error = verify(&assertion, &registered, expected(), now).unwrap_err();
-            assert!(!error.0.is_empty(), "{case}");
+            let refusal = verify(&assertion, &registered, expected(), now).unwrap_err();
+            assert!(
+                !refusal.signed,
+                "{case}: nothing is said before the signature checks out"
+            );
         }
     }
 

@@ -25,7 +25,7 @@ const ISSUER: &str = "http://127.0.0.1:8080";
 
 /// A client's P-256 key: what signs, and the public JWK an admin registers.
 pub(crate) struct ClientKey {
-    signing: EncodingKey,
+    pub(crate) signing: EncodingKey,
     pub(crate) jwk: Value,
     kid: String,
 }
@@ -190,6 +190,43 @@ async fn a_client_with_keys_has_no_secret_and_gets_a_token_once_per_assertion() 
     )
     .await;
     assert_eq!(response.status, 200, "{}", response.body);
+    let post = |headers: Vec<(&'static str, String)>, body: String| {
+        let addr = app.http_addr;
+        async move {
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            http(addr, "POST", "/oauth2/token", &headers, &body).await
+        }
+    };
+    let form_type = (
+        "content-type",
+        "application/x-www-form-urlencoded".to_owned(),
+    );
+    // The same form again: the assertion was used.
+    let replayed = post(vec![form_type.clone()], form.clone()).await;
+    assert_eq!(replayed.status, 401, "{}", replayed.body);
+    assert_eq!(replayed.json()["error"], "invalid_client");
+    // HTTP Basic and an assertion: two ways of authenticating (RFC 6749 section 2.3).
+    let both = post(
+        vec![
+            form_type,
+            (
+                "authorization",
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode("signer:x")
+                ),
+            ),
+        ],
+        format!(
+            "grant_type=client_credentials&client_assertion_type={}&client_assertion={}",
+            JWT_BEARER.replace(':', "%3A"),
+            key.assertion("signer", now)
+        ),
+    )
+    .await;
+    assert_eq!(both.status, 400, "{}", both.body);
+    assert_eq!(both.json()["error"], "invalid_request");
     let metadata = http(
         app.http_addr,
         "GET",
@@ -251,62 +288,86 @@ async fn every_broken_assertion_is_refused_and_says_why() {
         &EncodingKey::from_secret(key.jwk.to_string().as_bytes()).unwrap(),
     )
     .unwrap();
-    let cases: Vec<(&str, String)> = vec![
+    // Validly signed, but with the wrong key in the header or under an unknown kid.
+    let signed_with_header = |key: &ClientKey, kid: &str, jwk: Option<&Value>| {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(kid.to_owned());
+        header.jwk = jwk.map(|jwk| serde_json::from_value(jwk.clone()).unwrap());
+        let claims: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&payload).unwrap()).unwrap();
+        jsonwebtoken::encode(&header, &claims, &key.signing).unwrap()
+    };
+    // Once the signature checked out, the message says what is wrong; before, nothing (which
+    // clients have keys, and which kids, is not for strangers to probe).
+    let cases: Vec<(&str, String, Option<&str>)> = vec![
         (
             "expired",
             key.assertion_with("signer", now, |c| c["exp"] = (now - 120).into()),
+            Some("expired"),
         ),
         (
             "more than an hour ahead",
             key.assertion_with("signer", now, |c| c["exp"] = (now + 7200).into()),
+            Some("lives too long"),
         ),
         (
             "too old",
             key.assertion_with("signer", now, |c| c["iat"] = (now - 7200).into()),
+            Some("too old"),
         ),
         (
             "for another audience",
             key.assertion_with("signer", now, |c| {
                 c["aud"] = "https://elsewhere.example".into()
             }),
+            Some("aud must name Keystone"),
         ),
         (
             "another issuer",
             key.assertion_with("signer", now, |c| c["iss"] = "mallory".into()),
+            Some("iss and sub"),
         ),
         (
             "without a jti",
             key.assertion_with("signer", now, |c| {
                 c.as_object_mut().unwrap().remove("jti");
             }),
-        ),
-        ("signed by another key", stranger.assertion("signer", now)),
-        ("alg none", forged(json!({"alg": "none", "kid": "k1"}), "")),
-        ("HMAC keyed with the public key", hmac),
-        (
-            "a key in the header",
-            forged(
-                json!({"alg": "ES256", "kid": "k1", "jwk": stranger.jwk}),
-                "c2ln",
-            ),
+            Some("required"),
         ),
         (
-            "an unknown kid",
-            forged(json!({"alg": "ES256", "kid": "k9"}), "c2ln"),
+            "signed by another key",
+            stranger.assertion("signer", now),
+            None,
         ),
-        ("garbage", "not-a-jwt".to_owned()),
+        (
+            "alg none",
+            forged(json!({"alg": "none", "kid": "k1"}), ""),
+            None,
+        ),
+        ("HMAC keyed with the public key", hmac, None),
+        (
+            "its own key in the header",
+            signed_with_header(&stranger, "k1", Some(&stranger.jwk)),
+            None,
+        ),
+        ("an unknown kid", signed_with_header(&key, "k9", None), None),
+        ("garbage", "not-a-jwt".to_owned(), None),
     ];
-    for (case, assertion) in cases {
+    for (case, assertion, told) in cases {
         let status = assert_refused(
             by_assertion(&app, "signer", &assertion).await,
             Code::Unauthenticated,
             "INVALID_CREDENTIALS",
             case,
         );
-        assert!(
-            status.message().starts_with("invalid client assertion: "),
-            "{case}: {status:?}"
-        );
+        match told {
+            Some(why) => assert!(
+                status.message().starts_with("invalid client assertion: ")
+                    && status.message().contains(why),
+                "{case}: {status:?}"
+            ),
+            None => assert_eq!(status.message(), "invalid credentials", "{case}"),
+        }
     }
     // A secret proves nothing for a client with keys; an assertion nothing for one without.
     let secret_client = app.create_client("secretive", &[], &[], None, true).await;
@@ -560,18 +621,21 @@ async fn an_assertion_used_on_one_replica_is_refused_on_another() {
         })),
         ..Default::default()
     };
-    for _ in 0..5 {
+    for round in 0..6 {
+        // Each replica in turn takes a new assertion, and the other refuses it after.
+        let (first, second) = if round % 2 == 0 {
+            (&nodes[0], &nodes[1])
+        } else {
+            (&nodes[1], &nodes[0])
+        };
         let assertion = key.assertion("signer", now);
-        nodes[0]
-            .auth()
-            .issue_token(grant(&assertion))
-            .await
-            .unwrap();
-        let status = nodes[1]
+        first.auth().issue_token(grant(&assertion)).await.unwrap();
+        let status = second
             .auth()
             .issue_token(grant(&assertion))
             .await
             .expect_err("used on the other replica");
         assert_eq!(reason(&status), "INVALID_CREDENTIALS", "{status:?}");
+        assert!(status.message().contains("used before"), "{status:?}");
     }
 }

@@ -472,6 +472,11 @@ async fn an_actor_token_names_who_acts() {
         pb::Client {
             client_id: "robot".into(),
             allowed_audiences: vec!["orders".into(), "payments".into()],
+            // Its tokens live a minute: so does what is exchanged with one as the actor.
+            access_token_ttl: Some(prost_types::Duration {
+                seconds: 60,
+                nanos: 0,
+            }),
             ..Default::default()
         },
     )
@@ -492,6 +497,7 @@ async fn an_actor_token_names_who_acts() {
         .await
         .unwrap();
     assert_eq!(actors(&hop), [("robot", "orders")]);
+    assert_eq!(token.expires_in, 60, "no longer than the actor token");
 
     // An actor token meant for someone else proves nothing to `orders`.
     let elsewhere = app

@@ -175,21 +175,24 @@ impl AuthService {
             Some(PresentedCertificate::Connection(certificate)) => Some(certificate),
             _ => None,
         };
-        // The proof a copy of the client accepts, or why none (said to the caller only for an
-        // assertion, whose holder needs to know what to fix; a secret is right or wrong).
-        let matching = |entry: &CachedClient| -> Result<Proof, Option<String>> {
+        // The proof a copy of the client accepts, or why none, for the audit trail, and whether
+        // the caller may be told (only once an assertion's signature checked out: its holder
+        // needs to know what to fix, and a stranger learns nothing of which clients have which
+        // keys).
+        let plain = || (false, "invalid credentials".to_owned());
+        let matching = |entry: &CachedClient| -> Result<Proof, (bool, String)> {
             if entry.client.certificate.is_set() {
                 return certificate
                     .filter(|certificate| entry.client.certificate.matched_by(certificate))
                     .map(|_| Proof::Certificate)
-                    .ok_or(None);
+                    .ok_or_else(plain);
             }
             if let Some(jwks) = &entry.client.jwks_json {
                 let Some(assertion) = assertion else {
-                    return Err(None);
+                    return Err(plain());
                 };
                 let keys = ClientKeys::parse(jwks)
-                    .map_err(|error| Some(format!("the client's keys: {error}")))?;
+                    .map_err(|error| (false, format!("the client's keys: {error}")))?;
                 let expected = Expected {
                     client_id,
                     audiences: &audiences,
@@ -197,9 +200,9 @@ impl AuthService {
                 };
                 return assertion::verify(assertion, &keys, expected, now)
                     .map(Proof::Assertion)
-                    .map_err(|error| Some(error.to_string()));
+                    .map_err(|refusal| (refusal.signed, refusal.why.to_string()));
             }
-            let secret = secret.ok_or(None)?;
+            let secret = secret.ok_or_else(plain)?;
             // Every live secret is checked, so the time does not tell which one matched.
             entry
                 .secrets
@@ -212,9 +215,11 @@ impl AuthService {
                     matched.or(ok.then_some(candidate.id))
                 })
                 .map(Proof::Secret)
-                .ok_or(None)
+                .ok_or_else(plain)
         };
         let mut found = self.store.client_for_login(client_id, now, false).await?;
+        // Checked once per copy read: a signature is not verified twice.
+        let mut matched = found.as_ref().map(|(entry, _)| matching(entry));
         // A remembered copy is read again when the client was revoked after it was read
         // (disabled, deleted, its tokens revoked: on any replica), or when it knows no secret
         // that matches (one rotated in on another replica). A wrong secret does not evict the
@@ -223,18 +228,22 @@ impl AuthService {
             && (self
                 .revocations
                 .subject_revoked_since(client_id, entry.read_at)
-                || matching(entry).is_err())
+                || matches!(matched, Some(Err(_))))
         {
             found = self.store.client_for_login(client_id, now, true).await?;
+            matched = found.as_ref().map(|(entry, _)| matching(entry));
         }
-        let matched = found.as_ref().map(|(entry, _)| matching(entry));
         let (entry, proof) = match (found, matched) {
             (Some((entry, _)), Some(Ok(proof))) => (entry, proof),
-            (_, Some(Err(Some(why)))) => {
+            (_, Some(Err((tell, why)))) => {
                 self.record(audit(Outcome::Failure, &why), now).await;
-                return Err(Error::Unauthenticated {
-                    reason: Reason::InvalidCredentials,
-                    message: format!("invalid client assertion: {why}"),
+                return Err(if tell {
+                    Error::Unauthenticated {
+                        reason: Reason::InvalidCredentials,
+                        message: format!("invalid client assertion: {why}"),
+                    }
+                } else {
+                    invalid_credentials()
                 });
             }
             _ => {

@@ -187,8 +187,10 @@ impl AuthService {
         Ok(token)
     }
 
-    /// Everything an exchange decides before anything is used up or signed. A refusal comes
-    /// with the subject it was about (empty when the subject token did not verify).
+    /// Everything an exchange decides about the tokens, once the client proved itself (an
+    /// assertion it proved itself with is used up by then), before a DPoP proof is used up or
+    /// anything is signed. A refusal comes with the subject it was about (empty when the
+    /// subject token did not verify).
     fn decide_exchange(
         &self,
         exchange: &TokenExchange,
