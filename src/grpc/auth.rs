@@ -19,8 +19,8 @@ use crate::{
     service::{
         DpopPresented,
         auth::{
-            ACCESS_TOKEN_TYPE_URN, AuthService, ClientCredential, INTROSPECT_SCOPE,
-            IntrospectionCaller, PasswordLogin, Registration, TokenExchange, TokenRequest,
+            AuthService, ClientCredential, INTROSPECT_SCOPE, IntrospectionCaller, PasswordLogin,
+            Registration, TokenExchange, TokenRequest,
         },
     },
 };
@@ -80,10 +80,6 @@ impl pb::auth_server::Auth for AuthApi {
             // DPoP is an HTTP matter (RFC 9449): proofs come to /oauth2/token.
             dpop: None,
         };
-        let exchange = matches!(
-            request.grant,
-            Some(pb::issue_token_request::Grant::TokenExchange(_))
-        );
         let issued = match request.grant {
             Some(pb::issue_token_request::Grant::Password(grant)) => {
                 self.service
@@ -166,11 +162,7 @@ impl pb::auth_server::Auth for AuthApi {
                 .unwrap_or_default(),
             scopes: issued.scopes.to_strings(),
             expires_at: Some(timestamp(issued.expires_at)),
-            issued_token_type: if exchange {
-                ACCESS_TOKEN_TYPE_URN.to_owned()
-            } else {
-                String::new()
-            },
+            issued_token_type: issued.issued_token_type.unwrap_or_default().to_owned(),
         }))
     }
 

@@ -192,7 +192,6 @@ pub async fn token(
                 .auth
                 .client_credentials_grant(&client_id, credential, request, &context)
                 .await
-                .map(|issued| (issued, false))
         }
         Some(TOKEN_EXCHANGE_GRANT) => {
             // Keystone issues access tokens by exchange, nothing else (RFC 8693 section 2.1).
@@ -238,7 +237,6 @@ pub async fn token(
                     &context,
                 )
                 .await
-                .map(|issued| (issued, true))
         }
         Some("password") => {
             let (Some(username), Some(password)) = (form.get("username"), form.get("password"))
@@ -261,7 +259,6 @@ pub async fn token(
                     &context,
                 )
                 .await
-                .map(|issued| (issued, false))
         }
         Some("refresh_token") => {
             let Some(refresh_token) = form.get("refresh_token") else {
@@ -276,7 +273,6 @@ pub async fn token(
                 .auth
                 .refresh_grant(SecretString::from(refresh_token.clone()), request, &context)
                 .await
-                .map(|issued| (issued, false))
         }
         Some(_) => {
             return oauth_error(
@@ -297,16 +293,16 @@ pub async fn token(
         }
     };
     match issued {
-        Ok((issued, exchanged)) => {
+        Ok(issued) => {
             let mut body = json!({
                 "access_token": issued.access_token,
                 "token_type": issued.token_type,
                 "expires_in": issued.expires_in,
                 "scope": issued.scopes.to_space_separated(),
             });
-            if exchanged {
+            if let Some(issued_token_type) = issued.issued_token_type {
                 // RFC 8693 section 2.2.1.
-                body["issued_token_type"] = json!(ACCESS_TOKEN_TYPE_URN);
+                body["issued_token_type"] = json!(issued_token_type);
             }
             if let Some(refresh_token) = &issued.refresh_token {
                 body["refresh_token"] = json!(refresh_token.expose_secret());

@@ -378,7 +378,10 @@ impl Authenticator {
         // Whoever acted in a delegated token: revoking any of them ends it.
         let actors: Vec<&str> = claims
             .actors()
-            .flat_map(|actor| std::iter::once(actor.sub.as_str()).chain(actor.client_id.as_deref()))
+            .flat_map(|actor| {
+                let client = actor.client_id.as_deref().filter(|id| *id != actor.sub);
+                std::iter::once(actor.sub.as_str()).chain(client)
+            })
             .collect();
         if self.revocations.is_revoked(TokenFacts {
             token_id: &claims.jti,

@@ -171,10 +171,10 @@ impl ClientAdminService {
         } else {
             "secret"
         };
-        let secret = if authentication == "secret" {
-            Some(random_token(CLIENT_SECRET_PREFIX)?)
-        } else {
+        let secret = if certificate.is_set() || jwks_json.is_some() {
             None
+        } else {
+            Some(random_token(CLIENT_SECRET_PREFIX)?)
         };
         let audit = actor
             .event("client.create", client_id.as_str(), Outcome::Success)

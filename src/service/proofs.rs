@@ -147,16 +147,7 @@ impl UsedProofs {
             {
                 Ok(first) => return Ok(first),
                 Err(error) => {
-                    match kind {
-                        Kind::DpopProof => {
-                            ::metrics::counter!("keystone_dpop_proofs_unconfirmed_total")
-                                .increment(1);
-                        }
-                        Kind::ClientAssertion => {
-                            ::metrics::counter!("keystone_client_assertions_unconfirmed_total")
-                                .increment(1);
-                        }
-                    }
+                    ::metrics::counter!(kind.unconfirmed_metric()).increment(1);
                     return Err(Error::Unavailable {
                         reason: Reason::Unavailable,
                         what: kind.what(),
@@ -192,6 +183,14 @@ impl Kind {
         match self {
             Kind::DpopProof => "dpop",
             Kind::ClientAssertion => "assertion",
+        }
+    }
+
+    /// The counter of those refused because Redis could not tell.
+    fn unconfirmed_metric(self) -> &'static str {
+        match self {
+            Kind::DpopProof => "keystone_dpop_proofs_unconfirmed_total",
+            Kind::ClientAssertion => "keystone_client_assertions_unconfirmed_total",
         }
     }
 

@@ -41,7 +41,7 @@ pub const ALGORITHM_NAMES: &[&str] = &[
 ];
 
 /// Members of a JWK that only a private key has.
-const PRIVATE_MEMBERS: &[&str] = &["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
+pub(crate) const PRIVATE_MEMBERS: &[&str] = &["d", "p", "q", "dp", "dq", "qi", "oth", "k"];
 
 /// The request a proof must be for.
 #[derive(Debug, Clone, Copy)]

@@ -15,7 +15,7 @@ use keystone::proto::pb::{self, IssueTokenRequest, issue_token_request::Grant};
 use serde_json::{Value, json};
 use tonic::Code;
 
-use crate::helpers::{TestApp, bad_field, http, reason, spawn_app, with_bearer};
+use crate::helpers::{TestApp, assert_refused, bad_field, http, reason, spawn_app, with_bearer};
 
 /// The `client_assertion_type` of RFC 7523.
 const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -115,22 +115,6 @@ pub(crate) async fn by_assertion(
         })
         .await
         .map(tonic::Response::into_inner)
-}
-
-#[track_caller]
-fn assert_refused<T: std::fmt::Debug>(
-    result: Result<T, tonic::Status>,
-    code: Code,
-    expected: &str,
-    case: &str,
-) -> tonic::Status {
-    let status = result.expect_err(case);
-    assert_eq!(
-        (status.code(), reason(&status).as_str()),
-        (code, expected),
-        "{case}: {status:?}"
-    );
-    status
 }
 
 #[tokio::test]

@@ -17,7 +17,7 @@ use keystone::proto::pb::{
 use tonic::Code;
 
 use crate::helpers::{
-    ADMIN_PASSWORD, TestApp, bad_field, http, reason, spawn_app_with, with_bearer,
+    ADMIN_PASSWORD, TestApp, assert_refused, bad_field, http, spawn_app_with, with_bearer,
 };
 
 /// The access token type of RFC 8693 section 3.
@@ -245,21 +245,6 @@ type Refusal<'a> = (
     Code,
     &'a str,
 );
-
-#[track_caller]
-fn assert_refused<T: std::fmt::Debug>(
-    result: Result<T, tonic::Status>,
-    code: Code,
-    expected: &str,
-    case: &str,
-) {
-    let status = result.expect_err(case);
-    assert_eq!(
-        (status.code(), reason(&status).as_str()),
-        (code, expected),
-        "{case}: {status:?}"
-    );
-}
 
 #[tokio::test]
 async fn an_exchange_keeps_the_subject_narrows_the_scopes_and_shows_the_chain() {

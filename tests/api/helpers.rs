@@ -661,6 +661,25 @@ pub fn reason(status: &tonic::Status) -> String {
         .unwrap_or_default()
 }
 
+/// Asserts that `result` failed with `code` and the `ErrorInfo` reason `expected` (`case`
+/// names the attempt); the status, for more checks.
+#[track_caller]
+#[allow(dead_code)]
+pub fn assert_refused<T: std::fmt::Debug>(
+    result: Result<T, tonic::Status>,
+    code: tonic::Code,
+    expected: &str,
+    case: &str,
+) -> tonic::Status {
+    let status = result.expect_err(case);
+    assert_eq!(
+        (status.code(), reason(&status).as_str()),
+        (code, expected),
+        "{case}: {status:?}"
+    );
+    status
+}
+
 /// A request with `authorization: Bearer <token>`.
 #[allow(dead_code)]
 pub fn with_bearer<T>(message: T, token: &str) -> tonic::Request<T> {

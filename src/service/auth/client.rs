@@ -163,11 +163,6 @@ impl AuthService {
             ClientCredential::Assertion(assertion) => Some(assertion.as_str()),
             _ => None,
         };
-        // What an assertion must be addressed to: Keystone, as its issuer or its token
-        // endpoint (RFC 7523 section 3).
-        let issuer = self.policy.issuer.trim_end_matches('/');
-        let token_endpoint = format!("{issuer}/oauth2/token");
-        let audiences = [self.policy.issuer.as_str(), issuer, token_endpoint.as_str()];
         let leeway = i64::try_from(self.policy.leeway.as_secs()).unwrap_or(i64::MAX);
         // The certificate of the caller's own connection (one a proxy forwarded is known by
         // its hash alone, which proves no name).
@@ -195,7 +190,7 @@ impl AuthService {
                     .map_err(|error| (false, format!("the client's keys: {error}")))?;
                 let expected = Expected {
                     client_id,
-                    audiences: &audiences,
+                    audiences: &self.policy.assertion_audiences,
                     leeway,
                 };
                 return assertion::verify(assertion, &keys, expected, now)
@@ -374,10 +369,7 @@ impl AuthService {
                 return Err(error);
             }
         };
-        let ttl = client
-            .access_token_ttl
-            .unwrap_or(self.policy.access_ttl)
-            .min(self.policy.max_access_ttl);
+        let ttl = self.client_ttl(&client);
         let token = self.mint(
             MintRequest {
                 subject: client.client_id.as_str().to_owned(),
@@ -402,6 +394,17 @@ impl AuthService {
         }
         count_issued("client_credentials");
         Ok(token)
+    }
+}
+
+impl AuthService {
+    /// How long a client's access tokens live: its own lifetime, else the server default,
+    /// never past `tokens.max_access_ttl`.
+    pub(super) fn client_ttl(&self, client: &crate::domain::Client) -> std::time::Duration {
+        client
+            .access_token_ttl
+            .unwrap_or(self.policy.access_ttl)
+            .min(self.policy.max_access_ttl)
     }
 }
 

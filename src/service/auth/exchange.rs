@@ -150,7 +150,7 @@ impl AuthService {
             }
         };
         let subject = exchanged.subject;
-        let token = self.mint(
+        let mut token = self.mint(
             MintRequest {
                 subject: subject.sub,
                 kind: subject.kind,
@@ -184,6 +184,7 @@ impl AuthService {
             .record_audit(audit.with_detail("jti", token.jti.clone()), now)
             .await?;
         count_issued("token_exchange");
+        token.issued_token_type = Some(ACCESS_TOKEN_TYPE_URN);
         Ok(token)
     }
 
@@ -353,10 +354,7 @@ impl AuthService {
         asked: Option<Duration>,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<Duration, Error> {
-        let longest = client
-            .access_token_ttl
-            .unwrap_or(self.policy.access_ttl)
-            .min(self.policy.max_access_ttl);
+        let longest = self.client_ttl(client);
         // Whole seconds: `exp` is in seconds, and must not pass the subject's.
         let left = u64::try_from(ends.saturating_sub(now.timestamp())).unwrap_or(0);
         if left == 0 {

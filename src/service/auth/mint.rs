@@ -141,6 +141,7 @@ impl AuthService {
             "Bearer"
         };
         Ok(IssuedToken {
+            issued_token_type: None,
             access_token,
             token_type,
             jti: claims.jti,

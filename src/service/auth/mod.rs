@@ -172,6 +172,9 @@ pub struct IssuedToken {
     pub jti: String,
     /// `Bearer`, or `DPoP` for a token bound to a DPoP key.
     pub token_type: &'static str,
+    /// The type of the token a token exchange issued (RFC 8693 section 2.2.1); `None` for
+    /// other grants.
+    pub issued_token_type: Option<&'static str>,
 }
 
 /// A verified, unrevoked token's principal.
@@ -216,6 +219,9 @@ pub struct AuthPolicy {
     pub audit_service_tokens: bool,
     /// `federation.max_delegation_depth`: the most actors an exchanged token may name.
     pub max_delegation_depth: usize,
+    /// What a client assertion may be addressed to (RFC 7523 section 3): the issuer, and the
+    /// token endpoint.
+    pub assertion_audiences: Vec<String>,
 }
 
 impl AuthPolicy {
@@ -249,6 +255,16 @@ impl AuthPolicy {
             audit_service_tokens: settings.clients.audit_tokens,
             max_delegation_depth: usize::try_from(settings.federation.max_delegation_depth)
                 .unwrap_or(usize::MAX),
+            assertion_audiences: {
+                let issuer = settings.issuer.trim_end_matches('/');
+                let mut audiences = vec![
+                    settings.issuer.clone(),
+                    issuer.to_owned(),
+                    format!("{issuer}/oauth2/token"),
+                ];
+                audiences.dedup();
+                audiences
+            },
         }
     }
 }
