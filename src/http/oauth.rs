@@ -137,6 +137,8 @@ pub async fn token(
     {
         return token_error(&error, true, true);
     }
+    // A form field, empty when not sent.
+    let field = |name: &str| form.get(name).cloned().unwrap_or_default();
     // The client of a client grant: HTTP Basic; or the form's id and secret; or a client
     // assertion (RFC 7523 section 2.2, the id optional); or (RFC 8705 section 2) the form's id
     // alone with the TLS certificate it authenticates by.
@@ -145,7 +147,6 @@ pub async fn token(
         _ if !client_grant => Some(Ok((String::new(), ClientCredential::None))),
         Some((client_id, secret)) => Some(Ok((client_id, ClientCredential::Secret(secret)))),
         None => {
-            let field = |name: &str| form.get(name).cloned().unwrap_or_default();
             let sent = form.contains_key("client_secret")
                 || form.contains_key("client_assertion")
                 || form.contains_key("client_assertion_type");
@@ -208,7 +209,6 @@ pub async fn token(
                 );
             }
             let (client_id, credential) = client;
-            let field = |name: &str| form.get(name).cloned().unwrap_or_default();
             let ttl = match form.get("ttl").map(|ttl| ttl.parse::<u64>()) {
                 None => None,
                 Some(Ok(seconds)) => Some(std::time::Duration::from_secs(seconds)),

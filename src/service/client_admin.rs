@@ -453,7 +453,7 @@ impl ClientAdminService {
                     ),
                 });
             }
-            if target.certificate && !actor.is_admin() {
+            if target.secretless && !actor.is_admin() {
                 return Err(Error::PermissionDenied {
                     reason: Reason::InsufficientScope,
                     message: "the client authenticates by TLS certificate or by its keys: only \

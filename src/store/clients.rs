@@ -741,7 +741,7 @@ async fn locked_client(
     (guard.permit)(&super::Holdings {
         scopes: &client.allowed_scopes,
         audiences: &client.allowed_audiences,
-        certificate: client.secretless(),
+        secretless: client.secretless(),
         token_exchange: client.token_exchange,
     })?;
     Ok((id, client))

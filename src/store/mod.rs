@@ -65,7 +65,7 @@ pub struct Holdings<'a> {
     /// A client's allowed audiences.
     pub audiences: &'a [String],
     /// Whether a client authenticates without a secret: by TLS certificate or by its keys.
-    pub certificate: bool,
+    pub secretless: bool,
     /// Whether a client may exchange tokens on its subjects' behalf.
     pub token_exchange: bool,
 }

@@ -295,7 +295,7 @@ impl Store {
         (guard.permit)(&super::Holdings {
             scopes: &scopes_of_user(&txn, id).await?,
             audiences: &[],
-            certificate: false,
+            secretless: false,
             token_exchange: false,
         })?;
         let ended = if guard.revoke.is_some() {
