@@ -165,6 +165,7 @@ async fn seed(database_url: &str) {
                 certificate_bound_tokens: false,
                 token_exchange: false,
                 jwks_json: None,
+                federated_identities: Vec::new(),
             },
             Some(Pepper::from_secret(&SecretString::from(PEPPER)).hash_client_secret(SECRET)),
             &AuditRecord::new("bench", "client.create", "bench-client", Outcome::Success),

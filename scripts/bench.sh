@@ -107,6 +107,16 @@ if [[ "${KEYSTONE_DATABASE_URL:-}" == postgres* ]]; then
   fi
 fi
 
+# The issuer client-credentials-federated plays: keystone-bench serves its keys.
+jwks_addr=127.0.0.1:${KEYSTONE_BENCH_JWKS_PORT:-20559}
+cat >"$work/keystone.toml" <<TOML
+[[federation.issuers]]
+name = "keystone-bench"
+issuer = "https://kubernetes.keystone-bench.invalid"
+jwks_uri = "http://$jwks_addr/jwks"
+TOML
+export KEYSTONE_CONFIG="$work/keystone.toml"
+
 start() {
   (cd "$work" && exec "$bin/keystone" serve) >>"$work/server.log" 2>&1 &
   server=$!
@@ -139,12 +149,13 @@ if [ "$replicas" != 1 ]; then
   bench+=(--replica-addr "http://$replica_grpc")
 fi
 
-"$bin/keystone-bench" "${bench[@]}" --addr "$addr" --server-pid "$server" "$@"
+"$bin/keystone-bench" "${bench[@]}" --addr "$addr" --server-pid "$server" --jwks-addr "$jwks_addr" "$@"
 
 # The HTTP endpoints, with wrk (Debian's package `wrk`) when it is installed.
 if command -v wrk >/dev/null && [ ${#bench[@]} = 0 ]; then
   { read -r client_id; read -r client_secret; read -r token; } < <(
-    "$bin/keystone-bench" "${bench[@]}" --addr "$addr" --seed-only --fresh-tokens 1 --users 1)
+    "$bin/keystone-bench" "${bench[@]}" --addr "$addr" --seed-only --fresh-tokens 1 --users 1 \
+      --jwks-addr "$jwks_addr")
   basic="$(printf '%s:%s' "$client_id" "$client_secret" | base64 -w0)"
   http="http://$KEYSTONE_HTTP_ADDR"
   cat >"$work/token.lua" <<LUA

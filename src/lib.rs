@@ -11,8 +11,9 @@
 //!   [`http`] (JWKS, discovery, the OAuth endpoints, probes, metrics), [`listener`]
 //!   (connection limits), [`metrics`], [`trace_context`]; they translate and decide nothing.
 //! - Use cases: [`service`]: every policy decision, no transport types.
-//! - State kept in step: [`revocation`] (what is refused although signed) and [`token`]
-//!   (keys, issuing and verifying).
+//! - State kept in step: [`revocation`] (what is refused although signed), [`token`]
+//!   (keys, issuing and verifying) and [`federation`] (the keys of trusted workload
+//!   issuers).
 //! - Infrastructure: [`store`] (sea-orm; entities never leave it) and [`cluster`] (the event
 //!   bus between replicas over Redis). Neither knows the other.
 //! - Foundations: [`domain`] (types that only hold valid values), [`config`], [`tls`]
@@ -42,6 +43,7 @@ pub mod cluster;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod federation;
 #[cfg(fuzzing)]
 pub mod fuzz;
 pub mod grpc;

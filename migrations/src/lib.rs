@@ -20,6 +20,7 @@ mod m20261206_000009_add_default_roles;
 mod m20261206_000010_add_session_details;
 mod m20261207_000011_add_client_token_exchange;
 mod m20261207_000012_add_client_keys;
+mod m20261207_000013_add_client_federated_identities;
 
 /// The ordered list of Keystone's migrations.
 pub struct Migrator;
@@ -40,6 +41,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000010_add_session_details::Migration),
             Box::new(m20261207_000011_add_client_token_exchange::Migration),
             Box::new(m20261207_000012_add_client_keys::Migration),
+            Box::new(m20261207_000013_add_client_federated_identities::Migration),
         ]
     }
 }

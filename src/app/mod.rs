@@ -20,6 +20,7 @@ use crate::{
     clock::{SharedClock, SystemClock},
     cluster::{Bus, Redis},
     config::Settings,
+    federation::Federation,
     grpc::{
         Apis, Health, auth::AuthApi, client_admin::ClientAdminApi, ext_authz::ExtAuthzApi,
         user_admin::UserAdminApi,
@@ -105,6 +106,10 @@ impl App {
             },
             settings.clients.delegable_audiences.clone(),
         );
+        let federation = Federation::new(&settings.federation, &settings.issuer, clock.now())
+            .context("cannot set up the trusted issuers ([[federation.issuers]])")?;
+        let client_admin = client_admin
+            .with_trusted_issuers(federation.issuer_names().map(str::to_owned).collect());
         let policy = AuthPolicy::from_settings(&settings);
         let authenticator = Authenticator::new(
             TokenVerifier::new(keys.ring().clone(), policy.issuer.clone(), policy.leeway),
@@ -126,7 +131,8 @@ impl App {
             keys.ring().clone(),
             pepper,
             policy,
-        );
+        )
+        .with_federation(Arc::new(federation));
         let (draining, draining_rx) = tokio::sync::watch::channel(false);
         let apis = Apis {
             auth: AuthApi::new(auth.clone(), draining_rx),

@@ -565,14 +565,68 @@ pub struct FederationSettings {
     /// The most actors a token from a token exchange may name (the `act` chain, RFC 8693):
     /// an exchange that would make the chain longer is refused (`DELEGATION_TOO_DEEP`).
     pub max_delegation_depth: u32,
+    /// The issuers whose tokens (Kubernetes service-account tokens, SPIRE JWT-SVIDs) a client
+    /// may prove itself with, through its `federated_identities`.
+    pub issuers: Vec<TrustedIssuerSettings>,
+    /// The least time between two fetches of one issuer's keys: an assertion naming a `kid`
+    /// the cached keys lack fetches them again only this long after the last attempt.
+    #[serde(with = "humantime_serde")]
+    pub refetch_interval: Duration,
+    /// How long fetched keys are used before they are fetched again (in the background; the
+    /// old ones serve until new ones arrive, and go on serving when the fetch fails).
+    #[serde(with = "humantime_serde")]
+    pub keys_max_age: Duration,
+    /// The budget of one fetch of an issuer's keys: connection, TLS, request and body.
+    #[serde(with = "humantime_serde")]
+    pub fetch_timeout: Duration,
 }
 
 impl Default for FederationSettings {
     fn default() -> Self {
         Self {
             max_delegation_depth: 4,
+            issuers: Vec::new(),
+            refetch_interval: Duration::from_secs(60),
+            keys_max_age: Duration::from_secs(3600),
+            fetch_timeout: Duration::from_secs(5),
         }
     }
+}
+
+/// An issuer of workload tokens Keystone trusts (`[[federation.issuers]]`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedIssuerSettings {
+    /// The name clients' `federated_identities` use for it (`issuer_name`).
+    pub name: String,
+    /// Its `iss`, exactly as its tokens carry it.
+    pub issuer: String,
+    /// Where its public keys (a JWK Set) are fetched: `https://`, or `http://` on loopback
+    /// only. One of `jwks_uri` and `jwks_file`.
+    #[serde(default)]
+    pub jwks_uri: String,
+    /// A file holding its JWK Set (a mounted ConfigMap, say); read again as `jwks_uri` is.
+    #[serde(default)]
+    pub jwks_file: String,
+    /// PEM certificates to trust for `jwks_uri` instead of the system's roots (a cluster's
+    /// CA, `/var/run/secrets/kubernetes.io/serviceaccount/ca.crt`).
+    #[serde(default)]
+    pub ca_file: String,
+    /// A file whose content is sent as a bearer token with each fetch, read again every time
+    /// (a pod's own projected service-account token, for a cluster that does not publish its
+    /// keys to everyone).
+    #[serde(default)]
+    pub bearer_token_file: String,
+    /// What its tokens must be addressed to (`aud`); empty: `KEYSTONE_ISSUER`.
+    #[serde(default)]
+    pub audience: String,
+    /// The oldest a token may be (by its `iat`).
+    #[serde(default = "default_max_assertion_age", with = "humantime_serde")]
+    pub max_assertion_age: Duration,
+}
+
+fn default_max_assertion_age() -> Duration {
+    Duration::from_secs(3600)
 }
 
 /// Running several replicas.

@@ -499,3 +499,104 @@ fn the_example_file_holds_every_setting_at_its_default() {
     );
     assert!(unknown.is_empty(), "not settings: {unknown:?}");
 }
+
+#[test]
+fn trusted_issuers_are_read_and_each_broken_rule_is_named() {
+    let settings = from_toml(
+        "[[federation.issuers]]\nname = \"cluster\"\nissuer = \"https://kubernetes.default.svc\"\n\
+         jwks_uri = \"https://kubernetes.default.svc/openid/v1/jwks\"\n\
+         ca_file = \"/var/run/secrets/kubernetes.io/serviceaccount/ca.crt\"\n\
+         [[federation.issuers]]\nname = \"spire\"\nissuer = \"https://oidc.example.org\"\n\
+         jwks_file = \"/etc/spire/bundle.json\"\naudience = \"keystone\"\nmax_assertion_age = \"5m\"",
+    )
+    .unwrap();
+    let issuers = &settings.federation.issuers;
+    assert_eq!(issuers.len(), 2);
+    assert_eq!(issuers[0].max_assertion_age, Duration::from_secs(3600));
+    assert_eq!(issuers[1].max_assertion_age, Duration::from_secs(300));
+    assert_eq!(issuers[1].audience, "keystone");
+    // Loopback may be plain HTTP (a sidecar, the tests).
+    for uri in [
+        "http://127.0.0.1:9000/jwks",
+        "http://[::1]/jwks",
+        "http://localhost/k",
+    ] {
+        let toml =
+            format!("[[federation.issuers]]\nname = \"a\"\nissuer = \"i\"\njwks_uri = \"{uri}\"");
+        assert!(from_toml(&toml).is_ok(), "{uri}");
+    }
+    let issuer = |body: &str| format!("[[federation.issuers]]\n{body}");
+    for (case, toml, setting) in [
+        (
+            "plain HTTP over a network",
+            issuer("name = \"a\"\nissuer = \"i\"\njwks_uri = \"http://keys.example.com/jwks\""),
+            "federation.issuers.jwks_uri",
+        ),
+        (
+            "credentials in the URI",
+            issuer("name = \"a\"\nissuer = \"i\"\njwks_uri = \"https://u:p@keys.example.com/\""),
+            "federation.issuers.jwks_uri",
+        ),
+        (
+            "no keys",
+            issuer("name = \"a\"\nissuer = \"i\""),
+            "federation.issuers.jwks_uri",
+        ),
+        (
+            "both sources",
+            issuer("name = \"a\"\nissuer = \"i\"\njwks_uri = \"https://k/\"\njwks_file = \"/k\""),
+            "federation.issuers.jwks_uri",
+        ),
+        (
+            "a CA for a file",
+            issuer("name = \"a\"\nissuer = \"i\"\njwks_file = \"/k\"\nca_file = \"/ca\""),
+            "federation.issuers.ca_file",
+        ),
+        (
+            "a name with capitals",
+            issuer("name = \"Cluster\"\nissuer = \"i\"\njwks_file = \"/k\""),
+            "federation.issuers.name",
+        ),
+        (
+            "no issuer",
+            issuer("name = \"a\"\nissuer = \"\"\njwks_file = \"/k\""),
+            "federation.issuers.issuer",
+        ),
+        (
+            "a name twice",
+            format!(
+                "{}\n{}",
+                issuer("name = \"a\"\nissuer = \"i\"\njwks_file = \"/k\""),
+                issuer("name = \"a\"\nissuer = \"j\"\njwks_file = \"/k\"")
+            ),
+            "federation.issuers.name",
+        ),
+        (
+            "an issuer twice",
+            format!(
+                "{}\n{}",
+                issuer("name = \"a\"\nissuer = \"i\"\njwks_file = \"/k\""),
+                issuer("name = \"b\"\nissuer = \"i\"\njwks_file = \"/k\"")
+            ),
+            "federation.issuers.issuer",
+        ),
+        (
+            "a day-old token",
+            issuer("name = \"a\"\nissuer = \"i\"\njwks_file = \"/k\"\nmax_assertion_age = \"2d\""),
+            "federation.issuers.max_assertion_age",
+        ),
+        (
+            "keys kept shorter than the refetch interval",
+            "[federation]\nrefetch_interval = \"10m\"\nkeys_max_age = \"5m\"".to_owned(),
+            "federation.keys_max_age",
+        ),
+        (
+            "no time to fetch",
+            "[federation]\nfetch_timeout = \"1ms\"".to_owned(),
+            "federation.fetch_timeout",
+        ),
+    ] {
+        let error = from_toml(&toml).expect_err(case).to_string();
+        assert!(error.contains(setting), "{case}: {error}");
+    }
+}

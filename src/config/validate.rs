@@ -233,6 +233,7 @@ pub(super) fn problems(settings: &Settings) -> Vec<ConfigError> {
             &format!("must be 1 to {MAX_DELEGATION_DEPTH}"),
         ));
     }
+    problems.extend(check_federation(&settings.federation));
     if settings.auth.lockout_threshold == 0 {
         problems.push(ConfigError::invalid(
             "auth.lockout_threshold",
@@ -551,6 +552,143 @@ pub(super) fn problems(settings: &Settings) -> Vec<ConfigError> {
     }
     problems.extend(check_positive("tls.reload_interval", tls.reload_interval).err());
     problems
+}
+
+/// The rules of `[federation]` and its trusted issuers.
+fn check_federation(federation: &super::FederationSettings) -> Vec<ConfigError> {
+    let mut problems = Vec::new();
+    for (setting, value, least, most) in [
+        (
+            "federation.refetch_interval",
+            federation.refetch_interval,
+            Duration::from_secs(1),
+            Duration::from_secs(24 * 3600),
+        ),
+        (
+            "federation.keys_max_age",
+            federation.keys_max_age,
+            federation.refetch_interval,
+            Duration::from_secs(7 * 24 * 3600),
+        ),
+        (
+            "federation.fetch_timeout",
+            federation.fetch_timeout,
+            Duration::from_millis(100),
+            Duration::from_secs(60),
+        ),
+    ] {
+        if value < least || value > most {
+            problems.push(ConfigError::invalid(
+                setting,
+                humantime::format_duration(value),
+                &format!(
+                    "must be between {} and {}",
+                    humantime::format_duration(least),
+                    humantime::format_duration(most)
+                ),
+            ));
+        }
+    }
+    let mut names = std::collections::HashSet::new();
+    let mut issuers = std::collections::HashSet::new();
+    for issuer in &federation.issuers {
+        let name = &issuer.name;
+        if !crate::domain::FederatedIdentity::is_issuer_name(name) {
+            problems.push(ConfigError::invalid(
+                "federation.issuers.name",
+                name,
+                "must be 1 to 64 lowercase letters, digits, `-`, `_` or `.`",
+            ));
+        } else if !names.insert(name) {
+            problems.push(ConfigError::invalid(
+                "federation.issuers.name",
+                name,
+                "names two issuers",
+            ));
+        }
+        if issuer.issuer.is_empty()
+            || issuer.issuer.len() > 512
+            || issuer.issuer.chars().any(char::is_control)
+        {
+            problems.push(ConfigError::invalid(
+                "federation.issuers.issuer",
+                &issuer.issuer,
+                "must be the issuer's `iss`: 1 to 512 bytes",
+            ));
+        } else if !issuers.insert(&issuer.issuer) {
+            problems.push(ConfigError::invalid(
+                "federation.issuers.issuer",
+                &issuer.issuer,
+                "is trusted twice: one `iss` has one set of keys",
+            ));
+        }
+        match (issuer.jwks_uri.is_empty(), issuer.jwks_file.is_empty()) {
+            (false, true) => {
+                if let Err(why) = check_jwks_uri(&issuer.jwks_uri) {
+                    problems.push(ConfigError::invalid(
+                        "federation.issuers.jwks_uri",
+                        &issuer.jwks_uri,
+                        why,
+                    ));
+                }
+            }
+            (true, false) => {
+                for (setting, value) in [
+                    ("federation.issuers.ca_file", &issuer.ca_file),
+                    (
+                        "federation.issuers.bearer_token_file",
+                        &issuer.bearer_token_file,
+                    ),
+                ] {
+                    if !value.is_empty() {
+                        problems.push(ConfigError::invalid(
+                            setting,
+                            value,
+                            "is for fetching jwks_uri: a jwks_file is read as it is",
+                        ));
+                    }
+                }
+            }
+            _ => problems.push(ConfigError::invalid(
+                "federation.issuers.jwks_uri",
+                &issuer.jwks_uri,
+                &format!(
+                    "issuer `{name}` needs one of jwks_uri and jwks_file, not both and not neither"
+                ),
+            )),
+        }
+        if issuer.max_assertion_age < Duration::from_secs(60)
+            || issuer.max_assertion_age > Duration::from_secs(24 * 3600)
+        {
+            problems.push(ConfigError::invalid(
+                "federation.issuers.max_assertion_age",
+                humantime::format_duration(issuer.max_assertion_age),
+                "must be between 1m and 24h",
+            ));
+        }
+    }
+    problems
+}
+
+/// Where an issuer's keys may come from: `https://`, or `http://` on a loopback address (keys
+/// read over a network in the clear could be anyone's).
+pub(crate) fn check_jwks_uri(uri: &str) -> Result<(), &'static str> {
+    let url = url::Url::parse(uri).map_err(|_| "must be an absolute https:// URL")?;
+    let loopback = match url.host() {
+        Some(url::Host::Domain(name)) => name == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => return Err("must name a host"),
+    };
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("must hold no credentials (use bearer_token_file)");
+    }
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        "http" => Err("must be https:// (http:// only on a loopback address)"),
+        _ => Err("must be an https:// URL"),
+    }
 }
 
 pub(super) fn check_quota(setting: &str, quota: &Quota) -> Result<(), ConfigError> {

@@ -43,6 +43,9 @@ pub struct Client {
     /// The public keys it signs its client assertions with (`private_key_jwt`), as a JWK Set;
     /// when set, it authenticates by assertion and holds no secret.
     pub jwks_json: Option<String>,
+    /// The workload identities it proves itself with (a trusted issuer's token naming one of
+    /// them); when any, it holds no secret. Sorted.
+    pub federated_identities: Vec<FederatedIdentity>,
     /// Its live secrets, the newest first (never the secret or its hash).
     pub secrets: Vec<ClientSecretInfo>,
 }
@@ -113,11 +116,65 @@ pub struct NewClient {
     pub token_exchange: bool,
     /// Its public keys (set: no secret).
     pub jwks_json: Option<String>,
+    /// Its workload identities (any: no secret).
+    pub federated_identities: Vec<FederatedIdentity>,
+}
+
+/// A workload identity: a trusted issuer's name (`[[federation.issuers]].name`) and the `sub`
+/// of its tokens, e.g. `system:serviceaccount:payments:api` from a Kubernetes cluster or
+/// `spiffe://example.org/ns/payments/sa/api` from SPIRE.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FederatedIdentity {
+    /// The trusted issuer's name.
+    pub issuer_name: String,
+    /// The `sub` its tokens carry.
+    pub subject: String,
+}
+
+impl FederatedIdentity {
+    /// Checks an identity as given: an issuer name as `[[federation.issuers]].name` allows (1
+    /// to 64 lowercase letters, digits, `-`, `_`, `.`), a subject of 1 to 256 bytes without
+    /// control characters or surrounding spaces.
+    pub fn parse(issuer_name: &str, subject: &str) -> Result<Self, super::ParseError> {
+        if !Self::is_issuer_name(issuer_name) {
+            return Err(super::ParseError::new(
+                "issuer_name must name one of [[federation.issuers]]: 1 to 64 lowercase \
+                 letters, digits, `-`, `_` or `.`",
+            ));
+        }
+        if subject.is_empty()
+            || subject.len() > 256
+            || subject.chars().any(char::is_control)
+            || subject.trim() != subject
+        {
+            return Err(super::ParseError::new(
+                "subject must be the sub of the issuer's tokens: 1 to 256 bytes, no control \
+                 characters or surrounding spaces",
+            ));
+        }
+        Ok(Self {
+            issuer_name: issuer_name.to_owned(),
+            subject: subject.to_owned(),
+        })
+    }
+
+    /// Whether `name` may name a trusted issuer: 1 to 64 lowercase letters, digits, `-`, `_`
+    /// or `.`.
+    pub fn is_issuer_name(name: &str) -> bool {
+        !name.is_empty()
+            && name.len() <= 64
+            && name.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.')
+            })
+    }
 }
 
 impl Client {
-    /// Whether it proves itself without a secret: by its TLS certificate or its own keys.
+    /// Whether it proves itself without a secret: by its TLS certificate, its own keys or a
+    /// workload identity.
     pub fn secretless(&self) -> bool {
-        self.certificate.is_set() || self.jwks_json.is_some()
+        self.certificate.is_set()
+            || self.jwks_json.is_some()
+            || !self.federated_identities.is_empty()
     }
 }

@@ -20,7 +20,7 @@ pub use certificate::{
     CertificateIdentity, ClientCertificate, DistinguishedName, PresentedCertificate,
     SubjectAltName, Thumbprint, is_self_signed_and_current,
 };
-pub use client::{Client, ClientSecretInfo, NewClient};
+pub use client::{Client, ClientSecretInfo, FederatedIdentity, NewClient};
 pub use names::{ClientId, Email, RoleName, Username, check_description, normalize};
 pub use password_policy::{
     AccountNames, Assessment, MAX_PASSWORD_LENGTH, MAX_STRENGTH, PasswordPolicy, Strength,

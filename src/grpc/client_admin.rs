@@ -72,6 +72,7 @@ impl pb::client_admin_server::ClientAdmin for ClientAdminApi {
             // Not asking for it is no change: only asking for it needs keystone:admin.
             token_exchange: client.token_exchange.then_some(true),
             jwks_json: Some(client.jwks_json),
+            federated_identities: Some(identities(&client.federated_identities)),
         };
         let (client, secret) = self.service.create_client(&actor, fields).await?;
         Ok(Response::new(pb::CreateClientResponse {
@@ -138,6 +139,7 @@ impl pb::client_admin_server::ClientAdmin for ClientAdminApi {
                 "certificate_bound_tokens",
                 "token_exchange",
                 "jwks_json",
+                "federated_identities",
             ],
             &[
                 "created_at",
@@ -176,6 +178,9 @@ impl pb::client_admin_server::ClientAdmin for ClientAdminApi {
                 }
                 "token_exchange" => fields.token_exchange = Some(client.token_exchange),
                 "jwks_json" => fields.jwks_json = Some(client.jwks_json.clone()),
+                "federated_identities" => {
+                    fields.federated_identities = Some(identities(&client.federated_identities));
+                }
                 _ => {
                     fields.enabled = Some(client.enabled.ok_or_else(|| {
                         Error::invalid_argument("client.enabled", "set it to true or false")
@@ -245,4 +250,12 @@ impl pb::client_admin_server::ClientAdmin for ClientAdminApi {
             .await?;
         Ok(Response::new(pb::RevokeClientSecretResponse {}))
     }
+}
+
+/// Workload identities as (issuer name, subject).
+fn identities(identities: &[pb::FederatedIdentity]) -> Vec<(String, String)> {
+    identities
+        .iter()
+        .map(|identity| (identity.issuer_name.clone(), identity.subject.clone()))
+        .collect()
 }

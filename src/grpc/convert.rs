@@ -221,6 +221,14 @@ pub fn client_to_proto(client: crate::domain::Client) -> pb::Client {
         certificate_bound_tokens: client.certificate_bound_tokens,
         token_exchange: client.token_exchange,
         jwks_json: client.jwks_json.clone().unwrap_or_default(),
+        federated_identities: client
+            .federated_identities
+            .iter()
+            .map(|identity| pb::FederatedIdentity {
+                issuer_name: identity.issuer_name.clone(),
+                subject: identity.subject.clone(),
+            })
+            .collect(),
         secrets: client
             .secrets
             .into_iter()

@@ -151,17 +151,19 @@ pub async fn token(
                 || form.contains_key("client_assertion")
                 || form.contains_key("client_assertion_type");
             match (form.get("client_id"), sent) {
-                // A client without an id (a secret alone, or an assertion naming no `sub`) is
-                // no client at all.
+                // A client without an id (a secret alone) is no client at all.
                 (_, true) => match ClientCredential::from_request(
                     field("client_secret"),
                     field("client_assertion"),
                     &field("client_assertion_type"),
                     "form",
                 ) {
+                    // A workload's token names its client by the identity it proves.
                     Ok(credential) => {
                         let client_id = credential.client_id_or_claimed(field("client_id"));
-                        (!client_id.is_empty()).then_some(Ok((client_id, credential)))
+                        (!client_id.is_empty()
+                            || matches!(credential, ClientCredential::Assertion(_)))
+                        .then_some(Ok((client_id, credential)))
                     }
                     Err(error) => Some(Err(error)),
                 },

@@ -17,7 +17,8 @@
 //! `keystone_tls_handshake_failures_total{listener}`, `keystone_tls_reloads_total`,
 //! `keystone_audit_events_written_total`, `keystone_audit_events_lost_total`,
 //! `keystone_dpop_proofs_unconfirmed_total`, `keystone_client_assertions_unconfirmed_total`,
-//! `keystone_retention_deleted_total{table}`.
+//! `keystone_retention_deleted_total{table}`, `keystone_federation_key_fetches_total{issuer,
+//! outcome}`.
 //!
 //! Layer: adapter. Uses nothing of Keystone's; the adapters and the app install and feed it.
 

@@ -13,8 +13,9 @@ use crate::{
     clock::SharedClock,
     cluster::{Bus, Event},
     domain::{
-        CertificateIdentity, Client, ClientId, ClientSecretInfo, DistinguishedName, NewClient,
-        Outcome, Revocation, Scope, SubjectAltName, Thumbprint, check_description,
+        CertificateIdentity, Client, ClientId, ClientSecretInfo, DistinguishedName,
+        FederatedIdentity, NewClient, Outcome, Revocation, Scope, SubjectAltName, Thumbprint,
+        check_description,
     },
     error::{Error, Reason},
     revocation::Revocations,
@@ -56,6 +57,8 @@ pub struct ClientAdminService {
     /// The audiences a caller without `keystone:admin` may give and manage
     /// (`clients.delegable_audiences`).
     delegable_audiences: std::sync::Arc<[String]>,
+    /// The names of the trusted issuers (`[[federation.issuers]]`) identities may name.
+    trusted_issuers: std::sync::Arc<[String]>,
 }
 
 /// A client's fields as the caller sent them (create or update).
@@ -89,6 +92,9 @@ pub struct ClientFields {
     /// Its public keys for `private_key_jwt`, a JWK Set (empty: none); only `keystone:admin`
     /// may set them.
     pub jwks_json: Option<String>,
+    /// Its workload identities as (issuer name, subject) (empty: none); only `keystone:admin`
+    /// may set them.
+    pub federated_identities: Option<Vec<(String, String)>>,
 }
 
 /// A rotated secret.
@@ -120,7 +126,15 @@ impl ClientAdminService {
             pepper,
             limits,
             delegable_audiences: delegable_audiences.into(),
+            trusted_issuers: std::sync::Arc::default(),
         }
+    }
+
+    /// The service letting clients name the issuers called `names` in their workload
+    /// identities.
+    pub fn with_trusted_issuers(mut self, names: Vec<String>) -> Self {
+        self.trusted_issuers = names.into();
+        self
     }
 
     /// `CreateClient`: generates the id when none is given (never a user's id or username)
@@ -158,20 +172,28 @@ impl ClientAdminService {
             thumbprints: changes.thumbprints.clone().unwrap_or_default(),
         };
         let jwks_json = changes.jwks_json.clone().flatten();
-        if certificate.is_set() && jwks_json.is_some() {
+        let federated_identities = changes.federated_identities.clone().unwrap_or_default();
+        let ways = [
+            (certificate.is_set(), "certificate"),
+            (jwks_json.is_some(), "private_key_jwt"),
+            (!federated_identities.is_empty(), "workload_identity"),
+        ];
+        if ways.iter().filter(|(set, _)| *set).count() > 1 {
             return Err(Error::invalid_argument(
-                "client.jwks_json",
-                "a client authenticates by its TLS certificate or by its keys, not both",
+                if federated_identities.is_empty() {
+                    "client.jwks_json"
+                } else {
+                    "client.federated_identities"
+                },
+                "a client authenticates by one of its TLS certificate, its keys (jwks_json) or \
+                 its workload identities (federated_identities)",
             ));
         }
-        let authentication = if certificate.is_set() {
-            "certificate"
-        } else if jwks_json.is_some() {
-            "private_key_jwt"
-        } else {
-            "secret"
-        };
-        let secret = if certificate.is_set() || jwks_json.is_some() {
+        let authentication = ways
+            .iter()
+            .find_map(|(set, way)| set.then_some(*way))
+            .unwrap_or("secret");
+        let secret = if authentication != "secret" {
             None
         } else {
             Some(random_token(CLIENT_SECRET_PREFIX)?)
@@ -195,6 +217,7 @@ impl ClientAdminService {
                     certificate_bound_tokens: changes.certificate_bound_tokens.unwrap_or(false),
                     token_exchange: changes.token_exchange.unwrap_or(false),
                     jwks_json,
+                    federated_identities,
                 },
                 secret
                     .as_ref()
@@ -263,6 +286,10 @@ impl ClientAdminService {
             ("tls_client_auth_sans", changes.sans.is_some()),
             ("jwks_json", changes.jwks_json.is_some()),
             (
+                "federated_identities",
+                changes.federated_identities.is_some(),
+            ),
+            (
                 "tls_client_certificate_sha256",
                 changes.thumbprints.is_some(),
             ),
@@ -291,7 +318,8 @@ impl ClientAdminService {
                 || changes.thumbprints.is_some()
                 || changes.certificate_bound_tokens.is_some()
                 || changes.token_exchange.is_some()
-                || changes.jwks_json.is_some())
+                || changes.jwks_json.is_some()
+                || changes.federated_identities.is_some())
             .then_some(&revocation as _),
         };
         let result = self
@@ -456,8 +484,9 @@ impl ClientAdminService {
             if target.secretless && !actor.is_admin() {
                 return Err(Error::PermissionDenied {
                     reason: Reason::InsufficientScope,
-                    message: "the client authenticates by TLS certificate or by its keys: only \
-                              a caller holding keystone:admin may manage it"
+                    message: "the client authenticates by TLS certificate, by its keys or by \
+                              a workload identity: only a caller holding keystone:admin may \
+                              manage it"
                         .to_owned(),
                 });
             }
@@ -640,6 +669,11 @@ impl ClientAdminService {
                     .map_err(|error| Error::invalid_argument("client.jwks_json", error.0))
             })
             .transpose()?;
+        let federated_identities = fields
+            .federated_identities
+            .as_ref()
+            .map(|identities| self.check_identities(identities))
+            .transpose()?;
         if let Some(Some(ttl)) = fields.access_token_ttl
             && (ttl.is_zero() || ttl > self.limits.max_access_ttl)
         {
@@ -664,7 +698,45 @@ impl ClientAdminService {
             certificate_bound_tokens: fields.certificate_bound_tokens,
             token_exchange: fields.token_exchange,
             jwks_json,
+            federated_identities,
         })
+    }
+
+    /// Checks workload identities as given: each well formed and naming a trusted issuer, at
+    /// most [`MAX_ENTRIES`], duplicates dropped, sorted.
+    fn check_identities(
+        &self,
+        identities: &[(String, String)],
+    ) -> Result<Vec<FederatedIdentity>, Error> {
+        const FIELD: &str = "client.federated_identities";
+        if identities.len() > MAX_ENTRIES {
+            return Err(Error::invalid_argument(
+                FIELD,
+                format!("at most {MAX_ENTRIES} entries"),
+            ));
+        }
+        let mut parsed = Vec::with_capacity(identities.len());
+        for (i, (issuer_name, subject)) in identities.iter().enumerate() {
+            let identity = FederatedIdentity::parse(issuer_name, subject)
+                .map_err(|e| e.on(&format!("{FIELD}[{i}]")))?;
+            if !self.trusted_issuers.contains(&identity.issuer_name) {
+                return Err(Error::invalid_argument(
+                    format!("{FIELD}[{i}].issuer_name"),
+                    if self.trusted_issuers.is_empty() {
+                        "no issuer is trusted: configure [[federation.issuers]] first".to_owned()
+                    } else {
+                        format!(
+                            "must name one of [[federation.issuers]]: {}",
+                            self.trusted_issuers.join(", ")
+                        )
+                    },
+                ));
+            }
+            parsed.push(identity);
+        }
+        parsed.sort();
+        parsed.dedup();
+        Ok(parsed)
     }
 
     /// Records a refusal and hands the error back.
@@ -694,13 +766,17 @@ fn check_may_give_certificate(actor: &Actor, changes: &ClientChanges) -> Result<
             .thumbprints
             .as_ref()
             .is_some_and(|thumbprints| !thumbprints.is_empty())
-        || changes.jwks_json.as_ref().is_some_and(Option::is_some);
+        || changes.jwks_json.as_ref().is_some_and(Option::is_some)
+        || changes
+            .federated_identities
+            .as_ref()
+            .is_some_and(|identities| !identities.is_empty());
     if touched && !actor.is_admin() {
         return Err(Error::PermissionDenied {
             reason: Reason::InsufficientScope,
             message: "only a caller holding keystone:admin may give a client a certificate \
-                      identity (tls_client_auth_*, tls_client_certificate_sha256) or keys \
-                      (jwks_json)"
+                      identity (tls_client_auth_*, tls_client_certificate_sha256), keys \
+                      (jwks_json) or workload identities (federated_identities)"
                 .to_owned(),
         });
     }

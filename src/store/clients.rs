@@ -20,7 +20,7 @@ use super::{ChangeGuard, Store, audit, db_error, db_error_or_exists, entity, rol
 use crate::{
     domain::{
         AuditRecord, CertificateIdentity, Client, ClientId, ClientSecretInfo, DistinguishedName,
-        NewClient, Revocation, SubjectAltName, Thumbprint,
+        FederatedIdentity, NewClient, Revocation, SubjectAltName, Thumbprint,
     },
     error::Error,
 };
@@ -53,6 +53,8 @@ pub struct ClientChanges {
     pub token_exchange: Option<bool>,
     /// Its public keys for `private_key_jwt` (`Some(None)`: none).
     pub jwks_json: Option<Option<String>>,
+    /// Its workload identities (sorted; empty: none).
+    pub federated_identities: Option<Vec<FederatedIdentity>>,
 }
 
 impl ClientChanges {
@@ -281,6 +283,7 @@ impl Store {
         set_allowed_scopes(&txn, id, &new.allowed_scopes).await?;
         set_allowed_audiences(&txn, id, &new.allowed_audiences).await?;
         set_certificate_names(&txn, id, &new.certificate).await?;
+        set_federated_identities(&txn, id, &new.federated_identities).await?;
         if let Some(secret_hash) = secret_hash {
             insert_secret(&txn, id, secret_hash, now).await?;
         }
@@ -288,6 +291,23 @@ impl Store {
         let client = client_of(&txn, id, now).await?;
         txn.commit().await.map_err(db_error)?;
         client.ok_or_else(|| Error::internal(anyhow::anyhow!("the new client vanished")))
+    }
+
+    /// The id of the client known by a workload identity, if any.
+    pub async fn client_id_for_identity(
+        &self,
+        identity: &FederatedIdentity,
+    ) -> Result<Option<String>, Error> {
+        entity::client::Entity::find()
+            .inner_join(entity::client_federated_identity::Entity)
+            .filter(entity::client_federated_identity::Column::IssuerName.eq(&identity.issuer_name))
+            .filter(entity::client_federated_identity::Column::Subject.eq(&identity.subject))
+            .select_only()
+            .column(entity::client::Column::ClientId)
+            .into_tuple()
+            .one(self.db())
+            .await
+            .map_err(db_error)
     }
 
     /// A client by its public id, with its secrets still live at `now` and their last use.
@@ -445,8 +465,8 @@ impl Store {
         if let Some(jwks) = &changes.jwks_json {
             update = update.col_expr(entity::client::Column::JwksJson, Expr::value(jwks.clone()));
         }
-        // What the client authenticates by after the change: a certificate, or its keys, but
-        // never both (which one would count?).
+        // What the client authenticates by after the change: a certificate, its keys or its
+        // workload identities, never two (which one would count?).
         let certificate_after = certificate
             .as_ref()
             .map_or(current.certificate.is_set(), CertificateIdentity::is_set);
@@ -454,11 +474,26 @@ impl Store {
             .jwks_json
             .as_ref()
             .map_or(current.jwks_json.is_some(), Option::is_some);
-        if certificate_after && keys_after {
+        let identities_after = changes
+            .federated_identities
+            .as_ref()
+            .map_or(!current.federated_identities.is_empty(), |ids| {
+                !ids.is_empty()
+            });
+        if [certificate_after, keys_after, identities_after]
+            .into_iter()
+            .filter(|after| *after)
+            .count()
+            > 1
+        {
             return Err(Error::invalid_argument(
-                "client.jwks_json",
-                "a client authenticates by its TLS certificate or by its keys, not both: clear \
-                 the other first",
+                if changes.federated_identities.is_some() {
+                    "client.federated_identities"
+                } else {
+                    "client.jwks_json"
+                },
+                "a client authenticates by one of its TLS certificate, its keys (jwks_json) or \
+                 its workload identities (federated_identities): clear the other first",
             ));
         }
         if let Some(certificate) = &certificate {
@@ -498,10 +533,21 @@ impl Store {
                 .map_err(db_error)?;
             set_certificate_names(&txn, id, certificate).await?;
         }
-        // A client that authenticates by certificate or by its keys has no secret: one left
-        // over could still be used, or come back to life when they are taken off.
-        if (certificate.is_some() || changes.jwks_json.is_some())
-            && (certificate_after || keys_after)
+        if let Some(identities) = &changes.federated_identities {
+            entity::client_federated_identity::Entity::delete_many()
+                .filter(entity::client_federated_identity::Column::ClientId.eq(id))
+                .exec(&txn)
+                .await
+                .map_err(db_error)?;
+            set_federated_identities(&txn, id, identities).await?;
+        }
+        // A client that authenticates by certificate, keys or workload identity has no
+        // secret: one left over could still be used, or come back to life when they are
+        // taken off.
+        if (certificate.is_some()
+            || changes.jwks_json.is_some()
+            || changes.federated_identities.is_some())
+            && (certificate_after || keys_after || identities_after)
         {
             entity::client_secret::Entity::delete_many()
                 .filter(entity::client_secret::Column::ClientId.eq(id))
@@ -561,9 +607,9 @@ impl Store {
             return Err(Error::FailedPrecondition {
                 reason: crate::error::Reason::FailedPrecondition,
                 message: format!(
-                    "the client `{client_id}` authenticates by its TLS certificate or its keys \
-                     and holds no secret; clear its certificate fields or jwks_json first to \
-                     give it one"
+                    "the client `{client_id}` authenticates by its TLS certificate, its keys or \
+                     its workload identities and holds no secret; clear its certificate \
+                     fields, jwks_json or federated_identities first to give it one"
                 ),
             });
         }
@@ -846,6 +892,28 @@ async fn set_certificate_names<C: ConnectionTrait>(
     Ok(())
 }
 
+/// Gives a client workload identities; one another client has is `ALREADY_EXISTS`.
+async fn set_federated_identities<C: ConnectionTrait>(
+    db: &C,
+    id: Uuid,
+    identities: &[FederatedIdentity],
+) -> Result<(), Error> {
+    for identity in identities {
+        entity::client_federated_identity::ActiveModel {
+            issuer_name: Set(identity.issuer_name.clone()),
+            subject: Set(identity.subject.clone()),
+            client_id: Set(id),
+        }
+        .insert(db)
+        .await
+        .map_err(db_error_or_exists(format!(
+            "another client is known by `{}` of `{}`: a workload identity names one client",
+            identity.subject, identity.issuer_name
+        )))?;
+    }
+    Ok(())
+}
+
 /// `client_certificate_names.kind` of a subject alternative name.
 const SAN: &str = "san";
 /// `client_certificate_names.kind` of a self-signed certificate's thumbprint.
@@ -924,6 +992,19 @@ pub(crate) async fn client_of<C: ConnectionTrait>(
         .map_err(db_error)?;
     allowed_audiences.sort();
     let certificate = certificate_of(db, &model).await?;
+    let mut federated_identities: Vec<FederatedIdentity> =
+        entity::client_federated_identity::Entity::find()
+            .filter(entity::client_federated_identity::Column::ClientId.eq(id))
+            .all(db)
+            .await
+            .map_err(db_error)?
+            .into_iter()
+            .map(|row| FederatedIdentity {
+                issuer_name: row.issuer_name,
+                subject: row.subject,
+            })
+            .collect();
+    federated_identities.sort();
     let mut stored = entity::client_secret::Entity::find()
         .filter(entity::client_secret::Column::ClientId.eq(id))
         .all(db)
@@ -962,6 +1043,7 @@ pub(crate) async fn client_of<C: ConnectionTrait>(
         certificate_bound_tokens: model.certificate_bound_tokens,
         token_exchange: model.token_exchange,
         jwks_json: model.jwks_json,
+        federated_identities,
         secrets,
     }))
 }

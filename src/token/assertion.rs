@@ -80,37 +80,12 @@ impl ClientKeys {
         }
         let mut keys: Vec<ClientKey> = Vec::with_capacity(set.keys.len());
         for member in set.keys {
-            if PRIVATE_MEMBERS
-                .iter()
-                .any(|name| member.contains_key(*name))
-            {
-                return Err(AssertionError(
-                    "a key holds a private member (d, p, q, …): register the public key only, \
-                     and treat this private key as leaked",
-                ));
-            }
-            let jwk: Jwk = serde_json::from_value(serde_json::Value::Object(member))
-                .map_err(|_| AssertionError("a key is not a JWK Keystone can read"))?;
-            if jwk
-                .common
-                .public_key_use
-                .as_ref()
-                .is_some_and(|key_use| *key_use != PublicKeyUse::Signature)
-            {
-                return Err(AssertionError("a key's `use` must be `sig`"));
-            }
-            let algorithm = algorithm_of(&jwk)?;
-            let key = DecodingKey::from_jwk(&jwk)
-                .map_err(|_| AssertionError("a key is not a public key Keystone can read"))?;
-            let kid = jwk.common.key_id.clone();
-            if kid.is_some() && keys.iter().any(|other| other.kid == kid) {
+            refuse_private(&member)?;
+            let key = key_of(member)?;
+            if key.kid.is_some() && keys.iter().any(|other| other.kid == key.kid) {
                 return Err(AssertionError("two keys share a `kid`"));
             }
-            keys.push(ClientKey {
-                kid,
-                algorithm,
-                key,
-            });
+            keys.push(key);
         }
         if keys.len() > 1 && keys.iter().any(|key| key.kid.is_none()) {
             return Err(AssertionError(
@@ -119,6 +94,110 @@ impl ClientKeys {
         }
         Ok(Self { keys })
     }
+
+    /// Parses a JWK Set an issuer publishes (a Kubernetes cluster's `/openid/v1/jwks`, a SPIRE
+    /// bundle): the signing keys Keystone can use (`use` absent, `sig`, or SPIFFE's
+    /// `jwt-svid`) are kept and the others left out; a set with no usable key, with a private
+    /// member, or with a `kid` twice is refused whole.
+    pub fn parse_published(jwks_json: &[u8]) -> Result<Self, AssertionError> {
+        #[derive(Deserialize)]
+        struct KeySet {
+            keys: Vec<serde_json::Value>,
+        }
+        let set: KeySet = serde_json::from_slice(jwks_json)
+            .map_err(|_| AssertionError("not a JWK Set: {\"keys\": [...]}"))?;
+        if set.keys.len() > MAX_PUBLISHED_KEYS {
+            return Err(AssertionError("the set holds more than 100 keys"));
+        }
+        let mut keys: Vec<ClientKey> = Vec::new();
+        for member in set.keys {
+            let serde_json::Value::Object(mut member) = member else {
+                continue;
+            };
+            refuse_private(&member)?;
+            match member.get("use").map(serde_json::Value::as_str) {
+                None | Some(Some("sig")) => {}
+                Some(Some("jwt-svid")) => {
+                    member.remove("use");
+                }
+                _ => continue,
+            }
+            let Ok(key) = key_of(member) else {
+                continue;
+            };
+            if key.kid.is_some() && keys.iter().any(|other| other.kid == key.kid) {
+                return Err(AssertionError("two keys share a `kid`"));
+            }
+            keys.push(key);
+        }
+        if keys.is_empty() {
+            return Err(AssertionError(
+                "the set holds no signing key Keystone can use (EC P-256 or P-384, Ed25519, \
+                 RSA of 2048 bits or more)",
+            ));
+        }
+        Ok(Self { keys })
+    }
+
+    /// How many keys it holds.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Whether it holds none (never, once parsed).
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Whether a key has this `kid`, or, for `None`, whether there is only one key (which an
+    /// assertion naming no `kid` is checked with).
+    pub fn knows(&self, kid: Option<&str>) -> bool {
+        match kid {
+            Some(kid) => self.keys.iter().any(|key| key.kid.as_deref() == Some(kid)),
+            None => self.keys.len() == 1,
+        }
+    }
+}
+
+/// The most keys read from an issuer's published set.
+const MAX_PUBLISHED_KEYS: usize = 100;
+
+/// Refuses a key holding a member only a private key has: its holder has leaked it.
+fn refuse_private(
+    member: &serde_json::Map<String, serde_json::Value>,
+) -> Result<(), AssertionError> {
+    if PRIVATE_MEMBERS
+        .iter()
+        .any(|name| member.contains_key(*name))
+    {
+        return Err(AssertionError(
+            "a key holds a private member (d, p, q, …): register the public key only, and \
+             treat this private key as leaked",
+        ));
+    }
+    Ok(())
+}
+
+/// One public signing key, with the algorithm it signs with.
+fn key_of(member: serde_json::Map<String, serde_json::Value>) -> Result<ClientKey, AssertionError> {
+    let jwk: Jwk = serde_json::from_value(serde_json::Value::Object(member))
+        .map_err(|_| AssertionError("a key is not a JWK Keystone can read"))?;
+    if jwk
+        .common
+        .public_key_use
+        .as_ref()
+        .is_some_and(|key_use| *key_use != PublicKeyUse::Signature)
+    {
+        return Err(AssertionError("a key's `use` must be `sig`"));
+    }
+    let algorithm = algorithm_of(&jwk)?;
+    let key = DecodingKey::from_jwk(&jwk)
+        .map_err(|_| AssertionError("a key is not a public key Keystone can read"))?;
+    Ok(ClientKey {
+        kid: jwk.common.key_id.clone(),
+        algorithm,
+        key,
+    })
 }
 
 /// The algorithm a registered key signs with: its `alg`, which must suit the key, or the one
@@ -204,19 +283,47 @@ struct Claims {
     nbf: Option<i64>,
     #[serde(default)]
     iat: Option<i64>,
-    jti: String,
+    #[serde(default)]
+    jti: Option<String>,
 }
 
-/// The `sub` an assertion claims, unchecked: which client to look up when no `client_id` was
-/// sent (RFC 7521 section 4.2). Nothing is trusted until [`verify`] says so.
+/// The client an assertion of its own key claims to be from, unchecked: its `sub` when its
+/// `iss` says the same (RFC 7521 section 4.2; a workload token's issuer is another party),
+/// which client to look up when no `client_id` was sent. Nothing is trusted until [`verify`]
+/// says so.
 pub fn claimed_client(assertion: &str) -> Option<String> {
+    let claims = unverified_claims(assertion)?;
+    let sub = claims.get("sub")?.as_str()?;
+    (claims.get("iss")?.as_str()? == sub).then(|| sub.to_owned())
+}
+
+/// The `iss` an assertion names, unchecked: which trusted issuer's keys to check it with.
+pub fn claimed_issuer(assertion: &str) -> Option<String> {
+    unverified_claims(assertion)?
+        .get("iss")?
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// The `kid` an assertion's header names, unchecked (`None`: none, or no readable header):
+/// whether the cached keys can check it, or the issuer's must be fetched again.
+pub fn claimed_kid(assertion: &str) -> Option<String> {
+    if assertion.len() > MAX_ASSERTION_BYTES {
+        return None;
+    }
+    let header = URL_SAFE_NO_PAD.decode(assertion.split('.').next()?).ok()?;
+    let header: UntrustedHeader = serde_json::from_slice(&header).ok()?;
+    header.kid?.as_str().map(str::to_owned)
+}
+
+/// An assertion's claims, read without checking anything.
+fn unverified_claims(assertion: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
     if assertion.len() > MAX_ASSERTION_BYTES {
         return None;
     }
     let payload = assertion.split('.').nth(1)?;
     let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
-    let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    value.get("sub")?.as_str().map(str::to_owned)
+    serde_json::from_slice(&bytes).ok()
 }
 
 /// Why an assertion was refused, and whether its signature had checked out: until it has,
@@ -236,27 +343,111 @@ pub fn verify(
     expected: Expected<'_>,
     now: DateTime<Utc>,
 ) -> Result<VerifiedAssertion, Refusal> {
-    let claims = signed_claims(assertion, keys).map_err(|(why, signed)| Refusal { why, signed })?;
+    let claims = signed_claims(
+        assertion,
+        keys,
+        "iss, sub, aud and exp are required, with their JSON types",
+    )
+    .map_err(|(why, signed)| Refusal { why, signed })?;
     check_claims(claims, expected, now).map_err(|why| Refusal { why, signed: true })
 }
 
+/// What a workload's token (a Kubernetes service-account token, a SPIRE JWT-SVID) must say.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkloadExpected<'a> {
+    /// Its issuer (`iss`).
+    pub issuer: &'a str,
+    /// What it must be addressed to (one of its `aud`).
+    pub audience: &'a str,
+    /// The oldest it may be, by its `iat`, in seconds.
+    pub max_age: i64,
+    /// How far clocks may disagree, in seconds.
+    pub leeway: i64,
+}
+
+/// A workload's token that checked out: whom it names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedWorkload {
+    /// Its `sub` (`system:serviceaccount:payments:api`, `spiffe://example.org/ns/payments`).
+    pub subject: String,
+}
+
+/// Checks a workload's token against its issuer's `keys` and what it must say, at `now`. It
+/// may be used again until it expires, as its workload does: it is the workload's identity,
+/// not a one-time proof.
+pub fn verify_workload(
+    assertion: &str,
+    keys: &ClientKeys,
+    expected: WorkloadExpected<'_>,
+    now: DateTime<Utc>,
+) -> Result<VerifiedWorkload, Refusal> {
+    let claims: Claims = signed_claims(
+        assertion,
+        keys,
+        "iss, sub, aud and exp are required, with their JSON types",
+    )
+    .map_err(|(why, signed)| Refusal { why, signed })?;
+    let refuse = |why: &'static str| Refusal {
+        why: AssertionError(why),
+        signed: true,
+    };
+    let Some(iat) = claims.iat else {
+        return Err(refuse("iat is required: the token's age is checked"));
+    };
+    if claims.iss != expected.issuer {
+        return Err(refuse("iss is not the trusted issuer's"));
+    }
+    if !claims.aud.contains(expected.audience) {
+        return Err(refuse(
+            "aud does not name what this issuer's tokens must be addressed to (Keystone's \
+             issuer unless configured otherwise)",
+        ));
+    }
+    if claims.sub.is_empty() || claims.sub.len() > 256 {
+        return Err(refuse("sub must hold 1 to 256 bytes"));
+    }
+    let seconds = now.timestamp();
+    if seconds >= claims.exp.saturating_add(expected.leeway) {
+        return Err(refuse("the token has expired"));
+    }
+    if claims
+        .nbf
+        .is_some_and(|nbf| nbf > seconds.saturating_add(expected.leeway))
+    {
+        return Err(refuse("the token is not valid yet (nbf)"));
+    }
+    if iat > seconds.saturating_add(expected.leeway) {
+        return Err(refuse("the token was issued in the future (iat)"));
+    }
+    if iat < seconds - expected.max_age - expected.leeway {
+        return Err(refuse(
+            "the token is older than this issuer's max_assertion_age (iat)",
+        ));
+    }
+    Ok(VerifiedWorkload {
+        subject: claims.sub,
+    })
+}
+
 /// The claims of an assertion signed by one of `keys`; a refusal says whether the signature
-/// had verified (claims of the wrong shape under a good signature).
-fn signed_claims(assertion: &str, keys: &ClientKeys) -> Result<Claims, (AssertionError, bool)> {
+/// had verified (claims of the wrong shape under a good signature: `shape` says what they
+/// must be).
+fn signed_claims<C: serde::de::DeserializeOwned>(
+    assertion: &str,
+    keys: &ClientKeys,
+    shape: &'static str,
+) -> Result<C, (AssertionError, bool)> {
     let key = key_for(assertion, keys).map_err(|why| (why, false))?;
     let mut validation = Validation::new(key.algorithm);
     validation.validate_exp = false;
     validation.validate_nbf = false;
     validation.validate_aud = false;
     validation.required_spec_claims.clear();
-    jsonwebtoken::decode::<Claims>(assertion, &key.key, &validation)
+    jsonwebtoken::decode::<C>(assertion, &key.key, &validation)
         .map(|data| data.claims)
         .map_err(|error| match error.kind() {
             // The signature verified: the claims are what is wrong.
-            jsonwebtoken::errors::ErrorKind::Json(_) => (
-                AssertionError("iss, sub, aud, exp and jti are required, with their JSON types"),
-                true,
-            ),
+            jsonwebtoken::errors::ErrorKind::Json(_) => (AssertionError(shape), true),
             _ => (
                 AssertionError("the assertion's signature does not verify"),
                 false,
@@ -334,7 +525,8 @@ fn check_claims(
             "aud must name Keystone: its issuer or its token endpoint",
         ));
     }
-    if claims.jti.is_empty() || claims.jti.len() > 256 {
+    let jti = claims.jti.unwrap_or_default();
+    if jti.is_empty() || jti.len() > 256 {
         return Err(AssertionError("jti must hold 1 to 256 bytes"));
     }
     let seconds = now.timestamp();
@@ -362,7 +554,7 @@ fn check_claims(
         return Err(AssertionError("the assertion is too old (iat)"));
     }
     Ok(VerifiedAssertion {
-        jti: claims.jti,
+        jti,
         expires_at: DateTime::from_timestamp(claims.exp.saturating_add(expected.leeway), 0)
             .ok_or(AssertionError("exp is out of range"))?,
     })
@@ -552,6 +744,107 @@ mod tests {
                 !refusal.signed,
                 "{case}: nothing is said before the signature checks out"
             );
+        }
+    }
+
+    #[test]
+    fn a_published_set_keeps_the_keys_keystone_can_use() {
+        let (_, jwk) = key("k1");
+        let mut svid = key("k2").1;
+        svid["use"] = "jwt-svid".into();
+        let mut x509 = key("x").1;
+        x509["use"] = "x509-svid".into();
+        let mut encrypting = key("e").1;
+        encrypting["use"] = "enc".into();
+        let set = serde_json::json!({ "keys": [
+            jwk, svid, x509, encrypting.clone(), {"kty": "OKP", "crv": "X25519", "x": "eA"},
+            "not a key",
+        ]});
+        let keys = ClientKeys::parse_published(set.to_string().as_bytes()).unwrap();
+        assert_eq!(keys.len(), 2, "{keys:?}");
+        assert!(keys.knows(Some("k1")) && keys.knows(Some("k2")));
+        assert!(!keys.knows(Some("x")) && !keys.knows(None));
+
+        let mut private = key("p").1;
+        private["d"] = "c2VjcmV0".into();
+        let (_, twin) = key("k1");
+        for (case, set) in [
+            ("a private key", serde_json::json!({ "keys": [private] })),
+            (
+                "a symmetric key",
+                serde_json::json!({ "keys": [{"kty": "oct", "k": "eA"}] }),
+            ),
+            ("no usable key", serde_json::json!({ "keys": [encrypting] })),
+            (
+                "a kid twice",
+                serde_json::json!({ "keys": [key("k1").1, twin] }),
+            ),
+            ("not a set", serde_json::json!([])),
+        ] {
+            assert!(
+                ClientKeys::parse_published(set.to_string().as_bytes()).is_err(),
+                "{case}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_workload_token_is_checked_against_its_issuer() {
+        let now = crate::clock::system_now();
+        let (signing, jwk) = key("k1");
+        let keys = ClientKeys::parse_published(
+            serde_json::json!({ "keys": [jwk] }).to_string().as_bytes(),
+        )
+        .unwrap();
+        let expected = WorkloadExpected {
+            issuer: "https://cluster",
+            audience: ISSUER,
+            max_age: 600,
+            leeway: 30,
+        };
+        let claims = |change: &dyn Fn(&mut serde_json::Value)| {
+            let mut claims = serde_json::json!({
+                "iss": "https://cluster", "sub": "system:serviceaccount:a:b",
+                "aud": [ISSUER, "https://other"], "exp": now.timestamp() + 60,
+                "iat": now.timestamp(),
+            });
+            change(&mut claims);
+            sign(&signing, Some("k1"), &claims)
+        };
+        let verified = verify_workload(&claims(&|_| {}), &keys, expected, now).unwrap();
+        assert_eq!(verified.subject, "system:serviceaccount:a:b");
+        for (case, token) in [
+            ("another issuer", claims(&|c| c["iss"] = "https://x".into())),
+            (
+                "another audience",
+                claims(&|c| c["aud"] = "https://x".into()),
+            ),
+            (
+                "expired",
+                claims(&|c| c["exp"] = (now.timestamp() - 31).into()),
+            ),
+            (
+                "too old",
+                claims(&|c| c["iat"] = (now.timestamp() - 700).into()),
+            ),
+            (
+                "from the future",
+                claims(&|c| c["iat"] = (now.timestamp() + 120).into()),
+            ),
+            (
+                "not yet",
+                claims(&|c| c["nbf"] = (now.timestamp() + 120).into()),
+            ),
+            ("no sub", claims(&|c| c["sub"] = "".into())),
+            (
+                "no iat",
+                claims(&|c| {
+                    c.as_object_mut().unwrap().remove("iat");
+                }),
+            ),
+        ] {
+            let refusal = verify_workload(&token, &keys, expected, now).unwrap_err();
+            assert!(refusal.signed, "{case}: said once the signature verified");
         }
     }
 

@@ -8,7 +8,25 @@ use crate::helpers::spawn_app_with;
 
 #[tokio::test]
 async fn keystone_bench_runs_every_scenario_without_errors() {
-    let app = spawn_app_with(|settings| {
+    // Where the bench serves the key set of the issuer it plays (client-credentials-federated).
+    let jwks_addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let app = spawn_app_with(move |settings| {
+        settings
+            .federation
+            .issuers
+            .push(keystone::config::TrustedIssuerSettings {
+                name: "keystone-bench".into(),
+                issuer: "https://kubernetes.keystone-bench.invalid".into(),
+                jwks_uri: format!("http://{jwks_addr}/jwks"),
+                jwks_file: String::new(),
+                ca_file: String::new(),
+                bearer_token_file: String::new(),
+                audience: String::new(),
+                max_assertion_age: std::time::Duration::from_secs(3600),
+            });
         settings.bootstrap_admin_username = Some("admin".into());
         settings.bootstrap_admin_password = Some("correct horse battery staple".to_owned().into());
         // A benchmark measures capacity: every call comes from one address and a few names.
@@ -39,6 +57,8 @@ async fn keystone_bench_runs_every_scenario_without_errors() {
                 "32",
                 "--server-pid",
                 &std::process::id().to_string(),
+                "--jwks-addr",
+                &jwks_addr.to_string(),
                 "--json",
             ])
             .output()
@@ -68,6 +88,7 @@ async fn keystone_bench_runs_every_scenario_without_errors() {
             "introspect",
             "client-credentials",
             "client-credentials-pkjwt",
+            "client-credentials-federated",
             "token-exchange",
             "password",
             "refresh",

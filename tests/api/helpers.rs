@@ -452,6 +452,7 @@ impl TestApp {
                     certificate_bound_tokens: false,
                     token_exchange: false,
                     jwks_json: None,
+                    federated_identities: Vec::new(),
                 },
                 Some(pepper.hash_client_secret(&secret)),
                 &AuditRecord::new("test", "client.create", client_id, Outcome::Success),

@@ -21,6 +21,7 @@ const LAYERS: &[&str] = &[
     "cluster",
     "revocation",
     "token",
+    "federation",
     "service",
     "listener",
     "http",

@@ -25,6 +25,7 @@ mod envoy;
 mod exchange;
 mod ext_authz;
 mod faults;
+mod federation;
 mod grpcurl;
 mod health;
 mod hostile;

@@ -71,7 +71,7 @@ impl Pkjwt {
 
 /// The issuer and issue time of a token Keystone issued (`iss`, `iat`), read without
 /// checking: the bench only addresses and stamps its assertions with them.
-fn issuer_of(token: &str) -> anyhow::Result<(String, i64)> {
+pub(crate) fn issuer_of(token: &str) -> anyhow::Result<(String, i64)> {
     let payload = token.split('.').nth(1).context("a JWT")?;
     let claims: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload)?)?;
     let issuer = claims["iss"].as_str().context("a token without iss")?;

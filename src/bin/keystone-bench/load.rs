@@ -379,6 +379,23 @@ pub(crate) async fn call_once(
             .await
             .map(|_| ())
         }
+        "client-credentials-federated" => {
+            let Some(federated) = &fixtures.federated else {
+                return Err(tonic::Code::FailedPrecondition);
+            };
+            auth.issue_token(IssueTokenRequest {
+                grant: Some(Grant::ClientCredentials(ClientCredentialsGrant {
+                    client_id: federated.client_id.clone(),
+                    client_assertion: federated.token.clone(),
+                    client_assertion_type: "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+                        .into(),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+        }
         "client-credentials-pkjwt" => {
             let Some(pkjwt) = &fixtures.pkjwt else {
                 return Err(tonic::Code::FailedPrecondition);

@@ -12,6 +12,7 @@
 mod ahead;
 mod assertion;
 mod dpop;
+mod federated;
 mod load;
 mod process;
 mod seed;
@@ -48,14 +49,22 @@ struct Args {
     /// ext_authz), introspect, client-credentials, token-exchange (RFC 8693: one token, meant
     /// for a relay client, exchanged by it for another audience), password, refresh,
     /// password-flood; client-credentials-pkjwt (a client assertion signed by the client's
-    /// own key, RFC 7523; each used once, signed ahead); tls-handshake and tls-resumed (with --ca-file), client-credentials-mtls (with
+    /// own key, RFC 7523; each used once, signed ahead); client-credentials-federated (a Kubernetes
+    /// service-account token from an issuer the bench plays, its keys served at --jwks-addr and
+    /// cached by the server); tls-handshake and tls-resumed (with --ca-file), client-credentials-mtls (with
     /// --cert-file), authenticate-dpop (a DPoP-bound token, from --http-addr). Health always
     /// runs, as the ceiling the others are compared to.
     #[arg(
         long,
-        default_value = "health,authenticate,authenticate-fresh,check,introspect,client-credentials,client-credentials-pkjwt,token-exchange,password,refresh,password-flood"
+        default_value = "health,authenticate,authenticate-fresh,check,introspect,client-credentials,client-credentials-pkjwt,client-credentials-federated,token-exchange,password,refresh,password-flood"
     )]
     scenarios: String,
+    /// Where the bench serves the key set of the issuer it plays for
+    /// `client-credentials-federated` (`/jwks`): the server's `[[federation.issuers]]` named
+    /// `keystone-bench`, with `issuer = "https://kubernetes.keystone-bench.invalid"`, must
+    /// fetch it there (scripts/bench.sh sets this up).
+    #[arg(long, default_value = "127.0.0.1:20559")]
+    jwks_addr: std::net::SocketAddr,
     /// HTTP/2 connections.
     #[arg(long, default_value_t = 4)]
     connections: usize,
@@ -208,6 +217,8 @@ struct Fixtures {
     exchange: seed::Exchange,
     /// For `client-credentials-pkjwt`: a client with a key, and assertions signed ahead.
     pkjwt: Option<assertion::Pkjwt>,
+    /// For `client-credentials-federated`: a workload client and its pod's token.
+    federated: Option<federated::Federated>,
     /// For `refresh`: the sessions workers hand on from round to round, so that a round does
     /// not begin with logins (argon2 verifications that would count in its time and CPU).
     sessions: std::sync::Mutex<Vec<String>>,

@@ -127,6 +127,44 @@ pub(crate) async fn seed(args: &Args, channel: &Channel) -> anyhow::Result<Fixtu
     } else {
         None
     };
+    let federated = if args
+        .scenarios
+        .split(',')
+        .any(|s| s.trim() == "client-credentials-federated")
+    {
+        let federated = crate::federated::Federated::start(
+            format!("{client_id}-federated"),
+            args.jwks_addr,
+            &token,
+        )
+        .await?;
+        create_client(
+            channel,
+            &admin,
+            Client {
+                client_id: federated.client_id.clone(),
+                name: "keystone-bench (workload identity)".into(),
+                federated_identities: vec![keystone::proto::pb::FederatedIdentity {
+                    issuer_name: crate::federated::ISSUER_NAME.into(),
+                    subject: crate::federated::SUBJECT.into(),
+                }],
+                ..Default::default()
+            },
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "cannot create the bench's workload client: the server must trust the issuer \
+                 `{}` ({}) with jwks_uri http://{}/jwks (scripts/bench.sh sets this up)",
+                crate::federated::ISSUER_NAME,
+                crate::federated::ISSUER,
+                args.jwks_addr
+            )
+        })?;
+        Some(federated)
+    } else {
+        None
+    };
     let mtls_client_id = match &args.cert_file {
         Some(cert) => Some(seed_mtls_client(channel, &admin, cert).await?),
         None => None,
@@ -134,6 +172,7 @@ pub(crate) async fn seed(args: &Args, channel: &Channel) -> anyhow::Result<Fixtu
     Ok(Fixtures {
         mtls_client_id,
         pkjwt,
+        federated,
         dpop: None,
         exchange: Exchange {
             client_id: relay_id,

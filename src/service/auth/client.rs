@@ -4,8 +4,10 @@
 //! A client proves itself with a secret; or, when it registered what its TLS client
 //! certificate shows (RFC 8705 section 2), with that certificate on its own connection; or,
 //! when it registered public keys (`private_key_jwt`, RFC 7523 section 2.2), with an assertion
-//! signed by one of them, used once. A client of the last two kinds has no secret, and a
-//! secret sent along proves nothing.
+//! signed by one of them, used once; or, when it is known by workload identities, with a
+//! token of a trusted issuer naming one of them (a Kubernetes service-account token, a SPIRE
+//! JWT-SVID: RFC 7523 section 2.2 too), as often as the workload likes until it expires. A
+//! client of the last three kinds has no secret, and a secret sent along proves nothing.
 
 use secrecy::{ExposeSecret as _, SecretString};
 
@@ -16,6 +18,7 @@ use super::{
 use crate::{
     domain::{AuditRecord, Outcome, PresentedCertificate, ScopeSet},
     error::{Error, Reason},
+    federation::WorkloadRefusal,
     service::{limits::Key, proofs::Kind},
     store::CachedClient,
     token::{
@@ -33,6 +36,8 @@ enum Proof {
     Certificate,
     /// With an assertion signed by a key it registered (its `jti` yet to be used up).
     Assertion(VerifiedAssertion),
+    /// With a trusted issuer's token naming one of its workload identities.
+    Workload,
 }
 
 /// What a client sends to prove itself, besides its TLS certificate. Its `Debug` shows which,
@@ -91,7 +96,8 @@ impl ClientCredential {
     }
 
     /// The client id to look up: `client_id` as sent, or, when empty, the `sub` an assertion
-    /// claims (RFC 7521 section 4.2); it is checked with the rest.
+    /// of a client's own key claims (RFC 7521 section 4.2, `iss` = `sub`); it is checked with
+    /// the rest. A workload's token leaves it empty: the identity it proves names the client.
     pub fn client_id_or_claimed(&self, client_id: String) -> String {
         match self {
             Self::Assertion(assertion) if client_id.is_empty() => {
@@ -122,10 +128,14 @@ impl AuthService {
         let client = self
             .check_client(client_id, credential, purpose, context)
             .await?;
-        self.limits.check(&[Key::Client(client_id)]).await?;
+        self.limits
+            .check(&[Key::Client(client.client_id.as_str())])
+            .await?;
         Ok(client)
     }
 
+    /// Checks a client's credential; `client_id` may be empty when a workload's token names
+    /// the client by its identity.
     pub(super) async fn check_client(
         &self,
         client_id: &str,
@@ -133,15 +143,16 @@ impl AuthService {
         purpose: &'static str,
         context: &CallContext,
     ) -> Result<crate::domain::Client, Error> {
-        if client_id.is_empty() || client_id.len() > 128 || client_id.chars().any(char::is_control)
-        {
-            return Err(Error::invalid_argument(
-                "client_credentials.client_id",
-                "must hold 1 to 128 bytes and no control characters",
-            ));
-        }
         let now = self.clock.now();
-        let audit = |outcome: Outcome, reason: &str| {
+        let leeway = i64::try_from(self.policy.leeway.as_secs()).unwrap_or(i64::MAX);
+        let assertion = match credential {
+            ClientCredential::Assertion(assertion) => Some(assertion.as_str()),
+            _ => None,
+        };
+        // A workload's token (its `iss` a trusted issuer) is checked first: its issuer's keys
+        // may have to be fetched, and, with no client id sent, the identity it proves names
+        // the client.
+        let refusal = |client_id: &str, outcome: Outcome, why: &str| {
             AuditRecord::new(
                 client_id.to_owned(),
                 "client.authenticate",
@@ -150,8 +161,58 @@ impl AuthService {
             )
             .from_peer(&context.peer)
             .with_detail("purpose", purpose)
-            .with_detail("reason", reason)
+            .with_detail("reason", why)
         };
+        let workload = match assertion.zip(assertion.and_then(|a| self.federation.issuer_of(a))) {
+            None => None,
+            Some((token, issuer)) => match issuer.verify(token, leeway, now).await {
+                Ok(identity) => Some(Ok(identity)),
+                Err(WorkloadRefusal::Refused(refusal)) => Some(Err(refusal)),
+                Err(WorkloadRefusal::Unavailable(source)) => {
+                    let why = format!("trusted issuer `{}` unavailable", issuer.name());
+                    self.record(refusal(client_id, Outcome::Failure, &why), now)
+                        .await;
+                    return Err(Error::Unavailable {
+                        reason: Reason::Unavailable,
+                        what: "a trusted issuer's key set",
+                        source: Some(source),
+                    });
+                }
+            },
+        };
+        let client_id = match (client_id.is_empty(), &workload) {
+            (false, _) | (true, None) => client_id.to_owned(),
+            (true, Some(Ok(identity))) => {
+                match self.store.client_id_for_identity(identity).await? {
+                    Some(client_id) => client_id,
+                    None => {
+                        let why = format!(
+                            "no client is known by `{}` of `{}`",
+                            identity.subject, identity.issuer_name
+                        );
+                        self.record(refusal("", Outcome::Failure, &why), now).await;
+                        return Err(Error::Unauthenticated {
+                            reason: Reason::InvalidCredentials,
+                            message: format!("invalid client assertion: {why}"),
+                        });
+                    }
+                }
+            }
+            (true, Some(Err(refused))) => {
+                self.record(refusal("", Outcome::Failure, &refused.why.to_string()), now)
+                    .await;
+                return Err(assertion_error(refused.signed, &refused.why.to_string()));
+            }
+        };
+        let client_id = client_id.as_str();
+        if client_id.is_empty() || client_id.len() > 128 || client_id.chars().any(char::is_control)
+        {
+            return Err(Error::invalid_argument(
+                "client_credentials.client_id",
+                "must hold 1 to 128 bytes and no control characters",
+            ));
+        }
+        let audit = |outcome: Outcome, why: &str| refusal(client_id, outcome, why);
         let secret = match credential {
             ClientCredential::Secret(secret) if !secret.expose_secret().is_empty() => Some(secret),
             _ => None,
@@ -159,11 +220,6 @@ impl AuthService {
         if secret.is_some_and(|secret| secret.expose_secret().len() > 256) {
             return Err(invalid_credentials());
         }
-        let assertion = match credential {
-            ClientCredential::Assertion(assertion) => Some(assertion.as_str()),
-            _ => None,
-        };
-        let leeway = i64::try_from(self.policy.leeway.as_secs()).unwrap_or(i64::MAX);
         // The certificate of the caller's own connection (one a proxy forwarded is known by
         // its hash alone, which proves no name).
         let certificate = match &context.certificate {
@@ -181,6 +237,27 @@ impl AuthService {
                     .filter(|certificate| entry.client.certificate.matched_by(certificate))
                     .map(|_| Proof::Certificate)
                     .ok_or_else(plain);
+            }
+            if !entry.client.federated_identities.is_empty() {
+                return match &workload {
+                    Some(Ok(identity))
+                        if entry.client.federated_identities.iter().any(|known| {
+                            known.issuer_name == identity.issuer_name
+                                && known.subject == identity.subject
+                        }) =>
+                    {
+                        Ok(Proof::Workload)
+                    }
+                    Some(Ok(identity)) => Err((
+                        true,
+                        format!(
+                            "the client is not known by `{}` of `{}`",
+                            identity.subject, identity.issuer_name
+                        ),
+                    )),
+                    Some(Err(refused)) => Err((refused.signed, refused.why.to_string())),
+                    None => Err(plain()),
+                };
             }
             if let Some(jwks) = &entry.client.jwks_json {
                 let Some(assertion) = assertion else {
@@ -232,14 +309,7 @@ impl AuthService {
             (Some((entry, _)), Some(Ok(proof))) => (entry, proof),
             (_, Some(Err((tell, why)))) => {
                 self.record(audit(Outcome::Failure, &why), now).await;
-                return Err(if tell {
-                    Error::Unauthenticated {
-                        reason: Reason::InvalidCredentials,
-                        message: format!("invalid client assertion: {why}"),
-                    }
-                } else {
-                    invalid_credentials()
-                });
+                return Err(assertion_error(tell, &why));
             }
             _ => {
                 self.record(audit(Outcome::Failure, "invalid credentials"), now)
@@ -394,6 +464,19 @@ impl AuthService {
         }
         count_issued("client_credentials");
         Ok(token)
+    }
+}
+
+/// An assertion refused: why, when its signature checked out (`tell`), else no more than
+/// any wrong credential.
+fn assertion_error(tell: bool, why: &str) -> Error {
+    if tell {
+        Error::Unauthenticated {
+            reason: Reason::InvalidCredentials,
+            message: format!("invalid client assertion: {why}"),
+        }
+    } else {
+        invalid_credentials()
     }
 }
 

@@ -32,6 +32,7 @@ use crate::{
         AuditRecord, ClientCertificate, PasswordPolicy, PresentedCertificate, ScopeSet, Thumbprint,
     },
     error::{Error, Reason},
+    federation::Federation,
     password::PasswordHasher,
     revocation::Revocations,
     secrets::Pepper,
@@ -282,6 +283,8 @@ pub struct AuthService {
     pepper: Pepper,
     limits: RateLimits,
     policy: Arc<AuthPolicy>,
+    /// The issuers whose workload tokens clients may prove themselves with.
+    federation: Arc<Federation>,
 }
 
 pub use client::ClientCredential;
@@ -320,7 +323,14 @@ impl AuthService {
             ring,
             pepper,
             policy: Arc::new(policy),
+            federation: Arc::default(),
         }
+    }
+
+    /// The service trusting `federation`'s issuers for clients' workload identities.
+    pub fn with_federation(mut self, federation: Arc<Federation>) -> Self {
+        self.federation = federation;
+        self
     }
 
     /// What checks tokens.

@@ -33,6 +33,8 @@ pub enum Relation {
     ClientAudience,
     #[sea_orm(has_many = "super::client_certificate_name::Entity")]
     ClientCertificateName,
+    #[sea_orm(has_many = "super::client_federated_identity::Entity")]
+    ClientFederatedIdentity,
 }
 
 impl Related<super::client_secret::Entity> for Entity {
@@ -56,6 +58,12 @@ impl Related<super::client_audience::Entity> for Entity {
 impl Related<super::client_certificate_name::Entity> for Entity {
     fn to() -> RelationDef {
         Relation::ClientCertificateName.def()
+    }
+}
+
+impl Related<super::client_federated_identity::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::ClientFederatedIdentity.def()
     }
 }
 

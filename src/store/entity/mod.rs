@@ -4,6 +4,7 @@ pub mod audit_event;
 pub mod client;
 pub mod client_audience;
 pub mod client_certificate_name;
+pub mod client_federated_identity;
 pub mod client_scope;
 pub mod client_secret;
 pub mod login_failure;
