@@ -35,20 +35,20 @@ const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer
 const KEYSTONE: &str = "http://127.0.0.1:8080";
 
 /// The fake cluster's issuer.
-const CLUSTER_ISS: &str = "https://kubernetes.default.svc.cluster.local";
+pub(crate) const CLUSTER_ISS: &str = "https://kubernetes.default.svc.cluster.local";
 
 /// The fake SPIRE server's issuer.
 const SPIRE_ISS: &str = "https://oidc.spire.example.org";
 
 /// A pod's service account in the fake cluster.
-const POD: &str = "system:serviceaccount:payments:api";
+pub(crate) const POD: &str = "system:serviceaccount:payments:api";
 
 /// A SPIFFE ID of the fake SPIRE trust domain.
 const SPIFFE_ID: &str = "spiffe://example.org/ns/payments/sa/api";
 
 /// A signing key of a fake issuer, and its public JWK.
 #[derive(Clone)]
-struct IssuerKey {
+pub(crate) struct IssuerKey {
     signing: EncodingKey,
     jwk: Value,
     kid: String,
@@ -57,7 +57,7 @@ struct IssuerKey {
 
 impl IssuerKey {
     /// An RSA key, as a Kubernetes cluster signs with.
-    fn rsa(kid: &str) -> Self {
+    pub(crate) fn rsa(kid: &str) -> Self {
         let pair = RsaKeyPair::generate(KeySize::Rsa2048).unwrap();
         let pkcs8 = pair.as_der().unwrap();
         let signing = EncodingKey::from_rsa_der(pkcs1_of(pkcs8.as_ref()));
@@ -89,7 +89,7 @@ impl IssuerKey {
     }
 
     /// A token with `claims`, this key's `kid` in its header.
-    fn sign(&self, claims: &Value) -> String {
+    pub(crate) fn sign(&self, claims: &Value) -> String {
         let mut header = Header::new(self.algorithm);
         header.kid = Some(self.kid.clone());
         jsonwebtoken::encode(&header, claims, &self.signing).unwrap()
@@ -121,7 +121,7 @@ fn pkcs1_of(pkcs8: &[u8]) -> &[u8] {
 
 /// A projected service-account token's claims, as kube-apiserver writes them, issued at `now`
 /// for an hour, addressed to Keystone.
-fn service_account_claims(now: i64, subject: &str) -> Value {
+pub(crate) fn service_account_claims(now: i64, subject: &str) -> Value {
     json!({
         "aud": [KEYSTONE],
         "exp": now + 3600,
@@ -152,7 +152,7 @@ fn svid_claims(now: i64) -> Value {
 
 /// What a fake JWKS endpoint answers.
 #[derive(Clone)]
-enum Answer {
+pub(crate) enum Answer {
     /// This key set.
     Keys(Value),
     /// Nothing, ever.
@@ -165,14 +165,14 @@ enum Answer {
 
 /// A JWKS endpoint on loopback, counting the fetches it answers.
 #[derive(Clone)]
-struct FakeIssuer {
-    uri: String,
+pub(crate) struct FakeIssuer {
+    pub(crate) uri: String,
     answer: Arc<Mutex<Answer>>,
     fetches: Arc<AtomicUsize>,
 }
 
 impl FakeIssuer {
-    async fn serve(answer: Answer) -> Self {
+    pub(crate) async fn serve(answer: Answer) -> Self {
         let answer = Arc::new(Mutex::new(answer));
         let fetches = Arc::new(AtomicUsize::new(0));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -219,7 +219,7 @@ impl FakeIssuer {
 }
 
 /// The key set of `keys`.
-fn key_set(keys: &[&IssuerKey]) -> Value {
+pub(crate) fn key_set(keys: &[&IssuerKey]) -> Value {
     json!({ "keys": keys.iter().map(|key| key.jwk.clone()).collect::<Vec<_>>() })
 }
 

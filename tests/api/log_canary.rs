@@ -24,6 +24,8 @@ use crate::{
 const ADMIN_PASSWORD: &str = "canary-admin-passphrase-7d1f";
 const NEW_PASSWORD: &str = "canary-new-passphrase-93ab";
 const DATABASE_PASSWORD: &str = "canary-database-password-5e2c";
+/// What Keystone sends a trusted issuer's key endpoint as its bearer token.
+const BEARER_TOKEN: &str = "canary-issuer-bearer-token-4b7e";
 /// 32 bytes, base64: a key-encryption key made to be recognized.
 const KEY_ENCRYPTION_KEY: &str = "Y2FuYXJ5LWtleS1lbmNyeXB0aW9uLWtleS0wMTIzNDU=";
 
@@ -72,6 +74,27 @@ async fn canary(format: &str) -> String {
         },
         _ => (database.url().to_owned(), DATABASE_PASSWORD.to_owned()),
     };
+    // A trusted cluster (its keys on loopback, fetched with a bearer token of Keystone's own).
+    let cluster_key = crate::federation::IssuerKey::rsa("canary-1");
+    let cluster = crate::federation::FakeIssuer::serve(crate::federation::Answer::Keys(
+        crate::federation::key_set(&[&cluster_key]),
+    ))
+    .await;
+    let directory = tempfile::tempdir().unwrap();
+    let bearer_file = directory.path().join("token");
+    std::fs::write(&bearer_file, BEARER_TOKEN).unwrap();
+    let config = directory.path().join("keystone.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[federation.issuers]]\nname = \"cluster\"\nissuer = \"{}\"\njwks_uri = \"{}\"\n\
+             bearer_token_file = \"{}\"\n",
+            crate::federation::CLUSTER_ISS,
+            cluster.uri,
+            bearer_file.display()
+        ),
+    )
+    .unwrap();
     let mut command = keystone();
     // Redis too when there is one, so that fred's trace output is read as well.
     if let Some(redis) = std::env::var(crate::helpers::TEST_REDIS_URL)
@@ -94,6 +117,7 @@ async fn canary(format: &str) -> String {
         .env("KEYSTONE_SECRETS__PEPPER", TEST_PEPPER)
         .env("KEYSTONE_BOOTSTRAP_ADMIN_USERNAME", "opsadmin")
         .env("KEYSTONE_BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .env("KEYSTONE_CONFIG", &config)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -217,6 +241,48 @@ async fn canary(format: &str) -> String {
     auth.issue_token(exchange("kss_canary-wrong-relay-secret"))
         .await
         .unwrap_err();
+    // A pod's service-account token, right and expired (its `iat` and `exp` from the server's
+    // clock, read off a token it issued).
+    clients
+        .create_client(with_bearer(
+            pb::CreateClientRequest {
+                client: Some(pb::Client {
+                    client_id: "canary-pod".to_owned(),
+                    federated_identities: vec![pb::FederatedIdentity {
+                        issuer_name: "cluster".to_owned(),
+                        subject: crate::federation::POD.to_owned(),
+                    }],
+                    ..Default::default()
+                }),
+            },
+            &first.access_token,
+        ))
+        .await
+        .unwrap();
+    let now = chrono::Utc::now().timestamp();
+    let pod_token = cluster_key.sign(&crate::federation::service_account_claims(
+        now,
+        crate::federation::POD,
+    ));
+    let expired_pod_token = cluster_key.sign(&crate::federation::service_account_claims(
+        now - 7200,
+        crate::federation::POD,
+    ));
+    let by_pod_token = |token: &str| pb::IssueTokenRequest {
+        grant: Some(pb::issue_token_request::Grant::ClientCredentials(
+            pb::ClientCredentialsGrant {
+                client_assertion: token.to_owned(),
+                client_assertion_type: "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+                    .to_owned(),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    };
+    auth.issue_token(by_pod_token(&pod_token)).await.unwrap();
+    auth.issue_token(by_pod_token(&expired_pod_token))
+        .await
+        .unwrap_err();
     let second = auth
         .issue_token(pb::IssueTokenRequest {
             grant: Some(pb::issue_token_request::Grant::RefreshToken(
@@ -291,6 +357,15 @@ async fn canary(format: &str) -> String {
             "kss_canary-wrong-client-secret".to_owned(),
         ),
         ("the first refresh token", first.refresh_token.clone()),
+        ("a pod's service-account token", pod_token.clone()),
+        (
+            "an expired service-account token",
+            expired_pod_token.clone(),
+        ),
+        (
+            "Keystone's bearer token for an issuer",
+            BEARER_TOKEN.to_owned(),
+        ),
         ("the second refresh token", second.refresh_token.clone()),
         ("the private key (base64)", STANDARD.encode(&private_key)),
         (
