@@ -598,5 +598,9 @@ fn trusted_issuers_are_read_and_each_broken_rule_is_named() {
     ] {
         let error = from_toml(&toml).expect_err(case).to_string();
         assert!(error.contains(setting), "{case}: {error}");
+        assert!(
+            !error.contains("u:p@"),
+            "{case}: credentials shown: {error}"
+        );
     }
 }

@@ -627,7 +627,7 @@ fn check_federation(federation: &super::FederationSettings) -> Vec<ConfigError> 
                 if let Err(why) = check_jwks_uri(&issuer.jwks_uri) {
                     problems.push(ConfigError::invalid(
                         "federation.issuers.jwks_uri",
-                        &issuer.jwks_uri,
+                        without_credentials(&issuer.jwks_uri),
                         why,
                     ));
                 }
@@ -668,6 +668,18 @@ fn check_federation(federation: &super::FederationSettings) -> Vec<ConfigError> 
         }
     }
     problems
+}
+
+/// A URL as it may be shown: any user name and password replaced.
+fn without_credentials(uri: &str) -> String {
+    match url::Url::parse(uri) {
+        Ok(mut url) if !url.username().is_empty() || url.password().is_some() => {
+            let _ = url.set_username("[REDACTED]");
+            let _ = url.set_password(None);
+            url.to_string()
+        }
+        _ => uri.to_owned(),
+    }
 }
 
 /// Where an issuer's keys may come from: `https://`, or `http://` on a loopback address (keys

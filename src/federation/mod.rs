@@ -13,14 +13,23 @@
 //!   serving meanwhile (and on, when the fetch fails), so a key the issuer dropped stops
 //!   counting.
 //!
-//! A dead endpoint costs only the assertions of its own issuer, each at most one
-//! `fetch_timeout`; nothing else waits for it.
+//! A fetch is a task of its own, so a caller that gives up does not cut it short. A dead
+//! endpoint costs only the assertions of its own issuer: at most [`MAX_WAITING`] of them wait
+//! for a fetch at once, each at most one `fetch_timeout`, and the others are answered at once;
+//! nothing else waits for it.
 //!
 //! Layer: state kept in step, beside [`crate::token`] (whose assertion checks it uses).
 
 mod fetch;
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use chrono::{DateTime, Utc};
 
@@ -58,9 +67,16 @@ pub struct TrustedIssuer {
     keys_max_age: chrono::Duration,
     fetch_timeout: Duration,
     state: std::sync::Mutex<State>,
-    /// Held while fetching: one fetch at a time, the others wait for its outcome.
-    fetching: tokio::sync::Mutex<()>,
+    /// Whether a fetch is under way (one at a time).
+    fetching: AtomicBool,
+    /// How many fetches have ended: callers waiting for one watch it.
+    done: tokio::sync::watch::Sender<u64>,
+    /// Permits to wait for a fetch: the callers beyond them are answered at once.
+    waiting: tokio::sync::Semaphore,
 }
+
+/// The most calls that wait for one issuer's fetch at once.
+const MAX_WAITING: usize = 64;
 
 impl std::fmt::Debug for TrustedIssuer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -164,7 +180,9 @@ impl TrustedIssuer {
             keys_max_age: chrono::Duration::from_std(settings.keys_max_age)?,
             fetch_timeout: settings.fetch_timeout,
             state: std::sync::Mutex::new(state),
-            fetching: tokio::sync::Mutex::new(()),
+            fetching: AtomicBool::new(false),
+            done: tokio::sync::watch::Sender::new(0),
+            waiting: tokio::sync::Semaphore::new(MAX_WAITING),
         })
     }
 
@@ -199,24 +217,41 @@ impl TrustedIssuer {
     }
 
     /// The keys to check a token naming `kid` with: the cached ones when they know it (fetched
-    /// again in the background when old), else fetched now when the last attempt is far
-    /// enough behind.
+    /// again in the background when old); else those a fetch brings, when one is under way or
+    /// may start (the last attempt `refetch_interval` behind); else the cached ones, which
+    /// will not know it.
     async fn keys_for(
         self: &Arc<Self>,
         kid: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<Arc<ClientKeys>, WorkloadRefusal> {
+        // Subscribed first: a fetch ending from here on is seen.
+        let mut done = self.done.subscribe();
+        done.borrow_and_update();
         let (cached, old, may_fetch) = self.snapshot(now);
         if let Some(keys) = cached.as_ref().filter(|keys| keys.knows(kid)) {
             if old && may_fetch {
-                let issuer = Arc::clone(self);
-                tokio::spawn(async move { issuer.refresh(now).await });
+                self.start_fetch(now);
             }
             return Ok(Arc::clone(keys));
         }
-        if may_fetch || self.fetching.try_lock().is_err() {
-            // Fetch, or wait for the fetch under way.
-            self.refresh(now).await;
+        if may_fetch {
+            self.start_fetch(now);
+        }
+        if self.fetching.load(Ordering::Acquire) {
+            // A bounded number of calls wait, each at most the fetch's own budget; the others
+            // are answered now.
+            let Ok(_turn) = self.waiting.try_acquire() else {
+                return Err(WorkloadRefusal::Unavailable(anyhow::anyhow!(
+                    "too many calls wait for the keys of trusted issuer `{}`",
+                    self.name
+                )));
+            };
+            let _ = tokio::time::timeout(
+                self.fetch_timeout + Duration::from_millis(100),
+                done.changed(),
+            )
+            .await;
         }
         let state = self.lock();
         match &state.keys {
@@ -227,25 +262,26 @@ impl TrustedIssuer {
                 state
                     .last_error
                     .as_deref()
-                    .unwrap_or("no fetch has finished")
+                    .unwrap_or("its first fetch is under way")
             ))),
         }
     }
 
     /// The cached keys, whether they are older than `keys_max_age`, and whether a fetch may
-    /// start (none attempted within `refetch_interval`).
+    /// start (none under way, none attempted within `refetch_interval`).
     fn snapshot(&self, now: DateTime<Utc>) -> (Option<Arc<ClientKeys>>, bool, bool) {
         let state = self.lock();
         let old = state
             .fetched_at
             .is_none_or(|at| now - at >= self.keys_max_age);
-        (state.keys.clone(), old, self.may_fetch(&state, now))
+        let may_fetch = !self.fetching.load(Ordering::Acquire) && self.may_fetch(&state, now);
+        (state.keys.clone(), old, may_fetch)
     }
 
     fn may_fetch(&self, state: &State, now: DateTime<Utc>) -> bool {
         state
             .attempted_at
-            .is_none_or(|at| now - at >= self.refetch_interval || now < at)
+            .is_none_or(|at| now - at >= self.refetch_interval)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -255,23 +291,38 @@ impl TrustedIssuer {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Fetches the keys, unless another caller did while this one waited its turn.
-    async fn refresh(&self, now: DateTime<Utc>) {
-        let _turn = self.fetching.lock().await;
+    /// Starts a fetch of the keys, unless one is under way or was attempted within
+    /// `refetch_interval`. The fetch is a task of its own: a caller that gives up (its
+    /// deadline passed, it went away) does not end it, and all who wait see its outcome.
+    fn start_fetch(self: &Arc<Self>, now: DateTime<Utc>) {
+        if self.fetching.swap(true, Ordering::AcqRel) {
+            return;
+        }
         {
             let mut state = self.lock();
             if !self.may_fetch(&state, now) {
+                self.fetching.store(false, Ordering::Release);
                 return;
             }
             state.attempted_at = Some(now);
         }
-        let fetched = match tokio::time::timeout(self.fetch_timeout, self.read()).await {
-            Ok(fetched) => fetched,
-            Err(_) => Err(anyhow::anyhow!(
-                "no answer within {} (federation.fetch_timeout)",
-                humantime::format_duration(self.fetch_timeout)
-            )),
-        };
+        let issuer = Arc::clone(self);
+        tokio::spawn(async move {
+            let fetched = match tokio::time::timeout(issuer.fetch_timeout, issuer.read()).await {
+                Ok(fetched) => fetched,
+                Err(_) => Err(anyhow::anyhow!(
+                    "no answer within {} (federation.fetch_timeout)",
+                    humantime::format_duration(issuer.fetch_timeout)
+                )),
+            };
+            issuer.settle(fetched, now);
+            issuer.fetching.store(false, Ordering::Release);
+            issuer.done.send_modify(|fetches| *fetches += 1);
+        });
+    }
+
+    /// Keeps what a fetch brought, or the keys from before with the reason it failed.
+    fn settle(&self, fetched: anyhow::Result<ClientKeys>, now: DateTime<Utc>) {
         let mut state = self.lock();
         match fetched {
             Ok(keys) => {

@@ -161,6 +161,12 @@ pub(crate) enum Answer {
     Huge,
     /// 200 with a body that is no JSON.
     Garbage,
+    /// This key set, after a while.
+    Slow(Duration, Value),
+    /// 10 MiB, its length said up front.
+    Sized,
+    /// A redirect to this address.
+    Redirect(String),
 }
 
 /// A JWKS endpoint on loopback, counting the fetches it answers.
@@ -186,16 +192,31 @@ impl FakeIssuer {
                     let answer = answer.lock().unwrap().clone();
                     fetches.fetch_add(1, Ordering::SeqCst);
                     async move {
+                        let ok = |body: axum::body::Body| {
+                            http::Response::builder().status(200).body(body).unwrap()
+                        };
                         match answer {
-                            Answer::Keys(set) => axum::body::Body::from(set.to_string()),
+                            Answer::Keys(set) => ok(axum::body::Body::from(set.to_string())),
                             Answer::Hang => std::future::pending().await,
                             Answer::Huge => {
                                 let chunk = bytes::Bytes::from(vec![b' '; 64 * 1024]);
-                                axum::body::Body::from_stream(tokio_stream::iter((0..160).map(
-                                    move |_| Ok::<_, std::convert::Infallible>(chunk.clone()),
+                                ok(axum::body::Body::from_stream(tokio_stream::iter(
+                                    (0..160).map(move |_| {
+                                        Ok::<_, std::convert::Infallible>(chunk.clone())
+                                    }),
                                 )))
                             }
-                            Answer::Garbage => axum::body::Body::from("<html>not a key set"),
+                            Answer::Garbage => ok(axum::body::Body::from("<html>not a key set")),
+                            Answer::Slow(delay, set) => {
+                                tokio::time::sleep(delay).await;
+                                ok(axum::body::Body::from(set.to_string()))
+                            }
+                            Answer::Sized => ok(axum::body::Body::from(vec![b' '; 10 << 20])),
+                            Answer::Redirect(to) => http::Response::builder()
+                                .status(302)
+                                .header("location", to)
+                                .body(axum::body::Body::empty())
+                                .unwrap(),
                         }
                     }
                 }
@@ -571,6 +592,12 @@ async fn every_broken_workload_token_is_refused_and_says_why() {
             Some("expired"),
         ),
         ("garbage", "payments", "a.b.c".to_owned(), None),
+        (
+            "an untrusted issuer, without a client id",
+            "",
+            with(&|c| c["iss"] = "https://evil.example.com".into()),
+            None,
+        ),
     ];
     for (case, client_id, token, says) in cases {
         let newest = app
@@ -614,7 +641,15 @@ async fn a_dead_jwks_endpoint_costs_only_its_own_issuer() {
     let hanging = FakeIssuer::serve(Answer::Hang).await;
     let huge = FakeIssuer::serve(Answer::Huge).await;
     let garbage = FakeIssuer::serve(Answer::Garbage).await;
+    let sized = FakeIssuer::serve(Answer::Sized).await;
+    let redirect = FakeIssuer::serve(Answer::Redirect(cluster.uri.clone())).await;
     let uris = [
+        ("sized", "https://sized.example.com", sized.uri.clone()),
+        (
+            "redirect",
+            "https://redirect.example.com",
+            redirect.uri.clone(),
+        ),
         ("cluster", CLUSTER_ISS, cluster.uri.clone()),
         (
             "hanging",
@@ -637,7 +672,7 @@ async fn a_dead_jwks_endpoint_costs_only_its_own_issuer() {
     .await;
     let now = app.clock.now().timestamp();
     let admin = app.admin_token().await;
-    for name in ["cluster", "hanging", "huge", "garbage"] {
+    for name in ["cluster", "hanging", "huge", "garbage", "sized", "redirect"] {
         create_workload_client(&app, &admin, name, &[(name, POD)])
             .await
             .unwrap();
@@ -694,6 +729,12 @@ async fn a_dead_jwks_endpoint_costs_only_its_own_issuer() {
     for (name, iss, endpoint) in [
         ("huge", "https://huge.example.com", &huge),
         ("garbage", "https://garbage.example.com", &garbage),
+        ("sized", "https://sized.example.com", &sized),
+        (
+            "redirect (not followed)",
+            "https://redirect.example.com",
+            &redirect,
+        ),
     ] {
         for _ in 0..2 {
             let status = by_assertion(&app, "", &token_of(iss)).await.unwrap_err();
@@ -715,6 +756,57 @@ async fn a_dead_jwks_endpoint_costs_only_its_own_issuer() {
         .await
         .unwrap();
     assert_eq!(garbage.fetches(), 2);
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_caller_giving_up_does_not_cut_the_fetch_short_and_one_fetch_serves_all() {
+    let key = IssuerKey::rsa("cluster-1");
+    let slow = FakeIssuer::serve(Answer::Slow(Duration::from_millis(500), key_set(&[&key]))).await;
+    let uri = slow.uri.clone();
+    let app = spawn_app_with(move |settings| {
+        settings
+            .federation
+            .issuers
+            .push(trusted("cluster", CLUSTER_ISS, &uri));
+    })
+    .await;
+    let admin = app.admin_token().await;
+    create_workload_client(&app, &admin, "payments", &[("cluster", POD)])
+        .await
+        .unwrap();
+    let token = key.sign(&service_account_claims(app.clock.now().timestamp(), POD));
+    let grant = || pb::IssueTokenRequest {
+        grant: Some(pb::issue_token_request::Grant::ClientCredentials(
+            pb::ClientCredentialsGrant {
+                client_assertion: token.clone(),
+                client_assertion_type: JWT_BEARER.into(),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    };
+    // The first caller's deadline passes during the first fetch: the call ends, the fetch
+    // goes on.
+    let mut hurried = tonic::Request::new(grant());
+    hurried.set_timeout(Duration::from_millis(50));
+    let status = app.auth().issue_token(hurried).await.unwrap_err();
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    // Callers arriving meanwhile wait for that same fetch, and all get tokens from it.
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let mut auth = app.auth();
+            let request = grant();
+            tokio::spawn(async move { auth.issue_token(request).await })
+        })
+        .collect();
+    for call in calls {
+        call.await.unwrap().unwrap();
+    }
+    assert_eq!(slow.fetches(), 1, "one fetch served every caller");
     app.stop().await.unwrap();
 }
 

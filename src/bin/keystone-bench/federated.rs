@@ -20,12 +20,11 @@ pub(crate) const ISSUER: &str = "https://kubernetes.keystone-bench.invalid";
 /// What the server's `[[federation.issuers]]` calls it.
 pub(crate) const ISSUER_NAME: &str = "keystone-bench";
 
-/// The service account of the bench's pod.
-pub(crate) const SUBJECT: &str = "system:serviceaccount:keystone-bench:api";
-
-/// The workload client of `client-credentials-federated`, and its pod's token.
+/// The workload client of `client-credentials-federated`, its pod's service account (one per
+/// run: an identity names one client), and the pod's token.
 pub(crate) struct Federated {
     pub(crate) client_id: String,
+    pub(crate) subject: String,
     pub(crate) token: String,
 }
 
@@ -42,7 +41,7 @@ impl Federated {
             .map_err(|_| anyhow::anyhow!("cannot make an RSA key"))?;
         let public = pair.public_key();
         let jwks = serde_json::json!({ "keys": [{
-            "kty": "RSA", "alg": "RS256", "use": "sig", "kid": "bench",
+            "kty": "RSA", "alg": "RS256", "use": "sig", "kid": client_id,
             "n": URL_SAFE_NO_PAD.encode(public.modulus().big_endian_without_leading_zero()),
             "e": URL_SAFE_NO_PAD.encode(public.exponent().big_endian_without_leading_zero()),
         }] })
@@ -57,12 +56,13 @@ impl Federated {
         tokio::spawn(async move { axum::serve(listener, router).await });
 
         let (issuer, issued_at) = crate::assertion::issuer_of(keystone_token)?;
+        let subject = format!("system:serviceaccount:keystone-bench:{client_id}");
         let encode = |value: serde_json::Value| URL_SAFE_NO_PAD.encode(value.to_string());
         let input = format!(
             "{}.{}",
-            encode(serde_json::json!({ "alg": "RS256", "kid": "bench" })),
+            encode(serde_json::json!({ "alg": "RS256", "kid": client_id })),
             encode(serde_json::json!({
-                "iss": ISSUER, "sub": SUBJECT, "aud": [issuer],
+                "iss": ISSUER, "sub": subject, "aud": [issuer],
                 "iat": issued_at, "nbf": issued_at, "exp": issued_at + 3600,
             })),
         );
@@ -76,6 +76,7 @@ impl Federated {
         .map_err(|_| anyhow::anyhow!("cannot sign the bench's service-account token"))?;
         Ok(Self {
             client_id,
+            subject,
             token: format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature)),
         })
     }

@@ -146,7 +146,7 @@ pub(crate) async fn seed(args: &Args, channel: &Channel) -> anyhow::Result<Fixtu
                 name: "keystone-bench (workload identity)".into(),
                 federated_identities: vec![keystone::proto::pb::FederatedIdentity {
                     issuer_name: crate::federated::ISSUER_NAME.into(),
-                    subject: crate::federated::SUBJECT.into(),
+                    subject: federated.subject.clone(),
                 }],
                 ..Default::default()
             },

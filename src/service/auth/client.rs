@@ -181,7 +181,18 @@ impl AuthService {
             },
         };
         let client_id = match (client_id.is_empty(), &workload) {
-            (false, _) | (true, None) => client_id.to_owned(),
+            (false, _) => client_id.to_owned(),
+            // An assertion that names no client: neither a trusted issuer's token nor one of a
+            // client's own key (`iss` = `sub`).
+            (true, None) if assertion.is_some() => {
+                self.record(
+                    refusal("", Outcome::Failure, "assertion names no client"),
+                    now,
+                )
+                .await;
+                return Err(invalid_credentials());
+            }
+            (true, None) => client_id.to_owned(),
             (true, Some(Ok(identity))) => {
                 match self.store.client_id_for_identity(identity).await? {
                     Some(client_id) => client_id,
@@ -379,6 +390,8 @@ impl AuthService {
         let client = self
             .verify_client(client_id, &credential, "client_credentials", context)
             .await?;
+        // The client as it proved itself (a workload's token may have named it).
+        let client_id = client.client_id.as_str();
         let audit = |outcome: Outcome, reason: &str| {
             AuditRecord::new(
                 client_id.to_owned(),
