@@ -270,6 +270,19 @@ async fn cluster_app(
     (key, cluster, app)
 }
 
+/// A fake cluster answering `answer`, a server trusting it as `cluster`, and the server's
+/// client `payments`, known by [`POD`].
+async fn payments_app(answer: Answer) -> (FakeIssuer, TestApp) {
+    let cluster = FakeIssuer::serve(answer).await;
+    let issuer = trusted("cluster", CLUSTER_ISS, &cluster.uri);
+    let app = spawn_app_with(move |settings| settings.federation.issuers.push(issuer)).await;
+    let admin = app.admin_token().await;
+    create_workload_client(&app, &admin, "payments", &[("cluster", POD)])
+        .await
+        .unwrap();
+    (cluster, app)
+}
+
 /// A client known by `issuer_name`'s `subject`, created by `admin`; the secret it got.
 async fn create_workload_client(
     app: &TestApp,
@@ -762,19 +775,8 @@ async fn a_dead_jwks_endpoint_costs_only_its_own_issuer() {
 #[tokio::test]
 async fn a_caller_giving_up_does_not_cut_the_fetch_short_and_one_fetch_serves_all() {
     let key = IssuerKey::rsa("cluster-1");
-    let slow = FakeIssuer::serve(Answer::Slow(Duration::from_millis(500), key_set(&[&key]))).await;
-    let uri = slow.uri.clone();
-    let app = spawn_app_with(move |settings| {
-        settings
-            .federation
-            .issuers
-            .push(trusted("cluster", CLUSTER_ISS, &uri));
-    })
-    .await;
-    let admin = app.admin_token().await;
-    create_workload_client(&app, &admin, "payments", &[("cluster", POD)])
-        .await
-        .unwrap();
+    let (slow, app) =
+        payments_app(Answer::Slow(Duration::from_millis(500), key_set(&[&key]))).await;
     let token = key.sign(&service_account_claims(app.clock.now().timestamp(), POD));
     let grant = || pb::IssueTokenRequest {
         grant: Some(pb::issue_token_request::Grant::ClientCredentials(
@@ -814,19 +816,7 @@ async fn a_caller_giving_up_does_not_cut_the_fetch_short_and_one_fetch_serves_al
 async fn keys_are_fetched_again_for_a_new_kid_at_most_once_per_interval_and_when_old() {
     let first = IssuerKey::rsa("cluster-1");
     let second = IssuerKey::rsa("cluster-2");
-    let cluster = FakeIssuer::serve(Answer::Keys(key_set(&[&first]))).await;
-    let uri = cluster.uri.clone();
-    let app = spawn_app_with(move |settings| {
-        settings
-            .federation
-            .issuers
-            .push(trusted("cluster", CLUSTER_ISS, &uri));
-    })
-    .await;
-    let admin = app.admin_token().await;
-    create_workload_client(&app, &admin, "payments", &[("cluster", POD)])
-        .await
-        .unwrap();
+    let (cluster, app) = payments_app(Answer::Keys(key_set(&[&first]))).await;
     let token =
         |key: &IssuerKey| key.sign(&service_account_claims(app.clock.now().timestamp(), POD));
     by_assertion(&app, "payments", &token(&first))
