@@ -82,23 +82,25 @@ impl Endpoint {
             Some(port) => format!("{host}:{port}"),
             None => host.to_string(),
         };
-        let mut request = http::Request::get(&self.url[url::Position::BeforePath..])
-            .header(http::header::HOST, authority)
-            .header(
-                http::header::ACCEPT,
-                "application/jwk-set+json, application/json",
-            )
-            .header(
-                http::header::USER_AGENT,
-                concat!("keystone/", env!("CARGO_PKG_VERSION")),
-            );
+        let mut request =
+            http::Request::get(&self.url[url::Position::BeforePath..url::Position::AfterQuery])
+                .header(http::header::HOST, authority)
+                .header(
+                    http::header::ACCEPT,
+                    "application/jwk-set+json, application/json",
+                )
+                .header(
+                    http::header::USER_AGENT,
+                    concat!("keystone/", env!("CARGO_PKG_VERSION")),
+                );
         if let Some(path) = &self.bearer_token_file {
             // Read at every fetch: a projected token is renewed in place.
             let token = tokio::fs::read_to_string(path)
                 .await
                 .with_context(|| format!("reading bearer_token_file {}", path.display()))?;
-            let value = http::HeaderValue::try_from(format!("Bearer {}", token.trim()))
+            let mut value = http::HeaderValue::try_from(format!("Bearer {}", token.trim()))
                 .context("bearer_token_file does not hold a token")?;
+            value.set_sensitive(true);
             request = request.header(http::header::AUTHORIZATION, value);
         }
         let request = request.body(Empty::<Bytes>::new())?;

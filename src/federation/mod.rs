@@ -225,9 +225,6 @@ impl TrustedIssuer {
         kid: Option<&str>,
         now: DateTime<Utc>,
     ) -> Result<Arc<ClientKeys>, WorkloadRefusal> {
-        // Subscribed first: a fetch ending from here on is seen.
-        let mut done = self.done.subscribe();
-        done.borrow_and_update();
         let (cached, old, may_fetch) = self.snapshot(now);
         if let Some(keys) = cached.as_ref().filter(|keys| keys.knows(kid)) {
             if old && may_fetch {
@@ -238,6 +235,9 @@ impl TrustedIssuer {
         if may_fetch {
             self.start_fetch(now);
         }
+        // Subscribed before looking: a fetch that ends later is seen, and one that ended
+        // before cleared `fetching` first.
+        let mut done = self.done.subscribe();
         if self.fetching.load(Ordering::Acquire) {
             // A bounded number of calls wait, each at most the fetch's own budget; the others
             // are answered now.

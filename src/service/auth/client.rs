@@ -149,9 +149,6 @@ impl AuthService {
             ClientCredential::Assertion(assertion) => Some(assertion.as_str()),
             _ => None,
         };
-        // A workload's token (its `iss` a trusted issuer) is checked first: its issuer's keys
-        // may have to be fetched, and, with no client id sent, the identity it proves names
-        // the client.
         let refusal = |client_id: &str, outcome: Outcome, why: &str| {
             AuditRecord::new(
                 client_id.to_owned(),
@@ -163,7 +160,11 @@ impl AuthService {
             .with_detail("purpose", purpose)
             .with_detail("reason", why)
         };
-        let workload = match assertion.zip(assertion.and_then(|a| self.federation.issuer_of(a))) {
+        // A workload's token (its `iss` a trusted issuer) is checked first: its issuer's keys
+        // may have to be fetched, and, with no client id sent, the identity it proves names
+        // the client.
+        let trusted = assertion.and_then(|token| Some((token, self.federation.issuer_of(token)?)));
+        let workload = match trusted {
             None => None,
             Some((token, issuer)) => match issuer.verify(token, leeway, now).await {
                 Ok(identity) => Some(Ok(identity)),
