@@ -379,32 +379,26 @@ pub(crate) async fn call_once(
             .await
             .map(|_| ())
         }
-        "client-credentials-federated" => {
-            let Some(federated) = &fixtures.federated else {
-                return Err(tonic::Code::FailedPrecondition);
+        // A client assertion: a pod's service-account token (used again and again), or one
+        // signed by the client's own key (each used once).
+        "client-credentials-federated" | "client-credentials-pkjwt" => {
+            let (client_id, assertion) = if scenario == "client-credentials-federated" {
+                let Some(federated) = &fixtures.federated else {
+                    return Err(tonic::Code::FailedPrecondition);
+                };
+                (federated.client_id.clone(), federated.token.clone())
+            } else {
+                let Some(pkjwt) = &fixtures.pkjwt else {
+                    return Err(tonic::Code::FailedPrecondition);
+                };
+                let Some(assertion) = pkjwt.assertions.take() else {
+                    return Ok(false);
+                };
+                (String::new(), assertion)
             };
             auth.issue_token(IssueTokenRequest {
                 grant: Some(Grant::ClientCredentials(ClientCredentialsGrant {
-                    client_id: federated.client_id.clone(),
-                    client_assertion: federated.token.clone(),
-                    client_assertion_type: "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-                        .into(),
-                    ..Default::default()
-                })),
-                ..Default::default()
-            })
-            .await
-            .map(|_| ())
-        }
-        "client-credentials-pkjwt" => {
-            let Some(pkjwt) = &fixtures.pkjwt else {
-                return Err(tonic::Code::FailedPrecondition);
-            };
-            let Some(assertion) = pkjwt.assertions.take() else {
-                return Ok(false);
-            };
-            auth.issue_token(IssueTokenRequest {
-                grant: Some(Grant::ClientCredentials(ClientCredentialsGrant {
+                    client_id,
                     client_assertion: assertion,
                     client_assertion_type: "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
                         .into(),
