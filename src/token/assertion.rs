@@ -21,7 +21,7 @@ use jsonwebtoken::{
 };
 use serde::Deserialize;
 
-use super::{Audience, UntrustedHeader, dpop::PRIVATE_MEMBERS};
+use super::{Audience, UntrustedHeader, decode_part, dpop::PRIVATE_MEMBERS, jws_parts};
 
 /// Assertions longer than this are refused before decoding.
 pub const MAX_ASSERTION_BYTES: usize = 8 * 1024;
@@ -311,8 +311,7 @@ pub fn claimed_kid(assertion: &str) -> Option<String> {
     if assertion.len() > MAX_ASSERTION_BYTES {
         return None;
     }
-    let header = URL_SAFE_NO_PAD.decode(assertion.split('.').next()?).ok()?;
-    let header: UntrustedHeader = serde_json::from_slice(&header).ok()?;
+    let header: UntrustedHeader = decode_part(assertion.split('.').next()?)?;
     header.kid?.as_str().map(str::to_owned)
 }
 
@@ -321,9 +320,7 @@ fn unverified_claims(assertion: &str) -> Option<serde_json::Map<String, serde_js
     if assertion.len() > MAX_ASSERTION_BYTES {
         return None;
     }
-    let payload = assertion.split('.').nth(1)?;
-    let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
-    serde_json::from_slice(&bytes).ok()
+    decode_part(assertion.split('.').nth(1)?)
 }
 
 /// Why an assertion was refused, and whether its signature had checked out: until it has,
@@ -460,19 +457,12 @@ fn key_for<'a>(assertion: &str, keys: &'a ClientKeys) -> Result<&'a ClientKey, A
     if assertion.len() > MAX_ASSERTION_BYTES {
         return Err(AssertionError("the assertion is longer than 8 KiB"));
     }
-    let mut parts = assertion.split('.');
-    let (Some(header), Some(_), Some(_), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let Some([header, _, _]) = jws_parts(assertion) else {
         return Err(AssertionError("the assertion is not a JWT (three parts)"));
     };
-    let header: UntrustedHeader = URL_SAFE_NO_PAD
-        .decode(header)
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .ok_or(AssertionError(
-            "the assertion's header is not base64url JSON",
-        ))?;
+    let header: UntrustedHeader = decode_part(header).ok_or(AssertionError(
+        "the assertion's header is not base64url JSON",
+    ))?;
     if header.brings_a_key() {
         return Err(AssertionError(
             "keys in the assertion's header are not accepted: it is checked with the client's \

@@ -109,17 +109,11 @@ pub fn verify(
     if proof.len() > MAX_PROOF_BYTES {
         return Err(ProofError("longer than 8 KiB"));
     }
-    let mut parts = proof.split('.');
-    let (Some(header), Some(_), Some(_), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let Some([header, _, _]) = super::jws_parts(proof) else {
         return Err(ProofError("a JWT has three parts"));
     };
-    let header: serde_json::Value = URL_SAFE_NO_PAD
-        .decode(header)
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .ok_or(ProofError("the header is not base64url JSON"))?;
+    let header: serde_json::Value =
+        super::decode_part(header).ok_or(ProofError("the header is not base64url JSON"))?;
     if header.get("typ").and_then(serde_json::Value::as_str) != Some(PROOF_TYPE) {
         return Err(ProofError("typ must be dpop+jwt"));
     }

@@ -34,6 +34,21 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 
+/// The three parts of a compact JWS (header, payload, signature), unchecked; `None` unless
+/// there are exactly three.
+pub(crate) fn jws_parts(jws: &str) -> Option<[&str; 3]> {
+    let mut parts = jws.split('.');
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some(header), Some(payload), Some(signature), None) => Some([header, payload, signature]),
+        _ => None,
+    }
+}
+
+/// A part of a compact JWS read as base64url JSON, unchecked.
+pub(crate) fn decode_part<T: serde::de::DeserializeOwned>(part: &str) -> Option<T> {
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).ok()?).ok()
+}
+
 /// Tokens longer than this are refused before decoding.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
 
@@ -305,10 +320,7 @@ impl TokenVerifier {
         token: &str,
         now: DateTime<Utc>,
     ) -> Result<(Claims, String), VerifyError> {
-        let mut parts = token.split('.');
-        let (Some(header), Some(payload), Some(signature), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let Some([header, payload, signature]) = jws_parts(token) else {
             return Err(VerifyError::Malformed("a JWT has three parts"));
         };
         if header.is_empty() || payload.is_empty() || signature.is_empty() {
